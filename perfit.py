@@ -1,0 +1,1934 @@
+"""PerfIt: a tiny self-hosted tracker of CI performance, in one file.
+
+This module plays two roles:
+
+* the server, ``perfit serve``: an append-only store with its index in memory, SVG charts
+  and a small JSON/HTML web app;
+* the client, every other subcommand: creates accounts, metrics and tokens, and posts data
+  points, typically the wall time of a CI step (``perfit run -- make test``).
+
+Import rule: the client half runs on a bare Python 3.9+ standard library (even under
+``python -S``), so CI jobs can download this one file and run it. The server's third-party
+dependencies (bottle, svgwrite, zstandard) are imported only inside the functions that need
+them, never at module import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import bisect
+import contextlib
+import csv
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import html
+import io
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover - names for type hints only
+    import bottle
+
+__version__ = "0.1.0"
+__all__ = [
+    "PerfitError",
+    "ServerConfig",
+    "Store",
+    "main",
+    "make_app",
+    "render_chart",
+]
+
+log = logging.getLogger("perfit")
+
+
+# ==============================================================================================
+# Constants
+# Limits, defaults and environment variable names: the numbers the contract (SPEC.md) fixes.
+# ==============================================================================================
+
+ID_BYTES = 16  #: metric and account ids: 128 random bits, 22 chars of url-safe base64
+TOKEN_BYTES = 32  #: access tokens: 256 random bits, 43 chars of url-safe base64
+MAX_METADATA_BYTES = 256
+MAX_BODY_BYTES = 64 * 1024
+MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
+MAX_UNIT_BYTES = 32
+MAX_DESCRIPTION_BYTES = 2000
+MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
+
+TOKEN_TYPES = ("root", "admin", "post")
+BETTER_CHOICES = ("lower", "higher")
+
+DEFAULT_LISTEN = "127.0.0.1:5050"
+DEFAULT_DATA = "./perfit-data"
+DEFAULT_SERVER = "http://127.0.0.1:5050"
+DEFAULT_RATE_LIMIT = 20.0  #: requests per second per client address; bursts of twice that
+DEFAULT_TIMEOUT = 30.0  #: seconds a client command may spend, retries included
+AUTH_FAILURE_RATE = 1.0  #: failed authentications per second per address, always enforced
+AUTH_FAILURE_BURST = 30.0
+RATE_LIMITER_MAX_CLIENTS = 10_000  #: buckets kept in memory; the least recently seen go first
+SOCKET_TIMEOUT = 30.0  #: seconds a connection may stall before the server drops it
+
+ENV_SERVER = "PERFIT_SERVER"
+ENV_ACCESS_TOKEN = "PERFIT_ACCESS_TOKEN"
+ENV_METRIC = "PERFIT_METRIC"
+ENV_METADATA = "PERFIT_METADATA"
+ENV_LISTEN = "PERFITD_LISTEN"
+ENV_DATA = "PERFITD_DATA"
+ENV_ROOT_TOKEN = "PERFITD_ROOT_ACCESS_TOKEN"
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  #: the server (or the store) said no
+EXIT_USAGE = 2
+EXIT_REGRESSED = 3
+EXIT_INTERRUPTED = 130
+EXIT_STORE_FATAL = 70  #: a failed fsync: exit and let recovery on restart sort it out
+
+
+# ==============================================================================================
+# Errors
+# One base class; each subclass carries the HTTP status the server answers and the exit code
+# the CLI returns. Only main() turns them into an exit.
+# ==============================================================================================
+
+
+class PerfitError(Exception):
+    """An expected failure, told to the user as one line (HTTP message or stderr)."""
+
+    status = 500
+    exit_code = EXIT_REFUSED
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class BadRequest(PerfitError):
+    status = 400
+    exit_code = EXIT_USAGE
+
+
+class Unauthorized(PerfitError):
+    status = 401
+
+
+class Forbidden(PerfitError):
+    status = 403
+
+
+class NotFound(PerfitError):
+    status = 404
+
+
+class PayloadTooLarge(PerfitError):
+    status = 413
+
+
+class RateLimited(PerfitError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreError(PerfitError):
+    """The store cannot take the write (disk full, store failed); nothing was acknowledged."""
+
+    status = 507
+
+
+class StoreLocked(PerfitError):
+    """Another server owns the data directory."""
+
+
+class StoreCorrupt(PerfitError):
+    """A bad record with good records after it: corruption, never a torn write."""
+
+
+class UsageError(PerfitError):
+    exit_code = EXIT_USAGE
+
+
+class ServerSaidNo(PerfitError):
+    """The server answered with a 4xx; its message is the error's."""
+
+
+class SendFailed(PerfitError):
+    """The server could not be reached (or kept failing) within the client's timeout."""
+
+
+# ==============================================================================================
+# Shared helpers
+# Ids, tokens, times, durations and input validation, used by both the server and the client.
+# ==============================================================================================
+
+
+def b64encode(raw: bytes) -> str:
+    """Url-safe base64 without padding, the encoding of every id and token."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def decode_id(text: str) -> bytes | None:
+    """The 16 raw bytes of a well-formed id, or None."""
+    if not _ID_RE.fullmatch(text):
+        return None
+    raw = base64.urlsafe_b64decode(text + "==")
+    # 22 chars hold 132 bits; the last 4 must be zero or two spellings would name one id.
+    return raw if b64encode(raw) == text else None
+
+
+def _random_b64(size: int) -> bytes:
+    # Draw again when the text would start with "-": argparse would take `--metric -x...` for
+    # an option. That costs 0.02 bits of the 128 or 256, and saves every user that puzzle.
+    while True:
+        raw = secrets.token_bytes(size)
+        if not b64encode(raw).startswith("-"):
+            return raw
+
+
+def new_id() -> bytes:
+    return _random_b64(ID_BYTES)
+
+
+def new_token() -> str:
+    return b64encode(_random_b64(TOKEN_BYTES))
+
+
+def hash_token(token: str) -> bytes:
+    """What the server keeps of a token: SHA-256 of its text, never the text itself."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+_DURATION_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+    **dict.fromkeys(("w", "week", "weeks"), 7 * 86400),
+    **dict.fromkeys(("mo", "month", "months"), 2_629_746),  # a Gregorian month on average
+    **dict.fromkeys(("y", "year", "years"), 31_556_952),
+}
+_DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+MAX_DURATION = 1000 * 31_556_952.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a human duration such as ``90s``, ``15m``, ``2 weeks`` or ``1d 12h``."""
+    parts = list(_DURATION_PART_RE.finditer(text))
+    if not text.strip() or "".join(p.group(0) for p in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (try 90s, 15m, 12h, 3d, 2w or '1d 12h')")
+    total = 0.0
+    for part in parts:
+        unit = part.group(2).lower() if part.group(2) != "M" else "mo"
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"unknown unit {part.group(2)!r} in {text!r}")
+        total += float(part.group(1)) * _DURATION_UNITS[unit]
+    if total > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than a thousand years")
+    return total
+
+
+def parse_rfc3339(text: str) -> float:
+    """Unix seconds of an RFC 3339 time (``2026-11-01T00:00:00Z``); no offset means UTC."""
+    cleaned = text.strip()
+    if cleaned[-1:] in ("Z", "z"):
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        moment = datetime.datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 time like 2026-11-01T00:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def format_time(t: float) -> str:
+    """RFC 3339 in UTC, to the second: how times are shown to people."""
+    moment = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_value(value: object, what: str = "value") -> float:
+    """A data point's value: a finite JSON number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{what} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise BadRequest(f"{what} is too large for a 64-bit float") from None
+    if not math.isfinite(number):
+        raise BadRequest(f"{what} must be finite")
+    return number
+
+
+def check_text(value: object, what: str, max_bytes: int) -> str:
+    """A string field measured in UTF-8 bytes, as it will be stored."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not valid UTF-8") from None
+    if size > max_bytes:
+        raise BadRequest(f"{what} is {size} bytes long; at most {max_bytes} bytes are allowed")
+    return value
+
+
+def check_fields(body: dict, allowed: Sequence[str]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; expected one of {', '.join(allowed)}")
+
+
+# ==============================================================================================
+# Store: record framing
+# Every change is one record appended to a log file, framed so that a torn write (a crash in
+# the middle of an append) is told apart from corruption (a bad record with good ones after).
+# ==============================================================================================
+
+LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every log file (format version 1)
+LOG_SUFFIX = ".log"
+
+# A record on disk, little-endian:
+#
+#   +-------------+-------------+-----------+--------------------+
+#   | length: u32 | crc32: u32  | type: u8  | payload: length B  |
+#   +-------------+-------------+-----------+--------------------+
+#
+# crc32 covers the type byte and the payload, so a flipped type is caught as well.
+FRAME = struct.Struct("<IIB")
+MAX_RECORD_BYTES = 1 << 20  #: no valid record is larger; a bigger length field is garbage
+
+REC_ACCOUNT = 1  #: JSON {"id", "created"}
+REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
+REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
+REC_POINT = 4  #: binary, see POINT
+RECORD_TYPES = (REC_ACCOUNT, REC_TOKEN, REC_METRIC, REC_POINT)
+
+# A data point's payload, little-endian; the metadata's length is what the frame leaves:
+#
+#   +------------------+-------------+-------------+---------------------------+
+#   | metric id: 16 B  | time: f64   | value: f64  | metadata: UTF-8, <= 256 B |
+#   +------------------+-------------+-------------+---------------------------+
+POINT = struct.Struct("<16sdd")
+
+
+def encode_record(rtype: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
+    return FRAME.pack(len(payload), crc, rtype) + payload
+
+
+def _frame_at(data: bytes, offset: int) -> tuple[int, bytes] | None:
+    """The (type, payload) of a valid record at offset, or None if there is none."""
+    end = offset + FRAME.size
+    if end > len(data):
+        return None
+    length, crc, rtype = FRAME.unpack_from(data, offset)
+    if rtype not in RECORD_TYPES or length > MAX_RECORD_BYTES or end + length > len(data):
+        return None
+    payload = data[end : end + length]
+    if zlib.crc32(payload, zlib.crc32(bytes((rtype,)))) != crc:
+        return None
+    return rtype, payload
+
+
+def _has_record_after(data: bytes, offset: int) -> bool:
+    """Whether any valid record starts after offset (a slow scan, run only on a bad record)."""
+    return any(_frame_at(data, i) is not None for i in range(offset + 1, len(data) - FRAME.size))
+
+
+@dataclasses.dataclass
+class LogScan:
+    """What reading one log file found: its records, and where the good part ends."""
+
+    records: list[tuple[int, int, bytes]]  #: (offset, type, payload)
+    good_end: int  #: bytes up to here are whole records; anything after is a torn tail
+    size: int
+
+
+def scan_log(path: str) -> LogScan:
+    """Read every record of a log; raise StoreCorrupt for a bad record followed by good ones."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < len(LOG_MAGIC):
+        # A crash while the file was being created: nothing in it was ever acknowledged.
+        return LogScan([], 0, len(data))
+    if data[: len(LOG_MAGIC)] != LOG_MAGIC:
+        raise StoreCorrupt(f"{path}: not a PerfIt log (bad header at offset 0)")
+    records = []
+    offset = len(LOG_MAGIC)
+    while offset < len(data):
+        frame = _frame_at(data, offset)
+        if frame is None:
+            if _has_record_after(data, offset):
+                raise StoreCorrupt(f"{path}: corrupt record at offset {offset}")
+            break
+        records.append((offset, frame[0], frame[1]))
+        offset += FRAME.size + len(frame[1])
+    return LogScan(records, offset, len(data))
+
+
+# ==============================================================================================
+# Store: the in-memory index
+# Accounts, token hashes and metrics in dicts; each metric's points in flat arrays (a few
+# dozen bytes per point instead of a Python object per point).
+# ==============================================================================================
+
+
+class Series:
+    """The points of one metric in time order, held column by column."""
+
+    __slots__ = ("_meta_blob", "_meta_ends", "times", "values")
+
+    def __init__(self) -> None:
+        self.times = array("d")  #: arrival times, unix seconds (sub-second order kept)
+        self.values = array("d")
+        self._meta_ends = array("Q")  #: end offset of each point's metadata in _meta_blob
+        self._meta_blob = bytearray()
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def append(self, t: float, value: float, metadata: bytes) -> None:
+        self.times.append(t)
+        self.values.append(value)
+        self._meta_blob += metadata
+        self._meta_ends.append(len(self._meta_blob))
+
+    def metadata(self, i: int) -> str:
+        start = self._meta_ends[i - 1] if i else 0
+        return self._meta_blob[start : self._meta_ends[i]].decode("utf-8")
+
+    def index_range(self, start: float | None, end: float | None) -> range:
+        """Indexes of the points with start <= t <= end (None: unbounded)."""
+        lo = 0 if start is None else bisect.bisect_left(self.times, start)
+        hi = len(self.times) if end is None else bisect.bisect_right(self.times, end)
+        return range(lo, max(lo, hi))
+
+
+@dataclasses.dataclass
+class Metric:
+    id: bytes
+    account: bytes
+    created: float
+    name: str = ""
+    unit: str = ""
+    description: str = ""
+    better: str = "lower"
+    series: Series = dataclasses.field(default_factory=Series, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric_id": b64encode(self.id),
+            "account_id": b64encode(self.account),
+            "created": int(self.created),
+            "name": self.name,
+            "unit": self.unit,
+            "description": self.description,
+            "better": self.better,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who a token speaks for: its account (None for root) and its type."""
+
+    account: bytes | None
+    type: str
+
+
+# ==============================================================================================
+# Store: the log-structured store
+# Appends are framed, written, indexed under one lock, then made durable by an fsync that
+# concurrent writers share (group commit). Opening replays the logs into the index.
+# ==============================================================================================
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a directory's entries (a created or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class Store:
+    """The data directory: append-only logs replayed into an in-memory index.
+
+    Use ``Store.open(path)``; it takes the directory's lock, so one process owns it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.accounts: dict[bytes, float] = {}  #: account id -> created
+        self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
+        self.metrics: dict[bytes, Metric] = {}
+        self.root_token_hash: bytes | None = None
+        self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
+        self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
+        self._lock = threading.Lock()  #: guards appends and the index
+        self._sync_lock = threading.Lock()  #: one fsync at a time; waiters share its result
+        self._appended = 0  #: records written to the active log so far
+        self._synced = 0  #: records known to be durable
+        self._last_t = 0.0
+        self._failed: str | None = None
+        self._lock_fd: int | None = None
+        self._log_fd: int | None = None
+        self._log_size = 0
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str) -> Store:
+        store = cls(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+            store._take_lock()
+            store._replay()
+        except OSError as e:
+            store.close()
+            raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
+        except PerfitError:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        for fd in (self._log_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._log_fd = self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take_lock(self) -> None:
+        import fcntl  # POSIX only, and only the server needs it
+
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreLocked(
+                f"the data directory {self.path} is in use by another perfit server (pid {owner})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _log_paths(self) -> list[str]:
+        names = sorted(n for n in os.listdir(self.path) if n.endswith(LOG_SUFFIX))
+        return [os.path.join(self.path, n) for n in names]
+
+    def _replay(self) -> None:
+        paths = self._log_paths()
+        for path in paths:
+            scan = scan_log(path)
+            if scan.good_end < scan.size and path != paths[-1]:
+                raise StoreCorrupt(f"{path}: cut-off record at offset {scan.good_end}")
+            for offset, rtype, payload in scan.records:
+                try:
+                    self._apply(rtype, payload)
+                except (ValueError, KeyError) as e:
+                    raise StoreCorrupt(f"{path}: unreadable record at offset {offset}: {e}") from e
+        active = paths[-1] if paths else os.path.join(self.path, f"{1:08d}{LOG_SUFFIX}")
+        self._open_active(active, scan.good_end if paths else 0, scan.size if paths else 0)
+
+    def _open_active(self, path: str, good_end: int, size: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if good_end < len(LOG_MAGIC):
+            # A new log, or one torn while being created: (re)write its header durably.
+            os.ftruncate(fd, 0)
+            _write_all(fd, LOG_MAGIC)
+            os.fsync(fd)
+            _fsync_dir(self.path)
+            good_end = len(LOG_MAGIC)
+        elif good_end < size:
+            log.warning(
+                "%s: cut off a torn record at offset %d (%d bytes)", path, good_end, size - good_end
+            )
+            self.torn_bytes_cut = size - good_end
+            os.ftruncate(fd, good_end)
+            os.fsync(fd)
+        self._log_fd = fd
+        self._log_size = good_end
+
+    # -- applying records to the index ---------------------------------------------------------
+
+    def _apply(self, rtype: int, payload: bytes) -> None:
+        """Update the index with one record; the same code serves replay and live writes."""
+        if rtype == REC_POINT:
+            metric_id, t, value = POINT.unpack_from(payload)
+            self.metrics[metric_id].series.append(t, value, payload[POINT.size :])
+            self._last_t = max(self._last_t, t)
+            return
+        doc = json.loads(payload)
+        if rtype == REC_ACCOUNT:
+            self.accounts[_raw(doc["id"])] = doc["created"]
+        elif rtype == REC_TOKEN:
+            principal = Principal(_raw(doc["account"]), doc["type"])
+            self.tokens[bytes.fromhex(doc["hash"])] = principal
+        elif rtype == REC_METRIC:
+            metric = Metric(
+                id=_raw(doc["id"]),
+                account=_raw(doc["account"]),
+                created=doc["created"],
+                name=doc.get("name", ""),
+                unit=doc.get("unit", ""),
+                description=doc.get("description", ""),
+                better=doc.get("better", "lower"),
+            )
+            self.metrics[metric.id] = metric
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def _append(self, rtype: int, make_payload: Callable[[], bytes]) -> None:
+        """Write one record and index it; return once it is durable on disk.
+
+        make_payload runs under the lock, so a record's time is taken in append order.
+        """
+        with self._lock:
+            if self._failed:
+                raise StoreError(f"the store is not writable: {self._failed}")
+            payload = make_payload()
+            offset = self._log_size
+            try:
+                _write_all(self._log_fd, encode_record(rtype, payload))
+            except OSError as e:
+                # Leave no partial record behind: the next append must start on a boundary.
+                os.ftruncate(self._log_fd, offset)
+                raise StoreError(f"cannot write to the data directory: {e.strerror}") from e
+            self._log_size += FRAME.size + len(payload)
+            self._apply(rtype, payload)
+            self._appended += 1
+            seq = self._appended
+        self._wait_durable(seq)
+
+    def _wait_durable(self, seq: int) -> None:
+        """Group commit: one fsync covers every record written before it started."""
+        with self._sync_lock:
+            if self._synced >= seq:
+                return  # another writer's fsync already covered this record
+            with self._lock:
+                target = self._appended
+            try:
+                os.fsync(self._log_fd)
+            except OSError as e:
+                self._fail(f"fsync failed: {e.strerror}")
+                raise StoreError("the data could not be made durable") from e
+            self._synced = target
+
+    def _fail(self, reason: str) -> None:
+        # After a failed fsync the kernel may have dropped the dirty pages: retrying could
+        # "succeed" on data that is gone. Stop, and let replay on restart tell what is durable.
+        self._failed = reason
+        log.critical("store failed: %s", reason)
+        if self.exit_on_fatal:
+            os._exit(EXIT_STORE_FATAL)
+
+    def writable(self) -> bool:
+        return self._failed is None and os.access(self.path, os.W_OK)
+
+    # -- the store's operations ----------------------------------------------------------------
+
+    def create_account(self) -> tuple[bytes, str]:
+        """A new account and its first admin token."""
+        account = new_id()
+        doc = {"id": b64encode(account), "created": time.time()}
+        self._append(REC_ACCOUNT, lambda: json.dumps(doc).encode())
+        return account, self.create_token(account, "admin")
+
+    def create_token(self, account: bytes, token_type: str) -> str:
+        token = new_token()
+        doc = {"account": b64encode(account), "type": token_type, "hash": hash_token(token).hex()}
+        self._append(REC_TOKEN, lambda: json.dumps(doc).encode())
+        return token
+
+    def create_metric(self, account: bytes, **fields: str) -> Metric:
+        doc = {"id": b64encode(new_id()), "account": b64encode(account), "created": time.time()}
+        doc.update(fields)
+        self._append(REC_METRIC, lambda: json.dumps(doc).encode())
+        return self.metrics[_raw(doc["id"])]
+
+    def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> float:
+        """Record a point at the server's arrival time; return that time once durable."""
+        meta = metadata.encode("utf-8")
+        stamp = [0.0]
+
+        def payload() -> bytes:
+            # Arrival times never go backwards, even if the wall clock does.
+            stamp[0] = max(time.time(), self._last_t)
+            return POINT.pack(metric_id, stamp[0], value) + meta
+
+        self._append(REC_POINT, payload)
+        return stamp[0]
+
+    def authenticate(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        if self.root_token_hash is not None and hmac.compare_digest(digest, self.root_token_hash):
+            return Principal(None, "root")
+        # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
+        return self.tokens.get(digest)
+
+
+def _raw(text: str) -> bytes:
+    raw = decode_id(text)
+    if raw is None:
+        raise ValueError(f"bad id {text!r}")
+    return raw
+
+
+# ==============================================================================================
+# Charts
+# Points in, SVG text out: axes with readable ticks, a line with markers, clamping to min/max.
+# svgwrite is imported inside render_chart, so the client never pays for it.
+# ==============================================================================================
+
+CHART_WIDTH = 800
+CHART_HEIGHT = 400
+CHART_MARGIN = {"left": 72, "right": 24, "top": 44, "bottom": 56}
+
+CHART_CSS = """
+svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 12px; }
+.bg { fill: #ffffff; }
+.frame, .tick { stroke: #6b7280; stroke-width: 1; }
+.grid { stroke: #e5e7eb; stroke-width: 1; }
+.label, .ticklabel { fill: #374151; }
+.title { fill: #111827; font-size: 16px; font-weight: 600; }
+.empty { fill: #6b7280; font-size: 16px; }
+.line { fill: none; stroke: #2563eb; stroke-width: 2; stroke-linejoin: round; }
+.point { fill: #2563eb; }
+.clamped { fill: #dc2626; }
+@media (prefers-color-scheme: dark) {
+  .bg { fill: #0d1117; }
+  .frame, .tick { stroke: #8b949e; }
+  .grid { stroke: #30363d; }
+  .label, .ticklabel { fill: #c9d1d9; }
+  .title { fill: #f0f6fc; }
+  .empty { fill: #8b949e; }
+  .line { stroke: #58a6ff; }
+  .point { fill: #58a6ff; }
+  .clamped { fill: #f85149; }
+}
+"""
+
+
+@dataclasses.dataclass
+class ChartOptions:
+    """The query options of every `GET /m/ID...` view, parsed and checked."""
+
+    title: str = ""
+    x_label: str = ""
+    y_label: str = ""
+    start: float | None = None
+    end: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Round tick values on 1-2-5 steps covering [lo, hi]."""
+    if hi <= lo:
+        hi = lo + 1
+    raw_step = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw_step))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_step)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    i = 0
+    while first + i * step <= hi + step * 1e-9:
+        ticks.append(round(first + i * step, 12))
+        i += 1
+    return ticks
+
+
+# Time tick steps in seconds, each with the strftime format its labels use.
+_TIME_STEPS = [
+    (1, "%H:%M:%S"),
+    (2, "%H:%M:%S"),
+    (5, "%H:%M:%S"),
+    (10, "%H:%M:%S"),
+    (15, "%H:%M:%S"),
+    (30, "%H:%M:%S"),
+    (60, "%H:%M"),
+    (120, "%H:%M"),
+    (300, "%H:%M"),
+    (600, "%H:%M"),
+    (900, "%H:%M"),
+    (1800, "%H:%M"),
+    (3600, "%H:%M"),
+    (2 * 3600, "%H:%M"),
+    (3 * 3600, "%H:%M"),
+    (6 * 3600, "%H:%M"),
+    (12 * 3600, "%H:%M"),
+    (86400, "%b %d"),
+    (2 * 86400, "%b %d"),
+    (7 * 86400, "%b %d"),
+    (14 * 86400, "%b %d"),
+]
+_MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240, 600, 1200]
+
+
+def time_ticks(start: float, end: float, count: int = 7) -> list[tuple[float, str]]:
+    """(time, label) ticks at round times (minutes, hours, days, months, years) in UTC."""
+    span = max(end - start, 1.0)
+    for step, fmt in _TIME_STEPS:
+        if span / step <= count:
+            first = math.ceil(start / step) * step
+            ticks = [first + i * step for i in range(int((end - first) // step) + 1)]
+            return [(t, _time_label(t, fmt, step)) for t in ticks]
+    return _month_ticks(start, end, count)
+
+
+def _time_label(t: float, fmt: str, step: float) -> str:
+    moment = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    if step < 86400 and moment.hour == 0 and moment.minute == 0 and moment.second == 0:
+        return moment.strftime("%b %d")  # midnight ticks name the day, so days can be told apart
+    return moment.strftime(fmt)
+
+
+def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]]:
+    utc = datetime.timezone.utc
+    first = datetime.datetime.fromtimestamp(start, utc)
+    months_span = max((end - start) / 2_629_746, 1)
+    step = next((m for m in _MONTH_STEPS if months_span / m <= count), _MONTH_STEPS[-1])
+    index = first.year * 12 + first.month - 1
+    index = -(-index // step) * step  # round up to a multiple of the step
+    fmt = "%Y" if step >= 12 else "%b %Y"
+    ticks = []
+    while True:
+        moment = datetime.datetime(index // 12, index % 12 + 1, 1, tzinfo=utc)
+        t = moment.timestamp()
+        if t > end:
+            return ticks
+        if t >= start:
+            ticks.append((t, moment.strftime(fmt)))
+        index += step
+
+
+def format_number(value: float) -> str:
+    """A value as people write it: 12.5, 0.003, 1.2e+09 — no float noise."""
+    if value == 0:
+        return "0"
+    text = f"{value:.6g}"
+    return text
+
+
+def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, float]:
+    """The y-axis range: the options' min/max where given, else the data padded a little."""
+    lo = opts.min if opts.min is not None else (min(values) if values else 0.0)
+    hi = opts.max if opts.max is not None else (max(values) if values else 1.0)
+    if opts.min is None and opts.max is None and values:
+        pad = (hi - lo) * 0.05 or abs(hi) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+        if min(values) >= 0 > lo:
+            lo = 0.0  # durations never go below zero; don't draw negative space for them
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    return lo, hi
+
+
+def render_chart(
+    times: Sequence[float],
+    values: Sequence[float],
+    metadata: Sequence[str],
+    opts: ChartOptions,
+    unit: str = "",
+    now: float | None = None,
+) -> str:
+    """One metric's points as a standalone SVG document."""
+    import svgwrite  # server side only
+
+    left, right = CHART_MARGIN["left"], CHART_WIDTH - CHART_MARGIN["right"]
+    top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
+    dwg = svgwrite.Drawing(size=(CHART_WIDTH, CHART_HEIGHT), debug=False)
+    dwg.viewbox(0, 0, CHART_WIDTH, CHART_HEIGHT)
+    dwg.attribs["role"] = "img"
+    dwg.defs.add(dwg.style(CHART_CSS))
+    dwg.add(dwg.rect((0, 0), (CHART_WIDTH, CHART_HEIGHT), class_="bg"))
+    if opts.title:
+        dwg.set_desc(title=opts.title)
+        dwg.add(
+            dwg.text(opts.title, insert=(CHART_WIDTH / 2, 26), class_="title", text_anchor="middle")
+        )
+
+    y_label = opts.y_label or unit
+    if y_label:
+        y_mid = (top + bottom) / 2
+        dwg.add(
+            dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
+                     transform=f"rotate(-90 16 {y_mid})")
+        )  # fmt: skip
+    x_label = opts.x_label or "time (UTC)"
+    dwg.add(dwg.text(x_label, insert=((left + right) / 2, CHART_HEIGHT - 10), class_="label",
+                     text_anchor="middle"))  # fmt: skip
+
+    if not times:
+        message = "No data points in this range" if opts.start or opts.end else "No data points yet"
+        dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="bg frame"))
+        dwg.add(dwg.text(message, insert=((left + right) / 2, (top + bottom) / 2), class_="empty",
+                         text_anchor="middle"))  # fmt: skip
+        return dwg.tostring()
+
+    t0 = opts.start if opts.start is not None else times[0]
+    t1 = opts.end if opts.end is not None else times[-1]
+    if t1 - t0 < 1:
+        t0, t1 = t0 - 60, t1 + 60  # one point, or all in one second: show a two-minute window
+    v0, v1 = _value_range(values, opts)
+
+    def x_of(t: float) -> float:
+        return left + (t - t0) / (t1 - t0) * (right - left)
+
+    def y_of(v: float) -> float:
+        return bottom - (v - v0) / (v1 - v0) * (bottom - top)
+
+    for v in nice_ticks(v0, v1):
+        if v0 <= v <= v1:
+            y = y_of(v)
+            dwg.add(dwg.line((left, y), (right, y), class_="grid"))
+            dwg.add(dwg.text(format_number(v), insert=(left - 6, y + 4), class_="ticklabel",
+                             text_anchor="end"))  # fmt: skip
+    for t, label in time_ticks(t0, t1):
+        x = x_of(t)
+        dwg.add(dwg.line((x, bottom), (x, bottom + 5), class_="tick"))
+        dwg.add(dwg.text(label, insert=(x, bottom + 18), class_="ticklabel", text_anchor="middle"))
+    dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame", fill="none"))
+
+    line_points = []
+    markers = dwg.g()
+    for t, v, meta in zip(times, values, metadata):
+        clamped = (opts.min is not None and v < opts.min) or (opts.max is not None and v > opts.max)
+        shown = min(max(v, v0), v1)
+        x, y = x_of(t), y_of(shown)
+        if not clamped:
+            line_points.append((round(x, 1), round(y, 1)))
+        marker = dwg.circle((round(x, 1), round(y, 1)), r=4 if clamped else 2.5,
+                            class_="clamped" if clamped else "point")  # fmt: skip
+        tip = f"{format_time(t)}\n{format_number(v)}{' ' + unit if unit else ''}"
+        marker.set_desc(title=tip + (f"\n{meta}" if meta else ""))
+        markers.add(marker)
+    if len(line_points) > 1:
+        dwg.add(dwg.polyline(line_points, class_="line"))
+    dwg.add(markers)
+    return dwg.tostring()
+
+
+# ==============================================================================================
+# Web: request helpers
+# Parsing what a request carries (token, body, options, client address) into checked values,
+# and the per-address token buckets that rate-limit it.
+# ==============================================================================================
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """What `perfit serve` was told; make_app reads it."""
+
+    rate_limit: float = DEFAULT_RATE_LIMIT  #: requests/s per client address; 0 turns it off
+    trust_proxy: int = 0  #: reverse proxies in front whose X-Forwarded-For entries we believe
+    auth_failure_rate: float = AUTH_FAILURE_RATE
+    auth_failure_burst: float = AUTH_FAILURE_BURST
+
+
+class RateLimiter:
+    """Token buckets keyed by client address: `rate` per second, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = RATE_LIMITER_MAX_CLIENTS):
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait_time(self, key: str, cost: float = 1.0, now: float | None = None) -> float:
+        """Take `cost` from key's bucket; 0 if allowed, else the seconds until it would be."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, seen = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - seen) * self.rate)
+            wait = 0.0
+            if tokens >= cost:
+                tokens -= cost
+            else:
+                wait = (cost - tokens) / self.rate
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)  # the longest-idle address; its bucket refilled
+            return wait
+
+
+def client_address(environ: dict, trust_proxy: int) -> str:
+    """The socket's peer, or the X-Forwarded-For entry `trust_proxy` hops from the right."""
+    peer = environ.get("REMOTE_ADDR", "")
+    if trust_proxy <= 0:
+        return peer
+    hops = [h.strip() for h in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    if not hops:
+        return peer
+    # Each trusted proxy appends the address it saw; anything left of them is client-supplied.
+    return hops[-trust_proxy] if len(hops) >= trust_proxy else hops[0]
+
+
+def bearer_token(environ: dict) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body (None when empty), checked against `limit` before reading."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise BadRequest("chunked request bodies are not supported; send a Content-Length")
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("Content-Length is not a number") from None
+    if length < 0:
+        raise BadRequest("Content-Length is negative")
+    if length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} bytes are accepted")
+    raw = environ["wsgi.input"].read(length) if length else b""
+    if len(raw) < length:
+        raise BadRequest("the body ended before Content-Length bytes arrived")
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8") from None
+    except ValueError as e:
+        raise BadRequest(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def body_object(body: Any, allowed: Sequence[str]) -> dict:
+    """A JSON object body with only known fields (None counts as {})."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    check_fields(body, allowed)
+    return body
+
+
+def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
+    """Chart options from a query string; a bad one is a 400 naming it."""
+    opts = ChartOptions()
+    for name, attr in (("title", "title"), ("x-label", "x_label"), ("y-label", "y_label")):
+        if name in query:
+            setattr(opts, attr, check_text(query[name], name, MAX_NAME_BYTES))
+    for bound in ("start", "end"):
+        setattr(opts, bound, _time_bound(query, bound, now))
+    for name in ("min", "max"):
+        if query.get(name, "").strip():
+            try:
+                number = float(query[name])
+            except ValueError:
+                raise BadRequest(f"{name}: {query[name]!r} is not a number") from None
+            if not math.isfinite(number):
+                raise BadRequest(f"{name} must be a finite number")
+            setattr(opts, name, number)
+    if opts.start is not None and opts.end is not None and opts.start > opts.end:
+        raise BadRequest("start-rel/start-fixed: the start is after the end")
+    if opts.min is not None and opts.max is not None and opts.min >= opts.max:
+        raise BadRequest("min: must be less than max")
+    return opts
+
+
+def _time_bound(query: dict[str, str], bound: str, now: float) -> float | None:
+    # A relative bound wins over a fixed one, as in the original PerfIt.
+    rel, fixed = query.get(f"{bound}-rel", "").strip(), query.get(f"{bound}-fixed", "").strip()
+    try:
+        if rel:
+            return now - parse_duration(rel)
+        if fixed:
+            return parse_rfc3339(fixed)
+    except (ValueError, OverflowError, OSError) as e:
+        raise BadRequest(f"{bound}-{'rel' if rel else 'fixed'}: {e}") from None
+    return None
+
+
+# ==============================================================================================
+# Web: pages
+# The index and metric pages: inline CSS and a few lines of JavaScript, no CDN, so they work
+# offline and behind any firewall.
+# ==============================================================================================
+
+PAGE_CSS = """
+:root { color-scheme: light dark; --fg: #111827; --muted: #4b5563; --bg: #ffffff;
+        --card: #f9fafb; --border: #d1d5db; --accent: #1d4ed8; --error: #b91c1c; }
+@media (prefers-color-scheme: dark) {
+  :root { --fg: #f0f6fc; --muted: #9ca3af; --bg: #0d1117; --card: #161b22;
+          --border: #30363d; --accent: #58a6ff; --error: #f85149; } }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 960px; padding: 1.5rem 1rem; background: var(--bg);
+       color: var(--fg); font: 16px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
+p.lead, .muted { color: var(--muted); }
+a { color: var(--accent); }
+.chart svg { width: 100%; height: auto; border: 1px solid var(--border); border-radius: 6px; }
+form.options { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+               gap: .75rem; background: var(--card); border: 1px solid var(--border);
+               border-radius: 6px; padding: 1rem; margin: 1rem 0; }
+label { display: flex; flex-direction: column; font-size: .9rem; color: var(--muted); }
+input { font: inherit; padding: .35rem .5rem; border: 1px solid var(--border); border-radius: 4px;
+        background: var(--bg); color: var(--fg); }
+button { font: inherit; padding: .4rem 1rem; border-radius: 4px; border: 1px solid var(--accent);
+         background: var(--accent); color: #fff; cursor: pointer; }
+.error { color: var(--error); min-height: 1.5em; }
+code { background: var(--card); padding: .1rem .3rem; border-radius: 3px; }
+nav.formats a { margin-right: 1rem; }
+"""
+
+INDEX_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>PerfIt</title><style>{css}</style></head>
+<body><main>
+<h1>PerfIt</h1>
+<p class="lead">A tiny self-hosted tracker of CI performance: CI jobs post how long their steps
+take, and PerfIt keeps the numbers and draws them.</p>
+<form action="m/" method="get">
+  <label for="metric-id">Open a metric by its id</label>
+  <p><input id="metric-id" name="metric-id" required size="26" placeholder="22-character metric id"
+     pattern="[A-Za-z0-9_-]{{22}}"> <button type="submit">Open</button></p>
+</form>
+<p class="muted">Feed it from CI with the one-file client:
+<code>python perfit.py run -- make test</code>. PerfIt {version}.</p>
+</main></body></html>
+"""
+
+METRIC_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{heading} · PerfIt</title><style>{css}</style></head>
+<body><main>
+<h1>{heading}</h1>
+<p class="muted">{subtitle}</p>
+<div class="chart" id="chart" aria-live="polite">{svg}</div>
+<p class="error" id="error" role="alert"></p>
+<nav class="formats">View as:
+  <a id="link-svg" href="{base}/svg{query}">SVG</a>
+  <a id="link-json" href="{base}/json{query}">JSON</a>
+  <a id="link-csv" href="{base}/csv{query}">CSV</a></nav>
+<form class="options" id="options" method="get" action="">
+{fields}
+  <div><button type="submit">Redraw</button></div>
+</form>
+</main>
+<script>
+(function () {{
+  // Redraw the chart as the user types: fetch the SVG of the same view, no page reload.
+  var base = location.pathname.replace(/\\/(html)?$/, "");
+  var form = document.getElementById("options");
+  var chart = document.getElementById("chart");
+  var error = document.getElementById("error");
+  var timer = null, latest = 0;
+  function query() {{
+    var q = new URLSearchParams();
+    new FormData(form).forEach(function (v, k) {{ if (String(v).trim()) q.set(k, String(v).trim()); }});
+    var s = q.toString();
+    return s ? "?" + s : "";
+  }}
+  function redraw() {{
+    var q = query(), mine = ++latest;
+    fetch(base + "/svg" + q).then(function (r) {{
+      return r.text().then(function (body) {{
+        if (mine !== latest) return;  // a newer request is on its way
+        if (!r.ok) {{ error.textContent = JSON.parse(body).message; return; }}
+        error.textContent = "";
+        chart.innerHTML = body;
+        ["svg", "json", "csv"].forEach(function (f) {{
+          document.getElementById("link-" + f).href = base + "/" + f + q; }});
+        history.replaceState(null, "", location.pathname + q);
+      }});
+    }}).catch(function (e) {{ error.textContent = "Could not redraw: " + e; }});
+  }}
+  form.addEventListener("input", function () {{ clearTimeout(timer); timer = setTimeout(redraw, 250); }});
+  form.addEventListener("submit", function (e) {{ e.preventDefault(); redraw(); }});
+}})();
+</script>
+</body></html>
+"""
+
+_FORM_FIELDS = [
+    ("title", "Title", "text", ""),
+    ("y-label", "Y label", "text", ""),
+    ("x-label", "X label", "text", ""),
+    ("start-rel", "Start, relative", "text", "e.g. 30d"),
+    ("end-rel", "End, relative", "text", "e.g. 1h"),
+    ("start-fixed", "Start, fixed", "text", "2026-11-01T00:00:00Z"),
+    ("end-fixed", "End, fixed", "text", "2026-11-30T00:00:00Z"),
+    ("min", "Min value", "number", ""),
+    ("max", "Max value", "number", ""),
+]
+
+
+def render_metric_page(metric: Metric, query: dict[str, str], svg: str) -> str:
+    esc = html.escape
+    fields = []
+    for name, label, kind, placeholder in _FORM_FIELDS:
+        step = ' step="any"' if kind == "number" else ""
+        fields.append(
+            f'  <label for="f-{name}">{label}<input id="f-{name}" name="{name}" type="{kind}"{step}'
+            f' value="{esc(query.get(name, ""))}" placeholder="{esc(placeholder)}"></label>'
+        )
+    details = [f"unit: {metric.unit}" if metric.unit else "", f"{metric.better} is better"]
+    subtitle = " · ".join(d for d in [metric.description, *details] if d)
+    kept = {k: v for k, v in query.items() if v}
+    return METRIC_PAGE.format(
+        css=PAGE_CSS,
+        heading=esc(metric.name or f"Metric {b64encode(metric.id)}"),
+        subtitle=esc(subtitle),
+        svg=svg,
+        base=esc(b64encode(metric.id)),
+        query=esc("?" + urllib.parse.urlencode(kept) if kept else ""),
+        fields="\n".join(fields),
+    )
+
+
+# ==============================================================================================
+# Web: the application
+# make_app(store, config) builds the bottle app: every route of SPEC's table, each error a JSON
+# {"message"}. Nothing is built at import time.
+# ==============================================================================================
+
+_METRIC_FIELDS = {
+    "name": MAX_NAME_BYTES,
+    "unit": MAX_UNIT_BYTES,
+    "description": MAX_DESCRIPTION_BYTES,
+}
+
+
+def json_response(doc: Any, status: int = 200, headers: dict | None = None) -> bottle.HTTPResponse:
+    import bottle
+
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    answer = bottle.HTTPResponse(body, status, headers)
+    answer.content_type = "application/json"
+    return answer
+
+
+def error_response(err: PerfitError) -> bottle.HTTPResponse:
+    headers = {}
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    return json_response({"message": err.message}, err.status, headers)
+
+
+def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
+    """The WSGI app serving `store`."""
+    import bottle
+
+    config = config or ServerConfig()
+    app = bottle.Bottle(catchall=True)
+    limiter = RateLimiter(config.rate_limit, 2 * config.rate_limit) if config.rate_limit else None
+    auth_failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
+
+    def handled(callback: Callable) -> Callable:
+        """Route decorator: rate limit first, then map PerfitError to its JSON answer."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                if limiter is not None:
+                    wait = limiter.wait_time(_address())
+                    if wait:
+                        raise RateLimited("too many requests; slow down", wait)
+                return callback(*args, **kwargs)
+            except PerfitError as err:
+                return error_response(err)
+
+        return wrapper
+
+    def _address() -> str:
+        return client_address(bottle.request.environ, config.trust_proxy)
+
+    def caller(*allowed: str) -> Principal:
+        """The authenticated caller, who must hold one of the `allowed` token types."""
+        token = bearer_token(bottle.request.environ)
+        principal = store.authenticate(token) if token else None
+        if principal is None:
+            wait = auth_failures.wait_time(_address())
+            if wait:
+                raise RateLimited("too many failed authentications; slow down", wait)
+            if token is None:
+                raise Unauthorized("missing access token: send 'Authorization: Bearer <token>'")
+            raise Unauthorized("unknown access token")
+        if principal.type not in allowed:
+            raise Forbidden(
+                f"a {principal.type} token cannot do this; it needs {' or '.join(allowed)}"
+            )
+        return principal
+
+    def metric_or_404(text: str) -> Metric:
+        raw = decode_id(text)
+        metric = store.metrics.get(raw) if raw else None
+        if metric is None:
+            raise NotFound(f"no metric with id {text!r}")
+        return metric
+
+    def query() -> dict[str, str]:
+        return {k: bottle.request.query.getunicode(k, "") for k in bottle.request.query}
+
+    # -- administration -------------------------------------------------------------------------
+
+    @app.put("/a/")
+    @handled
+    def put_account() -> Any:
+        caller("root")
+        body_object(read_json_body(bottle.request.environ), ())
+        account, token = store.create_account()
+        return json_response({"account_id": b64encode(account), "access_token": token})
+
+    @app.put("/t/")
+    @handled
+    def put_token() -> Any:
+        principal = caller("admin")
+        body = body_object(read_json_body(bottle.request.environ), ("type",))
+        token_type = body.get("type", "post")
+        if token_type not in ("post", "admin"):
+            raise BadRequest("type must be 'post' or 'admin'")
+        token = store.create_token(principal.account, token_type)
+        return json_response({"account_id": b64encode(principal.account), "access_token": token})
+
+    @app.put("/m/")
+    @handled
+    def put_metric() -> Any:
+        principal = caller("admin")
+        allowed = (*_METRIC_FIELDS, "better")
+        body = body_object(read_json_body(bottle.request.environ), allowed)
+        fields = {
+            k: check_text(body[k], k, limit) for k, limit in _METRIC_FIELDS.items() if k in body
+        }
+        better = body.get("better", "lower")
+        if better not in BETTER_CHOICES:
+            raise BadRequest("better must be 'lower' or 'higher'")
+        metric = store.create_metric(principal.account, better=better, **fields)
+        return json_response(metric.to_json())
+
+    # -- writing points ---------------------------------------------------------------------------
+
+    @app.post("/m/<metric_id>")
+    @handled
+    def post_point(metric_id: str) -> Any:
+        principal = caller("admin", "post")
+        metric = metric_or_404(metric_id)
+        if metric.account != principal.account:
+            raise Forbidden("this token belongs to another account than the metric")
+        body = read_json_body(bottle.request.environ)
+        if body is None:
+            raise BadRequest('the body must be a JSON object like {"value": 12.5}')
+        body = body_object(body, ("value", "metadata"))
+        if "value" not in body:
+            raise BadRequest("missing field 'value'")
+        value = check_value(body["value"])
+        metadata = check_text(body.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
+        t = store.add_point(metric.id, value, metadata)
+        return json_response({"t": int(t)})
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    @app.get("/")
+    @handled
+    def index() -> str:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return INDEX_PAGE.format(css=PAGE_CSS, version=__version__)
+
+    @app.get("/healthz")
+    @handled
+    def healthz() -> Any:
+        if store.writable():
+            return json_response({"ok": True})
+        return json_response({"ok": False, "message": "the store is not writable"}, 503)
+
+    @app.get("/m/")
+    @handled
+    def find_metric() -> Any:
+        text = bottle.request.query.getunicode("metric-id", "").strip()
+        metric = metric_or_404(text)
+        raise bottle.HTTPResponse(status=303, headers={"Location": b64encode(metric.id)})
+
+    @app.get("/m/<name>")
+    @handled
+    def metric_view(name: str) -> Any:
+        if name.endswith(".svg"):
+            return view(metric_or_404(name[: -len(".svg")]), "svg")
+        return view(metric_or_404(name), "html")
+
+    @app.get("/m/<metric_id>/<fmt>")
+    @handled
+    def metric_format(metric_id: str, fmt: str) -> Any:
+        metric = metric_or_404(metric_id)
+        if fmt not in VIEWS:
+            raise NotFound(f"unknown format {fmt!r}; try one of {', '.join(VIEWS)}")
+        return view(metric, fmt)
+
+    def view(metric: Metric, fmt: str) -> Any:
+        q = query()
+        opts = parse_chart_options(q, time.time())
+        return VIEWS[fmt](metric, opts, q)
+
+    def view_svg(metric: Metric, opts: ChartOptions, q: dict) -> str:
+        bottle.response.content_type = "image/svg+xml; charset=utf-8"
+        return chart_svg(metric, opts)
+
+    def view_html(metric: Metric, opts: ChartOptions, q: dict) -> str:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return render_metric_page(metric, q, chart_svg(metric, opts))
+
+    def view_json(metric: Metric, opts: ChartOptions, q: dict) -> Any:
+        return json_response(points_json(metric, opts))
+
+    def view_csv(metric: Metric, opts: ChartOptions, q: dict) -> str:
+        bottle.response.content_type = "text/csv; charset=utf-8"
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(("t", "v", "m"))
+        series = metric.series
+        for i in series.index_range(opts.start, opts.end):
+            writer.writerow((int(series.times[i]), repr(series.values[i]), series.metadata(i)))
+        return out.getvalue()
+
+    VIEWS = {"html": view_html, "svg": view_svg, "json": view_json, "csv": view_csv}
+
+    # -- errors bottle raises itself (no route, wrong method, a bug) --------------------------------
+
+    def default_error(res: bottle.HTTPError) -> str:
+        messages = {404: "no such route", 405: "method not allowed", 500: "internal server error"}
+        bottle.response.content_type = "application/json"
+        message = messages.get(res.status_code, res.status_line)
+        return json.dumps({"message": message}, separators=(",", ":"))
+
+    app.default_error_handler = default_error
+    return app
+
+
+def chart_svg(metric: Metric, opts: ChartOptions) -> str:
+    series = metric.series
+    rows = series.index_range(opts.start, opts.end)
+    return render_chart(
+        series.times[rows.start : rows.stop],
+        series.values[rows.start : rows.stop],
+        [series.metadata(i) for i in rows],
+        opts,
+        unit=metric.unit,
+    )
+
+
+def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
+    series = metric.series
+    points = []
+    for i in series.index_range(opts.start, opts.end):
+        point: dict[str, Any] = {"t": int(series.times[i]), "v": series.values[i]}
+        meta = series.metadata(i)
+        if meta:
+            point["m"] = meta
+        points.append(point)
+    return points
+
+
+# ==============================================================================================
+# Web: the HTTP server
+# The standard library's WSGI server with a thread per connection, so one slow client never
+# blocks the others; SIGTERM stops it cleanly.
+# ==============================================================================================
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [::1]:5050) into a bindable (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen: {text!r} is not HOST:PORT (like 127.0.0.1:5050)")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def make_server(host: str, port: int, app: Callable) -> Any:
+    """A threaded WSGI server bound to host:port (port 0 picks a free one)."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    class Handler(WSGIRequestHandler):
+        timeout = SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
+
+        def address_string(self) -> str:
+            return self.client_address[0]  # no reverse DNS per request
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # The request line and status only: headers (Authorization) are never logged.
+            log.info("%s %s", self.address_string(), format % args)
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+            self.setup_environ()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.warning("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+    server = Server((host, port), Handler)
+    server.set_app(app)
+    return server
+
+
+# ==============================================================================================
+# Client
+# HTTP calls to a PerfIt server with the standard library only: JSON in and out, retries with
+# backoff on failed connections, 5xx and 429, all within one total timeout.
+# ==============================================================================================
+
+
+@dataclasses.dataclass
+class Client:
+    server: str
+    token: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request, retrying what is safe to retry; return the decoded JSON answer."""
+        url = self.server.rstrip("/") + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/json", "User-Agent": f"perfit/{__version__}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(1000):
+            request = urllib.request.Request(url, data=data, headers=headers, method=method)
+            remaining = deadline - time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=max(remaining, 0.1)) as answer:
+                    raw = answer.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                message = _server_message(e)
+                if e.code != 429 and e.code < 500:
+                    raise ServerSaidNo(f"{method} {path}: {e.code} {message}") from None
+                failure, delay = f"{e.code} {message}", _retry_after(e)
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                if not _safe_to_retry(method, reason):
+                    raise SendFailed(
+                        f"{method} {url}: {reason} (not retried: it may have arrived)"
+                    ) from None
+                failure, delay = str(reason), None
+            delay = delay if delay is not None else min(0.25 * 2**attempt, 5.0)
+            if time.monotonic() + delay >= deadline:
+                raise SendFailed(
+                    f"could not reach {self.server} within {self.timeout:g}s: {failure}"
+                )
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _server_message(e: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(e.read())["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return e.reason or "error"
+
+
+def _retry_after(e: urllib.error.HTTPError) -> float | None:
+    try:
+        return float(e.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+def _safe_to_retry(method: str, reason: object) -> bool:
+    """Whether a failed request can be sent again without risking a duplicate point."""
+    if method != "POST":
+        return True  # PUT and GET create or read nothing twice that matters
+    # A POST whose connection never opened cannot have arrived; one that timed out might have.
+    return isinstance(reason, (ConnectionRefusedError, socket.gaierror, FileNotFoundError))
+
+
+# ==============================================================================================
+# CLI
+# One argparse subcommand per user task; client options come from flags or PERFIT_* variables.
+# Each cmd_<name>(args) returns an exit code; expected failures raise PerfitError.
+# ==============================================================================================
+
+EPILOG = """\
+examples:
+  perfit serve                                   # server on 127.0.0.1:5050, data in ./perfit-data
+  perfit account new --access-token ROOT         # a new account and its admin token
+  perfit metric new --name "unit tests" --unit s # with PERFIT_ACCESS_TOKEN set to an admin token
+  perfit token new --type post                   # a token CI can only post with
+  perfit run --metric ID -- make test            # time `make test`, post the seconds
+
+client options may come from the environment: PERFIT_SERVER, PERFIT_ACCESS_TOKEN,
+PERFIT_METRIC, PERFIT_METADATA. Exit codes: 0 ok, 1 the server said no, 2 usage error;
+`run` exits with the command's own code.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, not argparse's usage dump: CI logs should show the problem, not noise.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _non_negative(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
+        return value
+
+    return parse
+
+
+def _client_options(metric: bool = False, metadata: bool = False) -> argparse.ArgumentParser:
+    """The options every client subcommand shares, defaulting to PERFIT_* variables."""
+    env = os.environ
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("client options")
+    group.add_argument("--server", default=env.get(ENV_SERVER) or DEFAULT_SERVER, metavar="URL",
+                       help=f"PerfIt server (${ENV_SERVER}; default {DEFAULT_SERVER})")  # fmt: skip
+    group.add_argument("--access-token", default=env.get(ENV_ACCESS_TOKEN), metavar="TOKEN",
+                       help=f"access token (${ENV_ACCESS_TOKEN})")  # fmt: skip
+    group.add_argument("--timeout", type=_non_negative(float), default=DEFAULT_TIMEOUT,
+                       metavar="SECONDS", help="give up after this long, retries included "
+                       f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    if metric:
+        group.add_argument("--metric", default=env.get(ENV_METRIC), metavar="ID",
+                           help=f"metric id (${ENV_METRIC})")  # fmt: skip
+    if metadata:
+        group.add_argument("--metadata", default=env.get(ENV_METADATA) or "", metavar="TEXT",
+                           help=f"text kept with the point, e.g. a git sha (${ENV_METADATA})")  # fmt: skip
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="perfit",
+        description="PerfIt: record and plot CI performance metrics. "
+        "`serve` runs the server; every other command is a client of one.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"perfit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (server side)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--listen", default=os.environ.get(ENV_LISTEN) or DEFAULT_LISTEN,
+                       metavar="HOST:PORT", help=f"address to listen on (${ENV_LISTEN}; "
+                       f"default {DEFAULT_LISTEN}; port 0 picks a free one)")  # fmt: skip
+    serve.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA, metavar="DIR",
+                       help=f"data directory (${ENV_DATA}; default {DEFAULT_DATA})")  # fmt: skip
+    serve.add_argument("--rate-limit", type=_non_negative(float), default=DEFAULT_RATE_LIMIT,
+                       metavar="N", help="requests per second per client address, bursts of 2N "
+                       f"(default {DEFAULT_RATE_LIMIT:g}; 0 turns it off)")  # fmt: skip
+    serve.add_argument("--trust-proxy", type=_non_negative(int), default=0, metavar="N",
+                       help="reverse proxies in front whose X-Forwarded-For entries are "
+                       "believed (default 0: the socket's address only)")  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
+
+    token = commands.add_parser("token", help="make access tokens").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    token.add_parser("gen", help="print a new random token (no server)").set_defaults(
+        func=cmd_token_gen
+    )
+    token_new = token.add_parser("new", parents=[_client_options()],
+                                 help="a new token for the caller's account (admin token)")  # fmt: skip
+    token_new.add_argument("--type", choices=("post", "admin"), default="post",
+                           help="post tokens can only post data points (default post)")  # fmt: skip
+    token_new.set_defaults(func=cmd_token_new)
+
+    account = commands.add_parser("account", help="manage accounts").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    account.add_parser("new", parents=[_client_options()],
+                       help="a new account and its admin token (root token)").set_defaults(
+        func=cmd_account_new
+    )  # fmt: skip
+
+    metric = commands.add_parser("metric", help="create and read metrics").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    metric_new = metric.add_parser("new", parents=[_client_options()],
+                                   help="create a metric (admin token); prints its JSON")  # fmt: skip
+    metric_new.add_argument("--name", help="what is measured, e.g. 'unit tests'")
+    metric_new.add_argument("--unit", help="e.g. s, ms, MB")
+    metric_new.add_argument("--description", help="a sentence shown on the metric's page")
+    metric_new.add_argument("--better", choices=BETTER_CHOICES,
+                            help="which way is an improvement (default lower, as for durations)")  # fmt: skip
+    metric_new.set_defaults(func=cmd_metric_new)
+    metric_get = metric.add_parser("get", parents=[_client_options(metric=True)],
+                                   help="print the metric's data points as JSON")  # fmt: skip
+    metric_get.set_defaults(func=cmd_metric_get)
+
+    post = commands.add_parser("post", parents=[_client_options(metric=True, metadata=True)],
+                               help="post one data point")  # fmt: skip
+    post.add_argument("value", type=_finite_float, metavar="VALUE", help="the value, e.g. 12.5")
+    post.set_defaults(func=cmd_post)
+
+    run = commands.add_parser(
+        "run",
+        parents=[_client_options(metric=True, metadata=True)],
+        help="run a command, post how long it took",
+        description="Run CMD, post its wall time in seconds, exit with CMD's exit code. "
+        "A failed post is reported on stderr but never fails the job, unless "
+        "--fail-on-send-failure.",
+        usage="perfit run [options] -- CMD [ARGS...]",
+    )
+    run.add_argument("--send-on-failure", action="store_true",
+                     help="post the duration even when CMD fails")  # fmt: skip
+    run.add_argument("--fail-on-send-failure", action="store_true",
+                     help="exit 1 when the duration could not be posted")  # fmt: skip
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to time")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def _client(args: argparse.Namespace) -> Client:
+    if not args.access_token:
+        raise UsageError(f"no access token: pass --access-token or set {ENV_ACCESS_TOKEN}")
+    server = args.server if "://" in args.server else f"http://{args.server}"
+    return Client(server, args.access_token, args.timeout)
+
+
+def _metric_path(args: argparse.Namespace) -> str:
+    if not args.metric:
+        raise UsageError(f"no metric: pass --metric or set {ENV_METRIC}")
+    if decode_id(args.metric) is None:
+        raise UsageError(f"--metric: {args.metric!r} is not a metric id (22 characters)")
+    return f"/m/{args.metric}"
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def cmd_token_gen(args: argparse.Namespace) -> int:
+    print(new_token())
+    return EXIT_OK
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    _print_json(_client(args).call("PUT", "/t/", {"type": args.type}))
+    return EXIT_OK
+
+
+def cmd_account_new(args: argparse.Namespace) -> int:
+    _print_json(_client(args).call("PUT", "/a/"))
+    return EXIT_OK
+
+
+def cmd_metric_new(args: argparse.Namespace) -> int:
+    fields = ("name", "unit", "description", "better")
+    body = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    _print_json(_client(args).call("PUT", "/m/", body))
+    return EXIT_OK
+
+
+def cmd_metric_get(args: argparse.Namespace) -> int:
+    path = _metric_path(args)
+    # Reading needs no token: a metric id is a read capability.
+    client = Client(_client_server(args), None, args.timeout)
+    _print_json(client.call("GET", path + "/json"))
+    return EXIT_OK
+
+
+def _client_server(args: argparse.Namespace) -> str:
+    return args.server if "://" in args.server else f"http://{args.server}"
+
+
+def _post_point(args: argparse.Namespace, value: float) -> Any:
+    path = _metric_path(args)
+    body = {"value": value}
+    if args.metadata:
+        body["metadata"] = args.metadata
+    return _client(args).call("POST", path, body)
+
+
+def cmd_post(args: argparse.Namespace) -> int:
+    _print_json(_post_point(args, args.value))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise UsageError("no command to run: perfit run [options] -- CMD [ARGS...]")
+    started = time.monotonic()
+    try:
+        code = _run_child(command)
+    except FileNotFoundError:
+        print(f"perfit: error: command not found: {command[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"perfit: error: permission denied: {command[0]}", file=sys.stderr)
+        return 126
+    elapsed = time.monotonic() - started
+    if code != 0 and not args.send_on_failure:
+        print(f"perfit: {command[0]} failed (exit {code}); not posting its time "
+              "(--send-on-failure would)", file=sys.stderr)  # fmt: skip
+        return code
+    try:
+        _post_point(args, round(elapsed, 6))
+    except PerfitError as err:
+        print(f"perfit: could not post the duration: {err.message}", file=sys.stderr)
+        return EXIT_REFUSED if args.fail_on_send_failure else code
+    print(f"perfit: {command[0]} took {elapsed:.3f} s; posted to {args.metric}", file=sys.stderr)
+    return code
+
+
+def _run_child(command: list[str]) -> int:
+    """Run command to its end; its exit code, or 128+N when signal N killed it (as shells do)."""
+    child = subprocess.Popen(command)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # the child got the same Ctrl-C; wait for it to finish and report it
+    return 128 - code if code < 0 else code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    host, port = parse_listen(args.listen)
+    store = Store.open(args.data)
+    store.exit_on_fatal = True
+    try:
+        store.root_token_hash = hash_token(_root_token(args.data))
+        config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
+        try:
+            server = make_server(host, port, make_app(store, config))
+        except OSError as e:
+            raise PerfitError(f"cannot listen on {args.listen}: {e.strerror}") from e
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"perfit: listening on http://{shown}:{bound_port}", flush=True)
+
+        def stop(signum: int, frame: Any) -> None:
+            # shutdown() waits for serve_forever() to return, so it must run on another thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+        log.info("stopped")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _root_token(data: str) -> str:
+    """The root token: $PERFITD_ROOT_ACCESS_TOKEN, else <data>/root-token, made on first start."""
+    token = os.environ.get(ENV_ROOT_TOKEN, "").strip()
+    if token:
+        if len(token) < MIN_ROOT_TOKEN_CHARS:
+            raise UsageError(f"{ENV_ROOT_TOKEN} is too short; use `perfit token gen` to make one")
+        return token
+    path = os.path.join(data, "root-token")
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+        return f.read().strip()
+    token = new_token()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    print(f"perfit: root access token: {token}", flush=True)
+    print(f"perfit: (saved in {path}, readable only by you; it is not shown again)", flush=True)
+    return token
+
+
+# ==============================================================================================
+# Entry point
+# main() is the only place that exits: it maps PerfitError to one line on stderr and its code.
+# ==============================================================================================
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except PerfitError as err:
+        print(f"perfit: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
