@@ -854,16 +854,16 @@ def format_number(value: float) -> str:
 
 
 def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, float]:
-    """The y-axis range: the options' min/max where given, else the data padded a little."""
-    lo = opts.min if opts.min is not None else (min(values) if values else 0.0)
-    hi = opts.max if opts.max is not None else (max(values) if values else 1.0)
-    if opts.min is None and opts.max is None and values:
-        pad = (hi - lo) * 0.05 or abs(hi) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-        if min(values) >= 0 > lo:
-            lo = 0.0  # durations never go below zero; don't draw negative space for them
+    """The y-axis range: the options' min/max where given, else the data padded by 5 %."""
+    data_lo, data_hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = (data_hi - data_lo) * 0.05 or abs(data_hi) * 0.1 or 1.0
+    lo = opts.min if opts.min is not None else data_lo - pad
+    hi = opts.max if opts.max is not None else data_hi + pad
+    if opts.min is None and data_lo >= 0 > lo:
+        lo = 0.0  # durations never go below zero: draw no negative space for them
     if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
+        # Every point lies beyond one clamped edge: keep a visible band on the other side.
+        hi, lo = (lo + (abs(lo) or 1.0), lo) if opts.max is None else (hi, hi - (abs(hi) or 1.0))
     return lo, hi
 
 
