@@ -26,12 +26,15 @@ import hashlib
 import hmac
 import html
 import io
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -73,6 +76,9 @@ ID_BYTES = 16  #: metric and account ids: 128 random bits, 22 chars of url-safe 
 TOKEN_BYTES = 32  #: access tokens: 256 random bits, 43 chars of url-safe base64
 MAX_METADATA_BYTES = 256
 MAX_BODY_BYTES = 64 * 1024
+MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
+MAX_IMPORT_POINTS = 10_000  #: points per bulk import request
+FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
 MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
 MAX_UNIT_BYTES = 32
 MAX_DESCRIPTION_BYTES = 2000
@@ -300,10 +306,11 @@ def check_text(value: object, what: str, max_bytes: int) -> str:
     return value
 
 
-def check_fields(body: dict, allowed: Sequence[str]) -> None:
+def check_fields(body: dict, allowed: Sequence[str], where: str = "the body") -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; expected one of {', '.join(allowed)}")
+        expected = ", ".join(allowed) or "no fields"
+        raise BadRequest(f"{where}: unknown field {unknown[0]!r}; expected {expected}")
 
 
 # ==============================================================================================
@@ -313,7 +320,13 @@ def check_fields(body: dict, allowed: Sequence[str]) -> None:
 # ==============================================================================================
 
 LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every log file (format version 1)
+SEG_MAGIC = b"PERFITS1"  #: first 8 bytes of every sealed segment
 LOG_SUFFIX = ".log"
+SEG_SUFFIX = ".seg"
+TMP_SUFFIX = ".tmp"
+DAMAGED_DIR = "damaged"  #: where `serve --repair` keeps the original of every file it rewrites
+SEAL_BYTES = 4 << 20  #: an active log this large is sealed into a segment
+SEG_BLOCK_POINTS = 65536  #: points per compressed block of a segment
 
 # A record on disk, little-endian:
 #
@@ -323,20 +336,37 @@ LOG_SUFFIX = ".log"
 #
 # crc32 covers the type byte and the payload, so a flipped type is caught as well.
 FRAME = struct.Struct("<IIB")
-MAX_RECORD_BYTES = 1 << 20  #: no valid record is larger; a bigger length field is garbage
+MAX_RECORD_BYTES = 16 << 20  #: no valid record is larger; a bigger length field is garbage
 
 REC_ACCOUNT = 1  #: JSON {"id", "created"}
 REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
 REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
-REC_POINT = 4  #: binary, see POINT
-RECORD_TYPES = (REC_ACCOUNT, REC_TOKEN, REC_METRIC, REC_POINT)
+REC_POINT = 4  #: one live data point, see POINT
+REC_POINTS = 5  #: a batch of imported points, see pack_columns
+REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/metric records
+REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
+CONTROL_TYPES = (REC_ACCOUNT, REC_TOKEN, REC_METRIC)
+RECORD_TYPES = (*CONTROL_TYPES, REC_POINT, REC_POINTS, REC_SEG_CONTROL, REC_SEG_POINTS)
 
-# A data point's payload, little-endian; the metadata's length is what the frame leaves:
+US = 1_000_000  #: times are kept as integer microseconds since the epoch
+
+# A live data point's payload, little-endian; the metadata's length is what the frame leaves:
 #
-#   +------------------+-------------+-------------+---------------------------+
-#   | metric id: 16 B  | time: f64   | value: f64  | metadata: UTF-8, <= 256 B |
-#   +------------------+-------------+-------------+---------------------------+
-POINT = struct.Struct("<16sdd")
+#   +------------------+------------+-------------+---------------------------+
+#   | metric id: 16 B  | time: i64  | value: f64  | metadata: UTF-8, <= 256 B |
+#   +------------------+------------+-------------+---------------------------+
+#                        microseconds
+POINT = struct.Struct("<16sqd")
+
+# Many points of one metric, column by column (REC_POINTS, and inside REC_SEG_POINTS):
+#
+#   +-----------------+-------------+-----------------+----------------+------------------+------+
+#   | metric id: 16 B | count n: u32 | times: n x i64 | values: n x f64 | meta lens: n x u16 | meta |
+#   +-----------------+-------------+-----------------+----------------+------------------+------+
+#
+# In segments the times are deltas from the previous time (the first from 0) and each column
+# is byte-shuffled (all first bytes, then all second bytes...), so zstd sees long runs.
+COLUMNS = struct.Struct("<16sI")
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -358,77 +388,190 @@ def _frame_at(data: bytes, offset: int) -> tuple[int, bytes] | None:
     return rtype, payload
 
 
-def _has_record_after(data: bytes, offset: int) -> bool:
-    """Whether any valid record starts after offset (a slow scan, run only on a bad record)."""
-    return any(_frame_at(data, i) is not None for i in range(offset + 1, len(data) - FRAME.size))
+def _next_record(data: bytes, offset: int) -> int:
+    """Where the next valid record starts after a bad one at offset (len(data): none)."""
+    if not data[offset:].strip(b"\0"):
+        return len(data)  # zeros: the file grew but its data never landed (the usual torn tail)
+    for i in range(offset + 1, len(data) - FRAME.size):
+        if _frame_at(data, i) is not None:
+            return i
+    return len(data)
 
 
 @dataclasses.dataclass
-class LogScan:
-    """What reading one log file found: its records, and where the good part ends."""
+class Scan:
+    """What reading one log or segment found: its good records and its bad byte ranges."""
 
+    path: str
     records: list[tuple[int, int, bytes]]  #: (offset, type, payload)
-    good_end: int  #: bytes up to here are whole records; anything after is a torn tail
+    bad: list[tuple[int, int]]  #: (start, end) of each run of bytes that is no record
     size: int
 
+    @property
+    def torn_tail(self) -> int | None:
+        """Offset of a bad run that reaches the end with no good record after it."""
+        if self.bad and self.bad[-1][1] == self.size:
+            return self.bad[-1][0]
+        return None
 
-def scan_log(path: str) -> LogScan:
-    """Read every record of a log; raise StoreCorrupt for a bad record followed by good ones."""
+    def corruption(self, tail_may_tear: bool) -> list[tuple[int, int]]:
+        """Bad runs that are corruption; a torn tail is not, where the file may tear."""
+        return self.bad[:-1] if tail_may_tear and self.torn_tail is not None else self.bad
+
+
+def scan_file(path: str, magic: bytes) -> Scan:
+    """Read every record of a file, stepping over bad bytes to find the good ones after."""
     with open(path, "rb") as f:
         data = f.read()
-    if len(data) < len(LOG_MAGIC):
+    if len(data) < len(magic):
         # A crash while the file was being created: nothing in it was ever acknowledged.
-        return LogScan([], 0, len(data))
-    if data[: len(LOG_MAGIC)] != LOG_MAGIC:
-        raise StoreCorrupt(f"{path}: not a PerfIt log (bad header at offset 0)")
-    records = []
-    offset = len(LOG_MAGIC)
+        return Scan(path, [], [(0, len(data))] if data else [], len(data))
+    if data[: len(magic)] != magic:
+        return Scan(path, [], [(0, len(data))], len(data))
+    records, bad = [], []
+    offset = len(magic)
     while offset < len(data):
         frame = _frame_at(data, offset)
         if frame is None:
-            if _has_record_after(data, offset):
-                raise StoreCorrupt(f"{path}: corrupt record at offset {offset}")
-            break
+            resume = _next_record(data, offset)
+            bad.append((offset, resume))
+            offset = resume
+            continue
         records.append((offset, frame[0], frame[1]))
         offset += FRAME.size + len(frame[1])
-    return LogScan(records, offset, len(data))
+    return Scan(path, records, bad, len(data))
+
+
+def _shuffle(raw: bytes, width: int) -> bytes:
+    """Byte-transpose fixed-width items: similar high bytes end up side by side."""
+    return b"".join(raw[i::width] for i in range(width))
+
+
+def _unshuffle(raw: bytes, width: int) -> bytes:
+    out = bytearray(len(raw))
+    n = len(raw) // width
+    for i in range(width):
+        out[i::width] = raw[i * n : (i + 1) * n]
+    return bytes(out)
+
+
+def pack_columns(metric_id: bytes, batch: PointBatch, compact: bool = False) -> bytes:
+    """Points of one metric as columns; compact (for segments) delta-encodes and shuffles."""
+    times = batch.times
+    if compact:
+        times = array("q", itertools.chain((times[0],), map(operator.sub, times[1:], times)))
+    columns = [times.tobytes(), batch.values.tobytes(), batch.lens.tobytes()]
+    if compact:
+        columns = [_shuffle(c, w) for c, w in zip(columns, (8, 8, 2))]
+    return COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
+
+
+def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointBatch]:
+    metric_id, n = COLUMNS.unpack_from(payload)
+    cut = itertools.accumulate((COLUMNS.size, 8 * n, 8 * n, 2 * n))
+    a, b, c, d = cut
+    raw = [payload[a:b], payload[b:c], payload[c:d]]
+    if compact:
+        raw = [_unshuffle(r, w) for r, w in zip(raw, (8, 8, 2))]
+    times, values, lens = array("q", raw[0]), array("d", raw[1]), array("H", raw[2])
+    if compact:
+        times = array("q", itertools.accumulate(times))
+    if len(times) != n or len(lens) != n or sum(lens) != len(payload) - d:
+        raise ValueError("point columns do not add up")
+    return metric_id, PointBatch(times, values, lens, payload[d:])
 
 
 # ==============================================================================================
 # Store: the in-memory index
-# Accounts, token hashes and metrics in dicts; each metric's points in flat arrays (a few
-# dozen bytes per point instead of a Python object per point).
+# Accounts, token hashes and metrics in dicts; each metric's points in flat arrays: 16 bytes a
+# point (time, value), plus its metadata only for metrics that have any.
 # ==============================================================================================
 
 
+@dataclasses.dataclass
+class PointBatch:
+    """Points in columns, as they travel between the web layer, the logs and the index."""
+
+    times: array  #: 'q', microseconds
+    values: array  #: 'd'
+    lens: array  #: 'H', metadata length of each point, in bytes
+    blob: bytes  #: the metadata, concatenated
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[int, float, bytes]]) -> PointBatch:
+        """A batch of (time µs, value, metadata) tuples, in the order given."""
+        return cls(
+            array("q", [p[0] for p in points]),
+            array("d", [p[1] for p in points]),
+            array("H", [len(p[2]) for p in points]),
+            b"".join(p[2] for p in points),
+        )
+
+    def metas(self) -> list[bytes]:
+        ends = list(itertools.accumulate(self.lens))
+        return [self.blob[e - n : e] for e, n in zip(ends, self.lens)]
+
+
 class Series:
-    """The points of one metric in time order, held column by column."""
+    """The points of one metric in time order (ties in arrival order), column by column."""
 
     __slots__ = ("_meta_blob", "_meta_ends", "times", "values")
 
     def __init__(self) -> None:
-        self.times = array("d")  #: arrival times, unix seconds (sub-second order kept)
+        self.times = array("q")  #: microseconds since the epoch
         self.values = array("d")
-        self._meta_ends = array("Q")  #: end offset of each point's metadata in _meta_blob
+        self._meta_ends: array | None = None  #: 'Q' end of each point's metadata; None: none yet
         self._meta_blob = bytearray()
 
     def __len__(self) -> int:
         return len(self.times)
 
-    def append(self, t: float, value: float, metadata: bytes) -> None:
-        self.times.append(t)
-        self.values.append(value)
-        self._meta_blob += metadata
-        self._meta_ends.append(len(self._meta_blob))
+    def add(self, batch: PointBatch) -> None:
+        """Add points as if each were inserted after every point with the same or earlier time."""
+        if not len(batch):
+            return
+        in_order = all(map(operator.le, batch.times, batch.times[1:]))
+        if in_order and (not self.times or batch.times[0] >= self.times[-1]):
+            self._extend(batch)  # the common case: new points come last
+        else:
+            self._merge(batch)
+
+    def _extend(self, batch: PointBatch) -> None:
+        if self._meta_ends is None and batch.blob:
+            self._meta_ends = array("Q", bytes(8 * len(self.times)))  # empty for earlier points
+        if self._meta_ends is not None:
+            ends = itertools.accumulate(batch.lens, initial=len(self._meta_blob))
+            self._meta_ends.extend(itertools.islice(ends, 1, None))
+            self._meta_blob += batch.blob
+        self.times.extend(batch.times)
+        self.values.extend(batch.values)
+
+    def _merge(self, batch: PointBatch) -> None:
+        # Rare (a backfill into the past): rebuild with a stable sort, so equal times keep
+        # arrival order, exactly as inserting each point after its equals would.
+        old = [(self.times[i], self.values[i], self.metadata_bytes(i)) for i in range(len(self))]
+        new = list(zip(batch.times, batch.values, batch.metas()))
+        merged = sorted(old + new, key=operator.itemgetter(0))
+        self.times, self.values = array("q"), array("d")
+        self._meta_ends, self._meta_blob = None, bytearray()
+        self._extend(PointBatch.of(merged))
+
+    def metadata_bytes(self, i: int) -> bytes:
+        if self._meta_ends is None:
+            return b""
+        start = self._meta_ends[i - 1] if i else 0
+        return bytes(self._meta_blob[start : self._meta_ends[i]])
 
     def metadata(self, i: int) -> str:
-        start = self._meta_ends[i - 1] if i else 0
-        return self._meta_blob[start : self._meta_ends[i]].decode("utf-8")
+        return self.metadata_bytes(i).decode("utf-8")
 
     def index_range(self, start: float | None, end: float | None) -> range:
-        """Indexes of the points with start <= t <= end (None: unbounded)."""
-        lo = 0 if start is None else bisect.bisect_left(self.times, start)
-        hi = len(self.times) if end is None else bisect.bisect_right(self.times, end)
+        """Indexes of the points with start <= t <= end, in unix seconds (None: unbounded)."""
+        lo = 0 if start is None else bisect.bisect_left(self.times, math.ceil(start * US))
+        hi = len(self) if end is None else bisect.bisect_right(self.times, math.floor(end * US))
         return range(lo, max(lo, hi))
 
 
@@ -464,9 +607,9 @@ class Principal:
 
 
 # ==============================================================================================
-# Store: the log-structured store
-# Appends are framed, written, indexed under one lock, then made durable by an fsync that
-# concurrent writers share (group commit). Opening replays the logs into the index.
+# Store: files of the data directory
+# Numbered logs and segments; sealing a log into a segment; the checks and the copy that
+# `perfit store check` and `perfit store backup` make of a directory, live or not.
 # ==============================================================================================
 
 
@@ -486,14 +629,226 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _write_durably(path: str, data: bytes) -> None:
+    """Write a whole file so that it appears complete or not at all: temp, fsync, rename."""
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+@dataclasses.dataclass
+class DataFiles:
+    """The numbered files of a data directory: logs, and the segments sealed from them."""
+
+    logs: dict[int, str]
+    segments: dict[int, str]
+
+    @classmethod
+    def list(cls, path: str) -> DataFiles:
+        files = cls({}, {})
+        for name in os.listdir(path):
+            stem, _, suffix = name.partition(".")
+            if stem.isdigit() and "." + suffix in (LOG_SUFFIX, SEG_SUFFIX):
+                kind = files.logs if "." + suffix == LOG_SUFFIX else files.segments
+                kind[int(stem)] = os.path.join(path, name)
+        return files
+
+    def in_order(self) -> list[tuple[int, str, str]]:
+        """(number, kind, path) to replay: a segment replaces the log it was sealed from."""
+        numbers = sorted(set(self.logs) | set(self.segments))
+        return [
+            (n, "seg", self.segments[n]) if n in self.segments else (n, "log", self.logs[n])
+            for n in numbers
+        ]
+
+
+def file_name(number: int, suffix: str) -> str:
+    return f"{number:08d}{suffix}"
+
+
+def seal_log(log_path: str, seg_path: str, level: int = 9) -> None:
+    """Write the segment holding a (no longer written) log's records, complete or not at all.
+
+    The log is removed by the caller only once the segment is durable, so a crash at any
+    step leaves either the log, or the segment (and maybe the log, which replay then skips).
+    """
+    import zstandard  # server side only
+
+    scan = scan_file(log_path, LOG_MAGIC)
+    if scan.bad:
+        raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
+    control: list[bytes] = []
+    points: dict[bytes, list[tuple[int, float, bytes]]] = {}
+    for _, rtype, payload in scan.records:
+        if rtype in CONTROL_TYPES:
+            control.append(encode_record(rtype, payload))
+        else:
+            for metric_id, batch in _point_batches(rtype, payload):
+                points.setdefault(metric_id, []).extend(
+                    zip(batch.times, batch.values, batch.metas())
+                )
+    zstd = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    blocks = [encode_record(REC_SEG_CONTROL, zstd.compress(b"".join(control)))]
+    for metric_id, rows in points.items():
+        for i in range(0, len(rows), SEG_BLOCK_POINTS):
+            batch = PointBatch.of(rows[i : i + SEG_BLOCK_POINTS])
+            packed = pack_columns(metric_id, batch, compact=True)
+            blocks.append(encode_record(REC_SEG_POINTS, zstd.compress(packed)))
+    _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
+
+
+def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]:
+    """The (metric id, points) a point-carrying record holds, decompressing if it must."""
+    if rtype == REC_POINT:
+        metric_id, t, value = POINT.unpack_from(payload)
+        meta = payload[POINT.size :]
+        return [(metric_id, PointBatch.of([(t, value, meta)]))]
+    if rtype == REC_POINTS:
+        return [unpack_columns(payload)]
+    if rtype == REC_SEG_POINTS:
+        import zstandard
+
+        return [unpack_columns(zstandard.ZstdDecompressor().decompress(payload), compact=True)]
+    raise ValueError(f"record type {rtype} holds no points")
+
+
+def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
+    """The framed account/token/metric records inside a segment's control block."""
+    import zstandard
+
+    raw = zstandard.ZstdDecompressor().decompress(payload) if payload else b""
+    out, offset = [], 0
+    while offset < len(raw):
+        frame = _frame_at(raw, offset)
+        if frame is None:
+            raise ValueError(f"bad control record at offset {offset} of the block")
+        out.append(frame)
+        offset += FRAME.size + len(frame[1])
+    return out
+
+
+@dataclasses.dataclass
+class CheckReport:
+    """What `perfit store check` found in one file."""
+
+    path: str
+    records: int
+    problems: list[str]
+    notes: list[str]
+
+
+def check_directory(path: str) -> list[CheckReport]:
+    """Verify every record of a data directory, read-only: safe while a server writes to it."""
+    reports = []
+    files = DataFiles.list(path)
+    active = max(files.logs, default=None)
+    for number, kind, file_path in DataFiles(files.logs, files.segments).in_order():
+        try:
+            reports.append(_check_file(file_path, kind, is_active=number == active))
+        except FileNotFoundError:
+            # Sealed (log gone, segment made) while we looked: check the segment instead.
+            seg = os.path.join(path, file_name(number, SEG_SUFFIX))
+            reports.append(_check_file(seg, "seg", is_active=False))
+    return reports
+
+
+def _check_file(path: str, kind: str, is_active: bool) -> CheckReport:
+    scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+    report = CheckReport(path, 0, [], [])
+    # Only the active log can tear (a crash, or a write in progress as we read).
+    corrupt = scan.corruption(tail_may_tear=kind == "log" and is_active)
+    for start, end in corrupt:
+        report.problems.append(f"corrupt bytes at offset {start} ({end - start} bytes)")
+    if scan.torn_tail is not None and len(corrupt) < len(scan.bad):
+        report.notes.append(f"torn tail at offset {scan.torn_tail}: cut off when a server opens it")
+    for offset, rtype, payload in scan.records:
+        try:
+            _decode_record(rtype, payload)
+        except Exception as e:  # a record that passed its CRC yet cannot be read
+            report.problems.append(f"unreadable record at offset {offset}: {e}")
+        report.records += 1
+    return report
+
+
+def _decode_record(rtype: int, payload: bytes) -> None:
+    if rtype in CONTROL_TYPES:
+        json.loads(payload)
+    elif rtype == REC_SEG_CONTROL:
+        for inner_type, inner in _control_records(payload):
+            _decode_record(inner_type, inner)
+    else:
+        _point_batches(rtype, payload)
+
+
+def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
+    """Copy a live data directory consistently into dest (new or empty); return files copied.
+
+    Segments never change, and a log is copied up to its last whole record. A log sealed and
+    removed while we copy makes us start again, so the copy never misses what moved.
+    """
+    os.makedirs(dest, exist_ok=True)
+    if os.listdir(dest):
+        raise UsageError(f"backup destination {dest} is not empty")
+    for _ in range(attempts):
+        try:
+            copied = _copy_once(path, dest)
+        except FileNotFoundError:
+            for name in os.listdir(dest):
+                os.unlink(os.path.join(dest, name))
+            continue
+        _fsync_dir(dest)
+        return copied
+    raise StoreError(f"{path} kept changing under the backup; try again")
+
+
+def _copy_once(path: str, dest: str) -> int:
+    files = DataFiles.list(path)
+    copied = 0
+    for number, kind, src in files.in_order():
+        with open(src, "rb") as f:
+            data = f.read()
+        if kind == "log":
+            scan = scan_file(src, LOG_MAGIC)
+            good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
+            data = data[: max(good_end, len(LOG_MAGIC))] if len(data) >= 8 else LOG_MAGIC
+        _write_durably(os.path.join(dest, file_name(number, "." + kind)), data)
+        copied += 1
+    token = os.path.join(path, "root-token")
+    if os.path.exists(token):
+        with open(token, "rb") as f:
+            secret = f.read()
+        fd = os.open(os.path.join(dest, "root-token"), os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+            out.flush()
+            os.fsync(out.fileno())
+        copied += 1
+    return copied
+
+
+# ==============================================================================================
+# Store: the log-structured store
+# Appends are framed, written, indexed under one lock, then made durable by an fsync that
+# concurrent writers share (group commit). Full logs are sealed into segments in the
+# background. Opening replays segments and logs into the index, cutting off a torn tail.
+# ==============================================================================================
+
+
 class Store:
-    """The data directory: append-only logs replayed into an in-memory index.
+    """The data directory: sealed segments and append-only logs, replayed into memory.
 
     Use ``Store.open(path)``; it takes the directory's lock, so one process owns it.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, seal_bytes: int = SEAL_BYTES) -> None:
         self.path = path
+        self.seal_bytes = seal_bytes
         self.accounts: dict[bytes, float] = {}  #: account id -> created
         self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
         self.metrics: dict[bytes, Metric] = {}
@@ -502,22 +857,29 @@ class Store:
         self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
         self._lock = threading.Lock()  #: guards appends and the index
         self._sync_lock = threading.Lock()  #: one fsync at a time; waiters share its result
+        self._seal_lock = threading.Lock()  #: one sealer at a time
+        self._sealer: threading.Thread | None = None
         self._appended = 0  #: records written to the active log so far
         self._synced = 0  #: records known to be durable
-        self._last_t = 0.0
+        self._last_t = 0  #: latest live arrival time (µs); live times never go backwards
         self._failed: str | None = None
         self._lock_fd: int | None = None
         self._log_fd: int | None = None
+        self._log_number = 0
         self._log_size = 0
+        self._next_rotation = seal_bytes
 
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str) -> Store:
-        store = cls(path)
+    def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
+        """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
+        store = cls(path, seal_bytes)
         try:
             os.makedirs(path, exist_ok=True)
             store._take_lock()
+            if repair:
+                store._repair()
             store._replay()
         except OSError as e:
             store.close()
@@ -525,13 +887,17 @@ class Store:
         except PerfitError:
             store.close()
             raise
+        store._start_sealer()
         return store
 
     def close(self) -> None:
-        for fd in (self._log_fd, self._lock_fd):
-            if fd is not None:
-                os.close(fd)
-        self._log_fd = self._lock_fd = None
+        if self._sealer is not None:
+            self._sealer.join()
+        with self._sync_lock, self._lock:
+            for fd in (self._log_fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._log_fd = self._lock_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -555,42 +921,82 @@ class Store:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def _log_paths(self) -> list[str]:
-        names = sorted(n for n in os.listdir(self.path) if n.endswith(LOG_SUFFIX))
-        return [os.path.join(self.path, n) for n in names]
-
     def _replay(self) -> None:
-        paths = self._log_paths()
-        for path in paths:
-            scan = scan_log(path)
-            if scan.good_end < scan.size and path != paths[-1]:
-                raise StoreCorrupt(f"{path}: cut-off record at offset {scan.good_end}")
+        for name in os.listdir(self.path):
+            if name.endswith(TMP_SUFFIX):  # a segment whose sealing a crash cut short
+                os.unlink(os.path.join(self.path, name))
+        files = DataFiles.list(self.path)
+        for number in set(files.logs) & set(files.segments):
+            # Sealed, then a crash before the log was removed: the segment holds it all.
+            os.unlink(files.logs.pop(number))
+        active = max(files.logs, default=0)
+        if active < max(files.segments, default=0):
+            active = 0  # the newest file is a segment: start a new log after it
+        tail: Scan | None = None
+        for number, kind, path in files.in_order():
+            scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+            corrupt = scan.corruption(tail_may_tear=number == active)
+            if corrupt:
+                raise StoreCorrupt(
+                    f"{path}: corrupt bytes at offset {corrupt[0][0]}; "
+                    "see `perfit store check`, and `perfit serve --repair` to salvage the rest"
+                )
             for offset, rtype, payload in scan.records:
                 try:
                     self._apply(rtype, payload)
-                except (ValueError, KeyError) as e:
+                except (ValueError, KeyError, struct.error) as e:
                     raise StoreCorrupt(f"{path}: unreadable record at offset {offset}: {e}") from e
-        active = paths[-1] if paths else os.path.join(self.path, f"{1:08d}{LOG_SUFFIX}")
-        self._open_active(active, scan.good_end if paths else 0, scan.size if paths else 0)
+            if number == active:
+                tail = scan
+        if tail is None:
+            self._start_log(max([*files.logs, *files.segments], default=0) + 1)
+        else:
+            self._reopen_log(active, tail)
 
-    def _open_active(self, path: str, good_end: int, size: int) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        if good_end < len(LOG_MAGIC):
-            # A new log, or one torn while being created: (re)write its header durably.
-            os.ftruncate(fd, 0)
+    def _start_log(self, number: int) -> None:
+        path = os.path.join(self.path, file_name(number, LOG_SUFFIX))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
             _write_all(fd, LOG_MAGIC)
             os.fsync(fd)
             _fsync_dir(self.path)
-            good_end = len(LOG_MAGIC)
-        elif good_end < size:
-            log.warning(
-                "%s: cut off a torn record at offset %d (%d bytes)", path, good_end, size - good_end
-            )
-            self.torn_bytes_cut = size - good_end
+        except OSError:
+            os.close(fd)
+            raise
+        self._log_fd, self._log_number, self._log_size = fd, number, len(LOG_MAGIC)
+
+    def _reopen_log(self, number: int, scan: Scan) -> None:
+        good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
+        if good_end < len(LOG_MAGIC):
+            self._start_log(number)  # torn while being created: nothing in it was acknowledged
+            return
+        fd = os.open(scan.path, os.O_RDWR | os.O_APPEND)
+        if good_end < scan.size:
+            log.warning("%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
+                        scan.path, good_end, scan.size - good_end)  # fmt: skip
+            self.torn_bytes_cut = scan.size - good_end
             os.ftruncate(fd, good_end)
             os.fsync(fd)
-        self._log_fd = fd
-        self._log_size = good_end
+        self._log_fd, self._log_number, self._log_size = fd, number, good_end
+
+    def _repair(self) -> None:
+        """Rewrite each damaged file with the records that survive; keep its original aside."""
+        files = DataFiles.list(self.path)
+        active = max(files.logs, default=0)
+        for number, kind, path in files.in_order():
+            scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+            bad = scan.corruption(tail_may_tear=number == active)
+            records = [(t, p) for _, t, p in scan.records if _readable(t, p)]
+            if not bad and len(records) == len(scan.records):
+                continue
+            damaged = os.path.join(self.path, DAMAGED_DIR)
+            os.makedirs(damaged, exist_ok=True)
+            kept = os.path.join(damaged, f"{os.path.basename(path)}.{int(time.time())}")
+            shutil.copy2(path, kept)
+            magic = SEG_MAGIC if kind == "seg" else LOG_MAGIC
+            _write_durably(path, magic + b"".join(encode_record(t, p) for t, p in records))
+            log.warning("repaired %s: kept %d records, skipped %d bad byte runs; original in %s",
+                        path, len(records), len(bad), kept)  # fmt: skip
 
     # -- applying records to the index ---------------------------------------------------------
 
@@ -598,10 +1004,20 @@ class Store:
         """Update the index with one record; the same code serves replay and live writes."""
         if rtype == REC_POINT:
             metric_id, t, value = POINT.unpack_from(payload)
-            self.metrics[metric_id].series.append(t, value, payload[POINT.size :])
+            batch = PointBatch(array("q", (t,)), array("d", (value,)),
+                               array("H", (len(payload) - POINT.size,)), payload[POINT.size :])  # fmt: skip
+            self.metrics[metric_id].series.add(batch)
             self._last_t = max(self._last_t, t)
-            return
-        doc = json.loads(payload)
+        elif rtype in (REC_POINTS, REC_SEG_POINTS):
+            for metric_id, batch in _point_batches(rtype, payload):
+                self.metrics[metric_id].series.add(batch)
+        elif rtype == REC_SEG_CONTROL:
+            for inner_type, inner in _control_records(payload):
+                self._apply(inner_type, inner)
+        else:
+            self._apply_control(rtype, json.loads(payload))
+
+    def _apply_control(self, rtype: int, doc: dict) -> None:
         if rtype == REC_ACCOUNT:
             self.accounts[_raw(doc["id"])] = doc["created"]
         elif rtype == REC_TOKEN:
@@ -629,6 +1045,8 @@ class Store:
         with self._lock:
             if self._failed:
                 raise StoreError(f"the store is not writable: {self._failed}")
+            if self._log_fd is None:
+                raise StoreError("the store is closed")
             payload = make_payload()
             offset = self._log_size
             try:
@@ -641,7 +1059,10 @@ class Store:
             self._apply(rtype, payload)
             self._appended += 1
             seq = self._appended
+            rotate = self._log_size >= self._next_rotation
         self._wait_durable(seq)
+        if rotate:
+            self._rotate()
 
     def _wait_durable(self, seq: int) -> None:
         """Group commit: one fsync covers every record written before it started."""
@@ -649,21 +1070,68 @@ class Store:
             if self._synced >= seq:
                 return  # another writer's fsync already covered this record
             with self._lock:
-                target = self._appended
-            try:
-                os.fsync(self._log_fd)
-            except OSError as e:
-                self._fail(f"fsync failed: {e.strerror}")
-                raise StoreError("the data could not be made durable") from e
+                target, fd = self._appended, self._log_fd
+            self._fsync(fd)
             self._synced = target
 
-    def _fail(self, reason: str) -> None:
-        # After a failed fsync the kernel may have dropped the dirty pages: retrying could
-        # "succeed" on data that is gone. Stop, and let replay on restart tell what is durable.
-        self._failed = reason
-        log.critical("store failed: %s", reason)
-        if self.exit_on_fatal:
-            os._exit(EXIT_STORE_FATAL)
+    def _fsync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            # After a failed fsync the kernel may have dropped the dirty pages: retrying could
+            # "succeed" on data that is gone. Stop; replay on restart tells what is durable.
+            self._failed = f"fsync failed: {e.strerror}"
+            log.critical("store failed: %s", self._failed)
+            if self.exit_on_fatal:
+                os._exit(EXIT_STORE_FATAL)
+            raise StoreError("the data could not be made durable") from e
+
+    def _rotate(self) -> None:
+        """Start a new active log; the full one is sealed in the background."""
+        # Same lock order as _wait_durable: no fsync is running on the fd we are replacing.
+        with self._sync_lock, self._lock:
+            if self._log_size < self._next_rotation or self._log_fd is None:
+                return  # another writer rotated first
+            old_fd, old_number = self._log_fd, self._log_number
+            self._fsync(old_fd)
+            try:
+                self._start_log(old_number + 1)
+            except OSError as e:
+                self._log_fd = old_fd  # keep writing the old log; try again a little later
+                self._next_rotation = self._log_size + self.seal_bytes // 4
+                log.warning("cannot start a new log (%s); will retry", e.strerror)
+                return
+            self._synced = self._appended
+            self._next_rotation = self.seal_bytes
+            os.close(old_fd)
+        self._start_sealer()
+
+    def _start_sealer(self) -> None:
+        if self._seal_lock.acquire(blocking=False):
+            self._sealer = threading.Thread(target=self._seal_pending, name="perfit-sealer")
+            self._sealer.daemon = True
+            self._sealer.start()
+
+    def _seal_pending(self) -> None:
+        """Seal every log older than the active one (normally one; more after a crash)."""
+        try:
+            while True:
+                files = DataFiles.list(self.path)
+                pending = sorted(n for n in files.logs if n < self._log_number)
+                if not pending:
+                    return
+                number = pending[0]
+                seg = os.path.join(self.path, file_name(number, SEG_SUFFIX))
+                started = time.monotonic()
+                seal_log(files.logs[number], seg)
+                os.unlink(files.logs[number])
+                _fsync_dir(self.path)
+                log.info("sealed %s in %.2fs", os.path.basename(seg), time.monotonic() - started)
+        except (OSError, PerfitError) as e:
+            # The log stays as it is and replays fine; sealing is retried at the next rotation.
+            log.error("sealing failed: %s", e)
+        finally:
+            self._seal_lock.release()
 
     def writable(self) -> bool:
         return self._failed is None and os.access(self.path, os.W_OK)
@@ -689,18 +1157,24 @@ class Store:
         self._append(REC_METRIC, lambda: json.dumps(doc).encode())
         return self.metrics[_raw(doc["id"])]
 
-    def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> float:
-        """Record a point at the server's arrival time; return that time once durable."""
+    def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
+        """Record a point at the server's arrival time; return that time (µs) once durable."""
         meta = metadata.encode("utf-8")
-        stamp = [0.0]
+        stamp = [0]
 
         def payload() -> bytes:
             # Arrival times never go backwards, even if the wall clock does.
-            stamp[0] = max(time.time(), self._last_t)
+            stamp[0] = max(time.time_ns() // 1000, self._last_t)
             return POINT.pack(metric_id, stamp[0], value) + meta
 
         self._append(REC_POINT, payload)
         return stamp[0]
+
+    def add_points(self, metric_id: bytes, batch: PointBatch) -> int:
+        """Import points at the times they carry: one record, all or nothing, durable."""
+        if len(batch):
+            self._append(REC_POINTS, lambda: pack_columns(metric_id, batch))
+        return len(batch)
 
     def authenticate(self, token: str) -> Principal | None:
         digest = hash_token(token)
@@ -708,6 +1182,14 @@ class Store:
             return Principal(None, "root")
         # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
         return self.tokens.get(digest)
+
+
+def _readable(rtype: int, payload: bytes) -> bool:
+    try:
+        _decode_record(rtype, payload)
+    except Exception:
+        return False
+    return True
 
 
 def _raw(text: str) -> bytes:
@@ -1057,6 +1539,31 @@ def body_object(body: Any, allowed: Sequence[str]) -> dict:
     return body
 
 
+def parse_import(body: Any, now: float) -> PointBatch:
+    """A bulk import body, `[{"t", "v", "m"}, ...]`, as a batch sorted by time (stable)."""
+    if not isinstance(body, list):
+        raise BadRequest('the body must be a JSON array like [{"t": 1767225600, "v": 12.5}]')
+    if len(body) > MAX_IMPORT_POINTS:
+        raise PayloadTooLarge(f"{len(body)} points; at most {MAX_IMPORT_POINTS} per request")
+    rows = []
+    for i, item in enumerate(body):
+        where = f"points[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object with t, v and optionally m")
+        check_fields(item, ("t", "v", "m"), where)
+        for field in ("t", "v"):
+            if field not in item:
+                raise BadRequest(f"{where}: missing field {field!r}")
+        t = check_value(item["t"], f"{where}.t")
+        if not 0 <= t <= now + FUTURE_SLACK:
+            raise BadRequest(f"{where}.t must be unix seconds between 1970 and now")
+        value = check_value(item["v"], f"{where}.v")
+        meta = check_text(item.get("m", ""), f"{where}.m", MAX_METADATA_BYTES)
+        rows.append((round(t * US), value, meta.encode("utf-8")))
+    rows.sort(key=operator.itemgetter(0))  # stable: equal times keep the order they were sent in
+    return PointBatch.of(rows)
+
+
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
     """Chart options from a query string; a bad one is a 400 naming it."""
     opts = ChartOptions()
@@ -1370,7 +1877,18 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         value = check_value(body["value"])
         metadata = check_text(body.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
         t = store.add_point(metric.id, value, metadata)
-        return json_response({"t": int(t)})
+        return json_response({"t": t // US})
+
+    @app.post("/m/<metric_id>/points")
+    @handled
+    def post_points(metric_id: str) -> Any:
+        principal = caller("admin")
+        metric = metric_or_404(metric_id)
+        if metric.account != principal.account:
+            raise Forbidden("this token belongs to another account than the metric")
+        body = read_json_body(bottle.request.environ, MAX_POINTS_BODY_BYTES)
+        batch = parse_import(body, time.time())
+        return json_response({"added": store.add_points(metric.id, batch)})
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -1432,7 +1950,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         writer.writerow(("t", "v", "m"))
         series = metric.series
         for i in series.index_range(opts.start, opts.end):
-            writer.writerow((int(series.times[i]), repr(series.values[i]), series.metadata(i)))
+            writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
         return out.getvalue()
 
     VIEWS = {"html": view_html, "svg": view_svg, "json": view_json, "csv": view_csv}
@@ -1453,7 +1971,7 @@ def chart_svg(metric: Metric, opts: ChartOptions) -> str:
     series = metric.series
     rows = series.index_range(opts.start, opts.end)
     return render_chart(
-        series.times[rows.start : rows.stop],
+        [t / US for t in series.times[rows.start : rows.stop]],
         series.values[rows.start : rows.stop],
         [series.metadata(i) for i in rows],
         opts,
@@ -1465,7 +1983,7 @@ def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
     series = metric.series
     points = []
     for i in series.index_range(opts.start, opts.end):
-        point: dict[str, Any] = {"t": int(series.times[i]), "v": series.values[i]}
+        point: dict[str, Any] = {"t": series.times[i] // US, "v": series.values[i]}
         meta = series.metadata(i)
         if meta:
             point["m"] = meta
@@ -1690,7 +2208,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-proxy", type=_non_negative(int), default=0, metavar="N",
                        help="reverse proxies in front whose X-Forwarded-For entries are "
                        "believed (default 0: the socket's address only)")  # fmt: skip
+    serve.add_argument("--seal-bytes", type=_non_negative(int), default=SEAL_BYTES, metavar="N",
+                       help="seal the active log into a compressed segment once it holds N "
+                       f"bytes (default {SEAL_BYTES})")  # fmt: skip
+    serve.add_argument("--repair", action="store_true",
+                       help="salvage a damaged data directory: rewrite each corrupt file with its "
+                       f"good records, keeping the original in <data>/{DAMAGED_DIR}/")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
+
+    store = commands.add_parser("store", help="check and back up a data directory").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    data_option = argparse.ArgumentParser(add_help=False)
+    data_option.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA,
+                             metavar="DIR", help=f"data directory (${ENV_DATA}; "
+                             f"default {DEFAULT_DATA})")  # fmt: skip
+    store.add_parser("check", parents=[data_option],
+                     help="verify every record (safe while a server runs); exit 1 on damage",
+                     ).set_defaults(func=cmd_store_check)  # fmt: skip
+    backup = store.add_parser("backup", parents=[data_option],
+                              help="copy a data directory consistently, even while a server runs")  # fmt: skip
+    backup.add_argument("dest", metavar="DEST", help="a new or empty directory")
+    backup.set_defaults(func=cmd_store_backup)
 
     token = commands.add_parser("token", help="make access tokens").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -1726,6 +2265,17 @@ def build_parser() -> argparse.ArgumentParser:
     metric_get = metric.add_parser("get", parents=[_client_options(metric=True)],
                                    help="print the metric's data points as JSON")  # fmt: skip
     metric_get.set_defaults(func=cmd_metric_get)
+    metric_import = metric.add_parser(
+        "import",
+        parents=[_client_options(metric=True)],
+        help="bulk-import points from CSV (t,v,m) or JSON (admin token)",
+        description="Import points with their own times: a CSV file with a header line "
+        "naming t, v and optionally m (what `GET /m/ID/csv` gives), a JSON array of "
+        '{"t", "v", "m"}, or JSON lines. t is unix seconds. Sent in batches of '
+        f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all.",
+    )
+    metric_import.add_argument("file", metavar="FILE", help="the file to read; - for stdin")
+    metric_import.set_defaults(func=cmd_metric_import)
 
     post = commands.add_parser("post", parents=[_client_options(metric=True, metadata=True)],
                                help="post one data point")  # fmt: skip
@@ -1753,8 +2303,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace) -> Client:
     if not args.access_token:
         raise UsageError(f"no access token: pass --access-token or set {ENV_ACCESS_TOKEN}")
-    server = args.server if "://" in args.server else f"http://{args.server}"
-    return Client(server, args.access_token, args.timeout)
+    return Client(_client_server(args), args.access_token, args.timeout)
 
 
 def _metric_path(args: argparse.Namespace) -> str:
@@ -1801,6 +2350,88 @@ def cmd_metric_get(args: argparse.Namespace) -> int:
 
 def _client_server(args: argparse.Namespace) -> str:
     return args.server if "://" in args.server else f"http://{args.server}"
+
+
+def cmd_metric_import(args: argparse.Namespace) -> int:
+    path = _metric_path(args)
+    client = _client(args)
+    points = read_points_file(args.file)
+    sent = 0
+    for i in range(0, len(points), MAX_IMPORT_POINTS):
+        batch = points[i : i + MAX_IMPORT_POINTS]
+        try:
+            sent += client.call("POST", path + "/points", batch)["added"]
+        except PerfitError as err:
+            raise type(err)(f"{err.message} (after {sent} points were imported)") from None
+        print(f"perfit: imported {sent}/{len(points)} points", file=sys.stderr, flush=True)
+    print(json.dumps({"added": sent}))
+    return EXIT_OK
+
+
+def read_points_file(path: str) -> list[dict[str, Any]]:
+    """Points from CSV with a header (t,v[,m]), a JSON array, or JSON lines."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    first = text.lstrip()[:1]
+    try:
+        if first == "[":
+            rows = json.loads(text)
+        elif first == "{":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = _csv_points(text)
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f'{path}: expected objects like {{"t": 1767225600, "v": 12.5}}')
+    return rows
+
+
+def _csv_points(text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"t", "v"} <= set(reader.fieldnames):
+        raise ValueError("a CSV file needs a header line naming t, v and optionally m")
+    rows = []
+    for row in reader:
+        point: dict[str, Any] = {"t": float(row["t"]), "v": float(row["v"])}
+        if row.get("m"):
+            point["m"] = row["m"]
+        rows.append(point)
+    return rows
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.data):
+        raise UsageError(f"no data directory at {args.data}")
+    reports = check_directory(args.data)
+    problems = 0
+    for report in reports:
+        for note in report.notes:
+            print(f"{report.path}: note: {note}")
+        for problem in report.problems:
+            print(f"{report.path}: {problem}")
+            problems += 1
+    records = sum(r.records for r in reports)
+    verdict = "clean" if not problems else f"{problems} problem(s) found"
+    print(f"perfit: checked {len(reports)} file(s), {records} record(s): {verdict}")
+    return EXIT_OK if not problems else EXIT_REFUSED
+
+
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.data):
+        raise UsageError(f"no data directory at {args.data}")
+    copied = backup_directory(args.data, args.dest)
+    damaged = [p for r in check_directory(args.dest) for p in r.problems]
+    if damaged:
+        raise StoreError(f"the copy in {args.dest} does not check clean: {damaged[0]}")
+    print(f"perfit: copied {copied} file(s) from {args.data} to {args.dest}; the copy checks clean")
+    return EXIT_OK
 
 
 def _post_point(args: argparse.Namespace, value: float) -> Any:
@@ -1857,7 +2488,7 @@ def _run_child(command: list[str]) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
-    store = Store.open(args.data)
+    store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
     try:
         store.root_token_hash = hash_token(_root_token(args.data))

@@ -1,0 +1,295 @@
+"""Benchmark PerfIt's store against SQLite on the same data, in one run.
+
+Usage: python bench/bench_store.py [--metrics 10] [--points 100000] [--seconds 5]
+
+Prints ratios, not just times: absolute numbers drift on shared machines, a ratio measured
+in the same run does not. Targets (issue "The store at production grade"):
+
+  bulk import          >= 1.0x SQLite executemany   (both durable per batch of 10,000)
+  restart, all points  <= 1.0x SQLite select-all
+  server memory        <= 32 bytes per point
+  disk                 <= 0.3x SQLite
+  durable POST /m/ID   >= 0.8x a do-nothing bottle handler on the same server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import perfit  # noqa: E402
+
+BATCH = perfit.MAX_IMPORT_POINTS
+
+
+def generate(metrics: int, points: int, seed: int = 7) -> list[list[tuple[int, float, bytes]]]:
+    """CI-like durations: a level per metric, 1-5 % noise, slow outliers, a few steps."""
+    rng = random.Random(seed)
+    start = int(time.time()) - points * 600
+    series = []
+    for _ in range(metrics):
+        level = rng.uniform(20, 900)
+        noise = rng.uniform(0.01, 0.05)
+        t = start * perfit.US
+        rows = []
+        for i in range(points):
+            if rng.random() < 0.0005:
+                level *= rng.choice((0.8, 0.9, 1.1, 1.25))  # a change lands
+            value = level * rng.gauss(1, noise)
+            if rng.random() < 0.05:
+                value *= rng.uniform(1.3, 2.0)  # a cold cache or a busy runner
+            t += rng.randint(60, 1200) * perfit.US + rng.randint(0, perfit.US - 1)
+            rows.append((t, round(value, 3), b""))  # `perfit run` posts milliseconds
+            del i
+        series.append(rows)
+    return series
+
+
+def du(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# -- perfit ------------------------------------------------------------------------------------
+
+
+def perfit_import(path: str, data) -> None:
+    with perfit.Store.open(path) as store:
+        account, _ = store.create_account()
+        for rows in data:
+            metric = store.create_metric(account, name="bench", unit="s")
+            for i in range(0, len(rows), BATCH):
+                store.add_points(metric.id, perfit.PointBatch.of(rows[i : i + BATCH]))
+
+
+RSS_PROBE = textwrap.dedent(
+    """
+    import gc, sys, time
+    sys.path.insert(0, {root!r})
+    import perfit, zstandard, bottle, svgwrite
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+
+    gc.collect()
+    before = rss()
+    started = time.perf_counter()
+    store = perfit.Store.open({path!r})
+    took = time.perf_counter() - started
+    gc.collect()
+    points = sum(len(m.series) for m in store.metrics.values())
+    print(took, rss() - before, points)
+    """
+)
+
+
+def perfit_restart(path: str) -> tuple[float, int, int]:
+    """Open the store in a fresh process: (seconds, RSS growth in bytes, points)."""
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE.format(root=ROOT, path=path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE points (metric INTEGER NOT NULL, t INTEGER NOT NULL, v REAL NOT NULL, m TEXT);
+CREATE INDEX points_by_metric_time ON points (metric, t);
+"""
+
+
+def sqlite_import(path: str, data) -> None:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # durable at each commit, as PerfIt is at each batch
+    db.executescript(SCHEMA)
+    for metric, rows in enumerate(data):
+        for i in range(0, len(rows), BATCH):
+            with db:
+                db.executemany(
+                    "INSERT INTO points VALUES (?, ?, ?, ?)",
+                    [(metric, t, v, m.decode() or None) for t, v, m in rows[i : i + BATCH]],
+                )
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def sqlite_select_all(path: str) -> int:
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT metric, t, v, m FROM points ORDER BY metric, t").fetchall()
+    db.close()
+    return len(rows)
+
+
+# -- HTTP: durable POSTs against a do-nothing handler ---------------------------------------
+
+NOOP_SERVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    import bottle, perfit
+
+    app = bottle.Bottle()
+
+    @app.post("/m/<metric_id>")
+    def post(metric_id):
+        bottle.request.body.read()
+        return perfit.json_response({{"t": 0}})
+
+    server = perfit.make_server("127.0.0.1", 0, app)
+    print("perfit: listening on http://127.0.0.1:%d" % server.server_address[1], flush=True)
+    server.serve_forever()
+    """
+)
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"value": 12.345, "metadata": "0123456789abcdef0123456789abcdef01234567"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer TOKEN"
+"""
+
+
+def start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)  # fmt: skip
+    for line in proc.stdout:
+        if "listening on" in line:
+            return proc, line.split()[-1]
+    raise RuntimeError(f"{cmd} did not start")
+
+
+def post_rate(url: str, path: str, token: str, seconds: float, connections: int) -> float:
+    """Requests per second of POST url+path, with wrk if installed, else Python threads."""
+    if shutil.which("wrk"):
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(WRK_SCRIPT.replace("TOKEN", token))
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, url + path],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        os.unlink(f.name)
+        non2xx = [line for line in out.splitlines() if "Non-2xx" in line or "errors" in line]
+        if non2xx:
+            print("   wrk:", "; ".join(non2xx))
+        return float(next(line.split()[1] for line in out.splitlines() if "Requests/sec" in line))
+    return _thread_rate(url + path, token, seconds, connections)
+
+
+def _thread_rate(url: str, token: str, seconds: float, connections: int) -> float:
+    import threading
+    import urllib.request
+
+    body = json.dumps({"value": 12.345, "metadata": "0" * 40}).encode()
+    count = [0] * connections
+    deadline = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(url, body, method="POST", headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request) as answer:
+                answer.read()
+            count[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(count) / seconds
+
+
+def http_figures(tmp: str, seconds: float, connections: int) -> tuple[float, float]:
+    data = os.path.join(tmp, "http-data")
+    root = perfit.new_token()
+    env = {**os.environ, perfit.ENV_ROOT_TOKEN: root}
+    server, url = start([sys.executable, os.path.join(ROOT, "perfit.py"), "serve", "--listen",
+                         "127.0.0.1:0", "--data", data, "--rate-limit", "0"], env)  # fmt: skip
+    try:
+        client = perfit.Client(url, root)
+        admin = client.call("PUT", "/a/")["access_token"]
+        metric = perfit.Client(url, admin).call("PUT", "/m/", {"name": "bench"})["metric_id"]
+        post = perfit.Client(url, admin).call("PUT", "/t/", {"type": "post"})["access_token"]
+        durable = post_rate(url, f"/m/{metric}", post, seconds, connections)
+    finally:
+        server.terminate()
+        server.wait()
+    noop, noop_url = start([sys.executable, "-c", NOOP_SERVER.format(root=ROOT)])
+    try:
+        baseline = post_rate(noop_url, f"/m/{metric}", post, seconds, connections)
+    finally:
+        noop.terminate()
+        noop.wait()
+    return durable, baseline
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=int, default=10)
+    parser.add_argument("--points", type=int, default=100_000, help="per metric")
+    parser.add_argument("--seconds", type=float, default=5, help="of HTTP load, per server")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    total = args.metrics * args.points
+    data = generate(args.metrics, args.points)
+    print(f"data: {args.metrics} metrics x {args.points} points = {total} points, no metadata")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        store_dir, db = os.path.join(tmp, "perfit"), os.path.join(tmp, "sqlite.db")
+
+        ours = timed(lambda: perfit_import(store_dir, data))
+        theirs = timed(lambda: sqlite_import(db, data))
+        report("bulk import, points/s", total / ours, total / theirs, "higher", 1.0)
+
+        restart, rss, loaded = perfit_restart(store_dir)
+        assert loaded == total, (loaded, total)
+        select = min(timed(lambda: sqlite_select_all(db)) for _ in range(3))
+        report("restart with all points, s", restart, select, "lower", 1.0)
+
+        print(f"{'server memory per point':34} {rss / total:10.1f} B      (target <= 32 B)")
+        report("disk per point, B", du(store_dir) / total, du(db) / total, "lower", 0.3)
+
+        durable, noop = http_figures(tmp, args.seconds, args.connections)
+        report(f"POST /m/ID, req/s ({args.connections} conns)", durable, noop, "higher", 0.8,
+               baseline="do-nothing handler")  # fmt: skip
+
+
+def report(what: str, ours: float, base: float, better: str, target: float,
+           baseline: str = "SQLite") -> None:  # fmt: skip
+    ratio = ours / base
+    ok = ratio >= target if better == "higher" else ratio <= target
+    sign = ">=" if better == "higher" else "<="
+    print(f"{what:34} {ours:10.3f} vs {baseline} {base:10.3f}  = {ratio:5.2f}x  "
+          f"(target {sign} {target}x: {'met' if ok else 'MISSED'})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
