@@ -79,6 +79,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
 MAX_IMPORT_POINTS = 10_000  #: points per bulk import request
 FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
+MAX_DRAIN_BYTES = 16 << 20  #: a refused body up to this size is read (and dropped) before the 413
 MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
 MAX_UNIT_BYTES = 32
 MAX_DESCRIPTION_BYTES = 2000
@@ -1327,6 +1328,14 @@ def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]
         index += step
 
 
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image."""
+    return _XML_ILLEGAL.sub("\ufffd", text)
+
+
 def format_number(value: float) -> str:
     """A value as people write it: 12.5, 0.003, 1.2e+09 — no float noise."""
     if value == 0:
@@ -1359,6 +1368,14 @@ def render_chart(
 ) -> str:
     """One metric's points as a standalone SVG document."""
     import svgwrite  # server side only
+
+    opts = dataclasses.replace(
+        opts,
+        title=xml_safe(opts.title),
+        x_label=xml_safe(opts.x_label),
+        y_label=xml_safe(opts.y_label),
+    )
+    unit = xml_safe(unit)
 
     left, right = CHART_MARGIN["left"], CHART_WIDTH - CHART_MARGIN["right"]
     top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
@@ -1426,7 +1443,7 @@ def render_chart(
         marker = dwg.circle((round(x, 1), round(y, 1)), r=4 if clamped else 2.5,
                             class_="clamped" if clamped else "point")  # fmt: skip
         tip = f"{format_time(t)}\n{format_number(v)}{' ' + unit if unit else ''}"
-        marker.set_desc(title=tip + (f"\n{meta}" if meta else ""))
+        marker.set_desc(title=tip + (f"\n{xml_safe(meta)}" if meta else ""))
         markers.add(marker)
     if len(line_points) > 1:
         dwg.add(dwg.polyline(line_points, class_="line"))
@@ -1509,6 +1526,7 @@ def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
     if length < 0:
         raise BadRequest("Content-Length is negative")
     if length > limit:
+        _discard(environ["wsgi.input"], min(length, MAX_DRAIN_BYTES))
         raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} bytes are accepted")
     raw = environ["wsgi.input"].read(length) if length else b""
     if len(raw) < length:
@@ -1523,6 +1541,15 @@ def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
         raise BadRequest(f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise BadRequest("the body's JSON is nested too deeply") from None
+
+
+def _discard(stream: Any, length: int) -> None:
+    """Read and drop a refused body, so the client is not cut off before it reads the 413."""
+    while length > 0:
+        chunk = stream.read(min(length, 65536))
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def _reject_constant(name: str) -> None:

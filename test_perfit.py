@@ -1,0 +1,2004 @@
+"""Black-box tests for PerfIt: the server over real HTTP on port 0, the client as a subprocess.
+
+Sections mirror SPEC.md: server lifecycle and store durability, authorization, posting,
+reading (JSON, CSV, SVG, pages), chart options, errors, rate limiting, and the command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import io
+import json
+import os
+import queue
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from http.client import HTTPException, HTTPMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import perfit
+
+HERE = Path(__file__).resolve().parent
+PERFIT = str(HERE / "perfit.py")
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+START_TIMEOUT = 15.0
+Answer = tuple[int, HTTPMessage, bytes]  #: status, headers, body
+CHART_OPTIONS = [
+    "title",
+    "x-label",
+    "y-label",
+    "start-fixed",
+    "end-fixed",
+    "start-rel",
+    "end-rel",
+    "min",
+    "max",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child, without PerfIt settings or proxies leaking in from ours."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.upper().startswith(("PERFIT", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
+    }
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(extra)
+    return env
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
+def http(
+    method: str,
+    url: str,
+    body: object = None,
+    token: str | None = None,
+    raw: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> Answer:
+    """One request; answers (status, headers, body) and never raises on a 4xx/5xx."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if body is not None:
+        data = json.dumps(body).encode()
+    hdrs = dict(headers or {})
+    if data is not None:
+        hdrs.setdefault("Content-Type", "application/json")
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def ok_json(method: str, url: str, **kwargs: Any) -> Any:
+    status, headers, body = http(method, url, **kwargs)
+    assert status == 200, (method, url, status, body[:500])
+    assert headers.get("Content-Type", "").startswith("application/json")
+    return json.loads(body)
+
+
+def assert_error(answer: Answer, status: int) -> str:
+    """The answer is a JSON error {"message"} with this status; returns the message."""
+    got, headers, body = answer
+    assert got == status, (got, body[:500])
+    assert headers.get("Content-Type", "").startswith("application/json"), headers.get(
+        "Content-Type"
+    )
+    message = json.loads(body)["message"]
+    assert isinstance(message, str)
+    assert message.strip()
+    return message
+
+
+def random_b64(size: int) -> str:
+    """Url-safe base64 of random bytes, not starting with "-" (as `token gen` makes them), so
+    that `--access-token TOKEN` and `--metric ID` never look like options to the CLI."""
+    while True:
+        text = base64.urlsafe_b64encode(secrets.token_bytes(size)).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+def random_token() -> str:
+    """A well-formed token (256 random bits) that the server does not know."""
+    return random_b64(32)
+
+
+def unknown_id() -> str:
+    """A well-formed id (128 random bits) that names nothing."""
+    return random_b64(16)
+
+
+ROOT = random_token()  #: the root token every test server is started with
+
+
+def free_port() -> int:
+    """A port nobody listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A running `perfit.py serve` child, its URL and what it printed."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, data: Path, out: list[str]) -> None:
+        self.proc = proc
+        self.url = url
+        self.data = data
+        self.out = out  # stdout lines, kept up to date by a reader thread
+        self.err: list[str] = []
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def _pump(stream: io.TextIOBase, sink: list[str], lines: queue.Queue | None) -> None:
+    for line in stream:
+        sink.append(line)
+        if lines is not None:
+            lines.put(line)
+    if lines is not None:
+        lines.put(None)
+
+
+def start_server(data: Path, *args: str, root: str | None = ROOT) -> Server:
+    """Starts a server on a free loopback port and waits for its 'listening on' line."""
+    env = clean_env()
+    if root is not None:
+        env["PERFITD_ROOT_ACCESS_TOKEN"] = root
+    cmd = [sys.executable, PERFIT, "serve", "--listen", "127.0.0.1:0", "--data", str(data)]
+    if "--rate-limit" not in args:
+        cmd += ["--rate-limit", "0"]
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    out: list[str] = []
+    err: list[str] = []
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, out, lines), daemon=True).start()
+    threading.Thread(target=_pump, args=(proc.stderr, err, None), daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(
+                f"server not listening after {START_TIMEOUT}s: {out} {err}"
+            ) from None
+        if line is None:
+            proc.wait(5)
+            raise AssertionError(
+                f"server exited with {proc.returncode}: {''.join(out)} {''.join(err)}"
+            )
+        match = re.search(r"perfit: listening on (http://\S+)", line)
+        if match:
+            server = Server(proc, match.group(1).rstrip("/"), data, out)
+            server.err = err
+            return server
+
+
+@contextlib.contextmanager
+def running_server(data: Path, *args: str, root: str | None = ROOT) -> Iterator[Server]:
+    server = start_server(data, *args, root=root)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, flags: tuple[str, ...] = (), timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Runs `python [flags] perfit.py ARGS` with a clean environment (plus `env`)."""
+    return subprocess.run(
+        [sys.executable, *flags, PERFIT, *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**(env or {})),
+        timeout=timeout,
+        cwd=str(HERE),
+    )
+
+
+def assert_said_no(proc: subprocess.CompletedProcess, code: int = 1) -> None:
+    """The CLI failed with this exit code and one line on stderr, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+class Account:
+    def __init__(self, account_id: str, admin: str, post: str) -> None:
+        self.id = account_id
+        self.admin = admin
+        self.post = post
+
+
+def new_account(url: str) -> Account:
+    made = ok_json("PUT", f"{url}/a/", token=ROOT)
+    post = ok_json("PUT", f"{url}/t/", body={"type": "post"}, token=made["access_token"])
+    return Account(made["account_id"], made["access_token"], post["access_token"])
+
+
+def new_metric(url: str, admin: str, **fields: str) -> str:
+    return ok_json("PUT", f"{url}/m/", body=fields, token=admin)["metric_id"]
+
+
+def post_point(
+    url: str, metric: str, token: str, value: float, metadata: str | None = None
+) -> Answer:
+    body: dict[str, object] = {"value": value}
+    if metadata is not None:
+        body["metadata"] = metadata
+    return http("POST", f"{url}/m/{metric}", body=body, token=token)
+
+
+def points(url: str, metric: str, **options: str) -> list[dict]:
+    query = f"?{urllib.parse.urlencode(options)}" if options else ""
+    return ok_json("GET", f"{url}/m/{metric}/json{query}")
+
+
+def values(url: str, metric: str) -> list[float]:
+    return [p["v"] for p in points(url, metric)]
+
+
+def parse_svg(body: bytes) -> ET.Element:
+    root = ET.fromstring(body)
+    assert root.tag.rsplit("}", 1)[-1] == "svg"
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by every test that does not need its own.
+
+    It believes one proxy, so tests that fail authentication on purpose can each come from their
+    own address and stay clear of the failed-authentication limiter.
+    """
+    with running_server(tmp_path_factory.mktemp("data"), "--trust-proxy", "1") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def url(server: Server) -> str:
+    return server.url
+
+
+@pytest.fixture(scope="module")
+def account(url: str) -> Account:
+    return new_account(url)
+
+
+@pytest.fixture(scope="module")
+def other(url: str) -> Account:
+    return new_account(url)
+
+
+@pytest.fixture()
+def metric(url: str, account: Account) -> str:
+    """A fresh, empty metric of `account`."""
+    return new_metric(url, account.admin, name="build", unit="s")
+
+
+# --------------------------------------------------------------------------------------------
+# Server lifecycle and store
+# --------------------------------------------------------------------------------------------
+
+
+def test_healthz_says_ok(url: str) -> None:
+    assert ok_json("GET", f"{url}/healthz") == {"ok": True}
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    assert srv.stop() == 0
+
+
+def test_generated_root_token_is_saved_private_and_printed_only_once(tmp_path: Path) -> None:
+    with running_server(tmp_path, root=None) as srv:
+        printed = [
+            line.split("perfit: root access token:", 1)[1].strip()
+            for line in srv.out
+            if "perfit: root access token:" in line
+        ]
+        assert len(printed) == 1
+        token = printed[0]
+        assert TOKEN_RE.match(token)
+        saved = tmp_path / "root-token"
+        assert saved.read_text().strip() == token
+        assert saved.stat().st_mode & 0o777 == 0o600
+        assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
+        assert srv.stop() == 0
+    with running_server(tmp_path, root=None) as srv:
+        assert token not in "".join(srv.out)
+        assert not any("root access token" in line for line in srv.out)
+        assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
+
+
+def test_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    with running_server(tmp_path) as first:
+        started = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, PERFIT, "serve", "--listen", "127.0.0.1:0", "--data", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=clean_env(PERFITD_ROOT_ACCESS_TOKEN=ROOT),
+            timeout=20,
+        )
+        assert time.monotonic() - started < 10
+        assert second.returncode != 0
+        assert "in use" in second.stderr.lower()
+        assert "Traceback" not in second.stderr
+        assert ok_json("GET", f"{first.url}/healthz") == {"ok": True}
+
+
+def test_every_acknowledged_point_survives_sigkill(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    try:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        acked: list[int] = []
+        sent: set[int] = set()
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def writer(n: int) -> None:
+            for k in range(200):
+                if stop.is_set():
+                    return
+                value = n * 1000 + k
+                with lock:
+                    sent.add(value)
+                try:
+                    status, _, _ = post_point(srv.url, mid, acc.post, value, f"w{n}")
+                except (OSError, HTTPException):
+                    return
+                if status == 200:
+                    with lock:
+                        acked.append(value)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while (
+            len(acked) < 50 and time.monotonic() < deadline and any(t.is_alive() for t in threads)
+        ):
+            time.sleep(0.005)
+        srv.proc.kill()  # SIGKILL while writers are still posting
+        srv.proc.wait(10)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        with lock:
+            acknowledged = list(acked)
+        assert len(acknowledged) >= 50
+    finally:
+        srv.stop()
+
+    with running_server(tmp_path) as again:
+        stored = [int(v) for v in values(again.url, mid)]
+        for value in acknowledged:
+            assert stored.count(value) == 1, value
+        assert len(stored) == len(set(stored))
+        assert set(stored) <= sent
+
+
+def test_points_survive_a_clean_restart(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin, name="restart")
+        for value in (1.5, 2.5):
+            assert post_point(srv.url, mid, acc.post, value, "sha")[0] == 200
+    with running_server(tmp_path) as srv:
+        assert [(p["v"], p["m"]) for p in points(srv.url, mid)] == [(1.5, "sha"), (2.5, "sha")]
+        # The account's tokens still work after the restart.
+        assert post_point(srv.url, mid, acc.post, 3.5)[0] == 200
+        assert new_metric(srv.url, acc.admin)
+
+
+def test_slow_client_does_not_block_others(url: str) -> None:
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as slow:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        started = time.monotonic()
+        assert http("GET", f"{url}/healthz", timeout=5)[0] == 200
+        assert time.monotonic() - started < 3
+
+
+# --------------------------------------------------------------------------------------------
+# Accounts, tokens, metrics, and who may do what
+# --------------------------------------------------------------------------------------------
+
+ROUTES = {
+    "PUT /a/": ("PUT", "/a/", None),
+    "PUT /t/": ("PUT", "/t/", {"type": "post"}),
+    "PUT /m/": ("PUT", "/m/", {"name": "auth-table"}),
+    "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
+}
+EXPECTED = {
+    "PUT /a/": {"root": 200, "admin-own": 403, "post-own": 403, "admin-other": 403, "post-other": 403},
+    "PUT /t/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    "PUT /m/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    "POST /m/ID": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 403, "post-other": 403},
+}  # fmt: skip
+UNAUTHENTICATED = ["none", "unknown", "garbage", "not-bearer", "empty-bearer"]
+AUTH_CASES = [
+    (route, caller, expected.get(caller, 401))
+    for route, expected in EXPECTED.items()
+    for caller in [*expected, *UNAUTHENTICATED]
+]
+
+
+@pytest.fixture(scope="module")
+def auth_metric(url: str, account: Account) -> str:
+    return new_metric(url, account.admin, name="auth")
+
+
+@pytest.fixture(scope="module")
+def callers(account: Account, other: Account) -> dict[str, dict[str, str]]:
+    bearer = {
+        "root": ROOT,
+        "admin-own": account.admin,
+        "post-own": account.post,
+        "admin-other": other.admin,
+        "post-other": other.post,
+        "unknown": random_token(),
+        "garbage": "not a token!!",
+    }
+    headers = {name: {"Authorization": f"Bearer {token}"} for name, token in bearer.items()}
+    headers["none"] = {}
+    headers["not-bearer"] = {"Authorization": f"Token {account.admin}"}
+    headers["empty-bearer"] = {"Authorization": "Bearer "}
+    return headers
+
+
+@pytest.mark.parametrize(("route", "caller", "expected"), AUTH_CASES)
+def test_authorization_table(
+    url: str,
+    auth_metric: str,
+    callers: dict[str, dict[str, str]],
+    route: str,
+    caller: str,
+    expected: int,
+) -> None:
+    method, path, body = ROUTES[route]
+    value = secrets.randbelow(10**9) + 0.5
+    if body is not None and "value" in body:
+        body = {"value": value}
+    # Each case comes from its own address (see the `server` fixture).
+    n = AUTH_CASES.index((route, caller, expected))
+    headers = {**callers[caller], "X-Forwarded-For": f"10.1.{n // 200}.{n % 200 + 1}"}
+    answer = http(method, url + path.format(metric=auth_metric), body=body, headers=headers)
+    if expected == 200:
+        assert answer[0] == 200, answer
+        json.loads(answer[2])
+    else:
+        assert_error(answer, expected)
+    if route == "POST /m/ID":
+        assert (value in values(url, auth_metric)) == (expected == 200)
+
+
+def test_new_ids_and_tokens_are_well_formed_and_unique(url: str, account: Account) -> None:
+    accounts = [ok_json("PUT", f"{url}/a/", token=ROOT) for _ in range(2)]
+    tokens = [ok_json("PUT", f"{url}/t/", body={}, token=account.admin) for _ in range(2)]
+    metrics = [ok_json("PUT", f"{url}/m/", token=account.admin) for _ in range(2)]
+    for made in accounts + tokens:
+        assert ID_RE.match(made["account_id"])
+        assert TOKEN_RE.match(made["access_token"])
+    for made in metrics:
+        assert ID_RE.match(made["metric_id"])
+    assert len({a["account_id"] for a in accounts}) == 2
+    assert len({t["access_token"] for t in accounts + tokens}) == 4
+    assert len({m["metric_id"] for m in metrics}) == 2
+
+
+def test_admin_creates_tokens_only_for_its_own_account(
+    url: str, account: Account, other: Account
+) -> None:
+    made = ok_json("PUT", f"{url}/t/", body={"type": "post"}, token=other.admin)
+    assert made["account_id"] == other.id
+    mine = new_metric(url, account.admin)
+    theirs = new_metric(url, other.admin)
+    assert post_point(url, theirs, made["access_token"], 1)[0] == 200
+    assert_error(post_point(url, mine, made["access_token"], 1), 403)
+
+
+def test_token_without_type_is_a_post_token(url: str, account: Account, metric: str) -> None:
+    for kwargs in ({}, {"raw": b""}, {"body": {}}):
+        made = ok_json("PUT", f"{url}/t/", token=account.admin, **kwargs)
+        assert made["account_id"] == account.id
+        assert post_point(url, metric, made["access_token"], 1)[0] == 200
+        assert_error(http("PUT", f"{url}/m/", token=made["access_token"]), 403)
+        assert_error(http("PUT", f"{url}/t/", token=made["access_token"]), 403)
+
+
+def test_admin_token_made_by_an_admin_can_create_metrics_and_tokens(
+    url: str, account: Account
+) -> None:
+    made = ok_json("PUT", f"{url}/t/", body={"type": "admin"}, token=account.admin)
+    assert made["account_id"] == account.id
+    mid = new_metric(url, made["access_token"], name="by second admin")
+    assert post_point(url, mid, account.post, 2)[0] == 200
+    assert post_point(url, mid, made["access_token"], 3)[0] == 200
+    assert ok_json("PUT", f"{url}/t/", body={"type": "post"}, token=made["access_token"])
+
+
+def test_post_token_cannot_create_tokens(url: str, account: Account) -> None:
+    for body in ({"type": "post"}, {"type": "admin"}):
+        assert_error(http("PUT", f"{url}/t/", body=body, token=account.post), 403)
+
+
+@pytest.mark.parametrize("kind", ["root", "superuser", "", 5])
+def test_token_of_a_bad_type_is_refused(url: str, account: Account, kind: object) -> None:
+    status, _, body = http("PUT", f"{url}/t/", body={"type": kind}, token=account.admin)
+    assert status in (400, 403), body
+    assert "access_token" not in json.loads(body)
+
+
+def test_new_metric_echoes_its_fields(url: str, account: Account) -> None:
+    fields = {"name": "build time", "unit": "s", "description": "make all", "better": "higher"}
+    made = ok_json("PUT", f"{url}/m/", body=fields, token=account.admin)
+    assert ID_RE.match(made["metric_id"])
+    for key, value in fields.items():
+        assert made[key] == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"better": "sideways"}',
+        '{"name": 5}',
+        '{"unit": ["s"]}',
+        '{"colour": "red"}',
+        "{name: 1}",
+        "[]",
+    ],
+)
+def test_bad_metric_fields_are_refused(url: str, account: Account, raw: str) -> None:
+    assert_error(http("PUT", f"{url}/m/", raw=raw, token=account.admin), 400)
+
+
+# --------------------------------------------------------------------------------------------
+# Posting data points
+# --------------------------------------------------------------------------------------------
+
+
+def test_posted_point_reads_back_with_its_time(url: str, account: Account, metric: str) -> None:
+    before = int(time.time())
+    status, _, body = post_point(url, metric, account.post, 12.25, "abc123")
+    after = int(time.time())
+    assert status == 200
+    answer = json.loads(body)
+    assert isinstance(answer["t"], int)
+    assert not isinstance(answer["t"], bool)
+    assert before - 1 <= answer["t"] <= after + 1
+    assert points(url, metric) == [{"t": answer["t"], "v": 12.25, "m": "abc123"}]
+
+
+def test_points_come_back_in_arrival_order(url: str, account: Account, metric: str) -> None:
+    sent = [3, 1, 2, -4.5, 0, 1e300, 7]
+    for value in sent:
+        assert post_point(url, metric, account.admin, value)[0] == 200
+    got = points(url, metric)
+    assert [p["v"] for p in got] == sent
+    times = [p["t"] for p in got]
+    assert times == sorted(times)
+
+
+def test_empty_metadata_is_left_out(url: str, account: Account, metric: str) -> None:
+    assert post_point(url, metric, account.post, 1)[0] == 200
+    assert post_point(url, metric, account.post, 2, "")[0] == 200
+    assert [set(p) for p in points(url, metric)] == [{"t", "v"}, {"t", "v"}]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ["x" * 256, "é" * 128, "é" * 100, "ünïcødé ✓ 🚀", "https://ci.example.com/job/1?a=b&c=d"],
+)
+def test_metadata_up_to_256_bytes_is_kept_exactly(
+    url: str, account: Account, metric: str, metadata: str
+) -> None:
+    assert post_point(url, metric, account.post, 1, metadata)[0] == 200
+    assert [p["m"] for p in points(url, metric)] == [metadata]
+
+
+BAD_POSTS = {
+    "NaN": '{"value": NaN}',
+    "Infinity": '{"value": Infinity}',
+    "-Infinity": '{"value": -Infinity}',
+    "overflow": '{"value": 1e999}',
+    "string": '{"value": "1.5"}',
+    "bool": '{"value": true}',
+    "null": '{"value": null}',
+    "list": '{"value": [1]}',
+    "missing value": '{"metadata": "x"}',
+    "unknown field": '{"value": 1, "colour": "red"}',
+    "metadata not a string": '{"value": 1, "metadata": 5}',
+    "metadata 257 bytes": json.dumps({"value": 1, "metadata": "x" * 257}),
+    "metadata 258 bytes in 129 chars": json.dumps({"value": 1, "metadata": "é" * 129}),
+    "malformed": "{value: 1}",
+    "truncated": '{"value": 1',
+    "empty": "",
+    "array": "[1]",
+    "number": "1",
+    "not utf-8": b'{"value": 1, "metadata": "\xff\xfe"}',
+}
+
+
+@pytest.mark.parametrize("raw", list(BAD_POSTS.values()), ids=list(BAD_POSTS))
+def test_bad_post_is_400_and_stores_nothing(
+    url: str, account: Account, metric: str, raw: str | bytes
+) -> None:
+    assert_error(http("POST", f"{url}/m/{metric}", raw=raw, token=account.post), 400)
+    assert points(url, metric) == []
+
+
+def test_body_over_64_kib_is_413_and_stores_nothing(
+    url: str, account: Account, metric: str
+) -> None:
+    raw = json.dumps({"value": 1, "metadata": "x" * (70 * 1024)})
+    assert_error(http("POST", f"{url}/m/{metric}", raw=raw, token=account.post), 413)
+    assert points(url, metric) == []
+
+
+def test_body_just_under_64_kib_is_accepted(url: str, account: Account, metric: str) -> None:
+    raw = '{"value": 1' + " " * (60 * 1024) + "}"
+    assert http("POST", f"{url}/m/{metric}", raw=raw, token=account.post)[0] == 200
+    assert values(url, metric) == [1]
+
+
+@pytest.mark.parametrize("target", ["well-formed", "nope", "D" * 22])
+def test_post_to_an_unknown_metric_is_404(url: str, account: Account, target: str) -> None:
+    if target == "well-formed":
+        target = unknown_id()
+    assert_error(post_point(url, target, account.admin, 1), 404)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: JSON, CSV, SVG, pages
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_has_a_header_and_one_row_per_point(url: str, account: Account, metric: str) -> None:
+    assert post_point(url, metric, account.post, 1.5, 'a,b "quoted"')[0] == 200
+    assert post_point(url, metric, account.post, 2)[0] == 200
+    status, headers, body = http("GET", f"{url}/m/{metric}/csv")
+    assert status == 200
+    assert headers.get("Content-Type", "").startswith("text/")
+    text = body.decode()
+    assert text.splitlines()[0] == "t,v,m"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    expected = points(url, metric)
+    assert [int(r["t"]) for r in rows] == [p["t"] for p in expected]
+    assert [float(r["v"]) for r in rows] == [1.5, 2]
+    assert [r["m"] for r in rows] == ['a,b "quoted"', ""]
+
+
+def test_csv_of_an_empty_metric_is_just_the_header(url: str, metric: str) -> None:
+    status, _, body = http("GET", f"{url}/m/{metric}/csv")
+    assert status == 200
+    assert body.decode().strip() == "t,v,m"
+
+
+@pytest.mark.parametrize("suffix", ["/svg", ".svg"])
+def test_svg_chart_is_an_svg_image(url: str, account: Account, metric: str, suffix: str) -> None:
+    for value in (10, 12, 9, 15):
+        assert post_point(url, metric, account.post, value)[0] == 200
+    status, headers, body = http("GET", f"{url}/m/{metric}{suffix}")
+    assert status == 200
+    assert headers.get("Content-Type", "").startswith("image/svg+xml")
+    parse_svg(body)
+
+
+def test_empty_metric_still_draws_a_chart(url: str, metric: str) -> None:
+    status, headers, body = http("GET", f"{url}/m/{metric}/svg")
+    assert status == 200
+    assert headers.get("Content-Type", "").startswith("image/svg+xml")
+    parse_svg(body)
+
+
+def test_svg_shows_title_labels_and_unit(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin, name="build", unit="widgets")
+    for value in (1, 2, 3):
+        assert post_point(url, mid, account.post, value)[0] == 200
+    query = urllib.parse.urlencode({"title": "Nightly build", "x-label": "When", "y-label": "Cost"})
+    status, _, body = http("GET", f"{url}/m/{mid}/svg?{query}")
+    assert status == 200
+    text = " ".join(parse_svg(body).itertext())
+    for expected in ("Nightly build", "When", "Cost", "widgets"):
+        assert expected in text
+
+
+def test_title_with_markup_is_escaped(url: str, account: Account, metric: str) -> None:
+    assert post_point(url, metric, account.post, 1)[0] == 200
+    evil = "<script>alert(1)</script>&"
+    query = urllib.parse.urlencode({"title": evil})
+    status, _, body = http("GET", f"{url}/m/{metric}/svg?{query}")
+    assert status == 200
+    assert evil in " ".join(parse_svg(body).itertext())
+    status, _, body = http("GET", f"{url}/m/{metric}?{query}")
+    assert status == 200
+    assert "<script>alert(1)</script>" not in body.decode()
+
+
+def test_min_and_max_clamp_without_breaking_the_chart(
+    url: str, account: Account, metric: str
+) -> None:
+    for value in (-50, 5, 6, 500):
+        assert post_point(url, metric, account.post, value)[0] == 200
+    status, _, body = http("GET", f"{url}/m/{metric}/svg?min=0&max=10")
+    assert status == 200
+    parse_svg(body)
+
+
+@pytest.mark.parametrize("path", ["", "/html"])
+def test_metric_page_has_the_chart_and_an_options_form(url: str, metric: str, path: str) -> None:
+    status, headers, body = http("GET", f"{url}/m/{metric}{path}")
+    assert status == 200
+    assert headers.get("Content-Type", "").startswith("text/html")
+    page = body.decode()
+    assert "<form" in page.lower()
+    assert "svg" in page.lower()
+    for option in CHART_OPTIONS:
+        assert re.search(rf"name=[\"']?{re.escape(option)}\b", page), option
+
+
+def test_metric_page_links_its_data_and_loads_nothing_from_elsewhere(url: str, metric: str) -> None:
+    page = http("GET", f"{url}/m/{metric}")[2].decode()
+    assert "json" in page
+    assert "csv" in page
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", page, re.I)
+
+
+def test_index_page_has_a_form_to_open_a_metric(url: str) -> None:
+    status, headers, body = http("GET", f"{url}/")
+    assert status == 200
+    assert headers.get("Content-Type", "").startswith("text/html")
+    page = body.decode()
+    assert "<form" in page.lower()
+    assert "metric-id" in page
+
+
+def test_open_metric_by_id_redirects_to_its_page(url: str, metric: str) -> None:
+    asked = f"{url}/m/?metric-id={metric}"
+    status, headers, _ = http("GET", asked)
+    assert status == 303
+    # Where a browser (or curl -L) lands: the Location resolved against the request's URL.
+    assert urllib.parse.urljoin(asked, headers["Location"]) == f"{url}/m/{metric}"
+
+
+def test_open_unknown_metric_by_id_is_404(url: str) -> None:
+    assert_error(http("GET", f"{url}/m/?metric-id={unknown_id()}"), 404)
+
+
+def test_open_metric_without_an_id_is_an_error(url: str) -> None:
+    answer = http("GET", f"{url}/m/")
+    assert answer[0] in (400, 404)
+    assert_error(answer, answer[0])
+
+
+@pytest.mark.parametrize("suffix", ["", "/html", "/svg", ".svg", "/json", "/csv"])
+def test_unknown_metric_is_404_in_every_format(url: str, suffix: str) -> None:
+    assert_error(http("GET", f"{url}/m/{unknown_id()}{suffix}"), 404)
+
+
+def test_unknown_format_is_404(url: str, metric: str) -> None:
+    assert_error(http("GET", f"{url}/m/{metric}/nope"), 404)
+    assert_error(http("GET", f"{url}/m/{metric}.png"), 404)
+
+
+def test_unknown_route_is_404_json(url: str) -> None:
+    assert_error(http("GET", f"{url}/nope"), 404)
+    assert_error(http("GET", f"{url}/m/x/y/z"), 404)
+
+
+@pytest.mark.parametrize(("method", "path"), [("DELETE", "/m/{}"), ("GET", "/a/"), ("GET", "/t/")])
+def test_wrong_method_is_405_json(url: str, metric: str, method: str, path: str) -> None:
+    assert_error(http(method, url + path.format(metric)), 405)
+
+
+# --------------------------------------------------------------------------------------------
+# Chart and query options
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "duration", ["90s", "15m", "12h", "3d", "2w", "2 weeks", "1d 12h", "1 day"]
+)
+def test_start_rel_accepts_durations(
+    url: str, account: Account, metric: str, duration: str
+) -> None:
+    assert post_point(url, metric, account.post, 4)[0] == 200
+    assert [p["v"] for p in points(url, metric, **{"start-rel": duration})] == [4]
+    query = urllib.parse.urlencode({"start-rel": duration})
+    assert http("GET", f"{url}/m/{metric}/svg?{query}")[0] == 200
+
+
+def test_time_range_filters_json_and_csv(url: str, account: Account, metric: str) -> None:
+    assert post_point(url, metric, account.post, 4)[0] == 200
+    assert points(url, metric, **{"end-rel": "1h"}) == []
+    assert points(url, metric, **{"start-fixed": "2000-01-01T00:00:00Z"})[0]["v"] == 4
+    assert points(url, metric, **{"start-fixed": "2000-01-01T02:00:00+02:00"})[0]["v"] == 4
+    assert points(url, metric, **{"end-fixed": "2000-01-01T00:00:00Z"}) == []
+    assert points(url, metric, **{"start-fixed": "2100-01-01T00:00:00Z"}) == []
+    status, _, body = http("GET", f"{url}/m/{metric}/csv?end-rel=1h")
+    assert status == 200
+    assert body.decode().strip() == "t,v,m"
+
+
+def test_relative_bound_wins_over_fixed(url: str, account: Account, metric: str) -> None:
+    assert post_point(url, metric, account.post, 4)[0] == 200
+    options = {"start-fixed": "2100-01-01T00:00:00Z", "start-rel": "1d"}
+    assert [p["v"] for p in points(url, metric, **options)] == [4]
+
+
+def test_empty_options_mean_unset(url: str, account: Account, metric: str) -> None:
+    """What a submitted form with blank fields sends."""
+    assert post_point(url, metric, account.post, 4)[0] == 200
+    query = urllib.parse.urlencode(dict.fromkeys(CHART_OPTIONS, ""))
+    for suffix in ("/svg", "/html", "/json"):
+        assert http("GET", f"{url}/m/{metric}{suffix}?{query}")[0] == 200
+    assert values(url, metric) == [4]
+
+
+@pytest.mark.parametrize("suffix", ["/svg", "/json", ""])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("start-rel", "banana"),
+        ("end-rel", "banana"),
+        ("start-fixed", "yesterday"),
+        ("end-fixed", "2026-13-45T00:00:00Z"),
+        ("min", "abc"),
+        ("max", "abc"),
+    ],
+)
+def test_bad_option_is_400_naming_it(
+    url: str, metric: str, suffix: str, option: str, value: str
+) -> None:
+    query = urllib.parse.urlencode({option: value})
+    message = assert_error(http("GET", f"{url}/m/{metric}{suffix}?{query}"), 400)
+    assert option in message
+
+
+@pytest.mark.parametrize("chart", [[5], [5, 5, 5], [0, 1e-9], [-1e300, 1e300]])
+def test_edge_case_data_still_draws(url: str, account: Account, chart: list[float]) -> None:
+    mid = new_metric(url, account.admin)
+    for value in chart:
+        assert post_point(url, mid, account.post, value)[0] == 200
+    for suffix in ("/svg", ".svg"):
+        status, _, body = http("GET", f"{url}/m/{mid}{suffix}")
+        assert status == 200
+        parse_svg(body)
+    assert http("GET", f"{url}/m/{mid}")[0] == 200
+
+
+ODD_QUERIES = [
+    "min=nan",
+    "max=inf",
+    "min=1e999",
+    "min=5&max=1",
+    "min=3&max=3",
+    "start-fixed=2030-01-01T00:00:00Z&end-fixed=2000-01-01T00:00:00Z",
+    "start-fixed=9999-12-31T23:59:59Z",
+    "start-fixed=0001-01-01T00:00:00Z",
+    "end-fixed=1969-12-31T23:59:59Z",
+    "start-rel=99999999999999999999w",
+    "start-rel=0s",
+    "start-rel=-5m",
+    "end-rel=1d&start-rel=1h",
+    "title=%ZZ",
+    "title=" + "x" * 5000,
+    "title=%00%01",
+    "y-label=%F0%9F%9A%80",
+]
+
+
+@pytest.mark.parametrize("query", ODD_QUERIES)
+def test_odd_chart_options_never_get_a_500(
+    url: str, account: Account, metric: str, query: str
+) -> None:
+    for value in (1, 2, 3):
+        assert post_point(url, metric, account.post, value)[0] == 200
+    for suffix in ("/svg", "/json", "/csv", ""):
+        answer = http("GET", f"{url}/m/{metric}{suffix}?{query}")
+        assert answer[0] in (200, 400), (suffix, answer)
+        if answer[0] == 400:
+            assert_error(answer, 400)
+        elif suffix == "/svg":
+            parse_svg(answer[2])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer \u00e9t\u00e9"},
+        {"Authorization": "Bearer a b c"},
+        {"Authorization": "Bearer " + "A" * 10000},
+        {"Content-Type": "text/plain"},
+        {"Content-Length": "-5"},
+    ],
+    ids=["latin-1-token", "spaces", "huge-token", "text-plain", "negative-length"],
+)
+def test_odd_headers_never_get_a_500(
+    url: str, account: Account, metric: str, headers: dict[str, str]
+) -> None:
+    headers = {"X-Forwarded-For": f"10.2.0.{secrets.randbelow(250) + 1}", **headers}
+    try:
+        answer = http("POST", f"{url}/m/{metric}", raw=b'{"value": 1}', headers=headers)
+    except (OSError, HTTPException):
+        return  # the server may drop a request it cannot parse; it just must not crash
+    assert answer[0] < 500, answer
+    if answer[0] >= 400:
+        assert_error(answer, answer[0])
+    assert ok_json("GET", f"{url}/healthz") == {"ok": True}
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limiting
+# --------------------------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--rate-limit", "1") as srv:
+        answers = [http("GET", f"{srv.url}/") for _ in range(10)]
+        assert answers[0][0] == 200
+        limited = [a for a in answers if a[0] == 429]
+        assert limited
+        assert_error(limited[0], 429)
+        retry_after = limited[0][1].get("Retry-After", "")
+        assert retry_after.strip()
+        # Without --trust-proxy, a forged X-Forwarded-For does not buy a fresh budget.
+        forged = http("GET", f"{srv.url}/", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert forged[0] == 429
+        wait = float(retry_after) if retry_after.strip().isdigit() else 2
+        time.sleep(min(max(wait, 1), 3) + 0.2)
+        assert http("GET", f"{srv.url}/")[0] == 200
+
+
+def test_rate_limit_counts_each_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--rate-limit", "1", "--trust-proxy", "1") as srv:
+        busy = {"X-Forwarded-For": "198.51.100.1"}
+        answers = [http("GET", f"{srv.url}/", headers=busy)[0] for _ in range(10)]
+        assert 429 in answers
+        quiet = {"X-Forwarded-For": "198.51.100.2"}
+        assert http("GET", f"{srv.url}/", headers=quiet)[0] == 200
+
+
+def test_failed_authentications_are_limited_even_without_a_rate_limit(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--rate-limit", "0") as srv:
+        statuses = []
+        for _ in range(200):
+            answer = http("PUT", f"{srv.url}/a/", token=random_token())
+            statuses.append(answer[0])
+            if answer[0] == 429:
+                assert_error(answer, 429)
+                assert answer[1].get("Retry-After", "").strip()
+                break
+        assert statuses[0] == 401
+        assert statuses[-1] == 429, f"no 429 after {len(statuses)} failed authentications"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def client_args(url: str, token: str | None = None, metric: str | None = None) -> list[str]:
+    args = ["--server", url]
+    if token is not None:
+        args += ["--access-token", token]
+    if metric is not None:
+        args += ["--metric", metric]
+    return args
+
+
+def test_import_does_not_pull_in_server_dependencies() -> None:
+    code = "import perfit, sys; assert not {'bottle','svgwrite','zstandard'} & set(sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(HERE), capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("flags", [(), ("-S",)])
+def test_token_gen_prints_a_fresh_token_without_a_server(flags: tuple[str, ...]) -> None:
+    first = cli("token", "gen", flags=flags)
+    second = cli("token", "gen", flags=flags)
+    assert first.returncode == 0, first.stderr
+    assert TOKEN_RE.match(first.stdout.strip())
+    assert first.stdout.strip() != second.stdout.strip()
+
+
+def test_main_runs_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(HERE))
+    try:
+        import perfit
+    finally:
+        sys.path.remove(str(HERE))
+    assert perfit.main(["token", "gen"]) == 0
+    assert TOKEN_RE.match(capsys.readouterr().out.strip())
+
+
+def test_help_exits_zero() -> None:
+    proc = cli("--help")
+    assert proc.returncode == 0
+    assert "serve" in proc.stdout
+
+
+def test_account_new_with_root_token(url: str) -> None:
+    proc = cli("account", "new", *client_args(url, ROOT))
+    assert proc.returncode == 0, proc.stderr
+    made = json.loads(proc.stdout)
+    assert ID_RE.match(made["account_id"])
+    assert TOKEN_RE.match(made["access_token"])
+    assert new_metric(url, made["access_token"])
+
+
+def test_account_new_with_admin_token_is_refused(url: str, account: Account) -> None:
+    assert_said_no(cli("account", "new", *client_args(url, account.admin)))
+
+
+def test_token_new_defaults_to_post_and_makes_admins_on_request(url: str, account: Account) -> None:
+    post = cli("token", "new", *client_args(url, account.admin))
+    admin = cli("token", "new", "--type", "admin", *client_args(url, account.admin))
+    assert post.returncode == 0, post.stderr
+    assert admin.returncode == 0, admin.stderr
+    post_token = json.loads(post.stdout)["access_token"]
+    admin_token = json.loads(admin.stdout)["access_token"]
+    assert json.loads(post.stdout)["account_id"] == account.id
+    assert_error(http("PUT", f"{url}/m/", token=post_token), 403)
+    assert new_metric(url, admin_token)
+
+
+def test_token_new_with_post_token_is_refused(url: str, account: Account) -> None:
+    assert_said_no(cli("token", "new", *client_args(url, account.post)))
+
+
+def test_metric_new_prints_the_metric(url: str, account: Account) -> None:
+    proc = cli(
+        "metric",
+        "new",
+        "--name",
+        "tests",
+        "--unit",
+        "s",
+        "--description",
+        "pytest wall time",
+        "--better",
+        "higher",
+        *client_args(url, account.admin),
+    )
+    assert proc.returncode == 0, proc.stderr
+    made = json.loads(proc.stdout)
+    assert ID_RE.match(made["metric_id"])
+    assert (made["name"], made["unit"], made["description"], made["better"]) == (
+        "tests",
+        "s",
+        "pytest wall time",
+        "higher",
+    )
+    assert points(url, made["metric_id"]) == []
+
+
+def test_metric_new_with_bad_better_is_a_usage_error(url: str, account: Account) -> None:
+    proc = cli("metric", "new", "--better", "sideways", *client_args(url, account.admin))
+    assert proc.returncode == 2
+
+
+def test_post_and_metric_get(url: str, account: Account, metric: str) -> None:
+    proc = cli("post", "2.5", "--metadata", "sha1", *client_args(url, account.post, metric))
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads(proc.stdout)["t"]
+    got = cli("metric", "get", *client_args(url, metric=metric))
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == [{"t": t, "v": 2.5, "m": "sha1"}]
+    assert points(url, metric) == [{"t": t, "v": 2.5, "m": "sha1"}]
+
+
+def test_client_options_come_from_the_environment(url: str, account: Account, metric: str) -> None:
+    env = {
+        "PERFIT_SERVER": url,
+        "PERFIT_ACCESS_TOKEN": account.post,
+        "PERFIT_METRIC": metric,
+        "PERFIT_METADATA": "from-env",
+    }
+    proc = cli("post", "7", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [(p["v"], p["m"]) for p in points(url, metric)] == [(7, "from-env")]
+    got = cli("metric", "get", env=env)
+    assert got.returncode == 0, got.stderr
+    assert [p["v"] for p in json.loads(got.stdout)] == [7]
+
+
+def test_post_works_without_site_packages(url: str, account: Account, metric: str) -> None:
+    proc = cli("post", "3", *client_args(url, account.post, metric), flags=("-S",))
+    assert proc.returncode == 0, proc.stderr
+    assert values(url, metric) == [3]
+
+
+def test_post_to_another_accounts_metric_says_no(url: str, other: Account, metric: str) -> None:
+    assert_said_no(cli("post", "1", *client_args(url, other.post, metric)))
+    assert points(url, metric) == []
+
+
+def test_post_to_an_unknown_metric_says_no(url: str, account: Account) -> None:
+    assert_said_no(cli("post", "1", *client_args(url, account.post, unknown_id())))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["post", "abc"],
+        ["post"],
+        ["frobnicate"],
+        ["metric", "frobnicate"],
+    ],
+    ids=["post-abc", "post-no-value", "unknown-command", "unknown-subcommand"],
+)
+def test_usage_errors_exit_2(url: str, account: Account, metric: str, args: list[str]) -> None:
+    proc = cli(
+        *args,
+        env={"PERFIT_SERVER": url, "PERFIT_ACCESS_TOKEN": account.post, "PERFIT_METRIC": metric},
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert points(url, metric) == []
+
+
+def test_post_without_an_access_token_is_a_usage_error(url: str, metric: str) -> None:
+    proc = cli("post", "1", *client_args(url, metric=metric))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert points(url, metric) == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_post_of_a_non_finite_value_fails_and_stores_nothing(
+    url: str, account: Account, metric: str, value: str
+) -> None:
+    proc = cli("post", value, *client_args(url, account.post, metric))
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert points(url, metric) == []
+
+
+def test_post_to_an_unreachable_server_fails_within_its_timeout() -> None:
+    started = time.monotonic()
+    proc = cli(
+        "post",
+        "1",
+        "--timeout",
+        "2",
+        *client_args(f"http://127.0.0.1:{free_port()}", random_token(), unknown_id()),
+    )
+    assert time.monotonic() - started < 15
+    assert proc.returncode not in (0, 2)
+    assert proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_posts_the_commands_duration(url: str, account: Account, metric: str) -> None:
+    proc = cli(
+        "run",
+        "--metadata",
+        "job-1",
+        *client_args(url, account.post, metric),
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.3); print('hello from the job')",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from the job" in proc.stdout
+    [point] = points(url, metric)
+    assert 0.3 <= point["v"] < 10
+    assert point["m"] == "job-1"
+
+
+def test_run_keeps_the_commands_exit_code_and_skips_posting_failures(
+    url: str, account: Account, metric: str
+) -> None:
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    proc = cli("run", *client_args(url, account.post, metric), "--", *failing)
+    assert proc.returncode == 3
+    assert points(url, metric) == []
+    proc = cli("run", "--send-on-failure", *client_args(url, account.post, metric), "--", *failing)
+    assert proc.returncode == 3
+    assert len(points(url, metric)) == 1
+
+
+def test_run_does_not_fail_the_job_when_the_server_is_down() -> None:
+    down = client_args(f"http://127.0.0.1:{free_port()}", random_token(), unknown_id())
+    job = [sys.executable, "-c", "print('built')"]
+    started = time.monotonic()
+    proc = cli("run", "--timeout", "2", *down, "--", *job)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 0
+    assert "built" in proc.stdout
+    assert proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+    proc = cli("run", "--timeout", "2", *down, "--", sys.executable, "-c", "raise SystemExit(4)")
+    assert proc.returncode == 4
+    proc = cli("run", "--timeout", "2", "--fail-on-send-failure", *down, "--", *job)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_does_not_fail_the_job_when_the_server_says_no(
+    url: str, other: Account, metric: str
+) -> None:
+    proc = cli("run", *client_args(url, other.post, metric), "--", sys.executable, "-c", "pass")
+    assert proc.returncode == 0
+    assert proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+    assert points(url, metric) == []
+
+
+# ============================================================================================
+# In-process tests of the building blocks: helpers, store, charts, rate limiting
+# ============================================================================================
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers: ids, tokens, durations, times
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ids_and_tokens_are_url_safe_and_never_start_with_a_dash():
+    for _ in range(2000):
+        token = perfit.new_token()
+        raw_id = perfit.new_id()
+        text_id = perfit.b64encode(raw_id)
+        assert len(token) == 43 and len(text_id) == 22
+        assert not token.startswith("-") and not text_id.startswith("-")
+        assert perfit.decode_id(text_id) == raw_id
+
+
+def test_decode_id_refuses_what_is_not_exactly_an_id():
+    good = perfit.b64encode(perfit.new_id())
+    assert perfit.decode_id(good + "A") is None
+    assert perfit.decode_id(good[:-1]) is None
+    assert perfit.decode_id(good[:-1] + "!") is None
+    # The 22nd character carries 2 padding bits; a second spelling of one id is refused.
+    last = perfit.b64encode(bytes(15) + b"\x00")
+    assert perfit.decode_id(last) == bytes(16)
+    assert perfit.decode_id(last[:-1] + "B") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43200),
+        ("3d", 259200),
+        ("2w", 1209600),
+        ("2 weeks", 1209600),
+        ("1d 12h", 129600),
+        ("1.5h", 5400),
+        ("1y", 31_556_952),
+    ],
+)
+def test_durations_read_as_people_write_them(text, seconds):
+    assert perfit.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "90", "banana", "3 parsecs", "1d banana", "-1d", "9" * 30 + "y"]
+)
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        perfit.parse_duration(text)
+
+
+def test_rfc3339_times_with_z_offsets_and_dates():
+    assert perfit.parse_rfc3339("2026-11-01T00:00:00Z") == 1793491200
+    assert perfit.parse_rfc3339("2026-11-01T01:00:00+01:00") == 1793491200
+    assert perfit.parse_rfc3339("2026-11-01") == 1793491200
+    with pytest.raises(ValueError):
+        perfit.parse_rfc3339("yesterday")
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_path(data):
+    (name,) = [n for n in os.listdir(data) if n.endswith(".log")]
+    return os.path.join(data, name)
+
+
+def _points(store, metric_id):
+    series = store.metrics[metric_id].series
+    return [(series.values[i], series.metadata(i)) for i in range(len(series))]
+
+
+def _store_with_points(data, values):
+    with perfit.Store.open(str(data)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="build")
+        for v in values:
+            store.add_point(metric.id, v, f"sha-{v}")
+        return metric.id
+
+
+def test_store_replays_everything_it_acknowledged(tmp_path):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, admin = store.create_account()
+        post = store.create_token(account, "post")
+        metric = store.create_metric(account, name="tests", unit="s", better="lower")
+        times = [store.add_point(metric.id, v, "é" * 3) for v in (1.5, 2.5, -3.0)]
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert store.authenticate(admin) == perfit.Principal(account, "admin")
+        assert store.authenticate(post) == perfit.Principal(account, "post")
+        assert store.authenticate(perfit.new_token()) is None
+        again = store.metrics[metric.id]
+        assert (again.name, again.unit, again.better) == ("tests", "s", "lower")
+        assert _points(store, metric.id) == [(1.5, "ééé"), (2.5, "ééé"), (-3.0, "ééé")]
+        assert list(again.series.times) == times == sorted(times)
+
+
+def test_store_keeps_no_token_in_plain_text(tmp_path):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, admin = store.create_account()
+        post = store.create_token(account, "post")
+    blob = Path(_log_path(tmp_path)).read_bytes()
+    assert admin.encode() not in blob and post.encode() not in blob
+
+
+def test_a_second_store_on_the_same_directory_is_refused(tmp_path):
+    with perfit.Store.open(str(tmp_path)), pytest.raises(perfit.StoreLocked, match="in use"):
+        perfit.Store.open(str(tmp_path))
+    perfit.Store.open(str(tmp_path)).close()  # released on close
+
+
+def test_torn_tail_is_cut_at_every_byte_offset_and_the_next_append_survives(tmp_path):
+    data = tmp_path / "data"
+    metric_id = _store_with_points(data, [1.0, 2.0, 3.0])
+    whole = Path(_log_path(data)).read_bytes()
+    last = perfit.encode_record(perfit.REC_POINT, perfit.POINT.pack(metric_id, 0, 3.0) + b"sha-3.0")
+    start = len(whole) - len(last)
+    for cut in range(start, len(whole)):
+        Path(_log_path(data)).write_bytes(whole[:cut])
+        with perfit.Store.open(str(data)) as store:
+            assert [v for v, _ in _points(store, metric_id)] == [1.0, 2.0]
+            assert store.torn_bytes_cut == cut - start
+            store.add_point(metric_id, 4.0)
+        with perfit.Store.open(str(data)) as store:
+            assert [v for v, _ in _points(store, metric_id)] == [1.0, 2.0, 4.0]
+
+
+def test_garbage_at_the_tail_is_a_torn_write(tmp_path):
+    metric_id = _store_with_points(tmp_path, [1.0])
+    with open(_log_path(tmp_path), "ab") as f:
+        f.write(b"\x00" * 4096)  # a file system that extended the file but not its data
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert _points(store, metric_id) == [(1.0, "sha-1.0")]
+
+
+def test_a_flipped_byte_before_good_records_is_corruption_named_with_its_offset(tmp_path):
+    metric_id = _store_with_points(tmp_path, [1.0, 2.0, 3.0])
+    path = _log_path(tmp_path)
+    blob = bytearray(Path(path).read_bytes())
+    scan = perfit.scan_file(path, perfit.LOG_MAGIC)
+    offset = next(off for off, rtype, payload in scan.records if rtype == perfit.REC_POINT)
+    blob[offset + perfit.FRAME.size + 20] ^= 0xFF  # inside the first point's value
+    Path(path).write_bytes(bytes(blob))
+    with pytest.raises(perfit.StoreCorrupt, match=f"offset {offset}"):
+        perfit.Store.open(str(tmp_path))
+    assert Path(path).read_bytes() == bytes(blob), "a corrupt log must never be truncated"
+    assert metric_id
+
+
+def test_concurrent_writers_share_fsyncs_and_lose_nothing(tmp_path, monkeypatch):
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        fsyncs.append(fd)
+        time.sleep(0.002)  # a disk that takes its time, as real ones do
+        real_fsync(fd)
+
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        monkeypatch.setattr(os, "fsync", counting_fsync)
+
+        def writer(n):
+            for i in range(50):
+                store.add_point(metric.id, n * 1000 + i)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        monkeypatch.undo()
+    assert len(fsyncs) < 400, "every writer paid for its own fsync: no group commit"
+    with perfit.Store.open(str(tmp_path)) as store:
+        values = sorted(v for v, _ in _points(store, metric.id))
+    assert values == sorted(n * 1000 + i for n in range(8) for i in range(50))
+
+
+def test_a_point_is_acknowledged_only_after_its_fsync(tmp_path, monkeypatch):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        entered, disk_done = threading.Event(), threading.Event()
+        real_fsync = os.fsync
+
+        def slow_fsync(fd):
+            entered.set()
+            disk_done.wait(10)  # the disk is still busy writing
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        acknowledged = []
+        writer = threading.Thread(
+            target=lambda: acknowledged.append(store.add_point(metric.id, 1.0))
+        )
+        writer.start()
+        assert entered.wait(10)
+        time.sleep(0.05)
+        assert not acknowledged, "add_point returned before its fsync finished"
+        disk_done.set()
+        writer.join(10)
+        assert acknowledged
+        monkeypatch.undo()
+
+
+def test_arrival_times_never_go_backwards(tmp_path, monkeypatch):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        first = store.add_point(metric.id, 1.0)
+        monkeypatch.setattr(time, "time", lambda: first - 3600)  # the clock steps back an hour
+        second = store.add_point(metric.id, 2.0)
+    assert second >= first
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts
+# ---------------------------------------------------------------------------------------------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _texts(svg):
+    return [t.text for t in ET.fromstring(svg).iter(f"{SVG}text")]
+
+
+def test_value_ticks_are_round_1_2_5_steps():
+    assert perfit.nice_ticks(0, 10) == [0, 2, 4, 6, 8, 10]
+    assert perfit.nice_ticks(0.013, 0.051) == [0.02, 0.03, 0.04, 0.05]
+    assert perfit.nice_ticks(55, 80) == [55, 60, 65, 70, 75, 80]
+
+
+@pytest.mark.parametrize(
+    ("span", "example"),
+    [
+        (90, r"^\d\d:\d\d:\d\d$"),  # seconds within a minute or two
+        (3 * 3600, r"^\d\d:\d\d$"),  # hours of a day
+        (30 * 86400, r"^[A-Z][a-z]{2} \d\d$"),  # days of a month
+        (300 * 86400, r"^[A-Z][a-z]{2} \d{4}$"),  # months of a year
+        (12 * 365 * 86400, r"^\d{4}$"),  # years
+    ],
+)
+def test_time_ticks_fit_the_span(span, example):
+    start = 1_790_000_000
+    ticks = perfit.time_ticks(start, start + span)
+    assert 2 <= len(ticks) <= 8
+    assert all(start <= t <= start + span for t, _ in ticks)
+    assert all(re.match(example, label) for _, label in ticks), ticks
+
+
+def test_chart_draws_a_line_with_a_marker_and_a_tooltip_per_point():
+    times = [1_790_000_000 + 3600 * i for i in range(5)]
+    svg = perfit.render_chart(times, [3, 1, 4, 1, 5], ["a", "", "c", "", "e"],
+                              perfit.ChartOptions(title="build"), unit="s")  # fmt: skip
+    root = ET.fromstring(svg)
+    (line,) = root.iter(f"{SVG}polyline")
+    assert len(line.get("points").split()) == 5
+    circles = list(root.iter(f"{SVG}circle"))
+    assert len(circles) == 5
+    tips = [c.find(f"{SVG}title").text for c in circles]
+    assert tips[0].endswith("3 s\na") and "2026" in tips[0]
+    assert "build" in _texts(svg) and "s" in _texts(svg)
+
+
+def test_points_beyond_min_and_max_sit_on_the_edge_and_leave_the_line():
+    times = [1_790_000_000 + 60 * i for i in range(4)]
+    opts = perfit.ChartOptions(min=0, max=10)
+    svg = perfit.render_chart(times, [5, 50, 6, -3], [""] * 4, opts)
+    root = ET.fromstring(svg)
+    (line,) = root.iter(f"{SVG}polyline")
+    assert len(line.get("points").split()) == 2
+    clamped = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "clamped"]
+    top = perfit.CHART_MARGIN["top"]
+    bottom = perfit.CHART_HEIGHT - perfit.CHART_MARGIN["bottom"]
+    assert sorted(float(c.get("cy")) for c in clamped) == [top, bottom]
+    assert "50 " in clamped[0].find(f"{SVG}title").text + " "
+
+
+def test_an_empty_chart_says_so():
+    svg = perfit.render_chart([], [], [], perfit.ChartOptions(title="nothing"))
+    assert "No data points yet" in _texts(svg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Web helpers: rate limiting and client addresses
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rate_limiter_allows_a_burst_then_refills():
+    limiter = perfit.RateLimiter(rate=2, burst=4)
+    assert [limiter.wait_time("a", now=100.0) for _ in range(4)] == [0, 0, 0, 0]
+    assert limiter.wait_time("a", now=100.0) == pytest.approx(0.5)
+    assert limiter.wait_time("b", now=100.0) == 0  # another address has its own bucket
+    assert limiter.wait_time("a", now=101.0) == 0  # refilled at 2 per second
+
+
+def test_rate_limiter_memory_stays_bounded():
+    limiter = perfit.RateLimiter(rate=1, burst=1, max_clients=100)
+    for i in range(10_000):
+        limiter.wait_time(f"10.0.{i // 256}.{i % 256}", now=0.0)
+    assert len(limiter._buckets) == 100
+
+
+@pytest.mark.parametrize(
+    ("trust", "forwarded", "expected"),
+    [
+        (0, "6.6.6.6", "127.0.0.1"),  # no proxy trusted: the header is the client's to forge
+        (1, "6.6.6.6, 1.2.3.4", "1.2.3.4"),  # the entry our proxy appended
+        (2, "6.6.6.6, 1.2.3.4, 10.0.0.2", "1.2.3.4"),
+        (1, "", "127.0.0.1"),
+    ],
+)
+def test_client_address_believes_only_trusted_proxies(trust, forwarded, expected):
+    environ = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": forwarded}
+    assert perfit.client_address(environ, trust) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Store at production grade: segments, crash recovery, check, backup, full disk
+# --------------------------------------------------------------------------------------------
+
+
+def _files(data: Path, suffix: str) -> list[Path]:
+    return sorted(p for p in data.iterdir() if p.name.endswith(suffix))
+
+
+def _series(store: perfit.Store, metric_id: bytes) -> list[tuple[int, float, str]]:
+    series = store.metrics[metric_id].series
+    return [(series.times[i], series.values[i], series.metadata(i)) for i in range(len(series))]
+
+
+def _store_with_log(data: Path, count: int, seal_bytes: int = perfit.SEAL_BYTES) -> tuple:
+    """A closed store holding `count` points of one metric; returns (metric id, its points)."""
+    with perfit.Store.open(str(data), seal_bytes=seal_bytes) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="build")
+        for i in range(count):
+            store.add_point(metric.id, 60 + i % 13 + i / 1000, f"sha{i}" if i % 3 else "")
+        return metric.id, _series(store, metric.id)
+
+
+def test_full_logs_are_sealed_into_small_segments_that_replay_exactly(tmp_path: Path) -> None:
+    metric_id, expected = _store_with_log(tmp_path, 3000, seal_bytes=8192)
+    segments, logs = _files(tmp_path, ".seg"), _files(tmp_path, ".log")
+    assert len(segments) >= 5 and len(logs) == 1, "full logs were not sealed"
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert _series(store, metric_id) == expected
+    sealed = sum(p.stat().st_size for p in segments)
+    as_logged = len(expected) * (perfit.FRAME.size + perfit.POINT.size + 4)
+    assert sealed < as_logged * len(segments) / (len(segments) + 1) / 3, "segments are not compact"
+
+
+@pytest.mark.parametrize("crash_after", ["temp-file-half-written", "temp-file-written", "renamed",
+                                         "log-removed"])  # fmt: skip
+def test_a_crash_at_any_step_of_sealing_keeps_every_point_exactly_once(
+    tmp_path: Path, crash_after: str
+) -> None:
+    metric_id, expected = _store_with_log(tmp_path, 500)
+    (log,) = _files(tmp_path, ".log")
+    segment = log.with_suffix(".seg")
+    perfit.seal_log(str(log), str(segment))  # the real sealing, stopped after one of its steps
+    temp = Path(str(segment) + ".tmp")
+    if crash_after.startswith("temp-file"):
+        segment.rename(temp)
+        if crash_after == "temp-file-half-written":
+            temp.write_bytes(temp.read_bytes()[: temp.stat().st_size // 2])
+    elif crash_after == "log-removed":
+        log.unlink()
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert _series(store, metric_id) == expected
+        store.add_point(metric_id, 1.0)
+    assert not temp.exists()
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert _series(store, metric_id)[:-1] == expected
+        assert _series(store, metric_id)[-1][1] == 1.0
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x55
+    path.write_bytes(bytes(blob))
+
+
+def test_a_flipped_byte_in_a_segment_is_named_checked_and_repaired(tmp_path: Path) -> None:
+    metric_id, expected = _store_with_log(tmp_path, 3000, seal_bytes=8192)
+    segment = _files(tmp_path, ".seg")[1]
+    scan = perfit.scan_file(str(segment), perfit.SEG_MAGIC)
+    offset = scan.records[-1][0]  # the segment's last block: its points
+    _flip_byte(segment, offset + perfit.FRAME.size + 10)
+    with pytest.raises(
+        perfit.StoreCorrupt, match=f"{segment.name}: corrupt bytes at offset {offset}"
+    ):
+        perfit.Store.open(str(tmp_path))
+
+    check = cli("store", "check", "--data", str(tmp_path))
+    assert check.returncode == 1, check.stdout
+    assert f"{segment}: corrupt bytes at offset {offset}" in check.stdout
+
+    with perfit.Store.open(str(tmp_path), repair=True) as store:
+        survivors = _series(store, metric_id)
+    lost = len(expected) - len(survivors)
+    assert 0 < lost < len(expected) / 2, "repair kept too little, or nothing was lost"
+    assert all(point in expected for point in survivors)
+    (kept,) = (tmp_path / perfit.DAMAGED_DIR).iterdir()
+    assert kept.read_bytes() != segment.read_bytes(), "the damaged original was not kept"
+    assert cli("store", "check", "--data", str(tmp_path)).returncode == 0
+
+
+def test_a_flipped_byte_in_the_log_is_listed_by_store_check(tmp_path: Path) -> None:
+    _store_with_log(tmp_path, 50)
+    (log,) = _files(tmp_path, ".log")
+    offset = perfit.scan_file(str(log), perfit.LOG_MAGIC).records[10][0]
+    _flip_byte(log, offset + perfit.FRAME.size + 2)
+    check = cli("store", "check", "--data", str(tmp_path))
+    assert check.returncode == 1
+    assert f"{log}: corrupt bytes at offset {offset}" in check.stdout
+    assert "Traceback" not in check.stderr
+
+
+def test_store_check_of_a_clean_directory_exits_zero(tmp_path: Path) -> None:
+    _store_with_log(tmp_path, 2000, seal_bytes=8192)
+    check = cli("store", "check", "--data", str(tmp_path))
+    assert check.returncode == 0, check.stdout
+    assert "clean" in check.stdout
+
+
+def test_sigkill_during_sealing_and_posting_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    _crash_rounds(tmp_path, rounds=3)
+
+
+@pytest.mark.slow
+def test_sigkill_soak_fifty_rounds(tmp_path: Path) -> None:
+    _crash_rounds(tmp_path, rounds=50)
+
+
+def _crash_rounds(data: Path, rounds: int) -> None:
+    """Kill a server mid-stream again and again; every acknowledged point survives once."""
+    acked: list[int] = []
+    srv = start_server(data, "--seal-bytes", "4096")
+    acc = new_account(srv.url)
+    mid = new_metric(srv.url, acc.admin)
+    lock = threading.Lock()
+    for round_ in range(rounds):
+
+        def writer(n: int, url: str = srv.url, base: int = round_ * 100_000) -> None:
+            for k in range(10_000):
+                value = base + n * 10_000 + k
+                try:
+                    status, _, _ = post_point(url, mid, acc.post, value, "x" * (k % 40))
+                except (OSError, HTTPException):
+                    return
+                if status != 200:
+                    return
+                with lock:
+                    acked.append(value)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(random.uniform(0.3, 0.8))
+        srv.proc.kill()
+        srv.proc.wait(10)
+        for thread in threads:
+            thread.join(30)
+        srv = start_server(data, "--seal-bytes", "4096")
+        stored = [int(v) for v in values(srv.url, mid)]
+        assert len(stored) == len(set(stored)), "a point was stored twice"
+        missing = set(acked) - set(stored)
+        assert not missing, f"round {round_}: lost {len(missing)} acknowledged points"
+    srv.stop()
+    assert _files(data, ".seg"), "no segment was sealed: the test did not exercise sealing"
+
+
+def test_backup_of_a_live_server_opens_with_everything_acknowledged_before(tmp_path: Path) -> None:
+    data, dest = tmp_path / "data", tmp_path / "backup"
+    with running_server(data, "--seal-bytes", "4096") as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        before = [v for v in range(300) if post_point(srv.url, mid, acc.post, v)[0] == 200]
+        stop = threading.Event()
+
+        def keep_posting() -> None:
+            v = 1000
+            while not stop.is_set():
+                post_point(srv.url, mid, acc.post, v)
+                v += 1
+
+        poster = threading.Thread(target=keep_posting)
+        poster.start()
+        try:
+            check = cli("store", "check", "--data", str(data))
+            backup = cli("store", "backup", "--data", str(data), str(dest))
+        finally:
+            stop.set()
+            poster.join()
+        assert check.returncode == 0, check.stdout
+        assert backup.returncode == 0, backup.stderr
+    with running_server(dest) as copy:
+        restored = [int(v) for v in values(copy.url, mid)]
+    assert restored[: len(before)] == before
+    assert len(restored) == len(set(restored))
+
+
+def test_backup_refuses_a_destination_that_is_not_empty(tmp_path: Path) -> None:
+    _store_with_log(tmp_path / "data", 5)
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "something").write_text("mine")
+    assert_said_no(
+        cli("store", "backup", "--data", str(tmp_path / "data"), str(tmp_path / "dest")), 2
+    )
+
+
+def _limited_server(data: Path, file_size_limit: int) -> Server:
+    """A server whose files cannot grow past the limit: a full disk, without filling one."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = clean_env(PERFITD_ROOT_ACCESS_TOKEN=ROOT)
+    cmd = [sys.executable, PERFIT, "serve", "--listen", "127.0.0.1:0", "--data", str(data),
+           "--rate-limit", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, preexec_fn=limit)  # fmt: skip
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return Server(proc, match.group(1), data, [line])
+
+
+def test_a_full_disk_answers_507_and_acknowledges_nothing_it_did_not_store(tmp_path: Path) -> None:
+    srv = _limited_server(tmp_path, 16 * 1024)
+    try:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        acked, refused = [], []
+        for value in range(400):
+            answer = post_point(srv.url, mid, acc.post, value, "m" * 100)
+            if answer[0] == 200:
+                acked.append(value)
+            else:
+                assert "data directory" in assert_error(answer, 507)
+                refused.append(value)
+        assert acked and refused, "the limit was never reached"
+        assert http("GET", f"{srv.url}/m/{mid}/json")[0] == 200, "reads must go on"
+    finally:
+        srv.stop()
+    with running_server(tmp_path) as again:
+        assert [int(v) for v in values(again.url, mid)] == acked
+
+
+# --------------------------------------------------------------------------------------------
+# Bulk import
+# --------------------------------------------------------------------------------------------
+
+
+def test_bulk_import_comes_back_in_time_order_ties_in_sent_order(
+    url: str, account: Account, metric: str
+) -> None:
+    now = int(time.time())
+    assert post_point(url, metric, account.post, 9.0)[0] == 200  # a live point, newest
+    sent = [
+        {"t": now - 3600, "v": 2.0},
+        {"t": now - 7200, "v": 1.0, "m": "first"},
+        {"t": now - 3600, "v": 3.0},
+    ]
+    answer = ok_json("POST", f"{url}/m/{metric}/points", body=sent, token=account.admin)
+    assert answer == {"added": 3}
+    got = points(url, metric)
+    assert [p["v"] for p in got] == [1.0, 2.0, 3.0, 9.0]
+    assert got[0] == {"t": now - 7200, "v": 1.0, "m": "first"}
+
+
+BAD_IMPORTS = {
+    "not a list": {"t": 1, "v": 1},
+    "bad value": [{"t": 1_700_000_000, "v": 1}, {"t": 1_700_000_000, "v": "x"}],
+    "missing t": [{"v": 1}],
+    "future": [{"t": 4_000_000_000, "v": 1}],
+    "negative t": [{"t": -5, "v": 1}],
+    "unknown field": [{"t": 1_700_000_000, "v": 1, "x": 1}],
+    "long metadata": [{"t": 1_700_000_000, "v": 1, "m": "é" * 129}],
+}
+
+
+@pytest.mark.parametrize("case", BAD_IMPORTS)
+def test_a_bad_import_is_400_and_stores_none_of_its_points(
+    url: str, account: Account, metric: str, case: str
+) -> None:
+    answer = http("POST", f"{url}/m/{metric}/points", body=BAD_IMPORTS[case], token=account.admin)
+    message = assert_error(answer, 400)
+    if case == "bad value":
+        assert "points[1].v" in message
+    assert points(url, metric) == []
+
+
+def test_import_limits_are_413(url: str, account: Account, metric: str) -> None:
+    many = [{"t": 1_700_000_000 + i, "v": 1.0} for i in range(10_001)]
+    too_many = http("POST", f"{url}/m/{metric}/points", body=many, token=account.admin)
+    assert "10000" in assert_error(too_many, 413)
+    huge = b"[" + b" " * (4 * 1024 * 1024) + b"]"
+    assert_error(http("POST", f"{url}/m/{metric}/points", raw=huge, token=account.admin), 413)
+    assert points(url, metric) == []
+
+
+@pytest.mark.parametrize("caller", ["post", "other-admin", "none"])
+def test_only_the_owning_admin_may_import(
+    url: str, account: Account, other: Account, metric: str, caller: str
+) -> None:
+    token = {"post": account.post, "other-admin": other.admin, "none": None}[caller]
+    answer = http("POST", f"{url}/m/{metric}/points", body=[{"t": 1, "v": 1}], token=token)
+    assert_error(answer, 401 if caller == "none" else 403)
+    assert points(url, metric) == []
+
+
+def test_metric_import_round_trips_the_csv_export_with_progress(
+    url: str, account: Account, metric: str, tmp_path: Path
+) -> None:
+    start = int(time.time()) - 30 * 86400
+    rows = "".join(
+        f"{start + 60 * i},{i % 50 / 4},{'sha' if i % 2 else ''}\n" for i in range(25_000)
+    )
+    source = tmp_path / "points.csv"
+    source.write_text("t,v,m\n" + rows)
+    done = cli("metric", "import", str(source), *client_args(url, account.admin, metric))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"added": 25_000}
+    assert "imported 10000/25000" in done.stderr and "imported 25000/25000" in done.stderr
+    _, _, exported = http("GET", f"{url}/m/{metric}/csv")
+    assert exported.decode().replace(".0,", ",") == ("t,v,m\n" + rows).replace(".0,", ",")
+
+
+def test_metric_import_reads_json_lines_and_rejects_a_bad_file(
+    url: str, account: Account, metric: str, tmp_path: Path
+) -> None:
+    lines = tmp_path / "points.jsonl"
+    lines.write_text('{"t": 1700000000, "v": 1.5}\n{"t": 1700000060, "v": 2.5, "m": "b"}\n')
+    done = cli("metric", "import", str(lines), *client_args(url, account.admin, metric))
+    assert done.returncode == 0, done.stderr
+    assert values(url, metric) == [1.5, 2.5]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,what\n1,2\n")
+    assert_said_no(cli("metric", "import", str(bad), *client_args(url, account.admin, metric)), 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The store against a model (hypothesis): any mix of posts, imports, seals, reopens and torn
+# tails leaves exactly the points a plain list would hold.
+# --------------------------------------------------------------------------------------------
+
+
+_VALUES = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_META = st.text(max_size=8)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = tempfile.mkdtemp(prefix="perfit-model-")
+        self.store = perfit.Store.open(self.path, seal_bytes=1024)
+        account, _ = self.store.create_account()
+        self.metrics = [self.store.create_metric(account).id for _ in range(2)]
+        self.model: dict[bytes, list[tuple[int, float, str]]] = {m: [] for m in self.metrics}
+
+    @rule(which=st.integers(0, 1), value=_VALUES, meta=_META)
+    def post(self, which: int, value: float, meta: str) -> None:
+        metric = self.metrics[which]
+        t = self.store.add_point(metric, value, meta)
+        self.model[metric] = sorted([*self.model[metric], (t, value, meta)], key=lambda r: r[0])
+
+    @rule(which=st.integers(0, 1),
+          rows=st.lists(st.tuples(st.integers(0, 2_000_000_000 * perfit.US), _VALUES, _META),
+                        max_size=30))  # fmt: skip
+    def import_points(self, which: int, rows: list) -> None:
+        metric = self.metrics[which]
+        batch = sorted(rows, key=lambda r: r[0])
+        self.store.add_points(
+            metric, perfit.PointBatch.of([(t, v, m.encode()) for t, v, m in batch])
+        )
+        self.model[metric] = sorted(self.model[metric] + batch, key=lambda r: r[0])
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = perfit.Store.open(self.path, seal_bytes=1024)
+
+    @rule(garbage=st.binary(min_size=1, max_size=40))
+    def crash_with_a_torn_tail(self, garbage: bytes) -> None:
+        self.store.close()
+        (log,) = _files(Path(self.path), ".log")
+        with open(log, "ab") as f:
+            f.write(garbage)
+        self.store = perfit.Store.open(self.path, seal_bytes=1024)
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        for metric in self.metrics:
+            assert _series(self.store, metric) == self.model[metric]
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.path)
+
+
+TestStoreAgainstAModel = StoreMachine.TestCase
+TestStoreAgainstAModel.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
