@@ -423,7 +423,11 @@ class Scan:
 def scan_file(path: str, magic: bytes) -> Scan:
     """Read every record of a file, stepping over bad bytes to find the good ones after."""
     with open(path, "rb") as f:
-        data = f.read()
+        return scan_bytes(path, f.read(), magic)
+
+
+def scan_bytes(path: str, data: bytes, magic: bytes) -> Scan:
+    """Every record of a file's contents, and the runs of bad bytes between them."""
     if len(data) < len(magic):
         # A crash while the file was being created: nothing in it was ever acknowledged.
         return Scan(path, [], [(0, len(data))] if data else [], len(data))
@@ -815,9 +819,10 @@ def _copy_once(path: str, dest: str) -> int:
         with open(src, "rb") as f:
             data = f.read()
         if kind == "log":
-            scan = scan_file(src, LOG_MAGIC)
+            # The active log may be mid-append as we read it: keep its whole records only.
+            scan = scan_bytes(src, data, LOG_MAGIC)
             good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
-            data = data[: max(good_end, len(LOG_MAGIC))] if len(data) >= 8 else LOG_MAGIC
+            data = data[:good_end] if good_end >= len(LOG_MAGIC) else LOG_MAGIC
         _write_durably(os.path.join(dest, file_name(number, "." + kind)), data)
         copied += 1
     token = os.path.join(path, "root-token")
@@ -2493,7 +2498,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(--send-on-failure would)", file=sys.stderr)  # fmt: skip
         return code
     try:
-        _post_point(args, round(elapsed, 6))
+        _post_point(args, round(elapsed, 3))  # milliseconds: plenty for a CI step
     except PerfitError as err:
         print(f"perfit: could not post the duration: {err.message}", file=sys.stderr)
         return EXIT_REFUSED if args.fail_on_send_failure else code

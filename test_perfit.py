@@ -2002,3 +2002,45 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreAgainstAModel = StoreMachine.TestCase
 TestStoreAgainstAModel.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+
+
+def test_a_failed_fsync_ends_the_server_process(tmp_path: Path) -> None:
+    # After a failed fsync the kernel may have dropped the data; retrying would lie. The store
+    # stops the process (exit 70) and lets replay on restart say what is on disk.
+    script = f"""
+import errno, os, sys
+sys.path.insert(0, {str(HERE)!r})
+import perfit
+store = perfit.Store.open({str(tmp_path)!r})
+account, _ = store.create_account()
+metric = store.create_metric(account)
+store.exit_on_fatal = True
+def broken(fd):
+    raise OSError(errno.EIO, "Input/output error")
+os.fsync = broken
+store.add_point(metric.id, 1.0)
+print("acknowledged")
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert child.returncode == perfit.EXIT_STORE_FATAL
+    assert "acknowledged" not in child.stdout
+    assert "fsync failed" in child.stderr
+
+
+def test_after_a_failed_fsync_the_store_refuses_writes_and_is_unhealthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", broken)
+        with pytest.raises(perfit.StoreError):
+            store.add_point(metric.id, 1.0)
+        monkeypatch.undo()
+        assert not store.writable()
+        with pytest.raises(perfit.StoreError, match="not writable"):
+            store.add_point(metric.id, 2.0)
