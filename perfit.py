@@ -544,10 +544,25 @@ class Series:
         else:
             self._merge(batch)
 
+    def add_one(self, t: int, value: float, meta: bytes) -> None:
+        """Add one point: the hot path of a live post, which nearly always comes last."""
+        if self.times and t < self.times[-1]:
+            self._merge(PointBatch.of([(t, value, meta)]))
+            return
+        if self._has_metadata(meta):
+            self._meta_blob += meta
+            self._meta_ends.append(len(self._meta_blob))
+        self.times.append(t)
+        self.values.append(value)
+
+    def _has_metadata(self, blob: bytes) -> bool:
+        """Whether metadata is kept; the column starts (empty for earlier points) on first use."""
+        if self._meta_ends is None and blob:
+            self._meta_ends = array("Q", bytes(8 * len(self.times)))
+        return self._meta_ends is not None
+
     def _extend(self, batch: PointBatch) -> None:
-        if self._meta_ends is None and batch.blob:
-            self._meta_ends = array("Q", bytes(8 * len(self.times)))  # empty for earlier points
-        if self._meta_ends is not None:
+        if self._has_metadata(batch.blob):
             ends = itertools.accumulate(batch.lens, initial=len(self._meta_blob))
             self._meta_ends.extend(itertools.islice(ends, 1, None))
             self._meta_blob += batch.blob
@@ -861,8 +876,9 @@ class Store:
         self.root_token_hash: bytes | None = None
         self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
         self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
-        self._lock = threading.Lock()  #: guards appends and the index
-        self._sync_lock = threading.Lock()  #: one fsync at a time; waiters share its result
+        self._lock = threading.Lock()  #: guards appends, the index and the fields below
+        self._durable = threading.Condition(self._lock)  #: notified after every fsync
+        self._syncing = False  #: an fsync is running: its fd must stay open
         self._seal_lock = threading.Lock()  #: one sealer at a time
         self._sealer: threading.Thread | None = None
         self._appended = 0  #: records written to the active log so far
@@ -899,7 +915,9 @@ class Store:
     def close(self) -> None:
         if self._sealer is not None:
             self._sealer.join()
-        with self._sync_lock, self._lock:
+        with self._durable:
+            while self._syncing:
+                self._durable.wait()
             for fd in (self._log_fd, self._lock_fd):
                 if fd is not None:
                     os.close(fd)
@@ -1010,9 +1028,7 @@ class Store:
         """Update the index with one record; the same code serves replay and live writes."""
         if rtype == REC_POINT:
             metric_id, t, value = POINT.unpack_from(payload)
-            batch = PointBatch(array("q", (t,)), array("d", (value,)),
-                               array("H", (len(payload) - POINT.size,)), payload[POINT.size :])  # fmt: skip
-            self.metrics[metric_id].series.add(batch)
+            self.metrics[metric_id].series.add_one(t, value, payload[POINT.size :])
             self._last_t = max(self._last_t, t)
         elif rtype in (REC_POINTS, REC_SEG_POINTS):
             for metric_id, batch in _point_batches(rtype, payload):
@@ -1071,14 +1087,22 @@ class Store:
             self._rotate()
 
     def _wait_durable(self, seq: int) -> None:
-        """Group commit: one fsync covers every record written before it started."""
-        with self._sync_lock:
-            if self._synced >= seq:
-                return  # another writer's fsync already covered this record
-            with self._lock:
+        """Group commit: the first waiter fsyncs for all written so far; the others wait on it."""
+        with self._durable:
+            while self._synced < seq:
+                if self._syncing:
+                    self._durable.wait()
+                    continue
+                self._syncing = True
                 target, fd = self._appended, self._log_fd
-            self._fsync(fd)
-            self._synced = target
+                self._lock.release()  # appends go on while the disk works
+                try:
+                    self._fsync(fd)
+                finally:
+                    self._lock.acquire()
+                    self._syncing = False
+                    self._durable.notify_all()
+                self._synced = max(self._synced, target)
 
     def _fsync(self, fd: int) -> None:
         try:
@@ -1094,8 +1118,9 @@ class Store:
 
     def _rotate(self) -> None:
         """Start a new active log; the full one is sealed in the background."""
-        # Same lock order as _wait_durable: no fsync is running on the fd we are replacing.
-        with self._sync_lock, self._lock:
+        with self._durable:
+            while self._syncing:
+                self._durable.wait()  # no fsync may be running on the fd we are replacing
             if self._log_size < self._next_rotation or self._log_fd is None:
                 return  # another writer rotated first
             old_fd, old_number = self._log_fd, self._log_number
