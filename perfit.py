@@ -37,6 +37,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -1232,37 +1233,73 @@ def _raw(text: str) -> bytes:
 
 # ==============================================================================================
 # Charts
-# Points in, SVG text out: axes with readable ticks, a line with markers, clamping to min/max.
-# svgwrite is imported inside render_chart, so the client never pays for it.
+# Points in, SVG text out: axes people read at a glance, one coloured line per metric, min/max
+# clamping, tooltips, dark mode, and big series reduced to what the pixels can show.
+# svgwrite is imported inside the renderers, so the client never pays for it.
 # ==============================================================================================
 
 CHART_WIDTH = 800
 CHART_HEIGHT = 400
-CHART_MARGIN = {"left": 72, "right": 24, "top": 44, "bottom": 56}
+CHART_MARGIN = {"left": 76, "right": 24, "top": 44, "bottom": 56}
+MAX_OVERLAY = 8  #: metrics in one chart
+#: Okabe-Ito, the colour-blind-safe palette; a lighter twin of each for dark backgrounds.
+#: The light ones are darkened where needed to keep 3:1 contrast on white (WCAG, graphics).
+SERIES_COLOURS = [
+    ("#0072B2", "#56B4E9"),
+    ("#D55E00", "#F0A35E"),
+    ("#00805E", "#3DD9A8"),
+    ("#B0527F", "#E6A5CB"),
+    ("#A86800", "#F5C451"),
+    ("#2A7FB8", "#9AD3F5"),
+    ("#882255", "#D46A9F"),
+    ("#444444", "#C9D1D9"),
+]
+DURATION_UNITS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 0.001}
 
 CHART_CSS = """
 svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 12px; }
 .bg { fill: #ffffff; }
-.frame, .tick { stroke: #6b7280; stroke-width: 1; }
+.frame, .tick { stroke: #6b7280; stroke-width: 1; fill: none; }
 .grid { stroke: #e5e7eb; stroke-width: 1; }
-.label, .ticklabel { fill: #374151; }
+.label, .ticklabel, .legend { fill: #374151; }
+.note { fill: #6b7280; font-size: 11px; }
 .title { fill: #111827; font-size: 16px; font-weight: 600; }
 .empty { fill: #6b7280; font-size: 16px; }
-.line { fill: none; stroke: #2563eb; stroke-width: 2; stroke-linejoin: round; }
-.point { fill: #2563eb; }
-.clamped { fill: #dc2626; }
+.clamped { stroke: #111827; stroke-width: 1.5; }
+a .point { cursor: pointer; }
 @media (prefers-color-scheme: dark) {
   .bg { fill: #0d1117; }
   .frame, .tick { stroke: #8b949e; }
   .grid { stroke: #30363d; }
-  .label, .ticklabel { fill: #c9d1d9; }
+  .label, .ticklabel, .legend { fill: #c9d1d9; }
+  .note { fill: #8b949e; }
   .title { fill: #f0f6fc; }
   .empty { fill: #8b949e; }
-  .line { stroke: #58a6ff; }
-  .point { fill: #58a6ff; }
-  .clamped { fill: #f85149; }
+  .clamped { stroke: #f0f6fc; }
+}
+@media (max-width: 600px) {
+  /* Shown at phone width the chart shrinks to about 0.45x: keep its text readable. */
+  svg { font-size: 22px; }
+  .title { font-size: 28px; }
+  .note { font-size: 18px; }
 }
 """
+
+
+def _series_css() -> str:
+    light = "".join(
+        f".s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (c, _) in enumerate(SERIES_COLOURS)
+    )
+    dark = "".join(
+        f"  .s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (_, c) in enumerate(SERIES_COLOURS)
+    )
+    # After the colours, and more specific, so a line is never filled in.
+    shapes = (
+        "polyline.line { fill: none; stroke-width: 2; stroke-linejoin: round; }\n"
+        "polygon.band { stroke: none; fill-opacity: .28; }\n"
+        "circle.ghost { fill-opacity: 0; stroke: none; pointer-events: all; }\n"
+    )
+    return f"{light}@media (prefers-color-scheme: dark) {{\n{dark}}}\n{shapes}"
 
 
 @dataclasses.dataclass
@@ -1278,6 +1315,60 @@ class ChartOptions:
     max: float | None = None
 
 
+@dataclasses.dataclass
+class ChartSeries:
+    """One metric's points as a chart draws them: times in seconds, maybe reduced."""
+
+    name: str
+    unit: str
+    times: list[float]
+    values: list[float]
+    metadata: list[str]
+    total: int  #: points in the range before reduction
+    #: when reduced: (time, lowest, median, highest) of each pixel column that has points
+    columns: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+
+
+# -- numbers, durations and ticks ----------------------------------------------------------------
+
+_XML_ILLEGAL = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ud800-\\udfff\\ufffe\\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image."""
+    return _XML_ILLEGAL.sub("\ufffd", text)
+
+
+def format_number(value: float) -> str:
+    """A value as people write it: 12.5, 0.003, 1.2e+09, no float noise."""
+    return "0" if value == 0 else f"{value:.6g}"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as people say it: 350 ms, 12.5 s, 1m 30s, 2h 5m, 3d 4h."""
+    sign, s = ("-" if seconds < 0 else ""), abs(seconds)
+    if s < 1:
+        return f"{sign}{format_number(round(s * 1000, 3))} ms"
+    if s < 60:
+        return f"{sign}{format_number(round(s, 2))} s"
+    parts = []
+    for size, suffix in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
+        if s >= size or (parts and size == 1):
+            whole = int(s // size)
+            s -= whole * size
+            parts.append(f"{whole}{suffix}")
+        if len(parts) == 2:
+            break
+    return sign + " ".join(p for p in parts if not p.startswith("0") or p == parts[0])
+
+
+def format_value(value: float, unit: str) -> str:
+    """A value with its unit; durations (s, ms) as durations, 90 s as 1m 30s."""
+    if unit in DURATION_UNITS:
+        return format_duration(value * DURATION_UNITS[unit])
+    return f"{format_number(value)} {unit}".rstrip()
+
+
 def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     """Round tick values on 1-2-5 steps covering [lo, hi]."""
     if hi <= lo:
@@ -1285,13 +1376,29 @@ def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     raw_step = (hi - lo) / count
     magnitude = 10 ** math.floor(math.log10(raw_step))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_step)
+    return _ticks_from(lo, hi, step)
+
+
+def _ticks_from(lo: float, hi: float, step: float) -> list[float]:
     first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    i = 0
-    while first + i * step <= hi + step * 1e-9:
-        ticks.append(round(first + i * step, 12))
-        i += 1
-    return ticks
+    count = int((hi - first) / step + 1e-9) + 1
+    return [round(first + i * step, 12) for i in range(max(count, 0))]
+
+
+#: Steps for duration axes, in seconds: round minutes and hours rather than 1-2-5 seconds.
+_DURATION_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400]
+
+
+def value_ticks(lo: float, hi: float, unit: str, count: int = 6) -> list[float]:
+    """Ticks for the y axis: whole minutes and hours for durations of a minute or more."""
+    scale = DURATION_UNITS.get(unit)
+    if scale is None or (hi - lo) * scale < 120:
+        return nice_ticks(lo, hi, count)
+    raw = (hi - lo) * scale / count
+    step = next((s for s in _DURATION_STEPS if s >= raw), None)
+    if step is None:
+        return nice_ticks(lo, hi, count)
+    return _ticks_from(lo, hi, step / scale)
 
 
 # Time tick steps in seconds, each with the strftime format its labels use.
@@ -1358,20 +1465,69 @@ def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]
         index += step
 
 
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# -- choosing what to draw -------------------------------------------------------------------------
 
 
-def xml_safe(text: str) -> str:
-    """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image."""
-    return _XML_ILLEGAL.sub("\ufffd", text)
+def chart_series(metric: Metric, opts: ChartOptions, t0: float, t1: float) -> ChartSeries:
+    """The metric's points in the options' range, reduced when they outnumber the pixels.
+
+    A series with more points than two per pixel column keeps, in each column, its lowest and
+    its highest point (in time order), and the column's median: drawn as a band with a line
+    through it, the shape and every spike survive at a fraction of the size.
+    """
+    series = metric.series
+    rows = series.index_range(opts.start, opts.end)
+    columns = CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
+    stats: list[tuple[float, float, float, float]] = []
+    if len(rows) <= 2 * columns or t1 <= t0:
+        keep: Sequence[int] = rows
+    else:
+        keep, stats = _reduce_per_column(series, rows, t0, t1, columns)
+    return ChartSeries(
+        name=metric.name or b64encode(metric.id),
+        unit=metric.unit,
+        times=[series.times[i] / US for i in keep],
+        values=[series.values[i] for i in keep],
+        metadata=[series.metadata(i) for i in keep],
+        total=len(rows),
+        columns=stats,
+    )
 
 
-def format_number(value: float) -> str:
-    """A value as people write it: 12.5, 0.003, 1.2e+09 — no float noise."""
-    if value == 0:
-        return "0"
-    text = f"{value:.6g}"
-    return text
+def _reduce_per_column(series: Series, rows: range, t0: float, t1: float,
+                       columns: int) -> tuple[list[int], list[tuple[float, float, float, float]]]:  # fmt: skip
+    keep, stats = [], []
+    lo = rows.start
+    for column in range(1, columns + 1):
+        edge = math.floor((t0 + (t1 - t0) * column / columns) * US)
+        hi = (
+            rows.stop
+            if column == columns
+            else bisect.bisect_right(series.times, edge, lo, rows.stop)
+        )
+        if hi > lo:
+            chunk = series.values[lo:hi]  # min(), index() and sorted() run in C on the slice
+            low, high = lo + chunk.index(min(chunk)), lo + chunk.index(max(chunk))
+            keep.extend(sorted({low, high}))
+            middle = t0 + (t1 - t0) * (column - 0.5) / columns
+            stats.append((middle, min(chunk), statistics.median(chunk), max(chunk)))
+        lo = hi
+    return keep, stats
+
+
+def chart_range(metrics: Sequence[Metric], opts: ChartOptions) -> tuple[float, float]:
+    """The time span the x axis shows: the options' bounds, else the data's."""
+    firsts, lasts = [], []
+    for metric in metrics:
+        rows = metric.series.index_range(opts.start, opts.end)
+        if rows:
+            firsts.append(metric.series.times[rows.start] / US)
+            lasts.append(metric.series.times[rows.stop - 1] / US)
+    t0 = opts.start if opts.start is not None else min(firsts, default=0.0)
+    t1 = opts.end if opts.end is not None else max(lasts, default=0.0)
+    if t1 - t0 < 1:
+        t0, t1 = t0 - 60, t1 + 60  # one point, or all in one second: show a two-minute window
+    return t0, t1
 
 
 def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, float]:
@@ -1388,96 +1544,173 @@ def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, fl
     return lo, hi
 
 
-def render_chart(
-    times: Sequence[float],
-    values: Sequence[float],
-    metadata: Sequence[str],
-    opts: ChartOptions,
-    unit: str = "",
-    now: float | None = None,
-) -> str:
-    """One metric's points as a standalone SVG document."""
-    import svgwrite  # server side only
+_URL_RE = re.compile(r"https?://[^\s<>\"']+\Z")
 
-    opts = dataclasses.replace(
-        opts,
-        title=xml_safe(opts.title),
-        x_label=xml_safe(opts.x_label),
-        y_label=xml_safe(opts.y_label),
-    )
-    unit = xml_safe(unit)
+
+# -- drawing ------------------------------------------------------------------------------------
+
+
+def render_chart(
+    series: Sequence[ChartSeries], opts: ChartOptions, t0: float, t1: float, empty: str = ""
+) -> str:
+    """Metrics' points as one standalone SVG document: axes, a line and markers per metric."""
+    import svgwrite  # server side only
 
     left, right = CHART_MARGIN["left"], CHART_WIDTH - CHART_MARGIN["right"]
     top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
+    units = sorted({s.unit for s in series if s.unit})
+    unit = units[0] if len(units) == 1 else ""
     dwg = svgwrite.Drawing(size=(CHART_WIDTH, CHART_HEIGHT), debug=False)
     dwg.viewbox(0, 0, CHART_WIDTH, CHART_HEIGHT)
     dwg.attribs["role"] = "img"
-    dwg.defs.add(dwg.style(CHART_CSS))
+    dwg.defs.add(dwg.style(CHART_CSS + _series_css()))
     dwg.add(dwg.rect((0, 0), (CHART_WIDTH, CHART_HEIGHT), class_="bg"))
+    title = xml_safe(opts.title) or (xml_safe(series[0].name) if len(series) == 1 else "")
+    dwg.set_desc(title=title or "PerfIt chart")
     if opts.title:
-        dwg.set_desc(title=opts.title)
-        dwg.add(
-            dwg.text(opts.title, insert=(CHART_WIDTH / 2, 26), class_="title", text_anchor="middle")
-        )
-
-    y_label = opts.y_label or unit
+        dwg.add(dwg.text(title, insert=(CHART_WIDTH / 2, 24), class_="title", text_anchor="middle"))
+    if len(series) > 1:
+        _draw_legend(dwg, series, left, 38 if opts.title else 22)
+    y_label = xml_safe(opts.y_label) or ("duration" if unit in DURATION_UNITS else ", ".join(units))
     if y_label:
         y_mid = (top + bottom) / 2
-        dwg.add(
-            dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
-                     transform=f"rotate(-90 16 {y_mid})")
-        )  # fmt: skip
-    x_label = opts.x_label or "time (UTC)"
+        dwg.add(dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
+                         transform=f"rotate(-90 16 {y_mid})"))  # fmt: skip
+    x_label = xml_safe(opts.x_label) or "time (UTC)"
     dwg.add(dwg.text(x_label, insert=((left + right) / 2, CHART_HEIGHT - 10), class_="label",
                      text_anchor="middle"))  # fmt: skip
+    dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame"))
 
-    if not times:
-        message = "No data points in this range" if opts.start or opts.end else "No data points yet"
-        dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="bg frame"))
+    values = [v for s in series for v in s.values]
+    if not values:
+        message = empty or (
+            "No data points in this range" if opts.start or opts.end else "No data points yet"
+        )
         dwg.add(dwg.text(message, insert=((left + right) / 2, (top + bottom) / 2), class_="empty",
                          text_anchor="middle"))  # fmt: skip
         return dwg.tostring()
-
-    t0 = opts.start if opts.start is not None else times[0]
-    t1 = opts.end if opts.end is not None else times[-1]
-    if t1 - t0 < 1:
-        t0, t1 = t0 - 60, t1 + 60  # one point, or all in one second: show a two-minute window
     v0, v1 = _value_range(values, opts)
 
     def x_of(t: float) -> float:
-        return left + (t - t0) / (t1 - t0) * (right - left)
+        return round(left + (t - t0) / (t1 - t0) * (right - left), 1)
 
     def y_of(v: float) -> float:
-        return bottom - (v - v0) / (v1 - v0) * (bottom - top)
+        return round(bottom - (min(max(v, v0), v1) - v0) / (v1 - v0) * (bottom - top), 1)
 
-    for v in nice_ticks(v0, v1):
+    for v in value_ticks(v0, v1, unit):
         if v0 <= v <= v1:
             y = y_of(v)
             dwg.add(dwg.line((left, y), (right, y), class_="grid"))
-            dwg.add(dwg.text(format_number(v), insert=(left - 6, y + 4), class_="ticklabel",
-                             text_anchor="end"))  # fmt: skip
+            label = format_value(v, unit) if unit in DURATION_UNITS else format_number(v)
+            dwg.add(
+                dwg.text(label, insert=(left - 6, y + 4), class_="ticklabel", text_anchor="end")
+            )
     for t, label in time_ticks(t0, t1):
         x = x_of(t)
         dwg.add(dwg.line((x, bottom), (x, bottom + 5), class_="tick"))
         dwg.add(dwg.text(label, insert=(x, bottom + 18), class_="ticklabel", text_anchor="middle"))
-    dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame", fill="none"))
+    for i, s in enumerate(series):
+        _draw_series(dwg, s, f"s{i % len(SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
+    reduced = [s for s in series if s.total > len(s.times)]
+    if reduced:
+        shown = sum(len(s.times) for s in series)
+        total = sum(s.total for s in series)
+        note = f"{total:,} points, reduced to {shown:,}: band = lowest to highest, line = median"
+        dwg.add(dwg.text(note, insert=(right, top - 6), class_="note", text_anchor="end"))
+    return dwg.tostring()
 
-    line_points = []
-    markers = dwg.g()
-    for t, v, meta in zip(times, values, metadata):
+
+def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, named: bool,
+                 x_of: Callable[[float], float], y_of: Callable[[float], float]) -> None:  # fmt: skip
+    reduced = bool(s.columns)
+    if reduced:
+        upper = [(x_of(t), y_of(high)) for t, _, _, high in s.columns]
+        lower = [(x_of(t), y_of(low)) for t, low, _, _ in reversed(s.columns)]
+        dwg.add(dwg.polygon(upper + lower, class_=f"band {colour}"))
+        line = [(x_of(t), y_of(median)) for t, _, median, _ in s.columns]
+    else:
+        line = []
+    markers = dwg.g(class_=colour)
+    for t, v, meta in zip(s.times, s.values, s.metadata):
         clamped = (opts.min is not None and v < opts.min) or (opts.max is not None and v > opts.max)
-        shown = min(max(v, v0), v1)
-        x, y = x_of(t), y_of(shown)
-        if not clamped:
-            line_points.append((round(x, 1), round(y, 1)))
-        marker = dwg.circle((round(x, 1), round(y, 1)), r=4 if clamped else 2.5,
-                            class_="clamped" if clamped else "point")  # fmt: skip
-        tip = f"{format_time(t)}\n{format_number(v)}{' ' + unit if unit else ''}"
-        marker.set_desc(title=tip + (f"\n{xml_safe(meta)}" if meta else ""))
-        markers.add(marker)
-    if len(line_points) > 1:
-        dwg.add(dwg.polyline(line_points, class_="line"))
+        x, y = x_of(t), y_of(v)
+        if not clamped and not reduced:
+            line.append((x, y))  # a clamped point is not where the line would put it: skip it
+        kind = "point clamped" if clamped else "point ghost" if reduced else "point"
+        marker = dwg.circle((x, y), r=4 if clamped else 2.5, class_=kind)
+        tip = (
+            f"{xml_safe(s.name)}\n" if named else ""
+        ) + f"{format_time(t)}\n{format_value(v, s.unit)}"
+        if meta:
+            tip += f"\n{xml_safe(meta)}"
+        marker.set_desc(title=tip)
+        if _URL_RE.match(meta):
+            link = dwg.a(href=meta, target="_blank")
+            link.add(marker)
+            markers.add(link)
+        else:
+            markers.add(marker)
+    if len(line) > 1:
+        dwg.add(dwg.polyline(line, class_=f"line {colour}"))
     dwg.add(markers)
+
+
+def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float) -> None:
+    x = left
+    for i, s in enumerate(series):
+        colour = f"s{i % len(SERIES_COLOURS)}"
+        dwg.add(dwg.rect((x, y - 9), (14, 4), class_=colour))
+        name = xml_safe(s.name)[:40]
+        dwg.add(dwg.text(name, insert=(x + 18, y - 4), class_="legend"))
+        x += 18 + text_width(name, 12) + 16
+
+
+# -- badges -------------------------------------------------------------------------------------
+
+#: Average advance of Verdana's glyphs at 11 px, by kind: enough to size a badge's halves.
+_NARROW, _WIDE = set("fijlrtI.,:;!|' "), set("mwMWOQGDHNU@%")
+
+
+def text_width(text: str, size: float = 11) -> float:
+    units = sum(0.33 if c in _NARROW else 0.9 if c in _WIDE else 0.62 for c in text)
+    return units * size
+
+
+BADGE_COLOURS = {"good": "#2e7d32", "warn": "#8a6d00", "bad": "#c62828", "neutral": "#0063b1",
+                 "none": "#6b6b6b"}  # fmt: skip
+
+
+def badge_state(values: Sequence[float], better: str) -> str:
+    """How the latest value compares with the median of the ones before (up to 20)."""
+    if not values:
+        return "none"
+    recent = values[-21:-1]
+    if not recent:
+        return "neutral"
+    median = statistics.median(recent)
+    if median <= 0:
+        return "neutral"
+    ratio = values[-1] / median
+    worse = ratio if better == "lower" else (1 / ratio if ratio > 0 else math.inf)
+    return "good" if worse <= 1.05 else "warn" if worse <= 1.2 else "bad"
+
+
+def render_badge(label: str, message: str, state: str) -> str:
+    """A shields-style badge: grey label on the left, coloured message on the right."""
+    import svgwrite
+
+    label, message = xml_safe(label)[:60], xml_safe(message)[:60]
+    lw, mw = text_width(label) + 12, text_width(message) + 12
+    dwg = svgwrite.Drawing(size=(round(lw + mw), 20), debug=False)
+    dwg.attribs["role"] = "img"
+    dwg.set_desc(title=f"{label}: {message}")
+    dwg.add(dwg.rect((0, 0), (lw, 20), fill="#555", rx=3))
+    dwg.add(dwg.rect((lw - 4, 0), (mw + 4, 20), fill=BADGE_COLOURS[state], rx=3))
+    dwg.add(dwg.rect((lw - 4, 0), (4, 20), fill="#555"))
+    text = dwg.g(fill="#fff", font_family="Verdana,Geneva,DejaVu Sans,sans-serif", font_size=11)
+    text.add(dwg.text(label, insert=(lw / 2, 14), text_anchor="middle"))
+    text.add(dwg.text(message, insert=(lw + mw / 2 - 2, 14), text_anchor="middle"))
+    dwg.add(text)
     return dwg.tostring()
 
 
@@ -1666,10 +1899,11 @@ def _time_bound(query: dict[str, str], bound: str, now: float) -> float | None:
 
 PAGE_CSS = """
 :root { color-scheme: light dark; --fg: #111827; --muted: #4b5563; --bg: #ffffff;
-        --card: #f9fafb; --border: #d1d5db; --accent: #1d4ed8; --error: #b91c1c; }
+        --card: #f9fafb; --border: #d1d5db; --accent: #1d4ed8; --on-accent: #ffffff;
+        --error: #b91c1c; }
 @media (prefers-color-scheme: dark) {
   :root { --fg: #f0f6fc; --muted: #9ca3af; --bg: #0d1117; --card: #161b22;
-          --border: #30363d; --accent: #58a6ff; --error: #f85149; } }
+          --border: #30363d; --accent: #58a6ff; --on-accent: #0d1117; --error: #f85149; } }
 * { box-sizing: border-box; }
 body { margin: 0 auto; max-width: 960px; padding: 1.5rem 1rem; background: var(--bg);
        color: var(--fg); font: 16px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }
@@ -1684,10 +1918,19 @@ label { display: flex; flex-direction: column; font-size: .9rem; color: var(--mu
 input { font: inherit; padding: .35rem .5rem; border: 1px solid var(--border); border-radius: 4px;
         background: var(--bg); color: var(--fg); }
 button { font: inherit; padding: .4rem 1rem; border-radius: 4px; border: 1px solid var(--accent);
-         background: var(--accent); color: #fff; cursor: pointer; }
-.error { color: var(--error); min-height: 1.5em; }
+         background: var(--accent); color: var(--on-accent); cursor: pointer; }
+.error { color: var(--error); min-height: 1.25em; margin: .25rem 0; }
 code { background: var(--card); padding: .1rem .3rem; border-radius: 3px; }
 nav.formats a { margin-right: 1rem; }
+h2 { font-size: 1.15rem; margin: 1.5rem 0 .5rem; }
+.embed textarea { width: 100%; min-height: 6em; font: .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
+                  padding: .4rem; border: 1px solid var(--border); border-radius: 4px;
+                  background: var(--card); color: var(--fg); resize: vertical; margin-bottom: .5rem; }
+table.latest { border-collapse: collapse; width: 100%; font-size: .9rem; }
+table.latest th, table.latest td { text-align: left; padding: .3rem .5rem; vertical-align: top;
+                                   border-bottom: 1px solid var(--border); }
+table.latest td:last-child { overflow-wrap: anywhere; }
+table.latest td:first-child { white-space: nowrap; }
 """
 
 INDEX_PAGE = """<!doctype html>
@@ -1717,19 +1960,28 @@ METRIC_PAGE = """<!doctype html>
 <p class="muted">{subtitle}</p>
 <div class="chart" id="chart" aria-live="polite">{svg}</div>
 <p class="error" id="error" role="alert"></p>
-<nav class="formats">View as:
+<nav class="formats" aria-label="this view as data">View as:
   <a id="link-svg" href="{base}/svg{query}">SVG</a>
   <a id="link-json" href="{base}/json{query}">JSON</a>
-  <a id="link-csv" href="{base}/csv{query}">CSV</a></nav>
+  {csv_link}</nav>
 <form class="options" id="options" method="get" action="">
 {fields}
   <div><button type="submit">Redraw</button></div>
 </form>
+<section class="embed" aria-labelledby="embed-heading">
+<h2 id="embed-heading">Embed this chart</h2>
+<label for="embed-markdown">Markdown (README, wiki)</label>
+<textarea id="embed-markdown" readonly rows="4">{embed_markdown}</textarea>
+<label for="embed-html">HTML</label>
+<textarea id="embed-html" readonly rows="4">{embed_html}</textarea>
+</section>
+{latest}
 </main>
 <script>
 (function () {{
   // Redraw the chart as the user types: fetch the SVG of the same view, no page reload.
   var base = location.pathname.replace(/\\/(html)?$/, "");
+  var ids = {ids_json}, name = {name_json};
   var form = document.getElementById("options");
   var chart = document.getElementById("chart");
   var error = document.getElementById("error");
@@ -1740,6 +1992,20 @@ METRIC_PAGE = """<!doctype html>
     var s = q.toString();
     return s ? "?" + s : "";
   }}
+  function update(q) {{
+    ["svg", "json", "csv"].forEach(function (f) {{
+      var link = document.getElementById("link-" + f);
+      if (link) link.href = base + "/" + f + q; }});
+    var url = location.origin + base + ".svg" + q, alt = name.replace(/[\\[\\]<>"&]/g, "");
+    var md = "![" + alt + "](" + url + ")", tag = '<img src="' + url + '" alt="' + alt + '">';
+    if (ids.length === 1) {{
+      var badge = location.origin + base + "/badge.svg";
+      md += "\\n![" + alt + " badge](" + badge + ")";
+      tag += '\\n<img src="' + badge + '" alt="' + alt + ' badge">';
+    }}
+    document.getElementById("embed-markdown").value = md;
+    document.getElementById("embed-html").value = tag;
+  }}
   function redraw() {{
     var q = query(), mine = ++latest;
     fetch(base + "/svg" + q).then(function (r) {{
@@ -1748,14 +2014,14 @@ METRIC_PAGE = """<!doctype html>
         if (!r.ok) {{ error.textContent = JSON.parse(body).message; return; }}
         error.textContent = "";
         chart.innerHTML = body;
-        ["svg", "json", "csv"].forEach(function (f) {{
-          document.getElementById("link-" + f).href = base + "/" + f + q; }});
+        update(q);
         history.replaceState(null, "", location.pathname + q);
       }});
     }}).catch(function (e) {{ error.textContent = "Could not redraw: " + e; }});
   }}
   form.addEventListener("input", function () {{ clearTimeout(timer); timer = setTimeout(redraw, 250); }});
   form.addEventListener("submit", function (e) {{ e.preventDefault(); redraw(); }});
+  update(query());
 }})();
 </script>
 </body></html>
@@ -1774,7 +2040,10 @@ _FORM_FIELDS = [
 ]
 
 
-def render_metric_page(metric: Metric, query: dict[str, str], svg: str) -> str:
+def render_metric_page(
+    metrics: Sequence[Metric], query: dict[str, str], svg: str, nested: bool
+) -> str:
+    """The page of one metric, or of an overlay; `nested` when served at /m/ID/html."""
     esc = html.escape
     fields = []
     for name, label, kind, placeholder in _FORM_FIELDS:
@@ -1783,17 +2052,62 @@ def render_metric_page(metric: Metric, query: dict[str, str], svg: str) -> str:
             f'  <label for="f-{name}">{label}<input id="f-{name}" name="{name}" type="{kind}"{step}'
             f' value="{esc(query.get(name, ""))}" placeholder="{esc(placeholder)}"></label>'
         )
-    details = [f"unit: {metric.unit}" if metric.unit else "", f"{metric.better} is better"]
-    subtitle = " · ".join(d for d in [metric.description, *details] if d)
+    ids = [b64encode(m.id) for m in metrics]
+    names = [m.name or f"metric {i}" for m, i in zip(metrics, ids)]
+    if len(metrics) == 1:
+        metric = metrics[0]
+        details = [f"unit: {metric.unit}" if metric.unit else "", f"{metric.better} is better"]
+        subtitle = " · ".join(d for d in [metric.description, *details] if d)
+    else:
+        subtitle = f"{len(metrics)} metrics in one chart"
     kept = {k: v for k, v in query.items() if v}
+    qs = "?" + urllib.parse.urlencode(kept) if kept else ""
+    base = ("../" if nested else "") + ",".join(ids)  # relative, so a path prefix in a proxy works
+    svg_url = f"{base}.svg{qs}"
+    csv_link = f'<a id="link-csv" href="{esc(base)}/csv{esc(qs)}">CSV</a>' if len(ids) == 1 else ""
     return METRIC_PAGE.format(
         css=PAGE_CSS,
-        heading=esc(metric.name or f"Metric {b64encode(metric.id)}"),
+        heading=esc(" · ".join(names)),
         subtitle=esc(subtitle),
         svg=svg,
-        base=esc(b64encode(metric.id)),
-        query=esc("?" + urllib.parse.urlencode(kept) if kept else ""),
+        base=esc(base),
+        query=esc(qs),
+        csv_link=csv_link,
         fields="\n".join(fields),
+        embed_markdown=esc(f"![{names[0]}]({svg_url})"),
+        embed_html=esc(f'<img src="{svg_url}" alt="{names[0]}">'),
+        latest=_latest_points(metrics[0]) if len(metrics) == 1 else "",
+        ids_json=_script_json(ids),
+        name_json=_script_json(" · ".join(names)),
+    )
+
+
+def _script_json(value: Any) -> str:
+    """JSON that is safe inside a <script>: no "</script>" can end it early."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _latest_points(metric: Metric, count: int = 10) -> str:
+    """A table of the newest points; metadata that is a URL becomes a link."""
+    series = metric.series
+    if not len(series):
+        return ""
+    rows = []
+    for i in reversed(range(max(0, len(series) - count), len(series))):
+        meta = series.metadata(i)
+        shown = html.escape(meta)
+        if _URL_RE.match(meta):
+            shown = f'<a href="{html.escape(meta)}" rel="nofollow noopener">{shown}</a>'
+        value = html.escape(format_value(series.values[i], metric.unit))
+        rows.append(
+            f"<tr><td>{format_time(series.times[i] / US)}</td><td>{value}</td><td>{shown}</td></tr>"
+        )
+    return (
+        '<section aria-labelledby="latest-heading"><h2 id="latest-heading">Latest points</h2>'
+        '<table class="latest"><thead><tr><th scope="col">time (UTC)</th><th scope="col">value</th>'
+        '<th scope="col">metadata</th></tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table></section>"
     )
 
 
@@ -1973,44 +2287,82 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     @handled
     def metric_view(name: str) -> Any:
         if name.endswith(".svg"):
-            return view(metric_or_404(name[: -len(".svg")]), "svg")
-        return view(metric_or_404(name), "html")
+            return view(name[: -len(".svg")], "svg")
+        return view(name, "html")
 
-    @app.get("/m/<metric_id>/<fmt>")
+    @app.get("/m/<ids>/<fmt>")
     @handled
-    def metric_format(metric_id: str, fmt: str) -> Any:
-        metric = metric_or_404(metric_id)
+    def metric_format(ids: str, fmt: str) -> Any:
+        return view(ids, fmt)
+
+    def view(ids: str, fmt: str) -> Any:
+        names = list(dict.fromkeys(ids.split(",")))
+        if len(names) > MAX_OVERLAY:
+            raise BadRequest(f"{len(names)} metrics; at most {MAX_OVERLAY} fit in one chart")
+        metrics = [metric_or_404(name) for name in names]
         if fmt not in VIEWS:
             raise NotFound(f"unknown format {fmt!r}; try one of {', '.join(VIEWS)}")
-        return view(metric, fmt)
-
-    def view(metric: Metric, fmt: str) -> Any:
+        if len(metrics) > 1 and fmt not in OVERLAY_VIEWS:
+            raise NotFound(f"{fmt} shows one metric; several go in {', '.join(OVERLAY_VIEWS)}")
         q = query()
-        opts = parse_chart_options(q, time.time())
-        return VIEWS[fmt](metric, opts, q)
+        return VIEWS[fmt](metrics, parse_chart_options(q, time.time()), q)
 
-    def view_svg(metric: Metric, opts: ChartOptions, q: dict) -> str:
-        bottle.response.content_type = "image/svg+xml; charset=utf-8"
-        return chart_svg(metric, opts)
+    def view_svg(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
+        return cached(chart_document(metrics, opts), "image/svg+xml; charset=utf-8", q)
 
-    def view_html(metric: Metric, opts: ChartOptions, q: dict) -> str:
+    def view_html(metrics: list[Metric], opts: ChartOptions, q: dict) -> str:
         bottle.response.content_type = "text/html; charset=utf-8"
-        return render_metric_page(metric, q, chart_svg(metric, opts))
+        nested = bottle.request.path.endswith("/html")
+        return render_metric_page(metrics, q, chart_document(metrics, opts), nested)
 
-    def view_json(metric: Metric, opts: ChartOptions, q: dict) -> Any:
-        return json_response(points_json(metric, opts))
+    def view_json(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
+        if len(metrics) == 1:
+            doc: Any = points_json(metrics[0], opts)
+        else:
+            doc = {b64encode(m.id): points_json(m, opts) for m in metrics}
+        return cached(json.dumps(doc, separators=(",", ":")), "application/json", q)
 
-    def view_csv(metric: Metric, opts: ChartOptions, q: dict) -> str:
+    def view_csv(metrics: list[Metric], opts: ChartOptions, q: dict) -> str:
         bottle.response.content_type = "text/csv; charset=utf-8"
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(("t", "v", "m"))
-        series = metric.series
+        series = metrics[0].series
         for i in series.index_range(opts.start, opts.end):
             writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
         return out.getvalue()
 
-    VIEWS = {"html": view_html, "svg": view_svg, "json": view_json, "csv": view_csv}
+    def view_badge(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
+        metric = metrics[0]
+        rows = metric.series.index_range(opts.start, opts.end)
+        recent = metric.series.values[max(rows.start, rows.stop - 21) : rows.stop].tolist()
+        message = format_value(recent[-1], metric.unit) if recent else "no data"
+        badge = render_badge(opts.title or metric.name or "perfit", message,
+                             badge_state(recent, metric.better))  # fmt: skip
+        return cached(badge, "image/svg+xml; charset=utf-8", q)
+
+    def cached(body: str, content_type: str, q: dict) -> Any:
+        """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
+        data = body.encode("utf-8")
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": cache_control(q, time.time())}
+        wanted = bottle.request.environ.get("HTTP_IF_NONE_MATCH", "")
+        if (
+            etag in {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
+            or wanted.strip() == "*"
+        ):
+            return bottle.HTTPResponse(status=304, headers=headers)
+        headers["Content-Type"] = content_type
+        return bottle.HTTPResponse(data, 200, headers)
+
+    VIEWS = {
+        "html": view_html,
+        "svg": view_svg,
+        "json": view_json,
+        "csv": view_csv,
+        "badge.svg": view_badge,
+    }
+    OVERLAY_VIEWS = ("html", "svg", "json")
 
     # -- errors bottle raises itself (no route, wrong method, a bug) --------------------------------
 
@@ -2024,16 +2376,19 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     return app
 
 
-def chart_svg(metric: Metric, opts: ChartOptions) -> str:
-    series = metric.series
-    rows = series.index_range(opts.start, opts.end)
-    return render_chart(
-        [t / US for t in series.times[rows.start : rows.stop]],
-        series.values[rows.start : rows.stop],
-        [series.metadata(i) for i in rows],
-        opts,
-        unit=metric.unit,
-    )
+def cache_control(query: dict[str, str], now: float) -> str:
+    """Long caching only for a range that is over; anything relative to now ages in a minute."""
+    relative = any(query.get(k, "").strip() for k in ("start-rel", "end-rel"))
+    end = query.get("end-fixed", "").strip()
+    if not relative and end and parse_rfc3339(end) < now - 3600:
+        return "public, max-age=86400"
+    return "public, max-age=60"
+
+
+def chart_document(metrics: Sequence[Metric], opts: ChartOptions) -> str:
+    """The SVG chart of one or more metrics over the options' range."""
+    t0, t1 = chart_range(metrics, opts)
+    return render_chart([chart_series(m, opts, t0, t1) for m in metrics], opts, t0, t1)
 
 
 def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import html
 import io
 import json
 import os
@@ -31,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from http.client import HTTPException, HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from hypothesis import settings
@@ -39,6 +40,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import perfit
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 HERE = Path(__file__).resolve().parent
 PERFIT = str(HERE / "perfit.py")
@@ -1547,37 +1551,104 @@ def test_time_ticks_fit_the_span(span, example):
     assert all(re.match(example, label) for _, label in ticks), ticks
 
 
+def _metric(points, unit="s", name="build"):
+    """A metric holding (unix seconds, value, metadata) points, for the chart functions."""
+    metric = perfit.Metric(perfit.new_id(), perfit.new_id(), 0.0, name=name, unit=unit)
+    for t, v, meta in points:
+        metric.series.add_one(round(t * perfit.US), v, meta.encode())
+    return metric
+
+
+def _chart(metrics, **options):
+    return perfit.chart_document(metrics, perfit.ChartOptions(**options))
+
+
 def test_chart_draws_a_line_with_a_marker_and_a_tooltip_per_point():
-    times = [1_790_000_000 + 3600 * i for i in range(5)]
-    svg = perfit.render_chart(times, [3, 1, 4, 1, 5], ["a", "", "c", "", "e"],
-                              perfit.ChartOptions(title="build"), unit="s")  # fmt: skip
+    t0 = 1_790_000_000
+    metric = _metric(
+        [(t0 + 3600 * i, v, m) for i, (v, m) in enumerate(zip([3, 1, 4, 1, 95], "ab-de"))]
+    )
+    svg = _chart([metric], title="build")
     root = ET.fromstring(svg)
     (line,) = root.iter(f"{SVG}polyline")
     assert len(line.get("points").split()) == 5
     circles = list(root.iter(f"{SVG}circle"))
     assert len(circles) == 5
     tips = [c.find(f"{SVG}title").text for c in circles]
-    assert tips[0].endswith("3 s\na") and "2026" in tips[0]
-    assert "build" in _texts(svg) and "s" in _texts(svg)
+    assert tips[0] == "2026-09-21T14:13:20Z\n3 s\na"
+    assert tips[4].endswith("1m 35s\ne"), "seconds are shown as durations"
+    assert "build" in _texts(svg) and "duration" in _texts(svg)
 
 
 def test_points_beyond_min_and_max_sit_on_the_edge_and_leave_the_line():
-    times = [1_790_000_000 + 60 * i for i in range(4)]
-    opts = perfit.ChartOptions(min=0, max=10)
-    svg = perfit.render_chart(times, [5, 50, 6, -3], [""] * 4, opts)
-    root = ET.fromstring(svg)
+    metric = _metric(
+        [(1_790_000_000 + 60 * i, v, "") for i, v in enumerate([5, 50, 6, -3])], unit=""
+    )
+    root = ET.fromstring(_chart([metric], min=0, max=10))
     (line,) = root.iter(f"{SVG}polyline")
     assert len(line.get("points").split()) == 2
-    clamped = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "clamped"]
+    clamped = [c for c in root.iter(f"{SVG}circle") if "clamped" in c.get("class")]
     top = perfit.CHART_MARGIN["top"]
     bottom = perfit.CHART_HEIGHT - perfit.CHART_MARGIN["bottom"]
     assert sorted(float(c.get("cy")) for c in clamped) == [top, bottom]
-    assert "50 " in clamped[0].find(f"{SVG}title").text + " "
+    assert clamped[0].find(f"{SVG}title").text.endswith("\n50")
 
 
 def test_an_empty_chart_says_so():
-    svg = perfit.render_chart([], [], [], perfit.ChartOptions(title="nothing"))
+    svg = _chart([_metric([])], title="nothing")
     assert "No data points yet" in _texts(svg)
+
+
+def test_a_huge_series_is_reduced_to_the_pixels_but_keeps_its_spikes():
+    t0 = 1_790_000_000
+    points = [(t0 + 60 * i, 100 + (i % 7), "") for i in range(200_000)]
+    points[123_456] = (points[123_456][0], 999.0, "")  # one slow run among 200,000
+    svg = _chart([_metric(points)])
+    assert len(svg.encode()) < 250_000
+    root = ET.fromstring(svg)
+    tips = [c.find(f"{SVG}title").text for c in root.iter(f"{SVG}circle")]
+    assert len(tips) < 2 * 800
+    assert any(tip.endswith("16m 39s") for tip in tips), "the spike was smoothed away"
+    assert any("200,000 points, reduced to" in text for text in _texts(svg))
+
+
+def test_overlay_gives_each_metric_its_colour_and_a_legend_entry():
+    t0 = 1_790_000_000
+    metrics = [
+        _metric([(t0 + 60 * i, 10 * n + i, "") for i in range(5)], name=f"job {n}")
+        for n in range(3)
+    ]
+    root = ET.fromstring(_chart(metrics))
+    lines = list(root.iter(f"{SVG}polyline"))
+    assert [line.get("class") for line in lines] == ["line s0", "line s1", "line s2"]
+    assert {"job 0", "job 1", "job 2"} <= set(_texts(ET.tostring(root, encoding="unicode")))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.35, "350 ms"), (12.5, "12.5 s"), (90, "1m 30s"), (3600, "1h"), (7500, "2h 5m"),
+     (273_600, "3d 4h")],
+)  # fmt: skip
+def test_durations_are_shown_as_durations(seconds, shown):
+    assert perfit.format_value(seconds, "s") == shown
+    assert perfit.format_value(seconds * 1000, "ms") == shown
+
+
+def test_duration_axis_ticks_fall_on_whole_minutes():
+    ticks = perfit.value_ticks(0, 1000, "s")
+    assert 3 <= len(ticks) <= 8
+    assert all(t % 60 == 0 for t in ticks), ticks
+    assert perfit.value_ticks(0, 10, "") == [0, 2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize(
+    ("values", "better", "state"),
+    [([10] * 10 + [10.2], "lower", "good"), ([10] * 10 + [11.5], "lower", "warn"),
+     ([10] * 10 + [15], "lower", "bad"), ([10] * 10 + [15], "higher", "good"),
+     ([10] * 10 + [7], "higher", "bad"), ([], "lower", "none"), ([5], "lower", "neutral")],
+)  # fmt: skip
+def test_badge_colour_compares_the_latest_value_with_the_recent_median(values, better, state):
+    assert perfit.badge_state(values, better) == state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2044,3 +2115,487 @@ def test_after_a_failed_fsync_the_store_refuses_writes_and_is_unhealthy(
         assert not store.writable()
         with pytest.raises(perfit.StoreError, match="not writable"):
             store.add_point(metric.id, 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Charts and pages: overlays, badges, caching, links
+# --------------------------------------------------------------------------------------------
+
+
+def _metrics_with_points(url: str, account: Account, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        mid = new_metric(url, account.admin, name=f"step {n}", unit="s")
+        assert post_point(url, mid, account.post, 10 + n)[0] == 200
+        ids.append(mid)
+    return ids
+
+
+def test_overlay_json_is_keyed_by_metric_id(url: str, account: Account) -> None:
+    ids = _metrics_with_points(url, account, 3)
+    doc = ok_json("GET", f"{url}/m/{','.join(ids)}/json")
+    assert list(doc) == ids
+    assert [doc[i][0]["v"] for i in ids] == [10.0, 11.0, 12.0]
+
+
+@pytest.mark.parametrize("path", ["/svg", ".svg", "", "/html"])
+def test_overlay_chart_has_a_legend_with_every_name(url: str, account: Account, path: str) -> None:
+    ids = _metrics_with_points(url, account, 3)
+    status, _, body = http("GET", f"{url}/m/{','.join(ids)}{path}")
+    assert status == 200
+    for n in range(3):
+        assert f"step {n}".encode() in body
+    if "svg" in path:
+        groups = parse_svg(body).iter("{http://www.w3.org/2000/svg}g")
+        colours = [g.get("class") for g in groups if (g.get("class") or "").startswith("s")]
+        assert colours == ["s0", "s1", "s2"], "each metric gets its own colour"
+
+
+def test_overlay_of_more_than_eight_metrics_is_400(url: str, account: Account) -> None:
+    ids = [new_metric(url, account.admin) for _ in range(9)]
+    assert "at most 8" in assert_error(http("GET", f"{url}/m/{','.join(ids)}/svg"), 400)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "badge.svg"])
+def test_single_metric_formats_refuse_an_overlay(url: str, account: Account, fmt: str) -> None:
+    ids = _metrics_with_points(url, account, 2)
+    assert_error(http("GET", f"{url}/m/{','.join(ids)}/{fmt}"), 404)
+
+
+def test_badge_shows_name_and_latest_value_as_a_duration(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin, name="unit tests", unit="s")
+    for value in (60, 61, 59, 90):
+        assert post_point(url, mid, account.post, value)[0] == 200
+    status, headers, body = http("GET", f"{url}/m/{mid}/badge.svg")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+    root = parse_svg(body)
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert texts == ["unit tests", "1m 30s"]
+    colours = [r.get("fill") for r in root.iter("{http://www.w3.org/2000/svg}rect")]
+    assert perfit.BADGE_COLOURS["bad"] in colours, "90 s after about 60 s is a regression"
+
+
+def test_badge_of_an_empty_metric_says_no_data(url: str, metric: str) -> None:
+    status, _, body = http("GET", f"{url}/m/{metric}/badge.svg")
+    assert status == 200 and b"no data" in body
+
+
+@pytest.mark.parametrize("fmt", ["svg", "json", "badge.svg"])
+def test_answers_carry_an_etag_and_304_when_unchanged(
+    url: str, account: Account, metric: str, fmt: str
+) -> None:
+    assert post_point(url, metric, account.post, 1.0)[0] == 200
+    status, headers, _ = http("GET", f"{url}/m/{metric}/{fmt}")
+    etag = headers["ETag"]
+    assert status == 200 and etag and "max-age" in headers["Cache-Control"]
+    status, _, body = http("GET", f"{url}/m/{metric}/{fmt}", headers={"If-None-Match": etag})
+    assert status == 304 and body == b""
+    assert post_point(url, metric, account.post, 2.0)[0] == 200  # the data changed
+    status, _, _ = http("GET", f"{url}/m/{metric}/{fmt}", headers={"If-None-Match": etag})
+    assert status == 200
+
+
+def test_relative_ranges_are_cached_briefly_and_finished_ranges_long(url: str, metric: str) -> None:
+    relative = http("GET", f"{url}/m/{metric}/svg?start-rel=30d")[1]["Cache-Control"]
+    past = "start-fixed=2020-01-01T00:00:00Z&end-fixed=2020-02-01T00:00:00Z"
+    finished = http("GET", f"{url}/m/{metric}/svg?{past}")[1]["Cache-Control"]
+    assert relative == "public, max-age=60"
+    assert finished == "public, max-age=86400"
+    mixed = http("GET", f"{url}/m/{metric}/svg?start-fixed=2020-01-01T00:00:00Z&end-rel=1d")
+    assert mixed[1]["Cache-Control"] == "public, max-age=60"
+
+
+def test_url_metadata_becomes_a_link_and_a_script_url_does_not(
+    url: str, account: Account, metric: str
+) -> None:
+    job = "https://ci.example/jobs/42"
+    assert post_point(url, metric, account.post, 1.0, job)[0] == 200
+    assert post_point(url, metric, account.post, 2.0, "javascript:alert(1)")[0] == 200
+    svg = parse_svg(http("GET", f"{url}/m/{metric}/svg")[2])
+    xlink = "{http://www.w3.org/1999/xlink}href"
+    links = [a.get("href") or a.get(xlink) for a in svg.iter("{http://www.w3.org/2000/svg}a")]
+    assert links == [job]
+    page = http("GET", f"{url}/m/{metric}")[2].decode()
+    assert f'<a href="{job}"' in page
+    assert 'href="javascript:' not in page
+
+
+def test_metric_page_offers_embed_snippets_and_shows_the_metric(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin, name="e2e", unit="s", description="nightly end-to-end")
+    page = http("GET", f"{url}/m/{mid}?start-rel=30d")[2].decode()
+    for expected in (
+        "e2e",
+        "nightly end-to-end",
+        "unit: s",
+        'id="embed-markdown"',
+        'id="embed-html"',
+    ):
+        assert expected in page
+    assert f"![e2e]({mid}.svg?start-rel=30d)" in page
+
+
+def test_metric_page_under_html_links_its_data_correctly(url: str, metric: str) -> None:
+    page = http("GET", f"{url}/m/{metric}/html")[2].decode()
+    href = re.search(r'id="link-json" href="([^"]+)"', page).group(1)
+    resolved = urllib.parse.urljoin(f"{url}/m/{metric}/html", href)
+    assert resolved == f"{url}/m/{metric}/json"
+
+
+# --------------------------------------------------------------------------------------------
+# In a real browser
+# Playwright drives Debian's Chromium (`apt-get install chromium`): Playwright's own browser
+# download cannot run here. Where either is missing the tests skip, except on CI, where they fail.
+# --------------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(tempfile.gettempdir()) / "perfit-shots"  #: screenshots copied here to look at
+BROWSER_WAIT_MS = 5000  #: how long a page may take to show what a test waits for
+OLD_POINTS = 10  #: posted with times two days ago, through the bulk import
+RECENT_URLS = [f"https://ci.example.com/job/{n}" for n in range(4)]
+RECENT_METADATA = [*RECENT_URLS, *(f"{n:07x}" for n in range(5)), "javascript:alert(1)"]
+CHART_STATE = """() => {
+  const svg = document.querySelector('#chart svg');
+  if (!svg) return null;
+  return {
+    title: svg.querySelector('text.title')?.textContent ?? null,
+    circles: svg.querySelectorAll('circle').length,
+    texts: Array.from(svg.querySelectorAll('text'), (t) => t.textContent),
+  };
+}"""
+POINT_LINKS = """() => Array.from(document.querySelectorAll('#chart svg circle'), (c) => {
+  const a = c.closest('a');
+  const href = a && (a.getAttribute('href')
+                     || a.getAttributeNS('http://www.w3.org/1999/xlink', 'href'));
+  return [c.querySelector('title')?.textContent ?? '', href || null];
+})"""
+
+
+def need(what: str) -> NoReturn:
+    """Skips the test for want of `what`; on CI (CI=true) fails it instead: CI must install it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must install {what} for the browser tests", pytrace=False)
+    pytest.skip(f"no {what}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole module."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need("playwright (pip install playwright)")
+    if not os.access(CHROMIUM, os.X_OK):
+        need(f"{CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def axe() -> Any:
+    """axe-core, the accessibility checker, as axe-playwright-python ships it."""
+    try:
+        from axe_playwright_python.sync_playwright import Axe
+    except ImportError:
+        need("axe-playwright-python (pip install axe-playwright-python)")
+    return Axe()
+
+
+@pytest.fixture(scope="module")
+def plotted(url: str, account: Account) -> str:
+    """A metric with old points (two days ago, metadata git shas) and recent ones (now, a few
+    with a job URL as metadata); read, never written, by the tests that share it."""
+    metric = new_metric(url, account.admin, name="build", unit="s")
+    old = time.time() - 2 * 86400
+    backfill = [{"t": old + 60 * n, "v": 50 + n, "m": f"old{n:04x}"} for n in range(OLD_POINTS)]
+    assert ok_json("POST", f"{url}/m/{metric}/points", body=backfill, token=account.admin) == {
+        "added": OLD_POINTS
+    }
+    for n, meta in enumerate(RECENT_METADATA):
+        # Values 10 apart, so that no marker hides another one: each can be pointed at.
+        assert post_point(url, metric, account.post, 100 + 10 * n, meta)[0] == 200
+    return metric
+
+
+@contextlib.contextmanager
+def opened(browser: Browser, address: str, **context: Any) -> Iterator[Page]:
+    """`address` loaded in a page of its own browser context (colour scheme, viewport, ...);
+    the page must not throw a JavaScript error meanwhile."""
+    ctx = browser.new_context(**context)
+    ctx.set_default_timeout(BROWSER_WAIT_MS)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        response = page.goto(address)
+        assert response is not None
+        assert response.status == 200, (address, response.status)
+        yield page
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def settle(page: Page, predicate: str, arg: Any = None) -> None:
+    """Waits (at most BROWSER_WAIT_MS) until the JavaScript `predicate` holds, e.g. until the
+    debounced redraw has landed; never raises: the asserts that follow say what is wrong."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(predicate, arg=arg, timeout=BROWSER_WAIT_MS)
+
+
+def field(page: Page, name: str) -> Any:
+    return page.locator(f"form#options [name={name!r}]")
+
+
+def chart_state(page: Page) -> dict[str, Any]:
+    """What the chart shows: its title, its number of markers and all of its texts."""
+    state = page.evaluate(CHART_STATE)
+    assert state is not None, "no <svg> in #chart"
+    return state
+
+
+def page_query(page: Page) -> dict[str, str]:
+    """The query of the URL in the address bar."""
+    return dict(urllib.parse.parse_qsl(page.evaluate("location.search.slice(1)")))
+
+
+def split_url(address: str) -> tuple[str, dict[str, str]]:
+    """An absolute URL as (everything before the query, the query's fields)."""
+    parts = urllib.parse.urlsplit(address)
+    return parts._replace(query="", fragment="").geturl(), dict(urllib.parse.parse_qsl(parts.query))
+
+
+def embed_snippets(page: Page) -> dict[str, str]:
+    for box in ("embed-markdown", "embed-html"):
+        assert page.locator(f"textarea#{box}").count() == 1, f"no <textarea id={box}> on the page"
+        assert page.locator(f"textarea#{box}").get_attribute("readonly") is not None, box
+    return {
+        "markdown": page.locator("#embed-markdown").input_value(),
+        "html": page.locator("#embed-html").input_value(),
+    }
+
+
+def assert_embeds(snippets: dict[str, str], url: str, metric: str, query: dict[str, str]) -> None:
+    """The snippets show this view's chart by absolute URL (and the metric's badge)."""
+    chart = f"{url}/m/{metric}.svg"
+    images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", snippets["markdown"])
+    assert [(alt, *split_url(src)) for alt, src in images if src.startswith(chart)] == [
+        ("build", chart, query)
+    ], snippets["markdown"]
+    tags = [
+        dict((k, html.unescape(v)) for k, v in re.findall(r'(\w+)="([^"]*)"', tag))
+        for tag in re.findall(r"<img\b[^>]*>", snippets["html"])
+    ]
+    assert [
+        (tag.get("alt"), *split_url(tag["src"]))
+        for tag in tags
+        if tag.get("src", "").startswith(chart)
+    ] == [("build", chart, query)], snippets["html"]
+    assert f"{url}/m/{metric}/badge.svg" in snippets["markdown"] + snippets["html"], snippets
+
+
+def shoot(page: Page, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot in tmp_path, copied to SHOTS for people to look at."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    SHOTS.mkdir(exist_ok=True)
+    shutil.copy(shot, SHOTS / name)
+    return shot
+
+
+def luminance(css_colour: str) -> float:
+    """Relative luminance (WCAG) of a computed `rgb(r, g, b)` colour."""
+    channels = [int(c) / 255 for c in re.findall(r"\d+", css_colour)[:3]]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_form_redraws_the_chart_without_a_reload(browser: Browser, url: str, plotted: str) -> None:
+    with opened(browser, f"{url}/m/{plotted}") as page:
+        assert chart_state(page)["circles"] == OLD_POINTS + len(RECENT_METADATA)
+        page.evaluate("window.__noReload = 1")
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url) if "/svg" in r.url else None)
+
+        title = "Build time · main"
+        field(page, "title").press_sequentially(title, delay=10)
+        field(page, "start-rel").fill("1h")
+        settle(
+            page,
+            "t => document.querySelector('#chart svg text.title')?.textContent === t"
+            " && location.search.includes('start-rel=1h')",
+            title,
+        )
+        shown = chart_state(page)
+        assert shown["title"] == title
+        assert shown["circles"] == len(RECENT_METADATA)  # the old points are out of range
+        assert page_query(page) == {"title": title, "start-rel": "1h"}
+        assert page.evaluate("window.__noReload") == 1
+        assert 1 <= len(fetched) < len(title) / 2  # one redraw per pause, not per keystroke
+        json_link = page.evaluate("document.getElementById('link-json').href")
+        assert split_url(json_link) == (f"{url}/m/{plotted}/json", page_query(page))
+        assert len(ok_json("GET", json_link)) == len(RECENT_METADATA)
+
+        field(page, "end-rel").fill("30m")
+        settle(page, "() => !document.querySelector('#chart svg circle')")
+        shown = chart_state(page)
+        assert shown["circles"] == 0
+        assert any("No data points" in text for text in shown["texts"]), shown["texts"]
+        assert shown["title"] == title
+        assert page_query(page)["end-rel"] == "30m"
+        assert page.evaluate("window.__noReload") == 1
+
+
+def test_a_bad_option_shows_the_servers_message_and_keeps_the_chart(
+    browser: Browser, url: str, plotted: str
+) -> None:
+    said = json.loads(http("GET", f"{url}/m/{plotted}/svg?start-rel=banana")[2])["message"]
+    with opened(browser, f"{url}/m/{plotted}?title=Kept") as page:
+        before = chart_state(page)
+        assert before["title"] == "Kept"
+        field(page, "start-rel").fill("banana")
+        settle(page, "() => document.getElementById('error').textContent.trim() !== ''")
+        error = page.locator("p#error[role=alert]")
+        assert error.text_content().strip() == said
+        assert "start-rel" in said
+        assert error.is_visible()
+        assert chart_state(page) == before
+        assert page_query(page) == {"title": "Kept"}  # a reload would not show an error page
+
+        field(page, "start-rel").fill("1h")
+        settle(page, "() => document.getElementById('error').textContent.trim() === ''")
+        assert error.text_content().strip() == ""
+        assert chart_state(page)["circles"] == len(RECENT_METADATA)
+
+
+def test_embed_box_gives_absolute_snippets_of_the_current_view(
+    browser: Browser, url: str, plotted: str
+) -> None:
+    with opened(browser, f"{url}/m/{plotted}?title=Nightly") as page:
+        assert_embeds(embed_snippets(page), url, plotted, {"title": "Nightly"})
+        field(page, "start-rel").fill("7d")
+        settle(page, "() => document.getElementById('embed-html').value.includes('7d')")
+        assert_embeds(embed_snippets(page), url, plotted, {"title": "Nightly", "start-rel": "7d"})
+
+
+def test_a_point_whose_metadata_is_a_url_links_to_it(
+    browser: Browser, url: str, plotted: str
+) -> None:
+    # A tooltip ends with the point's metadata; only http(s) URLs become links, never javascript:.
+    wanted = {meta: meta if meta.startswith("https://") else None for meta in RECENT_METADATA}
+    with opened(browser, f"{url}/m/{plotted}") as page:
+        links = {tip.splitlines()[-1]: href for tip, href in page.evaluate(POINT_LINKS)}
+        assert {meta: links.get(meta, "no such point") for meta in wanted} == wanted
+        field(page, "title").fill("Redrawn")
+        settle(
+            page, "() => document.querySelector('#chart svg text.title')?.textContent === 'Redrawn'"
+        )
+        links = {tip.splitlines()[-1]: href for tip, href in page.evaluate(POINT_LINKS)}
+        assert {meta: links.get(meta, "no such point") for meta in wanted} == wanted
+
+        job = RECENT_URLS[1]
+        page.context.route(f"{job}*", lambda route: route.fulfill(body="a job", status=200))
+        page.locator(f'#chart svg a[*|href="{job}"] circle').click()
+        deadline = time.monotonic() + BROWSER_WAIT_MS / 1000
+        while job not in [p.url for p in page.context.pages] and time.monotonic() < deadline:
+            page.context.pages[-1].wait_for_timeout(50)
+        assert job in [p.url for p in page.context.pages]
+
+
+def test_page_and_chart_follow_the_dark_colour_scheme(
+    browser: Browser, url: str, plotted: str, tmp_path: Path
+) -> None:
+    colours = {}
+    for scheme in ("light", "dark"):
+        with opened(browser, f"{url}/m/{plotted}?title=Scheme", color_scheme=scheme) as page:
+            shoot(page, tmp_path, f"metric-{scheme}.png")
+            colours[scheme] = page.evaluate(
+                """() => [getComputedStyle(document.body).backgroundColor,
+                          getComputedStyle(document.querySelector('#chart svg .bg')).fill]"""
+            )
+            page.goto(f"{url}/m/{plotted}.svg")  # the static SVG, as a README links it
+            colours[scheme].append(
+                page.evaluate("getComputedStyle(document.querySelector('.bg')).fill")
+            )
+    for light, dark in zip(colours["light"], colours["dark"]):
+        assert light != dark, colours
+        assert luminance(light) > 0.8, colours
+        assert luminance(dark) < 0.1, colours
+
+
+def test_the_chart_draws_a_line_not_a_filled_area(browser: Browser, url: str, plotted: str) -> None:
+    for address in (f"{url}/m/{plotted}", f"{url}/m/{plotted}.svg"):  # inline, and as linked
+        with opened(browser, address) as page:
+            fills = page.evaluate(
+                "() => Array.from(document.querySelectorAll('svg .line'),"
+                " (line) => getComputedStyle(line).fill)"
+            )
+        assert fills, address
+        assert set(fills) == {"none"}, (address, fills)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_metric_page_fits_a_phone(
+    browser: Browser, url: str, plotted: str, scheme: str, tmp_path: Path
+) -> None:
+    with opened(
+        browser,
+        f"{url}/m/{plotted}?title=On+a+phone",
+        viewport={"width": 375, "height": 740},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        color_scheme=scheme,
+    ) as page:
+        shoot(page, tmp_path, f"metric-phone-{scheme}.png")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375 + 1
+        chart = page.locator("#chart svg")
+        assert chart.is_visible()
+        box = chart.bounding_box()
+        assert box is not None
+        assert 300 <= box["width"] <= 375, box
+        assert box["x"] >= 0, box
+        assert field(page, "title").is_visible()
+
+
+def test_chart_text_stays_readable_on_a_phone(browser: Browser, url: str, plotted: str) -> None:
+    phone = {"viewport": {"width": 375, "height": 740}, "is_mobile": True, "has_touch": True}
+    with opened(browser, f"{url}/m/{plotted}?title=Small", **phone) as page:
+        # The size a reader sees: the font size times the scale the chart is drawn at.
+        sizes = page.evaluate(
+            """() => Array.from(document.querySelectorAll('#chart svg text'),
+                 (t) => [t.textContent, Math.hypot(t.getScreenCTM().a, t.getScreenCTM().b) * parseFloat(getComputedStyle(t).fontSize)])"""
+        )
+    assert sizes
+    assert [(text, round(px, 1)) for text, px in sizes if px < 9] == []
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize(
+    "path", ["/", "/m/{metric}", "/m/{metric}?title=Build+time"], ids=["index", "metric", "titled"]
+)
+def test_pages_pass_an_accessibility_check(
+    browser: Browser, axe: Any, url: str, plotted: str, path: str, scheme: str
+) -> None:
+    with opened(browser, url + path.format(metric=plotted), color_scheme=scheme) as page:
+        found = axe.run(page).response["violations"]
+    for v in found:
+        print(f"{v['id']} ({v['impact']}): {v['help']}")
+        for node in v["nodes"]:
+            print(f"  {' '.join(node['target'])}: {node['failureSummary']}")
+            print(f"    {node['html'][:200]}")
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert [(v["id"], len(v["nodes"])) for v in bad] == []
