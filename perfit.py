@@ -81,6 +81,7 @@ MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
 MAX_IMPORT_POINTS = 10_000  #: points per bulk import request
 FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
 MAX_DRAIN_BYTES = 16 << 20  #: a refused body up to this size is read (and dropped) before the 413
+DRAIN_SECONDS = 2.0  #: ... for at most this long
 MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
 MAX_UNIT_BYTES = 32
 MAX_DESCRIPTION_BYTES = 2000
@@ -98,6 +99,9 @@ AUTH_FAILURE_RATE = 1.0  #: failed authentications per second per address, alway
 AUTH_FAILURE_BURST = 30.0
 RATE_LIMITER_MAX_CLIENTS = 10_000  #: buckets kept in memory; the least recently seen go first
 SOCKET_TIMEOUT = 30.0  #: seconds a connection may stall before the server drops it
+HEADER_TIMEOUT = 10.0  #: seconds a client has to send its request line and headers, in all
+DEFAULT_MAX_CONNECTIONS = 256  #: connections served at once; more are answered 503 at once
+ROOT_TOKEN_FILE = "root-token.sha256"  #: the hash of a generated root token, never the token
 
 ENV_SERVER = "PERFIT_SERVER"
 ENV_ACCESS_TOKEN = "PERFIT_ACCESS_TOKEN"
@@ -841,11 +845,11 @@ def _copy_once(path: str, dest: str) -> int:
             data = data[:good_end] if good_end >= len(LOG_MAGIC) else LOG_MAGIC
         _write_durably(os.path.join(dest, file_name(number, "." + kind)), data)
         copied += 1
-    token = os.path.join(path, "root-token")
+    token = os.path.join(path, ROOT_TOKEN_FILE)
     if os.path.exists(token):
         with open(token, "rb") as f:
             secret = f.read()
-        fd = os.open(os.path.join(dest, "root-token"), os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(dest, ROOT_TOKEN_FILE), os.O_WRONLY | os.O_CREAT, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(secret)
             out.flush()
@@ -1374,12 +1378,16 @@ def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     if hi <= lo:
         hi = lo + 1
     raw_step = (hi - lo) / count
+    if not (math.isfinite(raw_step) and raw_step > 0):
+        return [lo, hi]
     magnitude = 10 ** math.floor(math.log10(raw_step))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_step)
     return _ticks_from(lo, hi, step)
 
 
 def _ticks_from(lo: float, hi: float, step: float) -> list[float]:
+    if not (math.isfinite(step) and step > 0) or (hi - lo) / step > 1000:
+        return [lo, hi]  # spans at the edges of float64: plain ends beat a crash
     first = math.ceil(lo / step - 1e-9) * step
     count = int((hi - first) / step + 1e-9) + 1
     return [round(first + i * step, 12) for i in range(max(count, 0))]
@@ -1425,11 +1433,18 @@ _TIME_STEPS = [
     (7 * 86400, "%b %d"),
     (14 * 86400, "%b %d"),
 ]
-_MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240, 600, 1200]
+_MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240, 600, 1200, 2400, 6000, 12000]
 
 
 def time_ticks(start: float, end: float, count: int = 7) -> list[tuple[float, str]]:
     """(time, label) ticks at round times (minutes, hours, days, months, years) in UTC."""
+    try:
+        return _time_ticks(start, end, count)
+    except (ValueError, OverflowError, OSError):
+        return []  # a range reaching past year 1 or 9999: an axis without labels, not an error
+
+
+def _time_ticks(start: float, end: float, count: int) -> list[tuple[float, str]]:
     span = max(end - start, 1.0)
     for step, fmt in _TIME_STEPS:
         if span / step <= count:
@@ -1541,6 +1556,8 @@ def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, fl
     if hi <= lo:
         # Every point lies beyond one clamped edge: keep a visible band on the other side.
         hi, lo = (lo + (abs(lo) or 1.0), lo) if opts.max is None else (hi, hi - (abs(hi) or 1.0))
+    if not math.isfinite(hi - lo):
+        lo, hi = max(lo, -1e307), min(hi, 1e307)  # keep the span itself finite
     return lo, hi
 
 
@@ -1781,19 +1798,9 @@ def bearer_token(environ: dict) -> str | None:
 def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body (None when empty), checked against `limit` before reading."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        raise BadRequest("chunked request bodies are not supported; send a Content-Length")
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BadRequest("Content-Length is not a number") from None
-    if length < 0:
-        raise BadRequest("Content-Length is negative")
-    if length > limit:
-        _discard(environ["wsgi.input"], min(length, MAX_DRAIN_BYTES))
-        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} bytes are accepted")
-    raw = environ["wsgi.input"].read(length) if length else b""
-    if len(raw) < length:
-        raise BadRequest("the body ended before Content-Length bytes arrived")
+        raw = _read_chunked(environ, limit)
+    else:
+        raw = _read_sized(environ, limit)
     if not raw.strip():
         return None
     try:
@@ -1806,13 +1813,63 @@ def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
         raise BadRequest("the body's JSON is nested too deeply") from None
 
 
-def _discard(stream: Any, length: int) -> None:
-    """Read and drop a refused body, so the client is not cut off before it reads the 413."""
-    while length > 0:
-        chunk = stream.read(min(length, 65536))
-        if not chunk:
-            return
-        length -= len(chunk)
+def _read_sized(environ: dict, limit: int) -> bytes:
+    """A body of Content-Length bytes; the length is checked before a byte is read."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("Content-Length is not a number") from None
+    if length < 0:
+        raise BadRequest("Content-Length is negative")
+    if length > limit:
+        _discard(environ, min(length, MAX_DRAIN_BYTES))
+        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} bytes are accepted")
+    raw = environ["wsgi.input"].read(length) if length else b""
+    if len(raw) < length:
+        raise BadRequest("the body ended before Content-Length bytes arrived")
+    return raw
+
+
+def _read_chunked(environ: dict, limit: int) -> bytes:
+    """A chunked body, read only up to `limit` bytes: memory stays flat whatever is sent."""
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    while True:
+        line = stream.readline(1024)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise BadRequest("malformed chunked body") from None
+        if size < 0:
+            raise BadRequest("malformed chunked body")
+        if size == 0:
+            while stream.readline(8192).strip():
+                pass  # trailer fields: read past them, keep none
+            return bytes(body)
+        if len(body) + size > limit:
+            _discard(environ, MAX_DRAIN_BYTES)
+            raise PayloadTooLarge(f"the body is over {limit} bytes; at most {limit} are accepted")
+        chunk = stream.read(size)
+        if len(chunk) < size or stream.readline(3).strip():
+            raise BadRequest("the chunked body ended early or is malformed")
+        body += chunk
+
+
+def _discard(environ: dict, length: int) -> None:
+    """Read and drop (some of) a refused body, so the client reads the 413, not a reset.
+
+    Bounded in bytes and in time: a client that sends nothing more gets its answer in a second.
+    """
+    connection = environ.get("perfit.connection")
+    if connection is not None:
+        connection.settimeout(DRAIN_SECONDS / 2)
+    deadline = time.monotonic() + DRAIN_SECONDS
+    with contextlib.suppress(OSError):
+        while length > 0 and time.monotonic() < deadline:
+            chunk = environ["wsgi.input"].read(min(length, 65536))
+            if not chunk:
+                return
+            length -= len(chunk)
 
 
 def _reject_constant(name: str) -> None:
@@ -2419,13 +2476,41 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_server(host: str, port: int, app: Callable) -> Any:
-    """A threaded WSGI server bound to host:port (port 0 picks a free one)."""
+_BUSY_BODY = b'{"message":"the server is busy; retry shortly"}'
+BUSY_ANSWER = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+def make_server(
+    host: str, port: int, app: Callable, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> Any:
+    """A threaded WSGI server bound to host:port (port 0 picks a free one).
+
+    A thread per connection, so one slow client never blocks the others, with two bounds a
+    public server needs: at most `max_connections` at once (more get a 503 straight away),
+    and HEADER_TIMEOUT seconds for a request's headers (a client trickling bytes is cut off).
+    """
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
     class Handler(WSGIRequestHandler):
         timeout = SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
+
+        def setup(self) -> None:
+            super().setup()
+            self.server.watch(self.connection)
+
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            self.server.unwatch(self.connection)  # headers are in: the deadline is met
+            return ok
+
+        def get_environ(self) -> dict:
+            environ = super().get_environ()
+            environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
+            return environ
 
         def address_string(self) -> str:
             return self.client_address[0]  # no reverse DNS per request
@@ -2434,10 +2519,35 @@ def make_server(host: str, port: int, app: Callable) -> Any:
             # The request line and status only: headers (Authorization) are never logged.
             log.info("%s %s", self.address_string(), format % args)
 
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            # http.server answers malformed requests with an HTML page; ours are JSON.
+            import http
+
+            body = json.dumps({"message": message or http.HTTPStatus(code).phrase}).encode()
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"  # nobody speaks 0.9: answer with a status line
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
         allow_reuse_address = True
+        request_queue_size = 128
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self._slots = threading.BoundedSemaphore(max(1, max_connections))
+            self._deadlines: dict[socket.socket, float] = {}
+            self._deadlines_lock = threading.Lock()
+            threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
 
         def server_bind(self) -> None:
             # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
@@ -2445,8 +2555,45 @@ def make_server(host: str, port: int, app: Callable) -> Any:
             self.server_name, self.server_port = self.server_address[:2]
             self.setup_environ()
 
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    request.settimeout(1)
+                    request.sendall(BUSY_ANSWER)
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.unwatch(request)
+                self._slots.release()
+
+        def watch(self, connection: socket.socket) -> None:
+            with self._deadlines_lock:
+                self._deadlines[connection] = time.monotonic() + HEADER_TIMEOUT
+
+        def unwatch(self, connection: socket.socket) -> None:
+            with self._deadlines_lock:
+                self._deadlines.pop(connection, None)
+
+        def _reap(self) -> None:
+            """Cut off connections whose headers did not arrive in time (slowloris)."""
+            while True:
+                time.sleep(0.5)
+                now = time.monotonic()
+                with self._deadlines_lock:
+                    late = [c for c, deadline in self._deadlines.items() if deadline < now]
+                    for connection in late:
+                        del self._deadlines[connection]
+                for connection in late:
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RDWR)
+
         def handle_error(self, request: Any, client_address: Any) -> None:
-            log.warning("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+            log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
     server = Server((host, port), Handler)
     server.set_app(app)
@@ -2620,6 +2767,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-proxy", type=_non_negative(int), default=0, metavar="N",
                        help="reverse proxies in front whose X-Forwarded-For entries are "
                        "believed (default 0: the socket's address only)")  # fmt: skip
+    serve.add_argument("--max-connections", type=_non_negative(int), default=DEFAULT_MAX_CONNECTIONS,
+                       metavar="N", help="connections served at once; more get 503 at once "
+                       f"(default {DEFAULT_MAX_CONNECTIONS})")  # fmt: skip
     serve.add_argument("--seal-bytes", type=_non_negative(int), default=SEAL_BYTES, metavar="N",
                        help="seal the active log into a compressed segment once it holds N "
                        f"bytes (default {SEAL_BYTES})")  # fmt: skip
@@ -2903,10 +3053,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
     try:
-        store.root_token_hash = hash_token(_root_token(args.data))
+        store.root_token_hash = _root_token_hash(args.data)
         config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
         try:
-            server = make_server(host, port, make_app(store, config))
+            server = make_server(host, port, make_app(store, config), args.max_connections)
         except OSError as e:
             raise PerfitError(f"cannot listen on {args.listen}: {e.strerror}") from e
         bound_host, bound_port = server.server_address[:2]
@@ -2929,25 +3079,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _root_token(data: str) -> str:
-    """The root token: $PERFITD_ROOT_ACCESS_TOKEN, else <data>/root-token, made on first start."""
+def _root_token_hash(data: str) -> bytes:
+    """The root token's hash: of $PERFITD_ROOT_ACCESS_TOKEN, or of one made on first start.
+
+    A generated token is printed once and only its SHA-256 is kept (<data>/root-token.sha256),
+    so nothing in the data directory or its backups can be used to log in. Lost it? Delete
+    that file and restart: a new one is made and printed.
+    """
     token = os.environ.get(ENV_ROOT_TOKEN, "").strip()
     if token:
         if len(token) < MIN_ROOT_TOKEN_CHARS:
             raise UsageError(f"{ENV_ROOT_TOKEN} is too short; use `perfit token gen` to make one")
-        return token
-    path = os.path.join(data, "root-token")
-    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
-        return f.read().strip()
+        return hash_token(token)
+    path = os.path.join(data, ROOT_TOKEN_FILE)
+    _migrate_plain_root_token(data, path)
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="ascii") as f:
+        return bytes.fromhex(f.read().strip())
     token = new_token()
+    _write_private(path, hash_token(token).hex() + "\n")
+    print(f"perfit: root access token: {token}", flush=True)
+    print("perfit: (shown this once; only its hash is kept, in "
+          f"{path}: delete that file and restart to make a new one)", flush=True)  # fmt: skip
+    return hash_token(token)
+
+
+def _migrate_plain_root_token(data: str, hashed: str) -> None:
+    """Replace the plain root-token file of PerfIt 0.1 by its hash: no secret at rest."""
+    plain = os.path.join(data, "root-token")
+    if os.path.exists(plain) and not os.path.exists(hashed):
+        with open(plain, encoding="utf-8") as f:
+            _write_private(hashed, hash_token(f.read().strip()).hex() + "\n")
+        os.unlink(plain)
+        log.warning("replaced %s by its hash in %s; the token itself still works", plain, hashed)
+
+
+def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    print(f"perfit: root access token: {token}", flush=True)
-    print(f"perfit: (saved in {path}, readable only by you; it is not shown again)", flush=True)
-    return token
 
 
 # ==============================================================================================

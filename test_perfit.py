@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -353,25 +353,57 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
     assert srv.stop() == 0
 
 
-def test_generated_root_token_is_saved_private_and_printed_only_once(tmp_path: Path) -> None:
+def _printed_root_token(srv: Server) -> list[str]:
+    marker = "perfit: root access token:"
+    return [line.split(marker, 1)[1].strip() for line in srv.out if marker in line]
+
+
+def test_generated_root_token_is_printed_once_and_only_its_hash_is_kept(tmp_path: Path) -> None:
     with running_server(tmp_path, root=None) as srv:
-        printed = [
-            line.split("perfit: root access token:", 1)[1].strip()
-            for line in srv.out
-            if "perfit: root access token:" in line
-        ]
-        assert len(printed) == 1
-        token = printed[0]
+        (token,) = _printed_root_token(srv)
         assert TOKEN_RE.match(token)
-        saved = tmp_path / "root-token"
-        assert saved.read_text().strip() == token
+        saved = tmp_path / perfit.ROOT_TOKEN_FILE
+        assert saved.read_text().strip() == perfit.hash_token(token).hex()
         assert saved.stat().st_mode & 0o777 == 0o600
         assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
         assert srv.stop() == 0
     with running_server(tmp_path, root=None) as srv:
         assert token not in "".join(srv.out)
-        assert not any("root access token" in line for line in srv.out)
+        assert not _printed_root_token(srv)
         assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
+    # Rotation: delete the hash and restart; the old token stops working, a new one is printed.
+    saved.unlink()
+    with running_server(tmp_path, root=None) as srv:
+        (new,) = _printed_root_token(srv)
+        assert new != token
+        assert http("PUT", f"{srv.url}/a/", token=token)[0] == 401
+        assert http("PUT", f"{srv.url}/a/", token=new)[0] == 200
+
+
+def test_a_plain_root_token_file_from_0_1_is_replaced_by_its_hash(tmp_path: Path) -> None:
+    token = random_token()
+    (tmp_path / "root-token").write_text(token + "\n")
+    with running_server(tmp_path, root=None) as srv:
+        assert not (tmp_path / "root-token").exists()
+        assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
+
+
+def test_no_token_is_kept_in_plain_text_in_the_data_directory_or_the_log(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        assert post_point(srv.url, mid, acc.post, 1.0)[0] == 200
+        assert http("GET", f"{srv.url}/m/{mid}/json", token=acc.admin)[0] == 200
+        assert srv.stop() == 0
+    secrets_ = [ROOT, acc.admin, acc.post]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not [s for s in secrets_ if s.encode() in blob], path
+    log_text = "".join(srv.err) + "".join(srv.out)
+    assert "POST /m/" in log_text, "the access log should show requests"
+    assert not [s for s in secrets_ if s in log_text]
+    assert "Authorization" not in log_text and "Bearer" not in log_text
 
 
 def test_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
@@ -474,18 +506,35 @@ ROUTES = {
     "PUT /t/": ("PUT", "/t/", {"type": "post"}),
     "PUT /m/": ("PUT", "/m/", {"name": "auth-table"}),
     "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
+    "POST /m/ID/points": ("POST", "/m/{metric}/points", [{"t": 0, "v": 0}]),
+    "GET /m/ID": ("GET", "/m/{metric}", None),
+    "GET /m/ID/svg": ("GET", "/m/{metric}/svg", None),
+    "GET /m/ID.svg": ("GET", "/m/{metric}.svg", None),
+    "GET /m/ID/json": ("GET", "/m/{metric}/json", None),
+    "GET /m/ID/csv": ("GET", "/m/{metric}/csv", None),
+    "GET /m/ID/badge.svg": ("GET", "/m/{metric}/badge.svg", None),
+    "GET /m/?metric-id": ("GET", "/m/?metric-id={metric}", None),
+    "GET /": ("GET", "/", None),
+    "GET /healthz": ("GET", "/healthz", None),
 }
+CALLERS = ["root", "admin-own", "post-own", "admin-other", "post-other"]
+UNAUTHENTICATED = ["none", "unknown", "garbage", "not-bearer", "empty-bearer"]
 EXPECTED = {
     "PUT /a/": {"root": 200, "admin-own": 403, "post-own": 403, "admin-other": 403, "post-other": 403},
     "PUT /t/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
     "PUT /m/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
     "POST /m/ID": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 403, "post-other": 403},
+    "POST /m/ID/points": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 403,
+                          "post-other": 403},
+    # A metric id is a read capability: reads ignore whatever token comes along, even a bad one.
+    **{route: dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200)
+       for route in ROUTES if route.startswith("GET") and route != "GET /m/?metric-id"},
+    "GET /m/?metric-id": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 303),
 }  # fmt: skip
-UNAUTHENTICATED = ["none", "unknown", "garbage", "not-bearer", "empty-bearer"]
 AUTH_CASES = [
     (route, caller, expected.get(caller, 401))
     for route, expected in EXPECTED.items()
-    for caller in [*expected, *UNAUTHENTICATED]
+    for caller in dict.fromkeys([*expected, *UNAUTHENTICATED])
 ]
 
 
@@ -523,19 +572,25 @@ def test_authorization_table(
 ) -> None:
     method, path, body = ROUTES[route]
     value = secrets.randbelow(10**9) + 0.5
-    if body is not None and "value" in body:
+    if route == "POST /m/ID":
         body = {"value": value}
+    elif route == "POST /m/ID/points":
+        body = [{"t": int(time.time()) - 60, "v": value}]
     # Each case comes from its own address (see the `server` fixture).
     n = AUTH_CASES.index((route, caller, expected))
     headers = {**callers[caller], "X-Forwarded-For": f"10.1.{n // 200}.{n % 200 + 1}"}
     answer = http(method, url + path.format(metric=auth_metric), body=body, headers=headers)
-    if expected == 200:
-        assert answer[0] == 200, answer
-        json.loads(answer[2])
+    if expected in (200, 303):
+        assert answer[0] == expected, answer
+        if answer[1].get("Content-Type", "").startswith("application/json"):
+            json.loads(answer[2])
     else:
         assert_error(answer, expected)
-    if route == "POST /m/ID":
-        assert (value in values(url, auth_metric)) == (expected == 200)
+    if route.startswith("POST"):
+        assert (value in values(url, auth_metric)) == (expected == 200), "stored iff allowed"
+    for secret in (ROOT, *(h.get("Authorization", "")[7:] for h in callers.values())):
+        if len(secret) > 20:
+            assert secret.encode() not in answer[2], "a route gave away a token"
 
 
 def test_new_ids_and_tokens_are_well_formed_and_unique(url: str, account: Account) -> None:
@@ -2599,3 +2654,217 @@ def test_pages_pass_an_accessibility_check(
             print(f"    {node['html'][:200]}")
     bad = [v for v in found if v["impact"] in ("serious", "critical")]
     assert [(v["id"], len(v["nodes"])) for v in bad] == []
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile input and greedy clients: never a 5xx, never a stored byte for a refused request,
+# and one client can't take the server from the others.
+# --------------------------------------------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+
+def _raw_request(url: str, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, read the answer until the server closes."""
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_chunked_body_is_read_and_stored(url: str, account: Account, metric: str) -> None:
+    body = b'{"value": 42.5, "metadata": "chunked"}'
+    request = (
+        f"POST /m/{metric} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {account.post}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
+    answer = _raw_request(url, request)
+    assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
+    assert points(url, metric) == [{"t": points(url, metric)[0]["t"], "v": 42.5, "m": "chunked"}]
+
+
+def test_a_huge_chunked_body_is_413_and_memory_stays_flat(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        before = _rss(srv.proc.pid)
+        host, port = urllib.parse.urlsplit(srv.url).netloc.rsplit(":", 1)
+        head = (
+            f"POST /m/{mid}/points HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acc.admin}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        chunk = b"%x\r\n%s\r\n" % (1 << 20, b"[" * (1 << 20))
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head)
+            with contextlib.suppress(OSError):
+                for _ in range(64):  # 64 MiB, if the server kept reading
+                    sock.sendall(chunk)
+            answer = b""
+            with contextlib.suppress(OSError):
+                answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.0 413"), answer[:200]
+        assert _rss(srv.proc.pid) - before < 16 << 20, "the server buffered the body"
+        assert values(srv.url, mid) == []
+
+
+def test_a_64_mib_content_length_is_refused_before_the_body_is_read(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        before = _rss(srv.proc.pid)
+        head = (
+            f"POST /m/{mid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acc.post}\r\n"
+            f"Content-Length: {64 << 20}\r\n\r\n"
+        ).encode()
+        answer = _raw_request(srv.url, head + b"x" * (1 << 20), timeout=30)
+        assert b" 413 " in answer.split(b"\r\n", 1)[0], answer[:200]
+        assert _rss(srv.proc.pid) - before < 16 << 20
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"y" * 70_000 + b"\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /m/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["garbage", "long-uri", "long-header", "bad-version", "bad-chunk"],
+)
+def test_malformed_requests_get_a_json_4xx(url: str, request_bytes: bytes) -> None:
+    answer = _raw_request(url, request_bytes)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert re.match(rb"HTTP/1\.[01] (4\d\d|505) ", status_line), status_line
+    assert b"application/json" in rest.split(b"\r\n\r\n")[0]
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["message"]
+
+
+def test_a_hundred_stalled_clients_do_not_block_a_new_request(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        host, port = urllib.parse.urlsplit(srv.url).netloc.rsplit(":", 1)
+        stalled = []
+        try:
+            for _ in range(100):
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                sock.sendall(b"POST /m/x HTTP/1.1\r\nHost: x\r\nContent-Le")  # and then nothing
+                stalled.append(sock)
+            started = time.monotonic()
+            assert http("GET", f"{srv.url}/healthz", timeout=5)[0] == 200
+            assert time.monotonic() - started < 1.0
+            # Trickling headers is no way to keep a thread: cut off after HEADER_TIMEOUT.
+            stalled[0].settimeout(perfit.HEADER_TIMEOUT + 5)
+            assert stalled[0].recv(1024) == b"", "the stalled connection was not closed"
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_more_connections_than_allowed_get_503_at_once(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--max-connections", "5") as srv:
+        host, port = urllib.parse.urlsplit(srv.url).netloc.rsplit(":", 1)
+        held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(5)]
+        try:
+            time.sleep(0.2)
+            status, headers, body = http("GET", f"{srv.url}/healthz", timeout=5)
+            assert status == 503 and headers["Retry-After"] == "1"
+            assert "busy" in json.loads(body)["message"]
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        assert http("GET", f"{srv.url}/healthz")[0] == 200, "slots come back when clients leave"
+
+
+ODD_NUMBERS = ["1e308", "-1.7976931348623157e308", "5e-324", "0", "-0", "1e-320", "nan", "inf"]
+
+
+@pytest.mark.parametrize("low", ODD_NUMBERS[:4])
+@pytest.mark.parametrize("high", ODD_NUMBERS)
+def test_extreme_min_and_max_never_break_the_chart(
+    url: str, metric: str, low: str, high: str
+) -> None:
+    status, _, body = http("GET", f"{url}/m/{metric}/svg?min={low}&max={high}")
+    assert status in (200, 400), body[:300]
+
+
+def test_extreme_values_draw_a_chart(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin)
+    extremes = [1.7976931348623157e308, -1.7976931348623157e308, 5e-324, 0.0]
+    answer = http("POST", f"{url}/m/{mid}/points", token=account.admin,
+                  body=[{"t": 1_700_000_000 + i, "v": v} for i, v in enumerate(extremes)])  # fmt: skip
+    assert answer[0] == 200, answer
+    for path in ("svg", "html", "badge.svg", "json", "csv"):
+        assert http("GET", f"{url}/m/{mid}/{path}")[0] == 200, path
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+_FIELDS = st.sampled_from(["value", "metadata", "t", "v", "m", "type", "name", "unit", "better"])
+_BODIES = st.one_of(
+    st.none(),
+    st.binary(max_size=400),
+    _JSON.map(lambda doc: json.dumps(doc).encode()),
+    st.dictionaries(_FIELDS, _JSON, max_size=4).map(lambda doc: json.dumps(doc).encode()),
+    st.lists(st.dictionaries(_FIELDS, _JSON, max_size=4), max_size=4).map(
+        lambda d: json.dumps(d).encode()
+    ),
+)
+_OPTIONS = st.dictionaries(
+    st.sampled_from([*(name for name, *_ in perfit._FORM_FIELDS), "metric-id", "zzz"]),
+    st.text(max_size=40)
+    | st.sampled_from(["1e308", "-1e308", "nan", "90s", "2 weeks", "0001-01-01"]),
+    max_size=4,
+)
+_SEGMENT = st.text(max_size=30)
+_PATHS = st.sampled_from(["/m/{metric}", "/m/{metric}/{seg}", "/m/{seg}", "/{seg}", "/m/{metric},{seg}/svg",
+                          "/m/{metric}/points", "/a/", "/t/", "/m/", "/m/{metric}.svg", "/m/{seg}/json"])  # fmt: skip
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    path=_PATHS,
+    segment=_SEGMENT,
+    options=_OPTIONS,
+    body=_BODIES,
+    caller=st.sampled_from(["admin", "post", "none", "garbage"]),
+)
+def test_fuzzed_requests_never_get_a_5xx_nor_store_what_was_refused(
+    url: str, account: Account, fuzz_metric: str, method: str, path: str, segment: str,
+    options: dict, body: bytes | None, caller: str,
+) -> None:  # fmt: skip
+    before = len(points(url, fuzz_metric))
+    target = path.format(metric=fuzz_metric, seg=urllib.parse.quote(segment, safe=""))
+    query = urllib.parse.urlencode(options)
+    token = {"admin": account.admin, "post": account.post, "none": None, "garbage": "x y z"}[caller]
+    headers = {"X-Forwarded-For": f"10.9.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"}
+    status, _, answer = http(method, f"{url}{target}?{query}", raw=body, token=token,
+                                          headers=headers)  # fmt: skip
+    assert status < 500, (method, target, query, body, answer[:300])
+    if status >= 400:
+        assert json.loads(answer)["message"]
+    after = len(points(url, fuzz_metric))
+    stored = method == "POST" and status == 200 and target.startswith(f"/m/{fuzz_metric}")
+    if not stored:
+        assert after == before, "a refused request stored points"
+
+
+@pytest.fixture(scope="module")
+def fuzz_metric(url: str, account: Account) -> str:
+    return new_metric(url, account.admin, name="fuzzed", unit="s")
