@@ -610,6 +610,8 @@ class Metric:
     description: str = ""
     better: str = "lower"
     series: Series = dataclasses.field(default_factory=Series, repr=False)
+    #: change points already found, by (range, points, threshold): charts are viewed often
+    changes_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1236,6 +1238,143 @@ def _raw(text: str) -> bytes:
 
 
 # ==============================================================================================
+# Change points
+# Where a metric's typical level steps up or down, told apart from CI noise and slow outliers.
+# Pure standard library: it runs on the server's tiny VPS, and in `perfit metric check` too.
+# ==============================================================================================
+
+DEFAULT_CHANGE_THRESHOLD = 0.05  #: relative steps smaller than this are not reported
+CHANGE_MIN_SEGMENT = 10  #: points a level needs before (and after) a step to count as one
+CHANGE_SIGNIFICANCE = 0.001  #: how unlikely a split must be under "no change" (Pettitt's p)
+CHANGE_REFINE = 12  #: points around a found split searched for its best position
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A step in a metric's typical level."""
+
+    index: int  #: the first point of the new level
+    t: int  #: its time, unix seconds
+    before: float  #: median of the level before
+    after: float  #: median of the level after
+    change: float  #: relative: after / before - 1 (0.25 is +25 %)
+    kind: str  #: "regression" or "improvement", by the metric's `better`
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def detect_changes(
+    values: Sequence[float],
+    times: Sequence[int] | None = None,
+    better: str = "lower",
+    threshold: float = DEFAULT_CHANGE_THRESHOLD,
+) -> list[Change]:
+    """The change points of a series, oldest first.
+
+    Binary segmentation with Pettitt's rank test: a split is kept when the ranks on its two
+    sides differ more than chance allows (p < 0.001), so the noise level of each metric sets
+    its own bar and slow outliers weigh no more than any other point. Each level is then
+    summarised by its median, and steps under `threshold` are merged away, smallest first.
+    """
+    xs = list(values)
+    splits: list[int] = []
+    _split(xs, 0, len(xs), splits)
+    bounds = _merge_small_steps(xs, sorted(splits), threshold)
+    changes = []
+    for k, index in enumerate(bounds):
+        lo = bounds[k - 1] if k else 0
+        hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
+        before, after = statistics.median(xs[lo:index]), statistics.median(xs[index:hi])
+        relative = _relative(before, after)
+        worse = relative > 0 if better == "lower" else relative < 0
+        t = int(times[index]) if times is not None else index
+        changes.append(
+            Change(index, t, before, after, relative, "regression" if worse else "improvement")
+        )
+    return changes
+
+
+def _relative(before: float, after: float) -> float:
+    if before == 0:
+        return 0.0 if after == 0 else math.copysign(math.inf, after)
+    return (after - before) / abs(before)
+
+
+def _split(xs: list[float], lo: int, hi: int, out: list[int]) -> None:
+    """Find the most significant split of xs[lo:hi], keep it, and look on both sides."""
+    if hi - lo < 2 * CHANGE_MIN_SEGMENT:
+        return
+    best = _pettitt(xs[lo:hi])
+    if best is None:
+        return
+    at = _refine(xs, lo, hi, lo + best)
+    out.append(at)
+    _split(xs, lo, at, out)
+    _split(xs, at, hi, out)
+
+
+def _pettitt(segment: list[float]) -> int | None:
+    """The split of `segment` where its ranks change most, if that is significant.
+
+    U(t) = 2·(sum of the first t ranks) - t·(n+1) measures how far the points before t rank
+    below (or above) the ones after; K = max |U(t)| has p ≈ 2·exp(-6K² / (n³ + n²)).
+    """
+    n = len(segment)
+    ranks = _ranks(segment)
+    best_u, best_t, total = -1.0, None, 0.0
+    for t in range(1, n - CHANGE_MIN_SEGMENT + 1):
+        total += ranks[t - 1]
+        u = abs(2 * total - t * (n + 1))
+        if t >= CHANGE_MIN_SEGMENT and u > best_u:
+            best_u, best_t = u, t
+    if best_t is None:
+        return None
+    p = 2 * math.exp(-6 * best_u * best_u / (n**3 + n**2))
+    return best_t if p < CHANGE_SIGNIFICANCE else None
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
+    """Move a split to where the two sides sit closest to their medians (least L1 cost)."""
+    first = max(lo + CHANGE_MIN_SEGMENT, at - CHANGE_REFINE)
+    last = min(hi - CHANGE_MIN_SEGMENT, at + CHANGE_REFINE)
+    return min(range(first, last + 1), key=lambda t: (_l1(xs[lo:t]) + _l1(xs[t:hi]), abs(t - at)))
+
+
+def _l1(part: list[float]) -> float:
+    middle = statistics.median(part)
+    return sum(abs(x - middle) for x in part)
+
+
+def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> list[int]:
+    """Drop the smallest step while it is under the threshold; the levels around it merge."""
+    while bounds:
+        edges = [0, *bounds, len(xs)]
+        medians = [statistics.median(xs[a:b]) for a, b in zip(edges, edges[1:])]
+        steps = [abs(_relative(a, b)) for a, b in zip(medians, medians[1:])]
+        smallest = min(range(len(steps)), key=steps.__getitem__)
+        if steps[smallest] >= threshold:
+            break
+        del bounds[smallest]
+    return bounds
+
+
+# ==============================================================================================
 # Charts
 # Points in, SVG text out: axes people read at a glance, one coloured line per metric, min/max
 # clamping, tooltips, dark mode, and big series reduced to what the pixels can show.
@@ -1271,6 +1410,10 @@ svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; fon
 .empty { fill: #6b7280; font-size: 16px; }
 .clamped { stroke: #111827; stroke-width: 1.5; }
 a .point { cursor: pointer; }
+.change line { stroke-width: 1.5; stroke-dasharray: 5 4; }
+.change text { font-size: 11px; font-weight: 600; }
+.regression line { stroke: #c62828; } .regression text { fill: #c62828; }
+.improvement line { stroke: #2e7d32; } .improvement text { fill: #2e7d32; }
 @media (prefers-color-scheme: dark) {
   .bg { fill: #0d1117; }
   .frame, .tick { stroke: #8b949e; }
@@ -1280,6 +1423,8 @@ a .point { cursor: pointer; }
   .title { fill: #f0f6fc; }
   .empty { fill: #8b949e; }
   .clamped { stroke: #f0f6fc; }
+  .regression line { stroke: #ff7b72; } .regression text { fill: #ff7b72; }
+  .improvement line { stroke: #56d364; } .improvement text { fill: #56d364; }
 }
 @media (max-width: 600px) {
   /* Shown at phone width the chart shrinks to about 0.45x: keep its text readable. */
@@ -1331,6 +1476,8 @@ class ChartSeries:
     total: int  #: points in the range before reduction
     #: when reduced: (time, lowest, median, highest) of each pixel column that has points
     columns: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+    #: change points to mark, with the exact time (seconds) where each new level starts
+    changes: list[tuple[float, Change]] = dataclasses.field(default_factory=list)
 
 
 # -- numbers, durations and ticks ----------------------------------------------------------------
@@ -1393,8 +1540,25 @@ def _ticks_from(lo: float, hi: float, step: float) -> list[float]:
     return [round(first + i * step, 12) for i in range(max(count, 0))]
 
 
-#: Steps for duration axes, in seconds: round minutes and hours rather than 1-2-5 seconds.
-_DURATION_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400]
+#: Steps for duration axes, in seconds: round seconds, minutes and hours, not 1-2-5 seconds.
+_DURATION_STEPS = [
+    10,
+    15,
+    20,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+]
 
 
 def value_ticks(lo: float, hi: float, unit: str, count: int = 6) -> list[float]:
@@ -1626,6 +1790,9 @@ def render_chart(
         x = x_of(t)
         dwg.add(dwg.line((x, bottom), (x, bottom + 5), class_="tick"))
         dwg.add(dwg.text(label, insert=(x, bottom + 18), class_="ticklabel", text_anchor="middle"))
+    for s in series:
+        for at, change in s.changes:
+            _draw_change(dwg, change, s.unit, x_of(at), top, bottom)
     for i, s in enumerate(series):
         _draw_series(dwg, s, f"s{i % len(SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
     reduced = [s for s in series if s.total > len(s.times)]
@@ -1670,6 +1837,18 @@ def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, name
     if len(line) > 1:
         dwg.add(dwg.polyline(line, class_=f"line {colour}"))
     dwg.add(markers)
+
+
+def _draw_change(dwg: Any, change: Change, unit: str, x: float, top: float, bottom: float) -> None:
+    """A dashed line where a new level starts, labelled with its relative change."""
+    group = dwg.g(class_=f"change {change.kind}")
+    label = f"{change.change * 100:+.0f} %" if math.isfinite(change.change) else change.kind
+    group.set_desc(title=(
+        f"{change.kind} of {label} from {format_time(change.t)}\n"
+        f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"))  # fmt: skip
+    group.add(dwg.line((x, top), (x, bottom)))
+    group.add(dwg.text(label, insert=(x + 3, top + 12)))
+    dwg.add(group)
 
 
 def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float) -> None:
@@ -1933,6 +2112,19 @@ def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
     if opts.min is not None and opts.max is not None and opts.min >= opts.max:
         raise BadRequest("min: must be less than max")
     return opts
+
+
+def parse_threshold(text: str) -> float:
+    """The `threshold` option of /changes: the smallest relative step reported (0.05 = 5 %)."""
+    if not text.strip():
+        return DEFAULT_CHANGE_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"threshold: {text!r} is not a number (0.05 means 5 %)") from None
+    if not 0 <= value <= 10:
+        raise BadRequest("threshold: must be between 0 and 10 (0.05 means 5 %)")
+    return value
 
 
 def _time_bound(query: dict[str, str], bound: str, now: float) -> float | None:
@@ -2398,6 +2590,12 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
                              badge_state(recent, metric.better))  # fmt: skip
         return cached(badge, "image/svg+xml; charset=utf-8", q)
 
+    def view_changes(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
+        threshold = parse_threshold(q.get("threshold", ""))
+        found = metric_changes(metrics[0], opts, threshold)
+        body = json.dumps([c.to_json() for c in found], separators=(",", ":"))
+        return cached(body, "application/json", q)
+
     def cached(body: str, content_type: str, q: dict) -> Any:
         """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
         data = body.encode("utf-8")
@@ -2418,6 +2616,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         "json": view_json,
         "csv": view_csv,
         "badge.svg": view_badge,
+        "changes": view_changes,
     }
     OVERLAY_VIEWS = ("html", "svg", "json")
 
@@ -2443,9 +2642,35 @@ def cache_control(query: dict[str, str], now: float) -> str:
 
 
 def chart_document(metrics: Sequence[Metric], opts: ChartOptions) -> str:
-    """The SVG chart of one or more metrics over the options' range."""
+    """The SVG chart of one or more metrics over the options' range; one metric's changes."""
     t0, t1 = chart_range(metrics, opts)
-    return render_chart([chart_series(m, opts, t0, t1) for m in metrics], opts, t0, t1)
+    series = [chart_series(m, opts, t0, t1) for m in metrics]
+    if len(metrics) == 1:
+        rows = metrics[0].series.index_range(opts.start, opts.end)
+        times = metrics[0].series.times
+        series[0].changes = [
+            (times[rows.start + c.index] / US, c) for c in metric_changes(metrics[0], opts)
+        ]
+    return render_chart(series, opts, t0, t1)
+
+
+def metric_changes(
+    metric: Metric, opts: ChartOptions, threshold: float = DEFAULT_CHANGE_THRESHOLD
+) -> list[Change]:
+    """The change points of a metric's points in the options' range, computed once per data."""
+    series = metric.series
+    rows = series.index_range(opts.start, opts.end)
+    key = (rows.start, rows.stop, len(series), threshold)
+    found = metric.changes_cache.get(key)
+    if found is None:
+        times = [t // US for t in series.times[rows.start : rows.stop]]
+        found = detect_changes(
+            series.values[rows.start : rows.stop], times, metric.better, threshold
+        )
+        if len(metric.changes_cache) >= 16:
+            metric.changes_cache.clear()  # keys of old data and other ranges: start afresh
+        metric.changes_cache[key] = found
+    return found
 
 
 def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
@@ -2827,6 +3052,20 @@ def build_parser() -> argparse.ArgumentParser:
     metric_get = metric.add_parser("get", parents=[_client_options(metric=True)],
                                    help="print the metric's data points as JSON")  # fmt: skip
     metric_get.set_defaults(func=cmd_metric_get)
+    metric_check = metric.add_parser(
+        "check",
+        parents=[_client_options(metric=True)],
+        help="report change points; exit 3 while the metric is regressed",
+        description="Print the metric's change points (steps in its typical level) and exit 3 "
+        "while its newest change point is a regression, 0 otherwise, 1 when the server says "
+        "no: `perfit run ... && perfit metric check` fails a job on a regression.",
+    )
+    metric_check.add_argument("--threshold", type=_non_negative(float), metavar="X",
+                              help="smallest relative step reported (default "
+                              f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)")  # fmt: skip
+    metric_check.add_argument("--start-rel", metavar="DURATION",
+                              help="only look at points newer than this, e.g. 30d")  # fmt: skip
+    metric_check.set_defaults(func=cmd_metric_check)
     metric_import = metric.add_parser(
         "import",
         parents=[_client_options(metric=True)],
@@ -2912,6 +3151,37 @@ def cmd_metric_get(args: argparse.Namespace) -> int:
 
 def _client_server(args: argparse.Namespace) -> str:
     return args.server if "://" in args.server else f"http://{args.server}"
+
+
+def cmd_metric_check(args: argparse.Namespace) -> int:
+    options = {}
+    if args.threshold is not None:
+        options["threshold"] = repr(args.threshold)
+    if args.start_rel:
+        options["start-rel"] = args.start_rel
+    query = "?" + urllib.parse.urlencode(options) if options else ""
+    client = Client(_client_server(args), None, args.timeout)  # reading needs no token
+    changes = client.call("GET", f"{_metric_path(args)}/changes{query}")
+    print(change_report(args.metric, changes))
+    regressed = bool(changes) and changes[-1]["kind"] == "regression"
+    return EXIT_REGRESSED if regressed else EXIT_OK
+
+
+def change_report(metric: str, changes: list[dict[str, Any]]) -> str:
+    """A few lines a person reads in a CI log: each change point, then the verdict."""
+    if not changes:
+        return f"{metric}: no change points: the level is steady"
+    lines = [f"{metric}: {len(changes)} change point(s), oldest first:"]
+    for c in changes:
+        lines.append(
+            f"  {format_time(c['t'])}  {c['kind']:<11} {c['change'] * 100:+7.1f} %  "
+            f"(median {format_number(c['before'])} -> {format_number(c['after'])}, point {c['index']})"
+        )
+    newest = changes[-1]
+    verdict = "REGRESSED" if newest["kind"] == "regression" else "ok"
+    lines.append(f"{metric}: {verdict}: the newest change is a {newest['kind']} "
+                 f"of {newest['change'] * 100:+.1f} %")  # fmt: skip
+    return "\n".join(lines)
 
 
 def cmd_metric_import(args: argparse.Namespace) -> int:

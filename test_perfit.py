@@ -2868,3 +2868,131 @@ def test_fuzzed_requests_never_get_a_5xx_nor_store_what_was_refused(
 @pytest.fixture(scope="module")
 def fuzz_metric(url: str, account: Account) -> str:
     return new_metric(url, account.admin, name="fuzzed", unit="s")
+
+
+# --------------------------------------------------------------------------------------------
+# Change points: detection pinned on fixed series, /changes, chart marks, `metric check`
+# --------------------------------------------------------------------------------------------
+
+
+def _ci_series(n: int, steps: list[tuple[int, float]], noise: float, seed: int = 5) -> list[float]:
+    """CI-like durations: a level with `noise` relative jitter, 5 % slow outliers, steps."""
+    rng = random.Random(seed)
+    level, out = 100.0, []
+    for i in range(n):
+        for at, factor in steps:
+            if i == at:
+                level *= factor
+        value = level * rng.gauss(1, noise)
+        out.append(value * rng.uniform(1.3, 2.0) if rng.random() < 0.05 else value)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("steps", "noise", "expected"),
+    [
+        ([(150, 1.20)], 0.03, [(150, "regression", 0.20)]),
+        ([(150, 0.80)], 0.03, [(150, "improvement", -0.20)]),
+        (
+            [(100, 1.15), (220, 0.90)],
+            0.05,
+            [(100, "regression", 0.15), (220, "improvement", -0.10)],
+        ),
+        ([(200, 1.06)], 0.01, [(200, "regression", 0.06)]),
+        ([], 0.05, []),
+    ],
+    ids=["step-up", "step-down", "two-steps", "small-step-low-noise", "quiet"],
+)
+def test_change_points_are_found_where_the_level_steps(steps, noise, expected):
+    found = perfit.detect_changes(_ci_series(300, steps, noise))
+    assert len(found) == len(expected), found
+    for change, (index, kind, relative) in zip(found, expected):
+        assert abs(change.index - index) <= 3
+        assert change.kind == kind
+        assert change.change == pytest.approx(relative, abs=0.03)
+
+
+def test_slow_outliers_and_a_last_slow_run_are_not_changes():
+    values = _ci_series(300, [], 0.03)
+    values[-1] *= 3  # the newest run was slow: one run is not a new level
+    for i in range(100, 106):
+        values[i] *= 2  # a burst of slow runs on a busy runner
+    assert perfit.detect_changes(values) == []
+
+
+def test_steps_under_the_threshold_are_not_reported_unless_asked():
+    values = _ci_series(300, [(150, 1.03)], 0.005)
+    assert perfit.detect_changes(values) == []
+    (change,) = perfit.detect_changes(values, threshold=0.02)
+    assert abs(change.index - 150) <= 3
+
+
+def test_better_higher_turns_a_rise_into_an_improvement():
+    (change,) = perfit.detect_changes(_ci_series(300, [(150, 1.2)], 0.03), better="higher")
+    assert change.kind == "improvement"
+
+
+def test_detection_takes_milliseconds():
+    values = _ci_series(400, [(100, 1.2), (300, 0.85)], 0.04)
+    started = time.perf_counter()
+    perfit.detect_changes(values)
+    assert time.perf_counter() - started < 0.05
+
+
+def _import_series(
+    url: str, account: Account, values: list[float], **fields: str
+) -> tuple[str, int]:
+    mid = new_metric(url, account.admin, unit="s", **fields)
+    start = int(time.time()) - 3600 * len(values)
+    body = [{"t": start + 3600 * i, "v": v} for i, v in enumerate(values)]
+    assert ok_json("POST", f"{url}/m/{mid}/points", body=body, token=account.admin)["added"] == len(
+        values
+    )
+    return mid, start
+
+
+def test_changes_route_reports_the_step_with_its_time(url: str, account: Account) -> None:
+    mid, start = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
+    (change,) = ok_json("GET", f"{url}/m/{mid}/changes")
+    assert set(change) == {"t", "index", "before", "after", "change", "kind"}
+    assert abs(change["index"] - 120) <= 3 and change["t"] == start + 3600 * change["index"]
+    assert change["kind"] == "regression" and change["change"] == pytest.approx(0.25, abs=0.03)
+    # The same time range as the chart: before the step, nothing changed.
+    assert ok_json("GET", f"{url}/m/{mid}/changes?end-rel=100h") == []
+    assert_error(http("GET", f"{url}/m/{mid}/changes?threshold=lots"), 400)
+    assert ok_json("GET", f"{url}/m/{mid}/changes?threshold=0.5") == []
+
+
+def test_the_chart_marks_each_change_with_its_size(url: str, account: Account) -> None:
+    mid, _ = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
+    svg = parse_svg(http("GET", f"{url}/m/{mid}/svg")[2])
+    marks = [
+        g for g in svg.iter("{http://www.w3.org/2000/svg}g") if "change" in (g.get("class") or "")
+    ]
+    assert [g.get("class") for g in marks] == ["change regression"]
+    label = marks[0].find("{http://www.w3.org/2000/svg}text").text
+    assert re.fullmatch(r"\+2[3-7] %", label), label
+    assert "regression" in marks[0].find("{http://www.w3.org/2000/svg}title").text
+
+
+def test_metric_check_exits_3_while_regressed_and_0_otherwise(url: str, account: Account) -> None:
+    regressed, _ = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
+    improved, _ = _import_series(url, account, _ci_series(200, [(120, 0.75)], 0.03))
+    steady, _ = _import_series(url, account, _ci_series(200, [], 0.03))
+    check = cli("metric", "check", *client_args(url, metric=regressed))
+    assert check.returncode == 3, check.stderr
+    assert "REGRESSED" in check.stdout and "regression" in check.stdout
+    assert cli("metric", "check", *client_args(url, metric=improved)).returncode == 0
+    quiet = cli("metric", "check", *client_args(url, metric=steady))
+    assert quiet.returncode == 0 and "no change points" in quiet.stdout
+    assert (
+        cli("metric", "check", "--threshold", "0.5", *client_args(url, metric=regressed)).returncode
+        == 0
+    )
+    assert_said_no(cli("metric", "check", *client_args(url, metric=unknown_id())), 1)
+
+
+def test_metric_check_runs_without_site_packages(url: str, account: Account) -> None:
+    mid, _ = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
+    check = cli("metric", "check", *client_args(url, metric=mid), flags=("-S",))
+    assert check.returncode == 3, check.stderr
