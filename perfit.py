@@ -1280,7 +1280,8 @@ def detect_changes(
     xs = list(values)
     splits: list[int] = []
     _split(xs, 0, len(xs), splits)
-    bounds = _merge_small_steps(xs, sorted(splits), threshold)
+    bounds = _settle(xs, _merge_small_steps(xs, sorted(splits), threshold))
+    bounds = _merge_small_steps(xs, bounds, threshold)  # a settled step may have shrunk
     changes = []
     for k, index in enumerate(bounds):
         lo = bounds[k - 1] if k else 0
@@ -1359,6 +1360,22 @@ def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
 def _l1(part: list[float]) -> float:
     middle = statistics.median(part)
     return sum(abs(x - middle) for x in part)
+
+
+def _settle(xs: list[float], bounds: list[int]) -> list[int]:
+    """Move each change to its best place between its final neighbours.
+
+    A split found in a long stretch leans towards the stretch's middle (the rank statistic
+    grows with the points on the far side), and its first refinement still saw the other
+    steps; between its final neighbours the least-L1 position is the true one.
+    """
+    for k, at in enumerate(bounds):
+        lo = bounds[k - 1] if k else 0
+        hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
+        while (moved := _refine(xs, lo, hi, at)) != at and abs(moved - at) >= CHANGE_REFINE:
+            at = moved  # it hit the edge of the search window: look further that way
+        bounds[k] = moved
+    return bounds
 
 
 def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> list[int]:
