@@ -1519,15 +1519,16 @@ def format_duration(seconds: float) -> str:
         return f"{sign}{format_number(round(s * 1000, 3))} ms"
     if s < 60:
         return f"{sign}{format_number(round(s, 2))} s"
-    parts = []
+    if s >= 1e9:
+        return f"{sign}{format_number(s)} s"  # over 30 years: no step takes that; a plain number
+    parts: list[tuple[int, str]] = []
     for size, suffix in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
-        if s >= size or (parts and size == 1):
-            whole = int(s // size)
-            s -= whole * size
-            parts.append(f"{whole}{suffix}")
+        whole, s = divmod(s, size)
+        if whole or parts:
+            parts.append((int(whole), suffix))
         if len(parts) == 2:
             break
-    return sign + " ".join(p for p in parts if not p.startswith("0") or p == parts[0])
+    return sign + " ".join(f"{n}{unit}" for n, unit in parts if n or (n, unit) == parts[0])
 
 
 def format_value(value: float, unit: str) -> str:
@@ -2377,6 +2378,685 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
     )
 
 
+# The OpenAPI 3.0 description served at GET /openapi.json; a test compares its paths with the
+# app's routes, and a schemathesis run against it must find no server error.
+#
+# One bottle route, `GET /m/<name>`, is documented as two paths: `/m/{id}` (the HTML page) and
+# `/m/{id}.svg` (the static chart link), because the route picks the view by the name's suffix.
+# OpenAPI 3.0 has no way to say "a path parameter, optionally followed by .svg", but templates
+# with a literal suffix are allowed, and the id's pattern (no dot) keeps the two paths disjoint.
+# Lengths given in bytes by the server are checked on UTF-8 bytes; the schemas' maxLength counts
+# characters, so they are upper bounds and the descriptions give the real rule.
+OPENAPI: dict = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "PerfIt",
+        "version": __version__,
+        "description": (
+            "Records and plots metrics, typically how long the steps of CI pipelines take. "
+            "A metric id is an unguessable read capability: anyone holding it may read the "
+            "metric. Writing needs a bearer token (`Authorization: Bearer <token>`) of the "
+            "owning account; tokens are of type root (creates accounts), admin (creates "
+            "metrics and tokens of its account, and posts) or post (posts to its account's "
+            'metrics only). Every error is JSON `{"message": "..."}`: 400 malformed input, '
+            "401 missing or unknown token, 403 token not allowed to do this, 404 unknown "
+            "metric, route or format, 405 wrong method on a known path, 413 body too large "
+            "(64 KiB; 4 MiB for /points), 429 rate limited (with Retry-After), 507 the store "
+            "cannot take the write."
+        ),
+        "license": {"name": "MIT"},
+    },
+    "paths": {
+        "/a/": {
+            "put": {
+                "operationId": "createAccount",
+                "summary": "Create an account and its first admin token (root token).",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": False,
+                    "description": "Nothing, or an empty JSON object.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Empty"}}
+                    },
+                },
+                "responses": {
+                    "200": {"$ref": "#/components/responses/Credentials"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                },
+            }
+        },
+        "/t/": {
+            "put": {
+                "operationId": "createToken",
+                "summary": "Create a token for the caller's account (admin token).",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewToken"}}
+                    },
+                },
+                "responses": {
+                    "200": {"$ref": "#/components/responses/Credentials"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                },
+            }
+        },
+        "/m/": {
+            "put": {
+                "operationId": "createMetric",
+                "summary": "Create a metric in the caller's account (admin token).",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewMetric"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The new metric.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Metric"}}
+                        },
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                },
+            },
+            "get": {
+                "operationId": "findMetric",
+                "summary": "Open a metric by its id (the index page's form); anyone.",
+                "parameters": [
+                    {
+                        "name": "metric-id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"$ref": "#/components/schemas/MetricId"},
+                    }
+                ],
+                "responses": {
+                    "303": {
+                        "description": "The metric exists: see its page.",
+                        "headers": {
+                            "Location": {
+                                "description": "The metric's id, a relative reference to /m/{id}.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            },
+        },
+        "/m/{id}": {
+            "post": {
+                "operationId": "postPoint",
+                "summary": "Post one data point, timed by the server (post or admin token of the metric's account).",
+                "description": "Answered once the point is durable on disk.",
+                "security": [{"bearer": []}],
+                "parameters": [{"$ref": "#/components/parameters/MetricId"}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewPoint"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The point's time, unix seconds.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Posted"}}
+                        },
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                },
+            },
+            "get": {
+                "operationId": "getMetricPage",
+                "summary": "The HTML page of one metric, or of up to 8 overlaid; anyone holding the ids.",
+                "parameters": [
+                    {"$ref": "#/components/parameters/MetricIds"},
+                    {"$ref": "#/components/parameters/Title"},
+                    {"$ref": "#/components/parameters/XLabel"},
+                    {"$ref": "#/components/parameters/YLabel"},
+                    {"$ref": "#/components/parameters/StartFixed"},
+                    {"$ref": "#/components/parameters/EndFixed"},
+                    {"$ref": "#/components/parameters/StartRel"},
+                    {"$ref": "#/components/parameters/EndRel"},
+                    {"$ref": "#/components/parameters/Min"},
+                    {"$ref": "#/components/parameters/Max"},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The chart and a form to change its options.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            },
+        },
+        "/m/{id}.svg": {
+            "get": {
+                "operationId": "getMetricChart",
+                "summary": "The SVG chart of one metric, or of up to 8 overlaid (the static link); anyone.",
+                "description": "Served by the same route as /m/{id}, which answers the chart when the last path segment ends in .svg.",
+                "parameters": [
+                    {"$ref": "#/components/parameters/MetricIds"},
+                    {"$ref": "#/components/parameters/Title"},
+                    {"$ref": "#/components/parameters/XLabel"},
+                    {"$ref": "#/components/parameters/YLabel"},
+                    {"$ref": "#/components/parameters/StartFixed"},
+                    {"$ref": "#/components/parameters/EndFixed"},
+                    {"$ref": "#/components/parameters/StartRel"},
+                    {"$ref": "#/components/parameters/EndRel"},
+                    {"$ref": "#/components/parameters/Min"},
+                    {"$ref": "#/components/parameters/Max"},
+                ],
+                "responses": {
+                    "200": {"$ref": "#/components/responses/Chart"},
+                    "304": {"$ref": "#/components/responses/NotModified"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            }
+        },
+        "/m/{id}/points": {
+            "post": {
+                "operationId": "importPoints",
+                "summary": "Backfill or import points with their own times (admin token of the metric's account).",
+                "description": "All or nothing; answered once the points are durable. More than 10,000 points, or a body over 4 MiB, is a 413.",
+                "security": [{"bearer": []}],
+                "parameters": [{"$ref": "#/components/parameters/MetricId"}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Import"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "How many points were added.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Added"}}
+                        },
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                },
+            }
+        },
+        "/m/{id}/{format}": {
+            "get": {
+                "operationId": "getMetricView",
+                "summary": "One metric, or up to 8 overlaid (html, svg, json only), in a format; anyone.",
+                "parameters": [
+                    {"$ref": "#/components/parameters/MetricIds"},
+                    {
+                        "name": "format",
+                        "in": "path",
+                        "required": True,
+                        "description": "html: the page; svg: the chart; json: the points; csv: t,v,m rows with a header line; badge.svg: a small badge with the latest value; changes: the change points (threshold option). Any other is a 404.",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["html", "svg", "json", "csv", "badge.svg", "changes"],
+                        },
+                    },
+                    {"$ref": "#/components/parameters/Title"},
+                    {"$ref": "#/components/parameters/XLabel"},
+                    {"$ref": "#/components/parameters/YLabel"},
+                    {"$ref": "#/components/parameters/StartFixed"},
+                    {"$ref": "#/components/parameters/EndFixed"},
+                    {"$ref": "#/components/parameters/StartRel"},
+                    {"$ref": "#/components/parameters/EndRel"},
+                    {"$ref": "#/components/parameters/Min"},
+                    {"$ref": "#/components/parameters/Max"},
+                    {"$ref": "#/components/parameters/Threshold"},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The view, of the type the format names.",
+                        "headers": {
+                            "ETag": {"$ref": "#/components/headers/ETag"},
+                            "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
+                        },
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                            "application/json": {
+                                "schema": {
+                                    "anyOf": [
+                                        {"$ref": "#/components/schemas/Points"},
+                                        {"$ref": "#/components/schemas/Changes"},
+                                        {
+                                            "type": "object",
+                                            "description": "Several metrics: the points of each, by id.",
+                                            "additionalProperties": {
+                                                "$ref": "#/components/schemas/Points"
+                                            },
+                                        },
+                                    ]
+                                }
+                            },
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "304": {"$ref": "#/components/responses/NotModified"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "getIndex",
+                "summary": "The index page: what PerfIt is, and a form to open a metric by id.",
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "getHealth",
+                "summary": "Whether the store is writable.",
+                "responses": {
+                    "200": {
+                        "description": "Healthy.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+                        },
+                    },
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    "503": {
+                        "description": "The store is not writable.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+                        },
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document.",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.0.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "429": {"$ref": "#/components/responses/RateLimited"},
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An access token: 43 characters of url-safe base64 (a root token may be any operator-chosen text of 16 or more).",
+            }
+        },
+        "parameters": {
+            "MetricId": {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "description": "The metric's id.",
+                "schema": {"$ref": "#/components/schemas/MetricId"},
+            },
+            "MetricIds": {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "description": "A metric's id, or up to 8 ids separated by commas, drawn in one chart (html, svg and json only). More than 8 distinct ids is a 400.",
+                "schema": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9_-]{21}[AQgw](,[A-Za-z0-9_-]{21}[AQgw]){0,7}$",
+                },
+            },
+            "Title": {
+                "name": "title",
+                "in": "query",
+                "description": "The chart's title; at most 200 bytes of UTF-8.",
+                "schema": {"type": "string", "maxLength": 200},
+            },
+            "XLabel": {
+                "name": "x-label",
+                "in": "query",
+                "description": "The x axis label; at most 200 bytes of UTF-8.",
+                "schema": {"type": "string", "maxLength": 200},
+            },
+            "YLabel": {
+                "name": "y-label",
+                "in": "query",
+                "description": "The y axis label; at most 200 bytes of UTF-8.",
+                "schema": {"type": "string", "maxLength": 200},
+            },
+            "StartFixed": {
+                "name": "start-fixed",
+                "in": "query",
+                "description": "Start of the range, RFC 3339 (no offset means UTC); start-rel wins over it.",
+                "schema": {"type": "string", "format": "date-time"},
+                "example": "2026-11-01T00:00:00Z",
+            },
+            "EndFixed": {
+                "name": "end-fixed",
+                "in": "query",
+                "description": "End of the range, RFC 3339 (no offset means UTC); end-rel wins over it.",
+                "schema": {"type": "string", "format": "date-time"},
+                "example": "2026-11-30T00:00:00Z",
+            },
+            "StartRel": {
+                "name": "start-rel",
+                "in": "query",
+                "description": "Start of the range, as a duration before now: 90s, 15m, 12h, 3d, 2w, '2 weeks', '1d 12h' (at most a thousand years).",
+                "schema": {"$ref": "#/components/schemas/Duration"},
+                "example": "30d",
+            },
+            "EndRel": {
+                "name": "end-rel",
+                "in": "query",
+                "description": "End of the range, as a duration before now.",
+                "schema": {"$ref": "#/components/schemas/Duration"},
+                "example": "1h",
+            },
+            "Min": {
+                "name": "min",
+                "in": "query",
+                "description": "Lower edge of the value axis; values below are drawn as markers on it. Must be less than max.",
+                "schema": {"type": "number"},
+            },
+            "Max": {
+                "name": "max",
+                "in": "query",
+                "description": "Upper edge of the value axis; values above are drawn as markers on it.",
+                "schema": {"type": "number"},
+            },
+            "Threshold": {
+                "name": "threshold",
+                "in": "query",
+                "description": "changes only: the smallest relative step reported (default 0.05, 5 %).",
+                "schema": {"type": "number", "minimum": 0, "maximum": 10},
+            },
+        },
+        "headers": {
+            "ETag": {
+                "description": "A strong validator of the body; send it back in If-None-Match.",
+                "schema": {"type": "string"},
+            },
+            "CacheControl": {
+                "description": "A day for a range that is over, a minute otherwise.",
+                "schema": {"type": "string"},
+            },
+            "RetryAfter": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        },
+        "responses": {
+            "Credentials": {
+                "description": "The account and its new token; the token is shown only this once.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Credentials"}}
+                },
+            },
+            "Chart": {
+                "description": "The chart.",
+                "headers": {
+                    "ETag": {"$ref": "#/components/headers/ETag"},
+                    "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
+                },
+                "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+            },
+            "NotModified": {
+                "description": "If-None-Match named the current ETag.",
+                "headers": {
+                    "ETag": {"$ref": "#/components/headers/ETag"},
+                    "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
+                },
+            },
+            "BadRequest": {
+                "description": "Malformed input; the message names what is wrong.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "Unauthorized": {
+                "description": "Missing or unknown access token.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "Forbidden": {
+                "description": "The token's type, or its account, does not allow this.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "NotFound": {
+                "description": "Unknown metric, route or format.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "MethodNotAllowed": {
+                "description": "A known path, asked with a method it does not take (any path of this document).",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "PayloadTooLarge": {
+                "description": "The body is over 64 KiB (4 MiB for /points), or an import has more than 10,000 points.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "RateLimited": {
+                "description": "Too many requests, or too many failed authentications, from this address.",
+                "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "InsufficientStorage": {
+                "description": "The store cannot take the write; nothing was stored.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {"message": {"type": "string"}},
+            },
+            "Id": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{21}[AQgw]$",
+                "description": "128 random bits, 22 characters of url-safe base64.",
+            },
+            "MetricId": {"$ref": "#/components/schemas/Id"},
+            "Token": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{43}$",
+                "description": "256 random bits, 43 characters of url-safe base64.",
+            },
+            # Spaces only after each part: an ambiguous pattern stalls schemathesis's generator.
+            "Duration": {
+                "type": "string",
+                "pattern": "^ *([0-9]+(\\.[0-9]+)? *[A-Za-z]+ *)*$",
+            },
+            "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+            "NewToken": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string", "enum": ["post", "admin"], "default": "post"}
+                },
+            },
+            "Credentials": {
+                "type": "object",
+                "required": ["account_id", "access_token"],
+                "properties": {
+                    "account_id": {"$ref": "#/components/schemas/Id"},
+                    "access_token": {"$ref": "#/components/schemas/Token"},
+                },
+            },
+            "NewMetric": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "description": "At most 200 bytes of UTF-8.",
+                    },
+                    "unit": {
+                        "type": "string",
+                        "maxLength": 32,
+                        "description": "At most 32 bytes of UTF-8; s, ms and the like draw as durations.",
+                    },
+                    "description": {
+                        "type": "string",
+                        "maxLength": 2000,
+                        "description": "At most 2000 bytes of UTF-8.",
+                    },
+                    "better": {"type": "string", "enum": ["lower", "higher"], "default": "lower"},
+                },
+            },
+            "Metric": {
+                "type": "object",
+                "required": [
+                    "metric_id",
+                    "account_id",
+                    "created",
+                    "name",
+                    "unit",
+                    "description",
+                    "better",
+                ],
+                "properties": {
+                    "metric_id": {"$ref": "#/components/schemas/Id"},
+                    "account_id": {"$ref": "#/components/schemas/Id"},
+                    "created": {"type": "integer", "description": "Unix seconds."},
+                    "name": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "description": {"type": "string"},
+                    "better": {"type": "string", "enum": ["lower", "higher"]},
+                },
+            },
+            "NewPoint": {
+                "type": "object",
+                "required": ["value"],
+                "additionalProperties": False,
+                "properties": {
+                    "value": {"type": "number", "description": "A finite number."},
+                    "metadata": {
+                        "type": "string",
+                        "maxLength": 256,
+                        "description": "At most 256 bytes of UTF-8, typically a git sha or a job URL.",
+                    },
+                },
+            },
+            "Posted": {
+                "type": "object",
+                "required": ["t"],
+                "properties": {"t": {"type": "integer", "description": "Unix seconds."}},
+            },
+            "Import": {
+                "type": "array",
+                "maxItems": 10000,
+                "items": {
+                    "type": "object",
+                    "required": ["t", "v"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "t": {
+                            "type": "number",
+                            "minimum": 0,
+                            "description": "Unix seconds, at most 5 minutes ahead of the server's clock.",
+                        },
+                        "v": {"type": "number", "description": "A finite number."},
+                        "m": {
+                            "type": "string",
+                            "maxLength": 256,
+                            "description": "Metadata: at most 256 bytes of UTF-8.",
+                        },
+                    },
+                },
+            },
+            "Added": {
+                "type": "object",
+                "required": ["added"],
+                "properties": {"added": {"type": "integer", "minimum": 0}},
+            },
+            "Points": {
+                "type": "array",
+                "description": "In time order, ties in arrival order.",
+                "items": {
+                    "type": "object",
+                    "required": ["t", "v"],
+                    "properties": {
+                        "t": {"type": "integer", "description": "Unix seconds."},
+                        "v": {"type": "number"},
+                        "m": {"type": "string", "description": "Metadata; left out when empty."},
+                    },
+                },
+            },
+            "Changes": {
+                "type": "array",
+                "description": "Change points, oldest first: where the typical level steps.",
+                "items": {
+                    "type": "object",
+                    "required": ["t", "index", "before", "after", "change", "kind"],
+                    "properties": {
+                        "t": {
+                            "type": "integer",
+                            "description": "Unix seconds of the first point of the new level.",
+                        },
+                        "index": {
+                            "type": "integer",
+                            "description": "That point's index in the range's points.",
+                        },
+                        "before": {"type": "number", "description": "Median of the level before."},
+                        "after": {"type": "number", "description": "Median of the level after."},
+                        "change": {"type": "number", "description": "Relative: 0.25 is +25 %."},
+                        "kind": {"type": "string", "enum": ["regression", "improvement"]},
+                    },
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
 # ==============================================================================================
 # Web: the application
 # make_app(store, config) builds the bottle app: every route of SPEC's table, each error a JSON
@@ -2534,6 +3214,11 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     def index() -> str:
         bottle.response.content_type = "text/html; charset=utf-8"
         return INDEX_PAGE.format(css=PAGE_CSS, version=__version__)
+
+    @app.get("/openapi.json")
+    @handled
+    def openapi_json() -> Any:
+        return json_response(OPENAPI)
 
     @app.get("/healthz")
     @handled
