@@ -526,15 +526,20 @@ class PointBatch:
 
 
 class Series:
-    """The points of one metric in time order (ties in arrival order), column by column."""
+    """The points of one metric in time order (ties in arrival order), column by column.
 
-    __slots__ = ("_meta_blob", "_meta_ends", "times", "values")
+    Writers hold the series' lock; readers take a snapshot() (a copy of a time range, made
+    under the lock), so a chart never sees a column that another thread is still changing.
+    """
+
+    __slots__ = ("_lock", "_meta_blob", "_meta_ends", "times", "values")
 
     def __init__(self) -> None:
         self.times = array("q")  #: microseconds since the epoch
         self.values = array("d")
         self._meta_ends: array | None = None  #: 'Q' end of each point's metadata; None: none yet
         self._meta_blob = bytearray()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.times)
@@ -544,21 +549,23 @@ class Series:
         if not len(batch):
             return
         in_order = all(map(operator.le, batch.times, batch.times[1:]))
-        if in_order and (not self.times or batch.times[0] >= self.times[-1]):
-            self._extend(batch)  # the common case: new points come last
-        else:
-            self._merge(batch)
+        with self._lock:
+            if in_order and (not self.times or batch.times[0] >= self.times[-1]):
+                self._extend(batch)  # the common case: new points come last
+            else:
+                self._merge(batch)
 
     def add_one(self, t: int, value: float, meta: bytes) -> None:
         """Add one point: the hot path of a live post, which nearly always comes last."""
-        if self.times and t < self.times[-1]:
-            self._merge(PointBatch.of([(t, value, meta)]))
-            return
-        if self._has_metadata(meta):
-            self._meta_blob += meta
-            self._meta_ends.append(len(self._meta_blob))
-        self.times.append(t)
-        self.values.append(value)
+        with self._lock:
+            if self.times and t < self.times[-1]:
+                self._merge(PointBatch.of([(t, value, meta)]))
+                return
+            if self._has_metadata(meta):
+                self._meta_blob += meta
+                self._meta_ends.append(len(self._meta_blob))
+            self.values.append(value)
+            self.times.append(t)
 
     def _has_metadata(self, blob: bytes) -> bool:
         """Whether metadata is kept; the column starts (empty for earlier points) on first use."""
@@ -571,8 +578,8 @@ class Series:
             ends = itertools.accumulate(batch.lens, initial=len(self._meta_blob))
             self._meta_ends.extend(itertools.islice(ends, 1, None))
             self._meta_blob += batch.blob
-        self.times.extend(batch.times)
         self.values.extend(batch.values)
+        self.times.extend(batch.times)
 
     def _merge(self, batch: PointBatch) -> None:
         # Rare (a backfill into the past): rebuild with a stable sort, so equal times keep
@@ -583,6 +590,20 @@ class Series:
         self.times, self.values = array("q"), array("d")
         self._meta_ends, self._meta_blob = None, bytearray()
         self._extend(PointBatch.of(merged))
+
+    def snapshot(self, start: float | None = None, end: float | None = None) -> Series:
+        """A copy of the points with start <= t <= end (unix seconds; None: unbounded)."""
+        copy = Series()
+        with self._lock:
+            rows = self.index_range(start, end)
+            copy.times = self.times[rows.start : rows.stop]
+            copy.values = self.values[rows.start : rows.stop]
+            if self._meta_ends is not None and rows:
+                base = self._meta_ends[rows.start - 1] if rows.start else 0
+                ends = self._meta_ends[rows.start : rows.stop]
+                copy._meta_blob = bytearray(self._meta_blob[base : ends[-1]])
+                copy._meta_ends = array("Q", [e - base for e in ends]) if base else ends
+        return copy
 
     def metadata_bytes(self, i: int) -> bytes:
         if self._meta_ends is None:
@@ -612,6 +633,9 @@ class Metric:
     series: Series = dataclasses.field(default_factory=Series, repr=False)
     #: change points already found, by (range, points, threshold): charts are viewed often
     changes_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    changes_lock: threading.Lock = dataclasses.field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1247,6 +1271,7 @@ DEFAULT_CHANGE_THRESHOLD = 0.05  #: relative steps smaller than this are not rep
 CHANGE_MIN_SEGMENT = 10  #: points a level needs before (and after) a step to count as one
 CHANGE_SIGNIFICANCE = 0.001  #: how unlikely a split must be under "no change" (Pettitt's p)
 CHANGE_REFINE = 12  #: points around a found split searched for its best position
+CHANGE_WINDOW = 5000  #: change points are sought among this many newest points of a range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1351,15 +1376,22 @@ def _ranks(values: list[float]) -> list[float]:
 
 
 def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
-    """Move a split to where the two sides sit closest to their medians (least L1 cost)."""
+    """Move a split to where the two sides sit closest to their medians (least L1 cost).
+
+    The medians are taken once, at the split as found: moving it a few points barely moves
+    them, so the cost of each nearby position is a running sum over the points it passes.
+    """
     first = max(lo + CHANGE_MIN_SEGMENT, at - CHANGE_REFINE)
     last = min(hi - CHANGE_MIN_SEGMENT, at + CHANGE_REFINE)
-    return min(range(first, last + 1), key=lambda t: (_l1(xs[lo:t]) + _l1(xs[t:hi]), abs(t - at)))
-
-
-def _l1(part: list[float]) -> float:
-    middle = statistics.median(part)
-    return sum(abs(x - middle) for x in part)
+    left, right = statistics.median(xs[lo:at]), statistics.median(xs[at:hi])
+    best, best_key, cost = first, (0.0, abs(first - at)), 0.0
+    for t in range(first + 1, last + 1):
+        x = xs[t - 1]  # moves from the right side to the left as the split passes it
+        cost += abs(x - left) - abs(x - right)
+        key = (cost, abs(t - at))
+        if key < best_key:
+            best, best_key = t, key
+    return best
 
 
 def _settle(xs: list[float], bounds: list[int]) -> list[int]:
@@ -1665,15 +1697,14 @@ def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]
 # -- choosing what to draw -------------------------------------------------------------------------
 
 
-def chart_series(metric: Metric, opts: ChartOptions, t0: float, t1: float) -> ChartSeries:
+def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartSeries:
     """The metric's points in the options' range, reduced when they outnumber the pixels.
 
     A series with more points than two per pixel column keeps, in each column, its lowest and
     its highest point (in time order), and the column's median: drawn as a band with a line
     through it, the shape and every spike survive at a fraction of the size.
     """
-    series = metric.series
-    rows = series.index_range(opts.start, opts.end)
+    rows = range(len(series))  # a snapshot of the options' range
     columns = CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
     stats: list[tuple[float, float, float, float]] = []
     if len(rows) <= 2 * columns or t1 <= t0:
@@ -1712,14 +1743,10 @@ def _reduce_per_column(series: Series, rows: range, t0: float, t1: float,
     return keep, stats
 
 
-def chart_range(metrics: Sequence[Metric], opts: ChartOptions) -> tuple[float, float]:
+def chart_range(snapshots: Sequence[Series], opts: ChartOptions) -> tuple[float, float]:
     """The time span the x axis shows: the options' bounds, else the data's."""
-    firsts, lasts = [], []
-    for metric in metrics:
-        rows = metric.series.index_range(opts.start, opts.end)
-        if rows:
-            firsts.append(metric.series.times[rows.start] / US)
-            lasts.append(metric.series.times[rows.stop - 1] / US)
+    firsts = [s.times[0] / US for s in snapshots if len(s)]
+    lasts = [s.times[-1] / US for s in snapshots if len(s)]
     t0 = opts.start if opts.start is not None else min(firsts, default=0.0)
     t1 = opts.end if opts.end is not None else max(lasts, default=0.0)
     if t1 - t0 < 1:
@@ -2356,7 +2383,7 @@ def _script_json(value: Any) -> str:
 
 def _latest_points(metric: Metric, count: int = 10) -> str:
     """A table of the newest points; metadata that is a URL becomes a link."""
-    series = metric.series
+    series = metric.series.snapshot()
     if not len(series):
         return ""
     rows = []
@@ -3278,15 +3305,14 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(("t", "v", "m"))
-        series = metrics[0].series
-        for i in series.index_range(opts.start, opts.end):
+        series = metrics[0].series.snapshot(opts.start, opts.end)
+        for i in range(len(series)):
             writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
         return out.getvalue()
 
     def view_badge(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
         metric = metrics[0]
-        rows = metric.series.index_range(opts.start, opts.end)
-        recent = metric.series.values[max(rows.start, rows.stop - 21) : rows.stop].tolist()
+        recent = metric.series.snapshot(opts.start, opts.end).values[-21:].tolist()
         message = format_value(recent[-1], metric.unit) if recent else "no data"
         badge = render_badge(opts.title or metric.name or "perfit", message,
                              badge_state(recent, metric.better))  # fmt: skip
@@ -3294,7 +3320,9 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
 
     def view_changes(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
         threshold = parse_threshold(q.get("threshold", ""))
-        found = metric_changes(metrics[0], opts, threshold)
+        found = metric_changes(
+            metrics[0], metrics[0].series.snapshot(opts.start, opts.end), threshold
+        )
         body = json.dumps([c.to_json() for c in found], separators=(",", ":"))
         return cached(body, "application/json", q)
 
@@ -3345,40 +3373,44 @@ def cache_control(query: dict[str, str], now: float) -> str:
 
 def chart_document(metrics: Sequence[Metric], opts: ChartOptions) -> str:
     """The SVG chart of one or more metrics over the options' range; one metric's changes."""
-    t0, t1 = chart_range(metrics, opts)
-    series = [chart_series(m, opts, t0, t1) for m in metrics]
+    snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
+    t0, t1 = chart_range(snapshots, opts)
+    series = [chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
     if len(metrics) == 1:
-        rows = metrics[0].series.index_range(opts.start, opts.end)
-        times = metrics[0].series.times
-        series[0].changes = [
-            (times[rows.start + c.index] / US, c) for c in metric_changes(metrics[0], opts)
-        ]
+        times = snapshots[0].times
+        changes = metric_changes(metrics[0], snapshots[0])
+        series[0].changes = [(times[c.index] / US, c) for c in changes]
     return render_chart(series, opts, t0, t1)
 
 
 def metric_changes(
-    metric: Metric, opts: ChartOptions, threshold: float = DEFAULT_CHANGE_THRESHOLD
+    metric: Metric, series: Series, threshold: float = DEFAULT_CHANGE_THRESHOLD
 ) -> list[Change]:
-    """The change points of a metric's points in the options' range, computed once per data."""
-    series = metric.series
-    rows = series.index_range(opts.start, opts.end)
-    key = (rows.start, rows.stop, len(series), threshold)
-    found = metric.changes_cache.get(key)
-    if found is None:
-        times = [t // US for t in series.times[rows.start : rows.stop]]
-        found = detect_changes(
-            series.values[rows.start : rows.stop], times, metric.better, threshold
-        )
-        if len(metric.changes_cache) >= 16:
-            metric.changes_cache.clear()  # keys of old data and other ranges: start afresh
-        metric.changes_cache[key] = found
+    """The change points among the newest CHANGE_WINDOW points of a snapshot of a range.
+
+    Computed once per data and threshold, by one thread at a time per metric: eight readers
+    of a busy chart wait for one computation instead of running eight.
+    """
+    skipped = max(0, len(series) - CHANGE_WINDOW)
+    edges = (series.times[0], series.times[-1]) if len(series) else ()
+    key = (len(series), edges, threshold)
+    with metric.changes_lock:
+        found = metric.changes_cache.get(key)
+        if found is None:
+            times = [t // US for t in series.times[skipped:]]
+            found = detect_changes(series.values[skipped:], times, metric.better, threshold)
+            # Indexes within the whole range, as /json of the same options lists the points.
+            found = [dataclasses.replace(c, index=c.index + skipped) for c in found]
+            if len(metric.changes_cache) >= 16:
+                metric.changes_cache.clear()  # keys of old data and other ranges: start afresh
+            metric.changes_cache[key] = found
     return found
 
 
 def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
-    series = metric.series
+    series = metric.series.snapshot(opts.start, opts.end)
     points = []
-    for i in series.index_range(opts.start, opts.end):
+    for i in range(len(series)):
         point: dict[str, Any] = {"t": series.times[i] // US, "v": series.values[i]}
         meta = series.metadata(i)
         if meta:

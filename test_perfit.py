@@ -3144,3 +3144,44 @@ def test_duration_metric_with_the_largest_float_still_draws(url: str, value: flo
     for suffix in ("", ".svg", "/svg", "/html", "/badge.svg"):
         status, _, body = http("GET", f"{url}/m/{metric}{suffix}")
         assert status == 200, (suffix, status, body[:200])
+
+
+def test_readers_never_see_a_half_changed_series_while_backfills_merge(tmp_path: Path) -> None:
+    # Found by bench/load.py: a chart read while a live point was merged into place raised an
+    # IndexError (a 500). Readers now work on a snapshot taken under the series' lock.
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, unit="s")
+        now = int(time.time()) * perfit.US
+        store.add_points(metric.id, perfit.PointBatch.of([(now - i * 60 * perfit.US, 10.0 + i % 7, b"m")
+                                                          for i in range(20000, 0, -1)]))  # fmt: skip
+        failures: list[BaseException] = []
+        done = threading.Event()
+
+        def backfill() -> None:
+            for k in range(15):
+                old = now - (20001 + k) * 60 * perfit.US  # older than everything: a merge
+                store.add_points(metric.id, perfit.PointBatch.of([(old, 99.0, b"old")]))
+            done.set()
+
+        def read() -> None:
+            opts = perfit.ChartOptions()
+            while not done.is_set():
+                try:
+                    perfit.chart_document([metric], opts)
+                    got = perfit.points_json(metric, opts)
+                    assert [p["t"] for p in got] == sorted(p["t"] for p in got)
+                except BaseException as e:
+                    failures.append(e)
+                    return
+
+        threads = [
+            threading.Thread(target=backfill),
+            *(threading.Thread(target=read) for _ in range(3)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures[0]
+        assert len(metric.series) == 20015
