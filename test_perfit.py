@@ -518,6 +518,8 @@ ROUTES = {
     "GET /m/ID/json": ("GET", "/m/{metric}/json", None),
     "GET /m/ID/csv": ("GET", "/m/{metric}/csv", None),
     "GET /m/ID/badge.svg": ("GET", "/m/{metric}/badge.svg", None),
+    "GET /m/ID/changes": ("GET", "/m/{metric}/changes", None),
+    "GET /openapi.json": ("GET", "/openapi.json", None),
     "GET /m/?metric-id": ("GET", "/m/?metric-id={metric}", None),
     "GET /": ("GET", "/", None),
     "GET /healthz": ("GET", "/healthz", None),
