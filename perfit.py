@@ -3713,13 +3713,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perfit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (server side)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_serve, _add_store, _add_token, _add_account, _add_metric, _add_post, _add_run):
+        add(commands)
+    return parser
 
-    serve = commands.add_parser("serve", help="run the server")
+
+def _group(commands: Any, name: str, help: str) -> Any:
+    """A command made of actions (`perfit metric new`, `perfit metric get`, ...)."""
+    return commands.add_parser(name, help=help).add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+
+
+def _data_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA, metavar="DIR",
+                        help=f"data directory (${ENV_DATA}; default {DEFAULT_DATA})")  # fmt: skip
+    return parent
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", parents=[_data_option()], help="run the server")
     serve.add_argument("--listen", default=os.environ.get(ENV_LISTEN) or DEFAULT_LISTEN,
                        metavar="HOST:PORT", help=f"address to listen on (${ENV_LISTEN}; "
                        f"default {DEFAULT_LISTEN}; port 0 picks a free one)")  # fmt: skip
-    serve.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA, metavar="DIR",
-                       help=f"data directory (${ENV_DATA}; default {DEFAULT_DATA})")  # fmt: skip
     serve.add_argument("--rate-limit", type=_non_negative(float), default=DEFAULT_RATE_LIMIT,
                        metavar="N", help="requests per second per client address, bursts of 2N "
                        f"(default {DEFAULT_RATE_LIMIT:g}; 0 turns it off)")  # fmt: skip
@@ -3737,56 +3754,51 @@ def build_parser() -> argparse.ArgumentParser:
                        f"good records, keeping the original in <data>/{DAMAGED_DIR}/")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
-    store = commands.add_parser("store", help="check and back up a data directory").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    data_option = argparse.ArgumentParser(add_help=False)
-    data_option.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA,
-                             metavar="DIR", help=f"data directory (${ENV_DATA}; "
-                             f"default {DEFAULT_DATA})")  # fmt: skip
-    store.add_parser("check", parents=[data_option],
+
+def _add_store(commands: Any) -> None:
+    store = _group(commands, "store", "check and back up a data directory")
+    store.add_parser("check", parents=[_data_option()],
                      help="verify every record (safe while a server runs); exit 1 on damage",
                      ).set_defaults(func=cmd_store_check)  # fmt: skip
-    backup = store.add_parser("backup", parents=[data_option],
+    backup = store.add_parser("backup", parents=[_data_option()],
                               help="copy a data directory consistently, even while a server runs")  # fmt: skip
     backup.add_argument("dest", metavar="DEST", help="a new or empty directory")
     backup.set_defaults(func=cmd_store_backup)
 
-    token = commands.add_parser("token", help="make access tokens").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
+
+def _add_token(commands: Any) -> None:
+    token = _group(commands, "token", "make access tokens")
     token.add_parser("gen", help="print a new random token (no server)").set_defaults(
         func=cmd_token_gen
     )
-    token_new = token.add_parser("new", parents=[_client_options()],
-                                 help="a new token for the caller's account (admin token)")  # fmt: skip
-    token_new.add_argument("--type", choices=("post", "admin"), default="post",
-                           help="post tokens can only post data points (default post)")  # fmt: skip
-    token_new.set_defaults(func=cmd_token_new)
+    new = token.add_parser("new", parents=[_client_options()],
+                           help="a new token for the caller's account (admin token)")  # fmt: skip
+    new.add_argument("--type", choices=("post", "admin"), default="post",
+                     help="post tokens can only post data points (default post)")  # fmt: skip
+    new.set_defaults(func=cmd_token_new)
 
-    account = commands.add_parser("account", help="manage accounts").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    account.add_parser("new", parents=[_client_options()],
-                       help="a new account and its admin token (root token)").set_defaults(
-        func=cmd_account_new
-    )  # fmt: skip
 
-    metric = commands.add_parser("metric", help="create and read metrics").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    metric_new = metric.add_parser("new", parents=[_client_options()],
-                                   help="create a metric (admin token); prints its JSON")  # fmt: skip
-    metric_new.add_argument("--name", help="what is measured, e.g. 'unit tests'")
-    metric_new.add_argument("--unit", help="e.g. s, ms, MB")
-    metric_new.add_argument("--description", help="a sentence shown on the metric's page")
-    metric_new.add_argument("--better", choices=BETTER_CHOICES,
-                            help="which way is an improvement (default lower, as for durations)")  # fmt: skip
-    metric_new.set_defaults(func=cmd_metric_new)
-    metric_get = metric.add_parser("get", parents=[_client_options(metric=True)],
-                                   help="print the metric's data points as JSON")  # fmt: skip
-    metric_get.set_defaults(func=cmd_metric_get)
-    metric_check = metric.add_parser(
+def _add_account(commands: Any) -> None:
+    account = _group(commands, "account", "manage accounts")
+    new = account.add_parser("new", parents=[_client_options()],
+                             help="a new account and its admin token (root token)")  # fmt: skip
+    new.set_defaults(func=cmd_account_new)
+
+
+def _add_metric(commands: Any) -> None:
+    metric = _group(commands, "metric", "create, read, check and import metrics")
+    new = metric.add_parser("new", parents=[_client_options()],
+                            help="create a metric (admin token); prints its JSON")  # fmt: skip
+    new.add_argument("--name", help="what is measured, e.g. 'unit tests'")
+    new.add_argument("--unit", help="e.g. s, ms, MB")
+    new.add_argument("--description", help="a sentence shown on the metric's page")
+    new.add_argument("--better", choices=BETTER_CHOICES,
+                     help="which way is an improvement (default lower, as for durations)")  # fmt: skip
+    new.set_defaults(func=cmd_metric_new)
+    get = metric.add_parser("get", parents=[_client_options(metric=True)],
+                            help="print the metric's data points as JSON")  # fmt: skip
+    get.set_defaults(func=cmd_metric_get)
+    check = metric.add_parser(
         "check",
         parents=[_client_options(metric=True)],
         help="report change points; exit 3 while the metric is regressed",
@@ -3794,13 +3806,13 @@ def build_parser() -> argparse.ArgumentParser:
         "while its newest change point is a regression, 0 otherwise, 1 when the server says "
         "no: `perfit run ... && perfit metric check` fails a job on a regression.",
     )
-    metric_check.add_argument("--threshold", type=_non_negative(float), metavar="X",
-                              help="smallest relative step reported (default "
-                              f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)")  # fmt: skip
-    metric_check.add_argument("--start-rel", metavar="DURATION",
-                              help="only look at points newer than this, e.g. 30d")  # fmt: skip
-    metric_check.set_defaults(func=cmd_metric_check)
-    metric_import = metric.add_parser(
+    check.add_argument("--threshold", type=_non_negative(float), metavar="X",
+                       help="smallest relative step reported (default "
+                       f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)")  # fmt: skip
+    check.add_argument("--start-rel", metavar="DURATION",
+                       help="only look at points newer than this, e.g. 30d")  # fmt: skip
+    check.set_defaults(func=cmd_metric_check)
+    imports = metric.add_parser(
         "import",
         parents=[_client_options(metric=True)],
         help="bulk-import points from CSV (t,v,m) or JSON (admin token)",
@@ -3809,14 +3821,18 @@ def build_parser() -> argparse.ArgumentParser:
         '{"t", "v", "m"}, or JSON lines. t is unix seconds. Sent in batches of '
         f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all.",
     )
-    metric_import.add_argument("file", metavar="FILE", help="the file to read; - for stdin")
-    metric_import.set_defaults(func=cmd_metric_import)
+    imports.add_argument("file", metavar="FILE", help="the file to read; - for stdin")
+    imports.set_defaults(func=cmd_metric_import)
 
+
+def _add_post(commands: Any) -> None:
     post = commands.add_parser("post", parents=[_client_options(metric=True, metadata=True)],
                                help="post one data point")  # fmt: skip
     post.add_argument("value", type=_finite_float, metavar="VALUE", help="the value, e.g. 12.5")
     post.set_defaults(func=cmd_post)
 
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         parents=[_client_options(metric=True, metadata=True)],
@@ -3832,7 +3848,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 when the duration could not be posted")  # fmt: skip
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to time")
     run.set_defaults(func=cmd_run)
-    return parser
 
 
 def _client(args: argparse.Namespace) -> Client:
