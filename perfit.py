@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import hmac
 import html
+import http.client
 import io
 import itertools
 import json
@@ -87,7 +88,6 @@ MAX_UNIT_BYTES = 32
 MAX_DESCRIPTION_BYTES = 2000
 MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
 
-TOKEN_TYPES = ("root", "admin", "post")
 BETTER_CHOICES = ("lower", "higher")
 
 DEFAULT_LISTEN = "127.0.0.1:5050"
@@ -332,7 +332,7 @@ SEG_SUFFIX = ".seg"
 TMP_SUFFIX = ".tmp"
 DAMAGED_DIR = "damaged"  #: where `serve --repair` keeps the original of every file it rewrites
 SEAL_BYTES = 4 << 20  #: an active log this large is sealed into a segment
-SEG_BLOCK_POINTS = 65536  #: points per compressed block of a segment
+SEG_BLOCK_POINTS = 16384  #: points per compressed block of a segment (at most 4.5 MB raw)
 
 # A record on disk, little-endian:
 #
@@ -559,13 +559,24 @@ class Series:
         """Add one point: the hot path of a live post, which nearly always comes last."""
         with self._lock:
             if self.times and t < self.times[-1]:
-                self._merge(PointBatch.of([(t, value, meta)]))
+                self._insert(t, value, meta)
                 return
             if self._has_metadata(meta):
                 self._meta_blob += meta
                 self._meta_ends.append(len(self._meta_blob))
             self.values.append(value)
             self.times.append(t)
+
+    def _insert(self, t: int, value: float, meta: bytes) -> None:
+        """One point among the others (after those with the same time): no full rebuild."""
+        i = bisect.bisect_right(self.times, t)
+        if self._has_metadata(meta):
+            offset = self._meta_ends[i - 1] if i else 0
+            self._meta_blob[offset:offset] = meta
+            shifted = array("Q", (end + len(meta) for end in self._meta_ends[i:]))
+            self._meta_ends[i:] = array("Q", [offset + len(meta)]) + shifted
+        self.values.insert(i, value)
+        self.times.insert(i, t)
 
     def _has_metadata(self, blob: bytes) -> bool:
         """Whether metadata is kept; the column starts (empty for earlier points) on first use."""
@@ -710,6 +721,11 @@ class DataFiles:
                 kind[int(stem)] = os.path.join(path, name)
         return files
 
+    def active(self) -> int:
+        """The number of the log that is appended to (0: none yet, or the newest is a segment)."""
+        newest = max(self.logs, default=0)
+        return newest if newest > max(self.segments, default=0) else 0
+
     def in_order(self) -> list[tuple[int, str, str]]:
         """(number, kind, path) to replay: a segment replaces the log it was sealed from."""
         numbers = sorted(set(self.logs) | set(self.segments))
@@ -721,6 +737,10 @@ class DataFiles:
 
 def file_name(number: int, suffix: str) -> str:
     return f"{number:08d}{suffix}"
+
+
+def scan_data_file(kind: str, path: str) -> Scan:
+    return scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
 
 
 def seal_log(log_path: str, seg_path: str, level: int = 9) -> None:
@@ -798,8 +818,8 @@ def check_directory(path: str) -> list[CheckReport]:
     """Verify every record of a data directory, read-only: safe while a server writes to it."""
     reports = []
     files = DataFiles.list(path)
-    active = max(files.logs, default=None)
-    for number, kind, file_path in DataFiles(files.logs, files.segments).in_order():
+    active = files.active()
+    for number, kind, file_path in files.in_order():
         try:
             reports.append(_check_file(file_path, kind, is_active=number == active))
         except FileNotFoundError:
@@ -810,7 +830,7 @@ def check_directory(path: str) -> list[CheckReport]:
 
 
 def _check_file(path: str, kind: str, is_active: bool) -> CheckReport:
-    scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+    scan = scan_data_file(kind, path)
     report = CheckReport(path, 0, [], [])
     # Only the active log can tear (a crash, or a write in progress as we read).
     corrupt = scan.corruption(tail_may_tear=kind == "log" and is_active)
@@ -912,6 +932,7 @@ class Store:
         self._syncing = False  #: an fsync is running: its fd must stay open
         self._seal_lock = threading.Lock()  #: one sealer at a time
         self._sealer: threading.Thread | None = None
+        self._closing = False
         self._appended = 0  #: records written to the active log so far
         self._synced = 0  #: records known to be durable
         self._last_t = 0  #: latest live arrival time (µs); live times never go backwards
@@ -944,11 +965,15 @@ class Store:
         return store
 
     def close(self) -> None:
-        if self._sealer is not None:
+        self._closing = True  # no new sealer from here on; wait for the one at work
+        while self._sealer is not None and self._sealer.is_alive():
             self._sealer.join()
         with self._durable:
             while self._syncing:
                 self._durable.wait()
+            if self._log_fd is not None and self._synced < self._appended and not self._failed:
+                os.fsync(self._log_fd)  # what a request was still waiting for is on disk too
+                self._synced = self._appended
             for fd in (self._log_fd, self._lock_fd):
                 if fd is not None:
                     os.close(fd)
@@ -981,15 +1006,13 @@ class Store:
             if name.endswith(TMP_SUFFIX):  # a segment whose sealing a crash cut short
                 os.unlink(os.path.join(self.path, name))
         files = DataFiles.list(self.path)
-        for number in set(files.logs) & set(files.segments):
-            # Sealed, then a crash before the log was removed: the segment holds it all.
-            os.unlink(files.logs.pop(number))
-        active = max(files.logs, default=0)
-        if active < max(files.segments, default=0):
-            active = 0  # the newest file is a segment: start a new log after it
+        # Sealed, then a crash before the log was removed: the segment holds it all (the log
+        # goes once the segment has replayed cleanly, not before).
+        sealed_twice = set(files.logs) & set(files.segments)
+        active = files.active()
         tail: Scan | None = None
         for number, kind, path in files.in_order():
-            scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+            scan = scan_data_file(kind, path)
             corrupt = scan.corruption(tail_may_tear=number == active)
             if corrupt:
                 raise StoreCorrupt(
@@ -1003,6 +1026,8 @@ class Store:
                     raise StoreCorrupt(f"{path}: unreadable record at offset {offset}: {e}") from e
             if number == active:
                 tail = scan
+            if number in sealed_twice:
+                os.unlink(files.logs.pop(number))
         if tail is None:
             self._start_log(max([*files.logs, *files.segments], default=0) + 1)
         else:
@@ -1037,9 +1062,9 @@ class Store:
     def _repair(self) -> None:
         """Rewrite each damaged file with the records that survive; keep its original aside."""
         files = DataFiles.list(self.path)
-        active = max(files.logs, default=0)
+        active = files.active()
         for number, kind, path in files.in_order():
-            scan = scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+            scan = scan_data_file(kind, path)
             bad = scan.corruption(tail_may_tear=number == active)
             records = [(t, p) for _, t, p in scan.records if _readable(t, p)]
             if not bad and len(records) == len(scan.records):
@@ -1121,6 +1146,9 @@ class Store:
         """Group commit: the first waiter fsyncs for all written so far; the others wait on it."""
         with self._durable:
             while self._synced < seq:
+                if self._failed or self._log_fd is None:
+                    # Never fsync again after a failure (it could "succeed" on lost data).
+                    raise StoreError(f"the store is not writable: {self._failed or 'closed'}")
                 if self._syncing:
                     self._durable.wait()
                     continue
@@ -1169,19 +1197,21 @@ class Store:
         self._start_sealer()
 
     def _start_sealer(self) -> None:
-        if self._seal_lock.acquire(blocking=False):
+        if not self._closing and self._seal_lock.acquire(blocking=False):
             self._sealer = threading.Thread(target=self._seal_pending, name="perfit-sealer")
             self._sealer.daemon = True
             self._sealer.start()
 
     def _seal_pending(self) -> None:
         """Seal every log older than the active one (normally one; more after a crash)."""
+        finished = False
         try:
             while True:
                 files = DataFiles.list(self.path)
                 pending = sorted(n for n in files.logs if n < self._log_number)
                 if not pending:
-                    return
+                    finished = True
+                    break
                 number = pending[0]
                 seg = os.path.join(self.path, file_name(number, SEG_SUFFIX))
                 started = time.monotonic()
@@ -1194,6 +1224,10 @@ class Store:
             log.error("sealing failed: %s", e)
         finally:
             self._seal_lock.release()
+        # A rotation that came while we were finishing found the lock taken: look once more.
+        files = DataFiles.list(self.path)
+        if finished and any(n < self._log_number for n in files.logs):
+            self._start_sealer()
 
     def writable(self) -> bool:
         return self._failed is None and os.access(self.path, os.W_OK)
@@ -1286,7 +1320,10 @@ class Change:
     kind: str  #: "regression" or "improvement", by the metric's `better`
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(self)
+        if not math.isfinite(self.change):
+            doc["change"] = None  # from a level of 0: JSON has no infinity
+        return doc
 
 
 def detect_changes(
@@ -1712,8 +1749,8 @@ def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartS
     else:
         keep, stats = _reduce_per_column(series, rows, t0, t1, columns)
     return ChartSeries(
-        name=metric.name or b64encode(metric.id),
-        unit=metric.unit,
+        name=xml_safe(metric.name or b64encode(metric.id)),
+        unit=xml_safe(metric.unit),
         times=[series.times[i] / US for i in keep],
         values=[series.values[i] for i in keep],
         metadata=[series.metadata(i) for i in keep],
@@ -1875,6 +1912,7 @@ def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, name
         marker.set_desc(title=tip)
         if _URL_RE.match(meta):
             link = dwg.a(href=meta, target="_blank")
+            link.attribs["rel"] = "noopener noreferrer"
             link.add(marker)
             markers.add(link)
         else:
@@ -3119,7 +3157,9 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
 
     config = config or ServerConfig()
     app = bottle.Bottle(catchall=True)
-    limiter = RateLimiter(config.rate_limit, 2 * config.rate_limit) if config.rate_limit else None
+    # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
+    burst = max(1.0, 2 * config.rate_limit)
+    limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
     auth_failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
 
     def handled(callback: Callable) -> Callable:
@@ -3165,7 +3205,21 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         return metric
 
     def query() -> dict[str, str]:
-        return {k: bottle.request.query.getunicode(k, "") for k in bottle.request.query}
+        """The query options as text; one that is not UTF-8 is a 400, not silently dropped."""
+        options = {}
+        for key, value in bottle.request.query.allitems():  # bottle keeps them as latin-1
+            try:
+                options[key.encode("latin1").decode()] = value.encode("latin1").decode()
+            except UnicodeError:
+                raise BadRequest(f"{key!r}: the query option is not valid UTF-8") from None
+        return options
+
+    def owned_metric(text: str, principal: Principal) -> Metric:
+        """A metric the caller's account owns: any other is a 403, whatever the token type."""
+        metric = metric_or_404(text)
+        if metric.account != principal.account:
+            raise Forbidden("this token belongs to another account than the metric")
+        return metric
 
     # -- administration -------------------------------------------------------------------------
 
@@ -3208,10 +3262,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     @app.post("/m/<metric_id>")
     @handled
     def post_point(metric_id: str) -> Any:
-        principal = caller("admin", "post")
-        metric = metric_or_404(metric_id)
-        if metric.account != principal.account:
-            raise Forbidden("this token belongs to another account than the metric")
+        metric = owned_metric(metric_id, caller("admin", "post"))
         body = read_json_body(bottle.request.environ)
         if body is None:
             raise BadRequest('the body must be a JSON object like {"value": 12.5}')
@@ -3226,10 +3277,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     @app.post("/m/<metric_id>/points")
     @handled
     def post_points(metric_id: str) -> Any:
-        principal = caller("admin")
-        metric = metric_or_404(metric_id)
-        if metric.account != principal.account:
-            raise Forbidden("this token belongs to another account than the metric")
+        metric = owned_metric(metric_id, caller("admin"))
         body = read_json_body(bottle.request.environ, MAX_POINTS_BODY_BYTES)
         batch = parse_import(body, time.time())
         return json_response({"added": store.add_points(metric.id, batch)})
@@ -3566,6 +3614,18 @@ def make_server(
 # ==============================================================================================
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would turn a POST into a GET and take the token to any host."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:  # fmt: skip
+        raise ServerSaidNo(f"{req.get_full_url()} redirects to {newurl}: set --server to that URL")
+
+
+#: Statuses after which a request that writes can be sent again: it was not stored.
+_NOT_STORED = (429, 503, 507)
+
+
 @dataclasses.dataclass
 class Client:
     server: str
@@ -3581,26 +3641,29 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        opener = urllib.request.build_opener(_NoRedirects)
         deadline = time.monotonic() + self.timeout
         for attempt in range(1000):
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             remaining = deadline - time.monotonic()
             try:
-                with urllib.request.urlopen(request, timeout=max(remaining, 0.1)) as answer:
-                    raw = answer.read()
-                return json.loads(raw) if raw else None
+                with opener.open(request, timeout=max(remaining, 0.1)) as answer:
+                    return _decode_answer(url, answer.read())
             except urllib.error.HTTPError as e:
                 message = _server_message(e)
-                if e.code != 429 and e.code < 500:
+                if e.code < 500 and e.code != 429:
                     raise ServerSaidNo(f"{method} {path}: {e.code} {message}") from None
+                if method != "GET" and e.code not in _NOT_STORED:
+                    # A 500, 502 or 504 may come after the write was stored: don't repeat it.
+                    raise SendFailed(f"{method} {path}: {e.code} {message} (not retried)") from None
                 failure, delay = f"{e.code} {message}", _retry_after(e)
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 if not _safe_to_retry(method, reason):
                     raise SendFailed(
                         f"{method} {url}: {reason} (not retried: it may have arrived)"
                     ) from None
-                failure, delay = str(reason), None
+                failure, delay = str(reason) or type(reason).__name__, None
             delay = delay if delay is not None else min(0.25 * 2**attempt, 5.0)
             if time.monotonic() + delay >= deadline:
                 raise SendFailed(
@@ -3610,26 +3673,49 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _decode_answer(url: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        raise SendFailed(f"the answer from {url} is not JSON: is it a PerfIt server?") from None
+
+
 def _server_message(e: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(e.read())["message"])
-    except (ValueError, KeyError, TypeError, OSError):
+    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
         return e.reason or "error"
 
 
 def _retry_after(e: urllib.error.HTTPError) -> float | None:
     try:
-        return float(e.headers.get("Retry-After", ""))
+        seconds = float(e.headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return min(max(seconds, 0.0), 60.0) if math.isfinite(seconds) else None
 
 
 def _safe_to_retry(method: str, reason: object) -> bool:
-    """Whether a failed request can be sent again without risking a duplicate point."""
-    if method != "POST":
-        return True  # PUT and GET create or read nothing twice that matters
-    # A POST whose connection never opened cannot have arrived; one that timed out might have.
+    """Whether a request that failed on the way can be sent again without writing twice."""
+    if method == "GET":
+        return True
+    # A write whose connection never opened cannot have arrived; one that timed out might have.
     return isinstance(reason, (ConnectionRefusedError, socket.gaierror, FileNotFoundError))
+
+
+def server_url(text: str) -> str:
+    """The --server value as a base URL (http:// added when missing), or a UsageError."""
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as e:
+        raise UsageError(f"--server: {text!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--server: {text!r} is not an http(s) URL like https://perfit.example")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--server: {text!r} has a query or fragment; give the server's base URL")
+    return url.rstrip("/")
 
 
 # ==============================================================================================
@@ -3853,7 +3939,12 @@ def _add_run(commands: Any) -> None:
 def _client(args: argparse.Namespace) -> Client:
     if not args.access_token:
         raise UsageError(f"no access token: pass --access-token or set {ENV_ACCESS_TOKEN}")
-    return Client(_client_server(args), args.access_token, args.timeout)
+    return Client(server_url(args.server), args.access_token, args.timeout)
+
+
+def _reader(args: argparse.Namespace) -> Client:
+    """A client that only reads: a metric id is a read capability, no token needed."""
+    return Client(server_url(args.server), None, args.timeout)
 
 
 def _metric_path(args: argparse.Namespace) -> str:
@@ -3891,15 +3982,8 @@ def cmd_metric_new(args: argparse.Namespace) -> int:
 
 
 def cmd_metric_get(args: argparse.Namespace) -> int:
-    path = _metric_path(args)
-    # Reading needs no token: a metric id is a read capability.
-    client = Client(_client_server(args), None, args.timeout)
-    _print_json(client.call("GET", path + "/json"))
+    _print_json(_reader(args).call("GET", _metric_path(args) + "/json"))
     return EXIT_OK
-
-
-def _client_server(args: argparse.Namespace) -> str:
-    return args.server if "://" in args.server else f"http://{args.server}"
 
 
 def cmd_metric_check(args: argparse.Namespace) -> int:
@@ -3909,8 +3993,7 @@ def cmd_metric_check(args: argparse.Namespace) -> int:
     if args.start_rel:
         options["start-rel"] = args.start_rel
     query = "?" + urllib.parse.urlencode(options) if options else ""
-    client = Client(_client_server(args), None, args.timeout)  # reading needs no token
-    changes = client.call("GET", f"{_metric_path(args)}/changes{query}")
+    changes = _reader(args).call("GET", f"{_metric_path(args)}/changes{query}")
     print(change_report(args.metric, changes))
     regressed = bool(changes) and changes[-1]["kind"] == "regression"
     return EXIT_REGRESSED if regressed else EXIT_OK
@@ -3955,7 +4038,7 @@ def read_points_file(path: str) -> list[dict[str, Any]]:
         if path == "-":
             text = sys.stdin.read()
         else:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
                 text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
@@ -3979,15 +4062,26 @@ def _csv_points(text: str) -> list[dict[str, Any]]:
     if not reader.fieldnames or not {"t", "v"} <= set(reader.fieldnames):
         raise ValueError("a CSV file needs a header line naming t, v and optionally m")
     rows = []
-    for row in reader:
-        point: dict[str, Any] = {"t": float(row["t"]), "v": float(row["v"])}
+    for line, row in enumerate(reader, start=2):
+        try:
+            point: dict[str, Any] = {"t": float(row["t"]), "v": float(row["v"])}
+        except (TypeError, ValueError):
+            raise ValueError(f"line {line}: t and v must be numbers") from None
         if row.get("m"):
             point["m"] = row["m"]
         rows.append(point)
     return rows
 
 
+def _need_zstandard() -> None:
+    try:
+        import zstandard  # noqa: F401 - segments cannot be read without it
+    except ImportError:
+        raise UsageError("this command reads compressed segments: pip install zstandard") from None
+
+
 def cmd_store_check(args: argparse.Namespace) -> int:
+    _need_zstandard()
     if not os.path.isdir(args.data):
         raise UsageError(f"no data directory at {args.data}")
     reports = check_directory(args.data)
@@ -4005,6 +4099,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 
 
 def cmd_store_backup(args: argparse.Namespace) -> int:
+    _need_zstandard()
     if not os.path.isdir(args.data):
         raise UsageError(f"no data directory at {args.data}")
     copied = backup_directory(args.data, args.dest)
@@ -4032,6 +4127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise UsageError("no command to run: perfit run [options] -- CMD [ARGS...]")
+    try:
+        _client(args), _metric_path(args)  # say now, not after a 30-minute job
+        unsendable = None
+    except UsageError as err:
+        unsendable = err.message
+        print(f"perfit: {unsendable}; the duration will not be posted", file=sys.stderr)
     started = time.monotonic()
     try:
         code = _run_child(command)
@@ -4046,6 +4147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"perfit: {command[0]} failed (exit {code}); not posting its time "
               "(--send-on-failure would)", file=sys.stderr)  # fmt: skip
         return code
+    if unsendable:
+        return EXIT_REFUSED if args.fail_on_send_failure else code
     try:
         _post_point(args, round(elapsed, 3))  # milliseconds: plenty for a CI step
     except PerfitError as err:

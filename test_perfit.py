@@ -3187,3 +3187,154 @@ def test_readers_never_see_a_half_changed_series_while_backfills_merge(tmp_path:
             thread.join(60)
         assert not failures, failures[0]
         assert len(metric.series) == 20015
+
+
+# --------------------------------------------------------------------------------------------
+# Found in review: what a client meets when the server is not (quite) PerfIt, and odd data
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stub_server(
+    status: int, body: bytes, headers: dict[str, str] | None = None
+) -> Iterator[tuple[str, list]]:
+    """A tiny HTTP server answering every request alike; yields its URL and what it received."""
+    import http.server
+
+    seen: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            seen.append((self.command, self.path, dict(self.headers), self.rfile.read(length)))
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_run_keeps_the_commands_code_when_the_server_answers_html() -> None:
+    with _stub_server(200, b"<html>a login page</html>", {"Content-Type": "text/html"}) as (url, _):
+        run = cli(
+            "run", *client_args(url, random_token(), unknown_id()), "--", sys.executable, "-c", ""
+        )
+        assert run.returncode == 0, run.stderr
+        assert "not JSON" in run.stderr and "Traceback" not in run.stderr
+        assert_said_no(cli("metric", "get", *client_args(url, metric=unknown_id())), 1)
+
+
+def test_a_redirect_is_not_followed_and_the_token_stays_home() -> None:
+    with _stub_server(200, b"{}") as (elsewhere, seen_elsewhere):
+        moved = {"Location": f"{elsewhere}/m/x"}
+        with _stub_server(301, b"", moved) as (url, _):
+            token = random_token()
+            post = cli("post", "1", *client_args(url, token, unknown_id()))
+            assert_said_no(post, 1)
+            assert "redirects to" in post.stderr
+    assert seen_elsewhere == [], "the client followed the redirect"
+
+
+@pytest.mark.parametrize(
+    "server", ["http://127.0.0.1:abc", "http://[::1", "ftp://example.com", "http://x/?q=1"]
+)
+def test_a_bad_server_url_is_a_usage_error(server: str) -> None:
+    assert_said_no(cli("post", "1", *client_args(server, random_token(), unknown_id())), 2)
+
+
+def test_changes_from_a_level_of_zero_are_valid_json(url: str, account: Account) -> None:
+    mid, _ = _import_series(url, account, [0.0] * 30 + [5.0] * 30)
+    status, _, body = http("GET", f"{url}/m/{mid}/changes")
+    assert status == 200
+    (change,) = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert change["change"] is None and change["kind"] == "regression"
+    assert http("GET", f"{url}/m/{mid}/svg")[0] == 200
+
+
+def test_a_rate_limit_under_one_per_second_still_serves(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--rate-limit", "0.4") as srv:
+        assert http("GET", f"{srv.url}/healthz")[0] == 200
+        assert http("GET", f"{srv.url}/healthz")[0] == 429
+
+
+def test_metric_import_names_a_bad_csv_line_and_accepts_a_bom(
+    url: str, account: Account, metric: str, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.csv"
+    short.write_text("t,v,m\n1767225600,1.5\n1767225660\n")
+    bad = cli("metric", "import", str(short), *client_args(url, account.admin, metric))
+    assert_said_no(bad, 2)
+    assert "line 3" in bad.stderr
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbft,v\r\n1767225600,2.5\r\n")
+    assert (
+        cli("metric", "import", str(excel), *client_args(url, account.admin, metric)).returncode
+        == 0
+    )
+    assert values(url, metric) == [2.5]
+
+
+def test_live_points_after_a_point_from_the_future_slot_in_without_a_rebuild(
+    tmp_path: Path,
+) -> None:
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        now = time.time_ns() // 1000
+        past = [
+            (now - (50_000 - i) * perfit.US, float(i), b"m" if i % 2 else b"")
+            for i in range(50_000)
+        ]
+        store.add_points(
+            metric.id, perfit.PointBatch.of([*past, (now + 200 * perfit.US, -1.0, b"future")])
+        )
+        started = time.perf_counter()
+        for value in (1.0, 2.0, 3.0):
+            store.add_point(metric.id, value, "live")
+        assert time.perf_counter() - started < 0.05, "each live post rebuilt the series"
+        series = metric.series
+        assert list(series.values[-4:]) == [1.0, 2.0, 3.0, -1.0]
+        assert [series.metadata(i) for i in range(len(series) - 4, len(series))] == ["live"] * 3 + [
+            "future"
+        ]
+        assert series.metadata(len(series) - 5) == "m"
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert list(store.metrics[metric.id].series.values[-4:]) == [1.0, 2.0, 3.0, -1.0]
+
+
+def test_control_characters_in_a_unit_still_make_a_valid_svg(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin, unit="s\u0001", name="odd\u0002")
+    assert post_point(url, mid, account.post, 1.0)[0] == 200
+    for path in ("svg", "badge.svg"):
+        parse_svg(http("GET", f"{url}/m/{mid}/{path}")[2])
+
+
+def test_an_option_that_is_not_utf8_is_400_naming_it(url: str, metric: str) -> None:
+    assert "start-fixed" in assert_error(http("GET", f"{url}/m/{metric}/svg?start-fixed=%ff"), 400)
+
+
+def test_store_commands_without_zstandard_say_so_instead_of_crying_corruption(
+    tmp_path: Path,
+) -> None:
+    with perfit.Store.open(str(tmp_path), seal_bytes=4096) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        for i in range(500):
+            store.add_point(metric.id, float(i))
+    check = cli("store", "check", "--data", str(tmp_path), flags=("-S",))
+    assert_said_no(check, 2)
+    assert "zstandard" in check.stderr
