@@ -2452,6 +2452,24 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
 # with a literal suffix are allowed, and the id's pattern (no dot) keeps the two paths disjoint.
 # Lengths given in bytes by the server are checked on UTF-8 bytes; the schemas' maxLength counts
 # characters, so they are upper bounds and the descriptions give the real rule.
+#: The shared answers of the OpenAPI document, by status.
+_ANSWER_NAMES = {
+    304: "NotModified",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    413: "PayloadTooLarge",
+    429: "RateLimited",
+    507: "InsufficientStorage",
+}
+
+
+def _answers(*statuses: int) -> dict[str, Any]:
+    """Responses of an operation that point at the document's shared ones."""
+    return {str(s): {"$ref": f"#/components/responses/{_ANSWER_NAMES[s]}"} for s in statuses}
+
+
 OPENAPI: dict = {
     "openapi": "3.0.3",
     "info": {
@@ -2486,12 +2504,7 @@ OPENAPI: dict = {
                 },
                 "responses": {
                     "200": {"$ref": "#/components/responses/Credentials"},
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
-                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                    **_answers(400, 401, 403, 413, 429, 507),
                 },
             }
         },
@@ -2508,12 +2521,7 @@ OPENAPI: dict = {
                 },
                 "responses": {
                     "200": {"$ref": "#/components/responses/Credentials"},
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
-                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                    **_answers(400, 401, 403, 413, 429, 507),
                 },
             }
         },
@@ -2535,12 +2543,7 @@ OPENAPI: dict = {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Metric"}}
                         },
                     },
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
-                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                    **_answers(400, 401, 403, 413, 429, 507),
                 },
             },
             "get": {
@@ -2564,8 +2567,7 @@ OPENAPI: dict = {
                             }
                         },
                     },
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(404, 429),
                 },
             },
         },
@@ -2589,13 +2591,7 @@ OPENAPI: dict = {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Posted"}}
                         },
                     },
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
-                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                    **_answers(400, 401, 403, 404, 413, 429, 507),
                 },
             },
             "get": {
@@ -2618,9 +2614,7 @@ OPENAPI: dict = {
                         "description": "The chart and a form to change its options.",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(400, 404, 429),
                 },
             },
         },
@@ -2643,10 +2637,7 @@ OPENAPI: dict = {
                 ],
                 "responses": {
                     "200": {"$ref": "#/components/responses/Chart"},
-                    "304": {"$ref": "#/components/responses/NotModified"},
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(304, 400, 404, 429),
                 },
             }
         },
@@ -2670,13 +2661,7 @@ OPENAPI: dict = {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Added"}}
                         },
                     },
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
-                    "507": {"$ref": "#/components/responses/InsufficientStorage"},
+                    **_answers(400, 401, 403, 404, 413, 429, 507),
                 },
             }
         },
@@ -2735,10 +2720,7 @@ OPENAPI: dict = {
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
-                    "304": {"$ref": "#/components/responses/NotModified"},
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "404": {"$ref": "#/components/responses/NotFound"},
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(304, 400, 404, 429),
                 },
             }
         },
@@ -2751,7 +2733,7 @@ OPENAPI: dict = {
                         "description": "The page.",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(429),
                 },
             }
         },
@@ -2766,7 +2748,7 @@ OPENAPI: dict = {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
                         },
                     },
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(429),
                     "503": {
                         "description": "The store is not writable.",
                         "content": {
@@ -2785,7 +2767,7 @@ OPENAPI: dict = {
                         "description": "OpenAPI 3.0.",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    "429": {"$ref": "#/components/responses/RateLimited"},
+                    **_answers(429),
                 },
             }
         },
