@@ -602,11 +602,18 @@ class Series:
         self._meta_ends, self._meta_blob = None, bytearray()
         self._extend(PointBatch.of(merged))
 
-    def snapshot(self, start: float | None = None, end: float | None = None) -> Series:
-        """A copy of the points with start <= t <= end (unix seconds; None: unbounded)."""
+    def snapshot(
+        self, start: float | None = None, end: float | None = None, last: int | None = None
+    ) -> Series:
+        """A copy of the points with start <= t <= end (unix seconds; None: unbounded).
+
+        With `last`, only the newest `last` of them.
+        """
         copy = Series()
         with self._lock:
             rows = self.index_range(start, end)
+            if last is not None:
+                rows = rows[max(0, len(rows) - last) :]
             copy.times = self.times[rows.start : rows.stop]
             copy.values = self.values[rows.start : rows.stop]
             if self._meta_ends is not None and rows:
@@ -2421,11 +2428,11 @@ def _script_json(value: Any) -> str:
 
 def _latest_points(metric: Metric, count: int = 10) -> str:
     """A table of the newest points; metadata that is a URL becomes a link."""
-    series = metric.series.snapshot()
+    series = metric.series.snapshot(last=count)
     if not len(series):
         return ""
     rows = []
-    for i in reversed(range(max(0, len(series) - count), len(series))):
+    for i in reversed(range(len(series))):
         meta = series.metadata(i)
         shown = html.escape(meta)
         if _URL_RE.match(meta):
@@ -3342,7 +3349,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
 
     def view_badge(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
         metric = metrics[0]
-        recent = metric.series.snapshot(opts.start, opts.end).values[-21:].tolist()
+        recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
         message = format_value(recent[-1], metric.unit) if recent else "no data"
         badge = render_badge(opts.title or metric.name or "perfit", message,
                              badge_state(recent, metric.better))  # fmt: skip
