@@ -3296,8 +3296,8 @@ def test_live_points_after_a_point_from_the_future_slot_in_without_a_rebuild(
         metric = store.create_metric(account)
         now = time.time_ns() // 1000
         past = [
-            (now - (50_000 - i) * perfit.US, float(i), b"m" if i % 2 else b"")
-            for i in range(50_000)
+            (now - (200_000 - i) * perfit.US, float(i), b"m" if i % 2 else b"")
+            for i in range(200_000)
         ]
         store.add_points(
             metric.id, perfit.PointBatch.of([*past, (now + 200 * perfit.US, -1.0, b"future")])
@@ -3305,7 +3305,7 @@ def test_live_points_after_a_point_from_the_future_slot_in_without_a_rebuild(
         started = time.perf_counter()
         for value in (1.0, 2.0, 3.0):
             store.add_point(metric.id, value, "live")
-        assert time.perf_counter() - started < 0.05, "each live post rebuilt the series"
+        assert time.perf_counter() - started < 0.3, "each live post rebuilt the series"
         series = metric.series
         assert list(series.values[-4:]) == [1.0, 2.0, 3.0, -1.0]
         assert [series.metadata(i) for i in range(len(series) - 4, len(series))] == ["live"] * 3 + [
