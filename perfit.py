@@ -4170,16 +4170,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server = make_server(host, port, make_app(store, config), args.max_connections)
         except OSError as e:
             raise PerfitError(f"cannot listen on {args.listen}: {e.strerror}") from e
-        bound_host, bound_port = server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"perfit: listening on http://{shown}:{bound_port}", flush=True)
 
         def stop(signum: int, frame: Any) -> None:
             # shutdown() waits for serve_forever() to return, so it must run on another thread.
             threading.Thread(target=server.shutdown, daemon=True).start()
 
+        # Before saying "listening": a supervisor may send SIGTERM the moment it reads that.
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"perfit: listening on http://{shown}:{bound_port}", flush=True)
         try:
             server.serve_forever(poll_interval=0.2)
         finally:
