@@ -2,8 +2,8 @@
 
 This module plays two roles:
 
-* the server, ``perfit serve``: an append-only store with its index in memory, SVG charts
-  and a small JSON/HTML web app;
+* the server, ``perfit serve``: an append-only store with its index in memory, change-point
+  detection, SVG charts and a small JSON/HTML web app;
 * the client, every other subcommand: creates accounts, metrics and tokens, and posts data
   points, typically the wall time of a CI step (``perfit run -- make test``).
 
@@ -58,12 +58,16 @@ if TYPE_CHECKING:  # pragma: no cover - names for type hints only
 
 __version__ = "0.1.0"
 __all__ = [
+    "Change",
+    "Client",
     "PerfitError",
     "ServerConfig",
     "Store",
+    "chart_document",
+    "detect_changes",
     "main",
     "make_app",
-    "render_chart",
+    "make_server",
 ]
 
 log = logging.getLogger("perfit")
