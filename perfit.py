@@ -944,8 +944,11 @@ class Store:
         self._seal_lock = threading.Lock()  #: one sealer at a time
         self._sealer: threading.Thread | None = None
         self._closing = False
-        self._appended = 0  #: records written to the active log so far
-        self._synced = 0  #: records known to be durable
+        self._queue: list[tuple[int, bytes]] = []  #: records waiting for a leader to write them
+        self._queued = 0  #: records ever queued; a record's number is its place in that count
+        self._taken = 0  #: records a leader has taken from the queue (written, or lost)
+        self._synced = 0  #: records durable and indexed
+        self._lost: list[tuple[int, int, str]] = []  #: (first, last, why) of batches not written
         self._last_t = 0  #: latest live arrival time (µs); live times never go backwards
         self._failed: str | None = None
         self._lock_fd: int | None = None
@@ -982,9 +985,8 @@ class Store:
         with self._durable:
             while self._syncing:
                 self._durable.wait()
-            if self._log_fd is not None and self._synced < self._appended and not self._failed:
-                os.fsync(self._log_fd)  # what a request was still waiting for is on disk too
-                self._synced = self._appended
+            if self._queue and self._log_fd is not None and not self._failed:
+                self._write_queue()  # what a request is still waiting for goes to disk too
             for fd in (self._log_fd, self._lock_fd):
                 if fd is not None:
                     os.close(fd)
@@ -1127,52 +1129,65 @@ class Store:
     # -- appending -----------------------------------------------------------------------------
 
     def _append(self, rtype: int, make_payload: Callable[[], bytes]) -> None:
-        """Write one record and index it; return once it is durable on disk.
+        """Queue one record; return once it is written, fsynced and indexed.
 
-        make_payload runs under the lock, so a record's time is taken in append order.
+        Group commit: the first waiter becomes the leader and writes every queued record in
+        one write and one fsync, then indexes them in order and wakes the others. The others
+        make no system call of their own (each is a GIL hand-off on a busy server), and a
+        point becomes readable only once it is durable. make_payload runs under the lock, so
+        a record's time is taken in queue order.
         """
-        with self._lock:
-            if self._failed:
-                raise StoreError(f"the store is not writable: {self._failed}")
-            if self._log_fd is None:
-                raise StoreError("the store is closed")
-            payload = make_payload()
-            offset = self._log_size
-            try:
-                _write_all(self._log_fd, encode_record(rtype, payload))
-            except OSError as e:
-                # Leave no partial record behind: the next append must start on a boundary.
-                os.ftruncate(self._log_fd, offset)
-                raise StoreError(f"cannot write to the data directory: {e.strerror}") from e
-            self._log_size += FRAME.size + len(payload)
-            self._apply(rtype, payload)
-            self._appended += 1
-            seq = self._appended
-            rotate = self._log_size >= self._next_rotation
-        self._wait_durable(seq)
-        if rotate:
-            self._rotate()
-
-    def _wait_durable(self, seq: int) -> None:
-        """Group commit: the first waiter fsyncs for all written so far; the others wait on it."""
         with self._durable:
+            self._check_writable()
+            self._queue.append((rtype, make_payload()))
+            self._queued += 1
+            seq = self._queued
             while self._synced < seq:
-                if self._failed or self._log_fd is None:
-                    # Never fsync again after a failure (it could "succeed" on lost data).
-                    raise StoreError(f"the store is not writable: {self._failed or 'closed'}")
+                for first, last, why in self._lost:
+                    if first <= seq <= last:
+                        raise StoreError(why)
+                self._check_writable()
                 if self._syncing:
                     self._durable.wait()
-                    continue
-                self._syncing = True
-                target, fd = self._appended, self._log_fd
-                self._lock.release()  # appends go on while the disk works
-                try:
-                    self._fsync(fd)
-                finally:
-                    self._lock.acquire()
-                    self._syncing = False
-                    self._durable.notify_all()
-                self._synced = max(self._synced, target)
+                else:
+                    self._write_queue()
+
+    def _check_writable(self) -> None:
+        # Never write again after a failed fsync (it could "succeed" on lost data).
+        if self._failed or self._log_fd is None:
+            raise StoreError(f"the store is not writable: {self._failed or 'closed'}")
+
+    def _write_queue(self) -> None:
+        """As leader (lock held, no other leader): write, fsync and index the queue."""
+        batch, self._queue = self._queue, []
+        first, last = self._taken + 1, self._taken + len(batch)
+        self._taken = last
+        data = b"".join(encode_record(rtype, payload) for rtype, payload in batch)
+        fd, offset = self._log_fd, self._log_size
+        self._syncing = True
+        self._lock.release()  # records queue up while the disk works
+        try:
+            try:
+                _write_all(fd, data)
+            except OSError as e:
+                os.ftruncate(fd, offset)  # no partial record: the next write starts on a boundary
+                lost = f"cannot write to the data directory: {e.strerror}"
+            else:
+                lost = ""
+                self._fsync(fd)
+        finally:
+            self._lock.acquire()
+            self._syncing = False
+            self._durable.notify_all()
+        if lost:
+            self._lost = [*self._lost[-15:], (first, last, lost)]
+            return
+        self._log_size += len(data)
+        for rtype, payload in batch:
+            self._apply(rtype, payload)
+        self._synced = last
+        if self._log_size >= self._next_rotation:
+            self._rotate()
 
     def _fsync(self, fd: int) -> None:
         try:
@@ -1187,24 +1202,18 @@ class Store:
             raise StoreError("the data could not be made durable") from e
 
     def _rotate(self) -> None:
-        """Start a new active log; the full one is sealed in the background."""
-        with self._durable:
-            while self._syncing:
-                self._durable.wait()  # no fsync may be running on the fd we are replacing
-            if self._log_size < self._next_rotation or self._log_fd is None:
-                return  # another writer rotated first
-            old_fd, old_number = self._log_fd, self._log_number
-            self._fsync(old_fd)
-            try:
-                self._start_log(old_number + 1)
-            except OSError as e:
-                self._log_fd = old_fd  # keep writing the old log; try again a little later
-                self._next_rotation = self._log_size + self.seal_bytes // 4
-                log.warning("cannot start a new log (%s); will retry", e.strerror)
-                return
-            self._synced = self._appended
-            self._next_rotation = self.seal_bytes
-            os.close(old_fd)
+        """Start a new active log (lock held, as leader, all written is durable); the full one
+        is sealed in the background."""
+        old_fd, old_number = self._log_fd, self._log_number
+        try:
+            self._start_log(old_number + 1)
+        except OSError as e:
+            self._log_fd = old_fd  # keep writing the old log; try again a little later
+            self._next_rotation = self._log_size + self.seal_bytes // 4
+            log.warning("cannot start a new log (%s); will retry", e.strerror)
+            return
+        self._next_rotation = self.seal_bytes
+        os.close(old_fd)
         self._start_sealer()
 
     def _start_sealer(self) -> None:
@@ -1271,7 +1280,7 @@ class Store:
 
         def payload() -> bytes:
             # Arrival times never go backwards, even if the wall clock does.
-            stamp[0] = max(time.time_ns() // 1000, self._last_t)
+            stamp[0] = self._last_t = max(time.time_ns() // 1000, self._last_t)
             return POINT.pack(metric_id, stamp[0], value) + meta
 
         self._append(REC_POINT, payload)

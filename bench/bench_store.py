@@ -196,7 +196,7 @@ def post_rate(url: str, path: str, token: str, seconds: float, connections: int)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(WRK_SCRIPT.replace("TOKEN", token))
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, url + path],
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "-s", f.name, url + path],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         os.unlink(f.name)
