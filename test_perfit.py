@@ -1562,6 +1562,7 @@ def test_a_point_is_acknowledged_only_after_its_fsync(tmp_path, monkeypatch):
         assert entered.wait(10)
         time.sleep(0.05)
         assert not acknowledged, "add_point returned before its fsync finished"
+        assert len(metric.series) == 0, "a reader saw a point a crash could still take back"
         disk_done.set()
         writer.join(10)
         assert acknowledged
