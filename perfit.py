@@ -379,9 +379,12 @@ POINT = struct.Struct("<16sqd")
 COLUMNS = struct.Struct("<16sI")
 
 
+def _record_crc(rtype: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
+
+
 def encode_record(rtype: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
-    return FRAME.pack(len(payload), crc, rtype) + payload
+    return FRAME.pack(len(payload), _record_crc(rtype, payload), rtype) + payload
 
 
 def _frame_at(data: bytes, offset: int) -> tuple[int, bytes] | None:
@@ -393,7 +396,7 @@ def _frame_at(data: bytes, offset: int) -> tuple[int, bytes] | None:
     if rtype not in RECORD_TYPES or length > MAX_RECORD_BYTES or end + length > len(data):
         return None
     payload = data[end : end + length]
-    if zlib.crc32(payload, zlib.crc32(bytes((rtype,)))) != crc:
+    if _record_crc(rtype, payload) != crc:
         return None
     return rtype, payload
 
@@ -1592,7 +1595,10 @@ _XML_ILLEGAL = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ud800-\\udfff\\uff
 
 
 def xml_safe(text: str) -> str:
-    """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image."""
+    """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image.
+
+    Applied once to each finished SVG, so no title, label, unit or metadata can slip past.
+    """
     return _XML_ILLEGAL.sub("\ufffd", text)
 
 
@@ -1769,8 +1775,8 @@ def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartS
     else:
         keep, stats = _reduce_per_column(series, rows, t0, t1, columns)
     return ChartSeries(
-        name=xml_safe(metric.name or b64encode(metric.id)),
-        unit=xml_safe(metric.unit),
+        name=metric.name or b64encode(metric.id),
+        unit=metric.unit,
         times=[series.times[i] / US for i in keep],
         values=[series.values[i] for i in keep],
         metadata=[series.metadata(i) for i in keep],
@@ -1848,18 +1854,18 @@ def render_chart(
     dwg.attribs["role"] = "img"
     dwg.defs.add(dwg.style(CHART_CSS + _series_css()))
     dwg.add(dwg.rect((0, 0), (CHART_WIDTH, CHART_HEIGHT), class_="bg"))
-    title = xml_safe(opts.title) or (xml_safe(series[0].name) if len(series) == 1 else "")
+    title = opts.title or (series[0].name if len(series) == 1 else "")
     dwg.set_desc(title=title or "PerfIt chart")
     if opts.title:
         dwg.add(dwg.text(title, insert=(CHART_WIDTH / 2, 24), class_="title", text_anchor="middle"))
     if len(series) > 1:
         _draw_legend(dwg, series, left, 38 if opts.title else 22)
-    y_label = xml_safe(opts.y_label) or ("duration" if unit in DURATION_UNITS else ", ".join(units))
+    y_label = opts.y_label or ("duration" if unit in DURATION_UNITS else ", ".join(units))
     if y_label:
         y_mid = (top + bottom) / 2
         dwg.add(dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
                          transform=f"rotate(-90 16 {y_mid})"))  # fmt: skip
-    x_label = xml_safe(opts.x_label) or "time (UTC)"
+    x_label = opts.x_label or "time (UTC)"
     dwg.add(dwg.text(x_label, insert=((left + right) / 2, CHART_HEIGHT - 10), class_="label",
                      text_anchor="middle"))  # fmt: skip
     dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame"))
@@ -1871,7 +1877,7 @@ def render_chart(
         )
         dwg.add(dwg.text(message, insert=((left + right) / 2, (top + bottom) / 2), class_="empty",
                          text_anchor="middle"))  # fmt: skip
-        return dwg.tostring()
+        return xml_safe(dwg.tostring())
     v0, v1 = _value_range(values, opts)
 
     def x_of(t: float) -> float:
@@ -1903,7 +1909,7 @@ def render_chart(
         total = sum(s.total for s in series)
         note = f"{total:,} points, reduced to {shown:,}: band = lowest to highest, line = median"
         dwg.add(dwg.text(note, insert=(right, top - 6), class_="note", text_anchor="end"))
-    return dwg.tostring()
+    return xml_safe(dwg.tostring())
 
 
 def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, named: bool,
@@ -1924,11 +1930,9 @@ def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, name
             line.append((x, y))  # a clamped point is not where the line would put it: skip it
         kind = "point clamped" if clamped else "point ghost" if reduced else "point"
         marker = dwg.circle((x, y), r=4 if clamped else 2.5, class_=kind)
-        tip = (
-            f"{xml_safe(s.name)}\n" if named else ""
-        ) + f"{format_time(t)}\n{format_value(v, s.unit)}"
+        tip = (f"{s.name}\n" if named else "") + f"{format_time(t)}\n{format_value(v, s.unit)}"
         if meta:
-            tip += f"\n{xml_safe(meta)}"
+            tip += f"\n{meta}"
         marker.set_desc(title=tip)
         if _URL_RE.match(meta):
             link = dwg.a(href=meta, target="_blank")
@@ -1959,7 +1963,7 @@ def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float)
     for i, s in enumerate(series):
         colour = f"s{i % len(SERIES_COLOURS)}"
         dwg.add(dwg.rect((x, y - 9), (14, 4), class_=colour))
-        name = xml_safe(s.name)[:40]
+        name = s.name[:40]
         dwg.add(dwg.text(name, insert=(x + 18, y - 4), class_="legend"))
         x += 18 + text_width(name, 12) + 16
 
@@ -1998,7 +2002,7 @@ def render_badge(label: str, message: str, state: str) -> str:
     """A shields-style badge: grey label on the left, coloured message on the right."""
     import svgwrite
 
-    label, message = xml_safe(label)[:60], xml_safe(message)[:60]
+    label, message = label[:60], message[:60]
     lw, mw = text_width(label) + 12, text_width(message) + 12
     dwg = svgwrite.Drawing(size=(round(lw + mw), 20), debug=False)
     dwg.attribs["role"] = "img"
@@ -2010,7 +2014,7 @@ def render_badge(label: str, message: str, state: str) -> str:
     text.add(dwg.text(label, insert=(lw / 2, 14), text_anchor="middle"))
     text.add(dwg.text(message, insert=(lw + mw / 2 - 2, 14), text_anchor="middle"))
     dwg.add(text)
-    return dwg.tostring()
+    return xml_safe(dwg.tostring())
 
 
 # ==============================================================================================
@@ -4082,11 +4086,16 @@ def _need_zstandard() -> None:
         raise UsageError("this command reads compressed segments: pip install zstandard") from None
 
 
-def cmd_store_check(args: argparse.Namespace) -> int:
+def _data_to_read(args: argparse.Namespace) -> str:
+    """--data of a store command: an existing directory, and zstandard to read its segments."""
     _need_zstandard()
     if not os.path.isdir(args.data):
         raise UsageError(f"no data directory at {args.data}")
-    reports = check_directory(args.data)
+    return args.data
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    reports = check_directory(_data_to_read(args))
     problems = 0
     for report in reports:
         for note in report.notes:
@@ -4101,10 +4110,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 
 
 def cmd_store_backup(args: argparse.Namespace) -> int:
-    _need_zstandard()
-    if not os.path.isdir(args.data):
-        raise UsageError(f"no data directory at {args.data}")
-    copied = backup_directory(args.data, args.dest)
+    copied = backup_directory(_data_to_read(args), args.dest)
     damaged = [p for r in check_directory(args.dest) for p in r.problems]
     if damaged:
         raise StoreError(f"the copy in {args.dest} does not check clean: {damaged[0]}")
