@@ -18,14 +18,17 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import collections
 import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import hashlib
 import hmac
 import html
 import http.client
+import importlib
 import io
 import itertools
 import json
@@ -38,6 +41,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -111,6 +115,7 @@ ENV_SERVER = "PERFIT_SERVER"
 ENV_ACCESS_TOKEN = "PERFIT_ACCESS_TOKEN"
 ENV_METRIC = "PERFIT_METRIC"
 ENV_METADATA = "PERFIT_METADATA"
+ENV_TIMEOUT = "PERFIT_TIMEOUT"
 ENV_LISTEN = "PERFITD_LISTEN"
 ENV_DATA = "PERFITD_DATA"
 ENV_ROOT_TOKEN = "PERFITD_ROOT_ACCESS_TOKEN"
@@ -119,6 +124,7 @@ EXIT_OK = 0
 EXIT_REFUSED = 1  #: the server (or the store) said no
 EXIT_USAGE = 2
 EXIT_REGRESSED = 3
+EXIT_UNREACHABLE = 4  #: the server could not be reached, or kept failing, within --timeout
 EXIT_INTERRUPTED = 130
 EXIT_STORE_FATAL = 70  #: a failed fsync: exit and let recovery on restart sort it out
 
@@ -188,12 +194,18 @@ class UsageError(PerfitError):
     exit_code = EXIT_USAGE
 
 
+class MissingDependency(UsageError):
+    """A third-party module the server needs does not import; the message names the fix."""
+
+
 class ServerSaidNo(PerfitError):
     """The server answered with a 4xx; its message is the error's."""
 
 
 class SendFailed(PerfitError):
     """The server could not be reached (or kept failing) within the client's timeout."""
+
+    exit_code = EXIT_UNREACHABLE
 
 
 # ==============================================================================================
@@ -241,7 +253,9 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-_DURATION_UNITS = {
+#: Words of a duration option (`start-rel=2 weeks`), in seconds. Not metric units: here "m"
+#: is a minute and "mo" a month, where a metric's "m" would be metres (see TIME_UNITS).
+_DURATION_WORDS = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
@@ -262,12 +276,36 @@ def parse_duration(text: str) -> float:
     total = 0.0
     for part in parts:
         unit = part.group(2).lower() if part.group(2) != "M" else "mo"
-        if unit not in _DURATION_UNITS:
+        if unit not in _DURATION_WORDS:
             raise ValueError(f"unknown unit {part.group(2)!r} in {text!r}")
-        total += float(part.group(1)) * _DURATION_UNITS[unit]
+        total += float(part.group(1)) * _DURATION_WORDS[unit]
     if total > MAX_DURATION:
         raise ValueError(f"{text!r} is longer than a thousand years")
     return total
+
+
+#: Metric units that measure time, in nanoseconds: whole numbers, so that a conversion is one
+#: correctly rounded operation. Values in these units are drawn as durations, and a duration
+#: posted in any of them (`perfit run` posts seconds) is stored in the metric's own.
+TIME_UNITS = {
+    "ns": 1,
+    **dict.fromkeys(("us", "µs"), 1_000),
+    "ms": 1_000_000,
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1_000_000_000),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60_000_000_000),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3_600_000_000_000),
+}
+
+
+def convert_time(value: float, unit: str, to: str) -> float:
+    """A duration in one time unit as another: 1.5 s is 1500 ms."""
+    have, want = TIME_UNITS[unit], TIME_UNITS[to]
+    return value * (have // want) if have >= want else value / (want // have)
+
+
+def tidy(value: float, digits: int = 12) -> float:
+    """A float without binary noise past `digits` significant digits: 219.621, not ...98."""
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
 
 def parse_rfc3339(text: str) -> float:
@@ -630,6 +668,35 @@ class Series:
                 copy._meta_ends = array("Q", [e - base for e in ends]) if base else ends
         return copy
 
+    def not_stored(self, batch: PointBatch) -> PointBatch:
+        """The points of `batch` not stored yet (same time, value and metadata), in its order.
+
+        Counted as a multiset: a point sent twice and stored once is missing once.
+        """
+        if not len(batch):
+            return batch
+        with self._lock:
+            # In microseconds: through float seconds, a time far from 1970 would not round-trip.
+            lo = bisect.bisect_left(self.times, min(batch.times))
+            rows = range(lo, bisect.bisect_right(self.times, max(batch.times), lo))
+            stored = collections.Counter(
+                (self.times[i], self.values[i], self.metadata_bytes(i)) for i in rows
+            )
+        fresh = []
+        for point in zip(batch.times, batch.values, batch.metas()):
+            if stored[point]:
+                stored[point] -= 1
+            else:
+                fresh.append(point)
+        return PointBatch.of(fresh)
+
+    def span(self) -> tuple[int, int | None, int | None]:
+        """How many points, and the first and last time (µs), without copying them."""
+        with self._lock:
+            if not self.times:
+                return 0, None, None
+            return len(self.times), self.times[0], self.times[-1]
+
     def metadata_bytes(self, i: int) -> bytes:
         if self._meta_ends is None:
             return b""
@@ -683,6 +750,77 @@ class Principal:
 
 
 # ==============================================================================================
+# Store: compression
+# Sealed segments are zstd: from the standard library where Python has it (compression.zstd,
+# 3.14+; the same API as backports.zstd), else the zstandard package. With neither, the server
+# still runs and its logs stay uncompressed; only reading existing segments needs zstd.
+# ==============================================================================================
+
+SEAL_LEVEL = 9  #: zstd level of sealed segments: written once in the background, read often
+#: Where zstd may come from, best first. A zstandard whose compiled backend is missing fails
+#: to import like an absent one, and is passed over the same way.
+ZSTD_MODULES = ("compression.zstd", "backports.zstd", "zstandard")
+ZSTD_FIX = "pip install zstandard, or run on Python 3.14+, which has zstd built in"
+
+
+@dataclasses.dataclass(frozen=True)
+class Zstd:
+    """The zstd of whichever module provides it: one-shot frames, checksummed."""
+
+    name: str  #: e.g. "compression.zstd" or "zstandard 0.25.0"
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _zstd_of(name: str, module: Any) -> Zstd:
+    if name == "zstandard":
+        # A compressor object is not thread-safe: one per call. decompressobj() also reads a
+        # frame that does not record its size (the one-shot decompress() refuses those).
+        return Zstd(
+            f"zstandard {module.__version__}",
+            lambda data: module.ZstdCompressor(level=SEAL_LEVEL, write_checksum=True).compress(
+                data
+            ),
+            lambda data: module.ZstdDecompressor().decompressobj().decompress(data),
+        )
+    param = module.CompressionParameter
+    options = {param.compression_level: SEAL_LEVEL, param.checksum_flag: 1}
+    return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
+
+
+@functools.cache
+def find_zstd() -> tuple[Zstd | None, str]:
+    """The best zstd that imports, or None and why none did (found once, then remembered)."""
+    why = "no zstd module"
+    for name in ZSTD_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except (ImportError, OSError) as e:
+            if name == "zstandard":
+                why = f"zstandard does not import ({e})"
+            continue
+        return _zstd_of(name, module), ""
+    return None, why
+
+
+def need_zstd() -> Zstd:
+    """The zstd to read or write segments with; a MissingDependency naming the fix if none."""
+    zstd, why = find_zstd()
+    if zstd is None:
+        raise MissingDependency(f"compressed segments need zstd, and {why}: {ZSTD_FIX}")
+    return zstd
+
+
+def zstd_decompress(data: bytes) -> bytes:
+    """A zstd frame's contents; a damaged frame is a ValueError, whichever module reads it."""
+    zstd = need_zstd()
+    try:
+        return zstd.decompress(data)
+    except Exception as e:  # each module has its own error class; a bad frame is bad input
+        raise ValueError(f"bad zstd frame: {e}") from e
+
+
+# ==============================================================================================
 # Store: files of the data directory
 # Numbered logs and segments; sealing a log into a segment; the checks and the copy that
 # `perfit store check` and `perfit store backup` make of a directory, live or not.
@@ -705,10 +843,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def open_private(path: str, flags: int) -> int:
+    """Open (maybe create) a file readable by its owner only, whatever the umask.
+
+    Metric ids are read capabilities, and every log holds them: no other local user may read
+    the data directory, nor a backup or a repaired copy of it.
+    """
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode passes through the umask; this does not
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(path: str) -> None:
+    """Create a directory (and its parents) that only its owner may enter, whatever the umask."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)  # also tightens a directory made by PerfIt 0.1, which was 0755
+
+
 def _write_durably(path: str, data: bytes) -> None:
     """Write a whole file so that it appears complete or not at all: temp, fsync, rename."""
     tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -757,14 +917,13 @@ def scan_data_file(kind: str, path: str) -> Scan:
     return scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
 
 
-def seal_log(log_path: str, seg_path: str, level: int = 9) -> None:
+def seal_log(log_path: str, seg_path: str) -> None:
     """Write the segment holding a (no longer written) log's records, complete or not at all.
 
     The log is removed by the caller only once the segment is durable, so a crash at any
     step leaves either the log, or the segment (and maybe the log, which replay then skips).
     """
-    import zstandard  # server side only
-
+    compress = need_zstd().compress
     scan = scan_file(log_path, LOG_MAGIC)
     if scan.bad:
         raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
@@ -778,13 +937,12 @@ def seal_log(log_path: str, seg_path: str, level: int = 9) -> None:
                 points.setdefault(metric_id, []).extend(
                     zip(batch.times, batch.values, batch.metas())
                 )
-    zstd = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    blocks = [encode_record(REC_SEG_CONTROL, zstd.compress(b"".join(control)))]
+    blocks = [encode_record(REC_SEG_CONTROL, compress(b"".join(control)))]
     for metric_id, rows in points.items():
         for i in range(0, len(rows), SEG_BLOCK_POINTS):
             batch = PointBatch.of(rows[i : i + SEG_BLOCK_POINTS])
             packed = pack_columns(metric_id, batch, compact=True)
-            blocks.append(encode_record(REC_SEG_POINTS, zstd.compress(packed)))
+            blocks.append(encode_record(REC_SEG_POINTS, compress(packed)))
     _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
 
 
@@ -797,17 +955,13 @@ def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]
     if rtype == REC_POINTS:
         return [unpack_columns(payload)]
     if rtype == REC_SEG_POINTS:
-        import zstandard
-
-        return [unpack_columns(zstandard.ZstdDecompressor().decompress(payload), compact=True)]
+        return [unpack_columns(zstd_decompress(payload), compact=True)]
     raise ValueError(f"record type {rtype} holds no points")
 
 
 def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
     """The framed account/token/metric records inside a segment's control block."""
-    import zstandard
-
-    raw = zstandard.ZstdDecompressor().decompress(payload) if payload else b""
+    raw = zstd_decompress(payload) if payload else b""
     out, offset = [], 0
     while offset < len(raw):
         frame = _frame_at(raw, offset)
@@ -877,7 +1031,7 @@ def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
     Segments never change, and a log is copied up to its last whole record. A log sealed and
     removed while we copy makes us start again, so the copy never misses what moved.
     """
-    os.makedirs(dest, exist_ok=True)
+    make_private_dir(dest)
     if os.listdir(dest):
         raise UsageError(f"backup destination {dest} is not empty")
     for _ in range(attempts):
@@ -909,7 +1063,7 @@ def _copy_once(path: str, dest: str) -> int:
     if os.path.exists(token):
         with open(token, "rb") as f:
             secret = f.read()
-        fd = os.open(os.path.join(dest, ROOT_TOKEN_FILE), os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = open_private(os.path.join(dest, ROOT_TOKEN_FILE), os.O_WRONLY | os.O_CREAT)
         with os.fdopen(fd, "wb") as out:
             out.write(secret)
             out.flush()
@@ -940,11 +1094,14 @@ class Store:
         self.metrics: dict[bytes, Metric] = {}
         self.root_token_hash: bytes | None = None
         self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
+        self.zstd: Zstd | None = None  #: seals full logs into segments; None: logs stay as they are
+        self.zstd_missing = ""  #: why there is no zstd, when there is none
         self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
         self._lock = threading.Lock()  #: guards appends, the index and the fields below
         self._durable = threading.Condition(self._lock)  #: notified after every fsync
         self._syncing = False  #: an fsync is running: its fd must stay open
         self._seal_lock = threading.Lock()  #: one sealer at a time
+        self._import_lock = threading.Lock()  #: one import at a time: see import_points
         self._sealer: threading.Thread | None = None
         self._closing = False
         self._queue: list[tuple[int, bytes]] = []  #: records waiting for a leader to write them
@@ -966,9 +1123,12 @@ class Store:
     def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
         """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
         store = cls(path, seal_bytes)
+        store.zstd, store.zstd_missing = find_zstd()
         try:
-            os.makedirs(path, exist_ok=True)
+            make_private_dir(path)
             store._take_lock()
+            if store.zstd is None and DataFiles.list(path).segments:
+                need_zstd()  # segments it cannot read: stop here, with the fix in one line
             if repair:
                 store._repair()
             store._replay()
@@ -1004,7 +1164,7 @@ class Store:
     def _take_lock(self) -> None:
         import fcntl  # POSIX only, and only the server needs it
 
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1051,7 +1211,7 @@ class Store:
 
     def _start_log(self, number: int) -> None:
         path = os.path.join(self.path, file_name(number, LOG_SUFFIX))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
         try:
             _write_all(fd, LOG_MAGIC)
             os.fsync(fd)
@@ -1066,7 +1226,7 @@ class Store:
         if good_end < len(LOG_MAGIC):
             self._start_log(number)  # torn while being created: nothing in it was acknowledged
             return
-        fd = os.open(scan.path, os.O_RDWR | os.O_APPEND)
+        fd = open_private(scan.path, os.O_RDWR | os.O_APPEND)
         if good_end < scan.size:
             log.warning("%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
                         scan.path, good_end, scan.size - good_end)  # fmt: skip
@@ -1086,9 +1246,10 @@ class Store:
             if not bad and len(records) == len(scan.records):
                 continue
             damaged = os.path.join(self.path, DAMAGED_DIR)
-            os.makedirs(damaged, exist_ok=True)
+            make_private_dir(damaged)
             kept = os.path.join(damaged, f"{os.path.basename(path)}.{int(time.time())}")
             shutil.copy2(path, kept)
+            os.chmod(kept, 0o600)
             magic = SEG_MAGIC if kind == "seg" else LOG_MAGIC
             _write_durably(path, magic + b"".join(encode_record(t, p) for t, p in records))
             log.warning("repaired %s: kept %d records, skipped %d bad byte runs; original in %s",
@@ -1220,6 +1381,9 @@ class Store:
         self._start_sealer()
 
     def _start_sealer(self) -> None:
+        # Without zstd full logs stay as they are; once it is installed, a restart seals them.
+        if self.zstd is None:
+            return
         if not self._closing and self._seal_lock.acquire(blocking=False):
             self._sealer = threading.Thread(target=self._seal_pending, name="perfit-sealer")
             self._sealer.daemon = True
@@ -1242,9 +1406,9 @@ class Store:
                 os.unlink(files.logs[number])
                 _fsync_dir(self.path)
                 log.info("sealed %s in %.2fs", os.path.basename(seg), time.monotonic() - started)
-        except (OSError, PerfitError) as e:
+        except Exception as e:  # anything: a thread traceback on stderr would help nobody
             # The log stays as it is and replays fine; sealing is retried at the next rotation.
-            log.error("sealing failed: %s", e)
+            log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
         finally:
             self._seal_lock.release()
         # A rotation that came while we were finishing found the lock taken: look once more.
@@ -1290,10 +1454,17 @@ class Store:
         return stamp[0]
 
     def add_points(self, metric_id: bytes, batch: PointBatch) -> int:
-        """Import points at the times they carry: one record, all or nothing, durable."""
+        """Add points at the times they carry: one record, all or nothing, durable."""
         if len(batch):
             self._append(REC_POINTS, lambda: pack_columns(metric_id, batch))
         return len(batch)
+
+    def import_points(self, metric_id: bytes, batch: PointBatch) -> tuple[int, int]:
+        """Add the points not stored yet; (added, already there). Importing a file twice adds
+        it once. One import at a time, so two of the same file cannot both find it missing."""
+        with self._import_lock:
+            fresh = self.metrics[metric_id].series.not_stored(batch)
+            return self.add_points(metric_id, fresh), len(batch) - len(fresh)
 
     def authenticate(self, token: str) -> Principal | None:
         digest = hash_token(token)
@@ -1343,9 +1514,12 @@ class Change:
     kind: str  #: "regression" or "improvement", by the metric's `better`
 
     def to_json(self) -> dict[str, Any]:
+        # Medians of two points are their mean: 219.62099999999998 reads as 219.621, and a
+        # relative change to a millionth is more than any CI measurement carries.
         doc = dataclasses.asdict(self)
-        if not math.isfinite(self.change):
-            doc["change"] = None  # from a level of 0: JSON has no infinity
+        doc["before"], doc["after"] = tidy(self.before), tidy(self.after)
+        # From a level of 0 the change is infinite, and JSON has no infinity.
+        doc["change"] = round(self.change, 6) if math.isfinite(self.change) else None
         return doc
 
 
@@ -1493,6 +1667,7 @@ def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> 
 CHART_WIDTH = 800
 CHART_HEIGHT = 400
 CHART_MARGIN = {"left": 76, "right": 24, "top": 44, "bottom": 56}
+PHONE_TICK_PX = 22  #: the text size of a chart at phone width (see CHART_CSS), in chart units
 MAX_OVERLAY = 8  #: metrics in one chart
 #: Okabe-Ito, the colour-blind-safe palette; a lighter twin of each for dark backgrounds.
 #: The light ones are darkened where needed to keep 3:1 contrast on white (WCAG, graphics).
@@ -1506,7 +1681,6 @@ SERIES_COLOURS = [
     ("#882255", "#D46A9F"),
     ("#444444", "#C9D1D9"),
 ]
-DURATION_UNITS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 0.001}
 
 CHART_CSS = """
 svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 12px; }
@@ -1520,7 +1694,7 @@ svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; fon
 .clamped { stroke: #111827; stroke-width: 1.5; }
 a .point { cursor: pointer; }
 .change line { stroke-width: 1.5; stroke-dasharray: 5 4; }
-.change text { font-size: 11px; font-weight: 600; }
+.change text { font-size: 11px; font-weight: 600; stroke: none; }
 .regression line { stroke: #c62828; } .regression text { fill: #c62828; }
 .improvement line { stroke: #2e7d32; } .improvement text { fill: #2e7d32; }
 @media (prefers-color-scheme: dark) {
@@ -1537,9 +1711,9 @@ a .point { cursor: pointer; }
 }
 @media (max-width: 600px) {
   /* Shown at phone width the chart shrinks to about 0.45x: keep its text readable. */
-  svg { font-size: 22px; }
+  svg { font-size: 22px; }  /* PHONE_TICK_PX */
   .title { font-size: 28px; }
-  .note { font-size: 18px; }
+  .note, .change text { font-size: 18px; }
 }
 """
 
@@ -1608,8 +1782,14 @@ def format_number(value: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as people say it: 350 ms, 12.5 s, 1m 30s, 2h 5m, 3d 4h."""
+    """A duration as people say it: 40 ns, 2.5 µs, 350 ms, 12.5 s, 1m 30s, 2h 5m, 3d 4h."""
     sign, s = ("-" if seconds < 0 else ""), abs(seconds)
+    if s == 0:
+        return "0 s"
+    if s < 1e-6:
+        return f"{sign}{format_number(round(s * 1e9, 3))} ns"
+    if s < 1e-3:
+        return f"{sign}{format_number(round(s * 1e6, 3))} µs"
     if s < 1:
         return f"{sign}{format_number(round(s * 1000, 3))} ms"
     if s < 60:
@@ -1628,8 +1808,8 @@ def format_duration(seconds: float) -> str:
 
 def format_value(value: float, unit: str) -> str:
     """A value with its unit; durations (s, ms) as durations, 90 s as 1m 30s."""
-    if unit in DURATION_UNITS:
-        return format_duration(value * DURATION_UNITS[unit])
+    if unit in TIME_UNITS:
+        return format_duration(convert_time(value, unit, "s"))
     return f"{format_number(value)} {unit}".rstrip()
 
 
@@ -1676,7 +1856,7 @@ _DURATION_STEPS = [
 
 def value_ticks(lo: float, hi: float, unit: str, count: int = 6) -> list[float]:
     """Ticks for the y axis: whole minutes and hours for durations of a minute or more."""
-    scale = DURATION_UNITS.get(unit)
+    scale = convert_time(1.0, unit, "s") if unit in TIME_UNITS else None
     if scale is None or (hi - lo) * scale < 120:
         return nice_ticks(lo, hi, count)
     raw = (hi - lo) * scale / count
@@ -1845,10 +2025,14 @@ def render_chart(
     """Metrics' points as one standalone SVG document: axes, a line and markers per metric."""
     import svgwrite  # server side only
 
-    left, right = CHART_MARGIN["left"], CHART_WIDTH - CHART_MARGIN["right"]
-    top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
     units = sorted({s.unit for s in series if s.unit})
     unit = units[0] if len(units) == 1 else ""
+    values = [v for s in series for v in s.values]
+    v0, v1 = _value_range(values, opts) if values else (0.0, 1.0)
+    y_ticks = [(v, _tick_label(v, unit)) for v in value_ticks(v0, v1, unit) if v0 <= v <= v1]
+    left = _left_margin([label for _, label in y_ticks] if values else [])
+    right = CHART_WIDTH - CHART_MARGIN["right"]
+    top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
     dwg = svgwrite.Drawing(size=(CHART_WIDTH, CHART_HEIGHT), debug=False)
     dwg.viewbox(0, 0, CHART_WIDTH, CHART_HEIGHT)
     dwg.attribs["role"] = "img"
@@ -1860,7 +2044,7 @@ def render_chart(
         dwg.add(dwg.text(title, insert=(CHART_WIDTH / 2, 24), class_="title", text_anchor="middle"))
     if len(series) > 1:
         _draw_legend(dwg, series, left, 38 if opts.title else 22)
-    y_label = opts.y_label or ("duration" if unit in DURATION_UNITS else ", ".join(units))
+    y_label = opts.y_label or ("duration" if unit in TIME_UNITS else ", ".join(units))
     if y_label:
         y_mid = (top + bottom) / 2
         dwg.add(dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
@@ -1870,7 +2054,6 @@ def render_chart(
                      text_anchor="middle"))  # fmt: skip
     dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame"))
 
-    values = [v for s in series for v in s.values]
     if not values:
         message = empty or (
             "No data points in this range" if opts.start or opts.end else "No data points yet"
@@ -1878,7 +2061,6 @@ def render_chart(
         dwg.add(dwg.text(message, insert=((left + right) / 2, (top + bottom) / 2), class_="empty",
                          text_anchor="middle"))  # fmt: skip
         return xml_safe(dwg.tostring())
-    v0, v1 = _value_range(values, opts)
 
     def x_of(t: float) -> float:
         return round(left + (t - t0) / (t1 - t0) * (right - left), 1)
@@ -1886,21 +2068,22 @@ def render_chart(
     def y_of(v: float) -> float:
         return round(bottom - (min(max(v, v0), v1) - v0) / (v1 - v0) * (bottom - top), 1)
 
-    for v in value_ticks(v0, v1, unit):
-        if v0 <= v <= v1:
-            y = y_of(v)
-            dwg.add(dwg.line((left, y), (right, y), class_="grid"))
-            label = format_value(v, unit) if unit in DURATION_UNITS else format_number(v)
-            dwg.add(
-                dwg.text(label, insert=(left - 6, y + 4), class_="ticklabel", text_anchor="end")
-            )
+    for v, label in y_ticks:
+        y = y_of(v)
+        dwg.add(dwg.line((left, y), (right, y), class_="grid"))
+        dwg.add(dwg.text(label, insert=(left - 6, y + 4), class_="ticklabel", text_anchor="end"))
     for t, label in time_ticks(t0, t1):
         x = x_of(t)
         dwg.add(dwg.line((x, bottom), (x, bottom + 5), class_="tick"))
         dwg.add(dwg.text(label, insert=(x, bottom + 18), class_="ticklabel", text_anchor="middle"))
-    for s in series:
+    overlay = len(series) > 1
+    for i, s in enumerate(series):
+        # Alone, a change is coloured by its kind; in an overlay, by its metric (the label and
+        # the tooltip still say which kind), its label a line lower than the metric's before.
+        colour = f"s{i % len(SERIES_COLOURS)}" if overlay else ""
         for at, change in s.changes:
-            _draw_change(dwg, change, s.unit, x_of(at), top, bottom)
+            label_y = top + 14 + (20 * (i % 4) if overlay else 0)
+            _draw_change(dwg, change, s, x_of(at), top, bottom, colour, label_y, overlay)
     for i, s in enumerate(series):
         _draw_series(dwg, s, f"s{i % len(SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
     reduced = [s for s in series if s.total > len(s.times)]
@@ -1910,6 +2093,18 @@ def render_chart(
         note = f"{total:,} points, reduced to {shown:,}: band = lowest to highest, line = median"
         dwg.add(dwg.text(note, insert=(right, top - 6), class_="note", text_anchor="end"))
     return xml_safe(dwg.tostring())
+
+
+def _tick_label(v: float, unit: str) -> str:
+    """A y-axis label: durations as durations, but zero as a plain 0 ("0 ms" beside "1m")."""
+    return format_value(v, unit) if unit in TIME_UNITS and v else format_number(v)
+
+
+def _left_margin(labels: Sequence[str]) -> float:
+    """Room left of the plot for the y labels at their largest (the phone size), and the
+    axis title beside them; never less than the usual margin."""
+    widest = max((text_width(label, PHONE_TICK_PX) for label in labels), default=0.0)
+    return max(CHART_MARGIN["left"], round(PHONE_TICK_PX * 1.5 + widest))
 
 
 def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, named: bool,
@@ -1946,15 +2141,18 @@ def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, name
     dwg.add(markers)
 
 
-def _draw_change(dwg: Any, change: Change, unit: str, x: float, top: float, bottom: float) -> None:
+def _draw_change(dwg: Any, change: Change, s: ChartSeries, x: float, top: float, bottom: float,
+                 colour: str, label_y: float, named: bool) -> None:  # fmt: skip
     """A dashed line where a new level starts, labelled with its relative change."""
-    group = dwg.g(class_=f"change {change.kind}")
+    group = dwg.g(class_=f"change {colour or change.kind}")
+    group.attribs["data-kind"] = change.kind
     label = f"{change.change * 100:+.0f} %" if math.isfinite(change.change) else change.kind
+    unit = s.unit
     group.set_desc(title=(
-        f"{change.kind} of {label} from {format_time(change.t)}\n"
+        (f"{s.name}: " if named else "") + f"{change.kind} of {label} from {format_time(change.t)}\n"
         f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"))  # fmt: skip
     group.add(dwg.line((x, top), (x, bottom)))
-    group.add(dwg.text(label, insert=(x + 3, top + 12)))
+    group.add(dwg.text(label, insert=(x + 3, label_y)))
     dwg.add(group)
 
 
@@ -2197,6 +2395,29 @@ def parse_import(body: Any, now: float) -> PointBatch:
     return PointBatch.of(rows)
 
 
+def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
+    """A posted value, said to be in `unit`, in the metric's own unit.
+
+    A duration converts between units of time (`perfit run` posts seconds; a metric may keep
+    ms). A metric without a unit takes the value as it comes.
+    """
+    if unit == metric.unit or not metric.unit:
+        return value
+    if unit not in TIME_UNITS:
+        raise BadRequest(f"unit: {unit!r} is not a unit of time ({', '.join(_TIME_UNIT_NAMES)})"
+                         f" nor the metric's own ({metric.unit!r})")  # fmt: skip
+    if metric.unit not in TIME_UNITS:
+        raise BadRequest(f"unit: this metric is in {metric.unit!r}, not a unit of time: "
+                         f"a value in {unit!r} cannot be stored in it")  # fmt: skip
+    converted = tidy(convert_time(value, unit, metric.unit), 15)
+    if not math.isfinite(converted):
+        raise BadRequest(f"value: {value:g} {unit} is too large in {metric.unit}")
+    return converted
+
+
+_TIME_UNIT_NAMES = ("ns", "us", "ms", "s", "min", "h")  #: the short names, for messages
+
+
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
     """Chart options from a query string; a bad one is a 400 naming it."""
     opts = ChartOptions()
@@ -2267,6 +2488,7 @@ h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
 p.lead, .muted { color: var(--muted); }
 a { color: var(--accent); }
 .chart svg { width: 100%; height: auto; border: 1px solid var(--border); border-radius: 6px; }
+form.open input { width: min(100%, 34rem); }
 form.options { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
                gap: .75rem; background: var(--card); border: 1px solid var(--border);
                border-radius: 6px; padding: 1rem; margin: 1rem 0; }
@@ -2285,9 +2507,33 @@ h2 { font-size: 1.15rem; margin: 1.5rem 0 .5rem; }
 table.latest { border-collapse: collapse; width: 100%; font-size: .9rem; }
 table.latest th, table.latest td { text-align: left; padding: .3rem .5rem; vertical-align: top;
                                    border-bottom: 1px solid var(--border); }
-table.latest td:last-child { overflow-wrap: anywhere; }
-table.latest td:first-child { white-space: nowrap; }
+table.latest td:nth-child(-n+2) { white-space: nowrap; }
+table.latest td:last-child { overflow-wrap: break-word; }
+.plot { position: relative; }
+.tip { position: absolute; z-index: 1; max-width: min(22rem, 90%); padding: .4rem .6rem;
+       background: var(--card); color: var(--fg); border: 1px solid var(--border);
+       border-radius: 6px; box-shadow: 0 2px 8px rgba(0,0,0,.25); font-size: .9rem;
+       overflow-wrap: break-word; }
+.tip[hidden] { display: none; }
+.tip strong { display: block; }
+@media (max-width: 600px) {
+  /* A row per point is too narrow for three columns: time and value, metadata below. */
+  table.latest thead { display: none; }
+  table.latest tr { display: grid; grid-template-columns: auto 1fr; column-gap: .75rem;
+                    border-bottom: 1px solid var(--border); padding: .3rem 0; }
+  table.latest td { border: 0; padding: 0 .25rem; }
+  table.latest td:nth-child(2) { text-align: right; }
+  table.latest td:last-child { grid-column: 1 / -1; }
+  table.latest td:last-child:empty { display: none; }
+}
 """
+
+#: The form that opens a metric: on the index page, and again on the page saying it is unknown.
+OPEN_FORM = """<form action="{action}" method="get" class="open">
+  <label for="metric-id">Open a metric by its id, or paste any PerfIt link to it</label>
+  <p><input id="metric-id" name="metric-id" required placeholder="metric id or chart URL"
+     value="{value}" autocomplete="off" spellcheck="false"> <button type="submit">Open</button></p>
+</form>"""
 
 INDEX_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -2297,13 +2543,20 @@ INDEX_PAGE = """<!doctype html>
 <h1>PerfIt</h1>
 <p class="lead">A tiny self-hosted tracker of CI performance: CI jobs post how long their steps
 take, and PerfIt keeps the numbers and draws them.</p>
-<form action="m/" method="get">
-  <label for="metric-id">Open a metric by its id</label>
-  <p><input id="metric-id" name="metric-id" required size="26" placeholder="22-character metric id"
-     pattern="[A-Za-z0-9_-]{{22}}"> <button type="submit">Open</button></p>
-</form>
+{open_form}
 <p class="muted">Feed it from CI with the one-file client:
 <code>python perfit.py run -- make test</code>. PerfIt {version}.</p>
+</main></body></html>
+"""
+
+ERROR_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · PerfIt</title><style>{css}</style></head>
+<body><main>
+<h1>{title}</h1>
+<p class="error" role="alert">{message}</p>
+{extra}<p><a href="{home}">PerfIt home</a>{more_links}</p>
 </main></body></html>
 """
 
@@ -2314,7 +2567,8 @@ METRIC_PAGE = """<!doctype html>
 <body><main>
 <h1>{heading}</h1>
 <p class="muted">{subtitle}</p>
-<div class="chart" id="chart" aria-live="polite">{svg}</div>
+<div class="plot"><div class="chart" id="chart" aria-live="polite">{svg}</div>
+<div class="tip" id="tip" role="status" hidden></div></div>
 <p class="error" id="error" role="alert"></p>
 <nav class="formats" aria-label="this view as data">View as:
   <a id="link-svg" href="{base}/svg{query}">SVG</a>
@@ -2370,11 +2624,66 @@ METRIC_PAGE = """<!doctype html>
         if (!r.ok) {{ error.textContent = JSON.parse(body).message; return; }}
         error.textContent = "";
         chart.innerHTML = body;
+        hideTip();
         update(q);
         history.replaceState(null, "", location.pathname + q);
       }});
     }}).catch(function (e) {{ error.textContent = "Could not redraw: " + e; }});
   }}
+  // Tap (or click) near a point: its time, value and metadata in a box, a link clickable.
+  // SVG tooltips (<title>) need a mouse; a finger gets this, within 24 px of the point.
+  var tip = document.getElementById("tip");
+  function hideTip() {{ tip.hidden = true; }}
+  function nearest(e) {{
+    var best = null, bestDistance = 24 * 24;
+    chart.querySelectorAll("circle.point").forEach(function (c) {{
+      var m = c.getScreenCTM();
+      if (!m) return;
+      var cx = c.cx.baseVal.value, cy = c.cy.baseVal.value;
+      var dx = m.a * cx + m.c * cy + m.e - e.clientX, dy = m.b * cx + m.d * cy + m.f - e.clientY;
+      var d = dx * dx + dy * dy;
+      if (d < bestDistance) {{ best = c; bestDistance = d; }}
+    }});
+    return best;
+  }}
+  function showTip(point) {{
+    var title = point.querySelector("title");
+    var lines = title ? title.textContent.split("\\n") : [];
+    var name = ids.length > 1 ? lines.shift() : "";
+    var meta = lines.slice(2).join("\\n");
+    tip.textContent = "";
+    [name, lines[0], lines[1]].forEach(function (text, i) {{
+      if (!text) return;
+      var line = document.createElement(i === 2 ? "strong" : "div");
+      line.textContent = text;
+      tip.appendChild(line);
+    }});
+    if (meta) {{
+      var shown = document.createElement(/^https?:\\/\\/\\S+$/.test(meta) ? "a" : "div");
+      meta.split(new RegExp({url_breaks})).forEach(function (part, i) {{
+        if (i) shown.appendChild(document.createElement("wbr"));
+        shown.appendChild(document.createTextNode(part));
+      }});
+      if (shown.href !== undefined) {{ shown.href = meta; shown.rel = "nofollow noopener"; shown.target = "_blank"; }}
+      tip.appendChild(shown);
+    }}
+    var box = tip.parentNode.getBoundingClientRect(), at = point.getBoundingClientRect();
+    tip.hidden = false;
+    var left = at.left - box.left + at.width / 2 - tip.offsetWidth / 2;
+    tip.style.left = Math.max(0, Math.min(left, box.width - tip.offsetWidth)) + "px";
+    var top = at.top - box.top - tip.offsetHeight - 8;
+    tip.style.top = (top < 0 ? at.bottom - box.top + 8 : top) + "px";
+  }}
+  chart.addEventListener("click", function (e) {{
+    var point = nearest(e);
+    if (!point) {{ hideTip(); return; }}
+    e.preventDefault();  // a point that links somewhere: the box holds the link instead
+    showTip(point);
+  }});
+  document.addEventListener("keydown", function (e) {{ if (e.key === "Escape") hideTip(); }});
+  document.addEventListener("click", function (e) {{
+    if (!chart.contains(e.target) && !tip.contains(e.target)) hideTip();
+  }});
   form.addEventListener("input", function () {{ clearTimeout(timer); timer = setTimeout(redraw, 250); }});
   form.addEventListener("submit", function (e) {{ e.preventDefault(); redraw(); }});
   update(query());
@@ -2434,8 +2743,62 @@ def render_metric_page(
         embed_html=esc(f'<img src="{svg_url}" alt="{names[0]}">'),
         latest=_latest_points(metrics[0]) if len(metrics) == 1 else "",
         ids_json=_script_json(ids),
+        url_breaks=_script_json(URL_BREAKS),
         name_json=_script_json(" · ".join(names)),
     )
+
+
+def render_error_page(err: PerfitError, path: str, query: str, typed: str = "") -> str:
+    """What a browser shows for an error: the message, and a way back.
+
+    Links are relative, so they work behind a proxy that serves PerfIt under a path prefix.
+    A bad chart option links to the same view without options; an unknown metric asked for
+    through the open form gets the form again, holding what was typed.
+    """
+    esc = html.escape
+    home = "../" * (path.count("/") - 1) or "./"
+    here = path.rsplit("/", 1)[-1] or "./"
+    more, extra = "", ""
+    if isinstance(err, BadRequest) and query:
+        more = f' · <a href="{esc(here)}">the same view with its default options</a>'
+    if isinstance(err, NotFound) and path.endswith("/m/"):
+        extra = OPEN_FORM.format(action="", value=esc(typed)) + "\n"
+    try:
+        title = f"{err.status} {http.HTTPStatus(err.status).phrase}"
+    except ValueError:
+        title = str(err.status)
+    return ERROR_PAGE.format(title=esc(title), css=PAGE_CSS, message=esc(err.message),
+                             home=esc(home), more_links=more, extra=extra)  # fmt: skip
+
+
+def prefers_html(accept: str) -> bool:
+    """Whether an Accept header (a browser's) ranks an HTML page at least as high as JSON."""
+    weights: dict[str, float] = {}
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.strip().lower()
+        weights[media] = max(q, weights.get(media, 0.0))
+    wanted = weights.get("text/html", 0.0)
+    return wanted > 0 and wanted >= weights.get("application/json", 0.0)
+
+
+#: Where a long URL may wrap: after a slash (not inside //) or a hyphen (where a browser wraps
+#: anyway), before ? & # = . _ ; never inside a word. Also used by the page's script.
+URL_BREAKS = r"(?<=[/-])(?!/)|(?=[?&#=._])"
+_URL_BREAKS_RE = re.compile(URL_BREAKS)
+
+
+def _breakable(url: str) -> str:
+    """A URL, escaped, with <wbr> where it may wrap (see URL_BREAKS)."""
+    return "<wbr>".join(html.escape(part) for part in _URL_BREAKS_RE.split(url))
 
 
 def _script_json(value: Any) -> str:
@@ -2453,7 +2816,7 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
         meta = series.metadata(i)
         shown = html.escape(meta)
         if _URL_RE.match(meta):
-            shown = f'<a href="{html.escape(meta)}" rel="nofollow noopener">{shown}</a>'
+            shown = f'<a href="{html.escape(meta)}" rel="nofollow noopener">{_breakable(meta)}</a>'
         value = html.escape(format_value(series.values[i], metric.unit))
         rows.append(
             f"<tr><td>{format_time(series.times[i] / US)}</td><td>{value}</td><td>{shown}</td></tr>"
@@ -2505,7 +2868,8 @@ OPENAPI: dict = {
             "metric. Writing needs a bearer token (`Authorization: Bearer <token>`) of the "
             "owning account; tokens are of type root (creates accounts), admin (creates "
             "metrics and tokens of its account, and posts) or post (posts to its account's "
-            'metrics only). Every error is JSON `{"message": "..."}`: 400 malformed input, '
+            'metrics only). Every error is JSON `{"message": "..."}` (a small HTML page instead '
+            "when the Accept header prefers text/html, as a browser's does): 400 malformed input, "
             "401 missing or unknown token, 403 token not allowed to do this, 404 unknown "
             "metric, route or format, 405 wrong method on a known path, 413 body too large "
             "(64 KiB; 4 MiB for /points), 429 rate limited (with Retry-After), 507 the store "
@@ -2669,7 +3033,7 @@ OPENAPI: dict = {
             "post": {
                 "operationId": "importPoints",
                 "summary": "Backfill or import points with their own times (admin token of the metric's account).",
-                "description": "All or nothing; answered once the points are durable. More than 10,000 points, or a body over 4 MiB, is a 413.",
+                "description": "All or nothing; answered once the points are durable. Points already stored (the same time, value and metadata) are not added again, so importing a file twice adds it once. More than 10,000 points, or a body over 4 MiB, is a 413.",
                 "security": [{"bearer": []}],
                 "parameters": [{"$ref": "#/components/parameters/MetricId"}],
                 "requestBody": {
@@ -2699,10 +3063,10 @@ OPENAPI: dict = {
                         "name": "format",
                         "in": "path",
                         "required": True,
-                        "description": "html: the page; svg: the chart; json: the points; csv: t,v,m rows with a header line; badge.svg: a small badge with the latest value; changes: the change points (threshold option). Any other is a 404.",
+                        "description": "html: the page; svg: the chart; json: the points; csv: t,v,m rows with a header line; badge.svg: a small badge with the latest value; changes: the change points (threshold option); info: the metric's name, unit and how many points it has. Any other is a 404.",
                         "schema": {
                             "type": "string",
-                            "enum": ["html", "svg", "json", "csv", "badge.svg", "changes"],
+                            "enum": ["html", "svg", "json", "csv", "badge.svg", "changes", "info"],
                         },
                     },
                     {"$ref": "#/components/parameters/Title"},
@@ -2731,6 +3095,7 @@ OPENAPI: dict = {
                                     "anyOf": [
                                         {"$ref": "#/components/schemas/Points"},
                                         {"$ref": "#/components/schemas/Changes"},
+                                        {"$ref": "#/components/schemas/Info"},
                                         {
                                             "type": "object",
                                             "description": "Several metrics: the points of each, by id.",
@@ -3049,6 +3414,11 @@ OPENAPI: dict = {
                         "maxLength": 256,
                         "description": "At most 256 bytes of UTF-8, typically a git sha or a job URL.",
                     },
+                    "unit": {
+                        "type": "string",
+                        "maxLength": 32,
+                        "description": "The value's unit. A duration (ns, us, ms, s, min, h) is stored in the metric's own unit of time; any other unit must be the metric's.",
+                    },
                 },
             },
             "Posted": {
@@ -3080,8 +3450,48 @@ OPENAPI: dict = {
             },
             "Added": {
                 "type": "object",
-                "required": ["added"],
-                "properties": {"added": {"type": "integer", "minimum": 0}},
+                "required": ["added", "existing"],
+                "properties": {
+                    "added": {"type": "integer", "minimum": 0},
+                    "existing": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Points already stored (same time, value and metadata), not added again.",
+                    },
+                },
+            },
+            "Info": {
+                "type": "object",
+                "required": [
+                    "metric_id",
+                    "name",
+                    "unit",
+                    "description",
+                    "better",
+                    "created",
+                    "points",
+                    "first",
+                    "last",
+                ],
+                "properties": {
+                    "metric_id": {"$ref": "#/components/schemas/Id"},
+                    "name": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "description": {"type": "string"},
+                    "better": {"type": "string", "enum": ["lower", "higher"]},
+                    "created": {"type": "integer", "description": "Unix seconds."},
+                    "points": {"type": "integer", "minimum": 0},
+                    "first": {
+                        "type": "integer",
+                        "nullable": True,
+                        "description": "Unix seconds of the oldest point; null without points.",
+                    },
+                    "last": {
+                        "type": "integer",
+                        "nullable": True,
+                        "description": "Unix seconds of the newest point.",
+                    },
+                },
             },
             "Points": {
                 "type": "array",
@@ -3120,8 +3530,16 @@ OPENAPI: dict = {
             },
             "Health": {
                 "type": "object",
-                "required": ["ok"],
-                "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"}},
+                "required": ["ok", "compression"],
+                "properties": {
+                    "ok": {"type": "boolean"},
+                    "compression": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "The zstd that seals full logs, or null: none imports, and logs stay uncompressed.",
+                    },
+                    "message": {"type": "string", "description": "What is wrong, if anything."},
+                },
             },
         },
     },
@@ -3151,10 +3569,19 @@ def json_response(doc: Any, status: int = 200, headers: dict | None = None) -> b
 
 
 def error_response(err: PerfitError) -> bottle.HTTPResponse:
+    """The answer to a failed request: JSON {"message"}, or a small page for a browser."""
+    import bottle
+
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    return json_response({"message": err.message}, err.status, headers)
+    request = bottle.request
+    if not prefers_html(request.environ.get("HTTP_ACCEPT", "")):
+        return json_response({"message": err.message}, err.status, headers)
+    typed = request.query.getunicode("metric-id", "") or ""
+    page = render_error_page(err, request.path, request.query_string, typed)
+    headers["Content-Type"] = "text/html; charset=utf-8"
+    return bottle.HTTPResponse(page, err.status, headers)
 
 
 def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
@@ -3272,10 +3699,12 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         body = read_json_body(bottle.request.environ)
         if body is None:
             raise BadRequest('the body must be a JSON object like {"value": 12.5}')
-        body = body_object(body, ("value", "metadata"))
+        body = body_object(body, ("value", "metadata", "unit"))
         if "value" not in body:
             raise BadRequest("missing field 'value'")
         value = check_value(body["value"])
+        if "unit" in body:
+            value = in_metric_unit(value, check_text(body["unit"], "unit", MAX_UNIT_BYTES), metric)
         metadata = check_text(body.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
         t = store.add_point(metric.id, value, metadata)
         return json_response({"t": t // US})
@@ -3285,8 +3714,8 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     def post_points(metric_id: str) -> Any:
         metric = owned_metric(metric_id, caller("admin"))
         body = read_json_body(bottle.request.environ, MAX_POINTS_BODY_BYTES)
-        batch = parse_import(body, time.time())
-        return json_response({"added": store.add_points(metric.id, batch)})
+        added, existing = store.import_points(metric.id, parse_import(body, time.time()))
+        return json_response({"added": added, "existing": existing})
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -3294,7 +3723,8 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     @handled
     def index() -> str:
         bottle.response.content_type = "text/html; charset=utf-8"
-        return INDEX_PAGE.format(css=PAGE_CSS, version=__version__)
+        form = OPEN_FORM.format(action="m/", value="")
+        return INDEX_PAGE.format(css=PAGE_CSS, version=__version__, open_form=form)
 
     @app.get("/openapi.json")
     @handled
@@ -3304,16 +3734,23 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     @app.get("/healthz")
     @handled
     def healthz() -> Any:
-        if store.writable():
-            return json_response({"ok": True})
-        return json_response({"ok": False, "message": "the store is not writable"}, 503)
+        health: dict[str, Any] = {"ok": store.writable()}
+        health["compression"] = store.zstd.name if store.zstd else None
+        if not health["ok"]:
+            health["message"] = "the store is not writable"
+        elif store.zstd is None:
+            health["message"] = f"logs stay uncompressed: {store.zstd_missing}; {ZSTD_FIX}"
+        return json_response(health, 200 if health["ok"] else 503)
 
     @app.get("/m/")
     @handled
     def find_metric() -> Any:
-        text = bottle.request.query.getunicode("metric-id", "").strip()
-        metric = metric_or_404(text)
-        raise bottle.HTTPResponse(status=303, headers={"Location": b64encode(metric.id)})
+        text = query().get("metric-id", "")
+        ids, options = metric_link(text)
+        for text_id in ids:
+            metric_or_404(text_id)
+        location = ",".join(ids) + ("?" + urllib.parse.urlencode(options) if options else "")
+        raise bottle.HTTPResponse(status=303, headers={"Location": location})
 
     @app.get("/m/<name>")
     @handled
@@ -3372,6 +3809,14 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
                              badge_state(recent, metric.better))  # fmt: skip
         return cached(badge, "image/svg+xml; charset=utf-8", q)
 
+    def view_info(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
+        metric = metrics[0]
+        count, first, last = metric.series.span()
+        doc = {k: v for k, v in metric.to_json().items() if k != "account_id"}
+        doc.update(points=count, first=None if first is None else first // US,
+                   last=None if last is None else last // US)  # fmt: skip
+        return cached(json.dumps(doc, separators=(",", ":")), "application/json", q)
+
     def view_changes(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
         threshold = parse_threshold(q.get("threshold", ""))
         found = metric_changes(
@@ -3401,19 +3846,48 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
         "csv": view_csv,
         "badge.svg": view_badge,
         "changes": view_changes,
+        "info": view_info,
     }
     OVERLAY_VIEWS = ("html", "svg", "json")
 
     # -- errors bottle raises itself (no route, wrong method, a bug) --------------------------------
 
-    def default_error(res: bottle.HTTPError) -> str:
+    def default_error(res: bottle.HTTPError) -> Any:
         messages = {404: "no such route", 405: "method not allowed", 500: "internal server error"}
-        bottle.response.content_type = "application/json"
-        message = messages.get(res.status_code, res.status_line)
-        return json.dumps({"message": message}, separators=(",", ":"))
+        err = PerfitError(messages.get(res.status_code, res.status_line))
+        err.status = res.status_code
+        answer = error_response(err)
+        bottle.response.content_type = answer.content_type
+        return answer.body
 
     app.default_error_handler = default_error
     return app
+
+
+_LINKED_IDS_RE = re.compile(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
+
+
+def metric_link(text: str) -> tuple[list[str], dict[str, str]]:
+    """The metric ids, and the chart options, of what was typed into the open form.
+
+    That is an id, or any PerfIt link to a metric: its page, chart, badge or data, with or
+    without options (https://perfit.example/m/ID.svg?start-rel=30d keeps its 30 days).
+    """
+    text = text.strip()
+    if decode_id(text) is not None:
+        return [text], {}
+    found = _LINKED_IDS_RE.search(urllib.parse.urlsplit(text).path)
+    if found is None:
+        raise NotFound(f"no metric id in {text[:100]!r}: paste an id (22 characters) or a "
+                       "link to a metric's page or chart")  # fmt: skip
+    query = urllib.parse.parse_qsl(urllib.parse.urlsplit(text).query)
+    options = {k: v for k, v in query if k in CHART_QUERY_OPTIONS and v.strip()}
+    return list(dict.fromkeys(found.group(1).split(","))), options
+
+
+#: The query options a chart view takes (what a pasted link may carry over to the page).
+CHART_QUERY_OPTIONS = ("title", "x-label", "y-label", "start-fixed", "end-fixed",
+                       "start-rel", "end-rel", "min", "max")  # fmt: skip
 
 
 def cache_control(query: dict[str, str], now: float) -> str:
@@ -3426,14 +3900,13 @@ def cache_control(query: dict[str, str], now: float) -> str:
 
 
 def chart_document(metrics: Sequence[Metric], opts: ChartOptions) -> str:
-    """The SVG chart of one or more metrics over the options' range; one metric's changes."""
+    """The SVG chart of one or more metrics over the options' range, with their changes."""
     snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
     t0, t1 = chart_range(snapshots, opts)
     series = [chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
-    if len(metrics) == 1:
-        times = snapshots[0].times
-        changes = metric_changes(metrics[0], snapshots[0])
-        series[0].changes = [(times[c.index] / US, c) for c in changes]
+    for metric, snapshot, drawn in zip(metrics, snapshots, series):
+        found = metric_changes(metric, snapshot)
+        drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
     return render_chart(series, opts, t0, t1)
 
 
@@ -3640,6 +4113,15 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request, retrying what is safe to retry; return the decoded JSON answer."""
+        return _decode_answer(self.server + path, self.fetch(method, path, body))
+
+    def fetch(self, method: str, path: str, body: Any = None) -> bytes:
+        """The raw answer to one request, retried with backoff while that is safe and can help.
+
+        The first retry is announced on stderr (a CI log should not sit silent for the whole
+        timeout). What cannot heal fails at once: a 4xx, a name that does not resolve, a
+        certificate that does not verify, a write that may have been stored.
+        """
         url = self.server.rstrip("/") + path
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Accept": "application/json", "User-Agent": f"perfit/{__version__}"}
@@ -3654,7 +4136,7 @@ class Client:
             remaining = deadline - time.monotonic()
             try:
                 with opener.open(request, timeout=max(remaining, 0.1)) as answer:
-                    return _decode_answer(url, answer.read())
+                    return answer.read()
             except urllib.error.HTTPError as e:
                 message = _server_message(e)
                 if e.code < 500 and e.code != 429:
@@ -3665,6 +4147,7 @@ class Client:
                 failure, delay = f"{e.code} {message}", _retry_after(e)
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
+                _fail_if_hopeless(self.server, reason)
                 if not _safe_to_retry(method, reason):
                     raise SendFailed(
                         f"{method} {url}: {reason} (not retried: it may have arrived)"
@@ -3675,15 +4158,31 @@ class Client:
                 raise SendFailed(
                     f"could not reach {self.server} within {self.timeout:g}s: {failure}"
                 )
+            if attempt == 0:
+                print(f"perfit: {method} {url}: {failure}; retrying for up to "
+                      f"{deadline - time.monotonic():.0f}s (--timeout, ${ENV_TIMEOUT})",
+                      file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fail_if_hopeless(server: str, reason: object) -> None:
+    """Fail at once where waiting cannot help: a typo in the host, a certificate that lies."""
+    host = urllib.parse.urlsplit(server).hostname
+    if isinstance(reason, socket.gaierror):
+        raise SendFailed(f"cannot resolve the server's name {host!r}: {reason.strerror}; "
+                         f"check --server (${ENV_SERVER})") from None  # fmt: skip
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        raise SendFailed(f"the certificate of {host} does not verify: "
+                         f"{reason.verify_message or reason}") from None  # fmt: skip
 
 
 def _decode_answer(url: str, raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else None
     except ValueError:
-        raise SendFailed(f"the answer from {url} is not JSON: is it a PerfIt server?") from None
+        # Reached, but not a PerfIt server (a login page, a proxy): check --server.
+        raise ServerSaidNo(f"the answer from {url} is not JSON: is it a PerfIt server?") from None
 
 
 def _server_message(e: urllib.error.HTTPError) -> str:
@@ -3706,7 +4205,7 @@ def _safe_to_retry(method: str, reason: object) -> bool:
     if method == "GET":
         return True
     # A write whose connection never opened cannot have arrived; one that timed out might have.
-    return isinstance(reason, (ConnectionRefusedError, socket.gaierror, FileNotFoundError))
+    return isinstance(reason, (ConnectionRefusedError, FileNotFoundError))
 
 
 def server_url(text: str) -> str:
@@ -3732,15 +4231,21 @@ def server_url(text: str) -> str:
 
 EPILOG = """\
 examples:
-  perfit serve                                   # server on 127.0.0.1:5050, data in ./perfit-data
-  perfit account new --access-token ROOT         # a new account and its admin token
-  perfit metric new --name "unit tests" --unit s # with PERFIT_ACCESS_TOKEN set to an admin token
-  perfit token new --type post                   # a token CI can only post with
-  perfit run --metric ID -- make test            # time `make test`, post the seconds
+  perfit serve                             # server on 127.0.0.1:5050, data in ./perfit-data
+  export PERFIT_SERVER=https://perfit.example
+  PERFIT_ACCESS_TOKEN=$ROOT perfit account new   # a new account and its admin token
+  export PERFIT_ACCESS_TOKEN=<admin token>
+  perfit metric new --name "unit tests" --unit s
+  perfit token new --type post             # a token CI can only post with
+  PERFIT_METRIC=<id> perfit run -- make test   # in CI: time `make test`, post its duration
 
-client options may come from the environment: PERFIT_SERVER, PERFIT_ACCESS_TOKEN,
-PERFIT_METRIC, PERFIT_METADATA. Exit codes: 0 ok, 1 the server said no, 2 usage error;
-`run` exits with the command's own code.
+Tokens belong in the environment, not on the command line (where `ps` shows them).
+Client settings: PERFIT_SERVER, PERFIT_ACCESS_TOKEN, PERFIT_METRIC, PERFIT_METADATA,
+PERFIT_TIMEOUT; the server's: PERFITD_LISTEN, PERFITD_DATA, PERFITD_ROOT_ACCESS_TOKEN.
+
+exit codes: 0 ok; 1 the server said no (message on stderr); 2 usage error;
+3 regressed (`metric check`); 4 the server could not be reached within --timeout;
+`run` exits with the command's own code, whatever happened to the post.
 """
 
 
@@ -3782,9 +4287,10 @@ def _client_options(metric: bool = False, metadata: bool = False) -> argparse.Ar
                        help=f"PerfIt server (${ENV_SERVER}; default {DEFAULT_SERVER})")  # fmt: skip
     group.add_argument("--access-token", default=env.get(ENV_ACCESS_TOKEN), metavar="TOKEN",
                        help=f"access token (${ENV_ACCESS_TOKEN})")  # fmt: skip
-    group.add_argument("--timeout", type=_non_negative(float), default=DEFAULT_TIMEOUT,
-                       metavar="SECONDS", help="give up after this long, retries included "
-                       f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    group.add_argument("--timeout", type=_non_negative(float),
+                       default=env.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up after this long, retries included (${ENV_TIMEOUT}; "
+                       f"default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     if metric:
         group.add_argument("--metric", default=env.get(ENV_METRIC), metavar="ID",
                            help=f"metric id (${ENV_METRIC})")  # fmt: skip
@@ -3817,6 +4323,32 @@ def _group(commands: Any, name: str, help: str) -> Any:
     )
 
 
+def _range_options() -> argparse.ArgumentParser:
+    """The time range of a chart (its query options), for the commands that read points."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("range (as on a chart; a relative bound wins)")
+    for option, example in RANGE_OPTIONS.items():
+        group.add_argument(f"--{option}", metavar="WHEN", help=f"e.g. {example}")
+    return parent
+
+
+#: The chart's range options, as command-line options of the commands that read points.
+RANGE_OPTIONS = {
+    "start-rel": "30d: points newer than 30 days",
+    "end-rel": "1h: points older than an hour",
+    "start-fixed": "2026-11-01T00:00:00Z",
+    "end-fixed": "2026-11-30T00:00:00Z",
+}
+
+
+def _range_query(args: argparse.Namespace, **more: str) -> str:
+    """The query string of the range options given (and `more`), "" when there are none."""
+    options = {k: getattr(args, k.replace("-", "_")) for k in RANGE_OPTIONS}
+    options.update(more)
+    given = {k: v for k, v in options.items() if v}
+    return "?" + urllib.parse.urlencode(given) if given else ""
+
+
 def _data_option() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA, metavar="DIR",
@@ -3825,7 +4357,16 @@ def _data_option() -> argparse.ArgumentParser:
 
 
 def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser("serve", parents=[_data_option()], help="run the server")
+    serve = commands.add_parser(
+        "serve",
+        parents=[_data_option()],
+        help="run the server",
+        description="Run the PerfIt server. The root access token (it creates accounts) is "
+        f"${ENV_ROOT_TOKEN} if set; otherwise one is made on first start and printed once, "
+        f"and only its hash is kept, in <data>/{ROOT_TOKEN_FILE} (delete it and restart for "
+        "a new one). Needs bottle and svgwrite; zstd (Python 3.14+, or zstandard) to "
+        "compress full logs.",
+    )
     serve.add_argument("--listen", default=os.environ.get(ENV_LISTEN) or DEFAULT_LISTEN,
                        metavar="HOST:PORT", help=f"address to listen on (${ENV_LISTEN}; "
                        f"default {DEFAULT_LISTEN}; port 0 picks a free one)")  # fmt: skip
@@ -3887,12 +4428,19 @@ def _add_metric(commands: Any) -> None:
     new.add_argument("--better", choices=BETTER_CHOICES,
                      help="which way is an improvement (default lower, as for durations)")  # fmt: skip
     new.set_defaults(func=cmd_metric_new)
-    get = metric.add_parser("get", parents=[_client_options(metric=True)],
-                            help="print the metric's data points as JSON")  # fmt: skip
+    get = metric.add_parser(
+        "get",
+        parents=[_client_options(metric=True), _range_options()],
+        help="print the metric's data points",
+        description="Print the metric's data points, oldest first: a table on a terminal, "
+        "JSON (one point a line) when piped, or what --format asks for.",
+    )
+    get.add_argument("--format", choices=GET_FORMATS, help="table, json or csv "
+                     "(default: table on a terminal, json otherwise)")  # fmt: skip
     get.set_defaults(func=cmd_metric_get)
     check = metric.add_parser(
         "check",
-        parents=[_client_options(metric=True)],
+        parents=[_client_options(metric=True), _range_options()],
         help="report change points; exit 3 while the metric is regressed",
         description="Print the metric's change points (steps in its typical level) and exit 3 "
         "while its newest change point is a regression, 0 otherwise, 1 when the server says "
@@ -3901,8 +4449,6 @@ def _add_metric(commands: Any) -> None:
     check.add_argument("--threshold", type=_non_negative(float), metavar="X",
                        help="smallest relative step reported (default "
                        f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)")  # fmt: skip
-    check.add_argument("--start-rel", metavar="DURATION",
-                       help="only look at points newer than this, e.g. 30d")  # fmt: skip
     check.set_defaults(func=cmd_metric_check)
     imports = metric.add_parser(
         "import",
@@ -3987,54 +4533,85 @@ def cmd_metric_new(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+GET_FORMATS = ("table", "json", "csv")
+
+
 def cmd_metric_get(args: argparse.Namespace) -> int:
-    _print_json(_reader(args).call("GET", _metric_path(args) + "/json"))
+    client, path, query = _reader(args), _metric_path(args), _range_query(args)
+    shown = args.format or ("table" if sys.stdout.isatty() else "json")
+    if shown == "csv":
+        sys.stdout.write(client.fetch("GET", f"{path}/csv{query}").decode("utf-8"))
+        return EXIT_OK
+    points = client.call("GET", f"{path}/json{query}")
+    if shown == "json":
+        # One point a line: valid JSON for jq, and still readable through `head` or `grep`.
+        print("[" + ",\n ".join(json.dumps(p, ensure_ascii=False) for p in points) + "]")
+        return EXIT_OK
+    print(points_table(points, client.call("GET", f"{path}/info")))
     return EXIT_OK
 
 
+def points_table(points: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """Points as a person reads them on a terminal: time, value with its unit, metadata."""
+    unit = info.get("unit") or ""
+    values = [format_value(p["v"], unit) for p in points]
+    width = max(map(len, ["value", *values]))
+    lines = [f"{'time (UTC)':<20}  {'value':>{width}}  metadata"]
+    for point, value in zip(points, values):
+        lines.append(f"{format_time(point['t'])}  {value:>{width}}  {point.get('m', '')}".rstrip())
+    name = info.get("name") or info.get("metric_id", "")
+    lines.append(f"{len(points)} point(s) of {name}" + (f", in {unit}" if unit else ""))
+    return "\n".join(lines)
+
+
 def cmd_metric_check(args: argparse.Namespace) -> int:
-    options = {}
-    if args.threshold is not None:
-        options["threshold"] = repr(args.threshold)
-    if args.start_rel:
-        options["start-rel"] = args.start_rel
-    query = "?" + urllib.parse.urlencode(options) if options else ""
-    changes = _reader(args).call("GET", f"{_metric_path(args)}/changes{query}")
-    print(change_report(args.metric, changes))
+    client, path = _reader(args), _metric_path(args)
+    threshold = {"threshold": repr(args.threshold)} if args.threshold is not None else {}
+    changes = client.call("GET", f"{path}/changes{_range_query(args, **threshold)}")
+    unit = client.call("GET", f"{path}/info").get("unit", "")
+    print(change_report(args.metric, changes, unit))
     regressed = bool(changes) and changes[-1]["kind"] == "regression"
     return EXIT_REGRESSED if regressed else EXIT_OK
 
 
-def change_report(metric: str, changes: list[dict[str, Any]]) -> str:
+def change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
     """A few lines a person reads in a CI log: each change point, then the verdict."""
     if not changes:
         return f"{metric}: no change points: the level is steady"
     lines = [f"{metric}: {len(changes)} change point(s), oldest first:"]
     for c in changes:
-        lines.append(
-            f"  {format_time(c['t'])}  {c['kind']:<11} {c['change'] * 100:+7.1f} %  "
-            f"(median {format_number(c['before'])} -> {format_number(c['after'])}, point {c['index']})"
-        )
+        before, after = format_value(c["before"], unit), format_value(c["after"], unit)
+        lines.append(f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change']):>8}  "
+                     f"(median {before} -> {after}, point {c['index']})")  # fmt: skip
     newest = changes[-1]
     verdict = "REGRESSED" if newest["kind"] == "regression" else "ok"
     lines.append(f"{metric}: {verdict}: the newest change is a {newest['kind']} "
-                 f"of {newest['change'] * 100:+.1f} %")  # fmt: skip
+                 f"of {_percent(newest['change'])}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _percent(change: float | None) -> str:
+    """A relative change as a percentage; None is a change from a level of zero."""
+    return "from 0" if change is None else f"{change * 100:+.1f} %"
 
 
 def cmd_metric_import(args: argparse.Namespace) -> int:
     path = _metric_path(args)
     client = _client(args)
     points = read_points_file(args.file)
-    sent = 0
+    added = existing = 0
     for i in range(0, len(points), MAX_IMPORT_POINTS):
         batch = points[i : i + MAX_IMPORT_POINTS]
         try:
-            sent += client.call("POST", path + "/points", batch)["added"]
+            answer = client.call("POST", path + "/points", batch)
         except PerfitError as err:
-            raise type(err)(f"{err.message} (after {sent} points were imported)") from None
-        print(f"perfit: imported {sent}/{len(points)} points", file=sys.stderr, flush=True)
-    print(json.dumps({"added": sent}))
+            err.args = (f"{err.message} (after {added + existing} of {len(points)} points: "
+                        f"{added} added; importing the file again adds only the rest)",)  # fmt: skip
+            raise
+        added, existing = added + answer["added"], existing + answer.get("existing", 0)
+        print(f"perfit: imported {added + existing}/{len(points)} points: {added} new, "
+              f"{existing} already there", file=sys.stderr, flush=True)  # fmt: skip
+    print(json.dumps({"added": added, "existing": existing}))
     return EXIT_OK
 
 
@@ -4079,18 +4656,12 @@ def _csv_points(text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _need_zstandard() -> None:
-    try:
-        import zstandard  # noqa: F401 - segments cannot be read without it
-    except ImportError:
-        raise UsageError("this command reads compressed segments: pip install zstandard") from None
-
-
 def _data_to_read(args: argparse.Namespace) -> str:
-    """--data of a store command: an existing directory, and zstandard to read its segments."""
-    _need_zstandard()
+    """--data of a store command: an existing directory, and zstd if it holds segments."""
     if not os.path.isdir(args.data):
         raise UsageError(f"no data directory at {args.data}")
+    if DataFiles.list(args.data).segments:
+        need_zstd()
     return args.data
 
 
@@ -4118,9 +4689,11 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _post_point(args: argparse.Namespace, value: float) -> Any:
+def _post_point(args: argparse.Namespace, value: float, unit: str | None = None) -> Any:
     path = _metric_path(args)
-    body = {"value": value}
+    body: dict[str, Any] = {"value": value}
+    if unit:
+        body["unit"] = unit  # the server converts it to the metric's own unit
     if args.metadata:
         body["metadata"] = args.metadata
     return _client(args).call("POST", path, body)
@@ -4139,11 +4712,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _client(args), _metric_path(args)  # say now, not after a 30-minute job
         unsendable = None
     except UsageError as err:
-        unsendable = err.message
-        print(f"perfit: {unsendable}; the duration will not be posted", file=sys.stderr)
+        unsendable = err
+        print(f"perfit: {err.message}; the duration will not be posted", file=sys.stderr)
     started = time.monotonic()
     try:
-        code = _run_child(command)
+        code, stopped_by = _run_child(command)
     except FileNotFoundError:
         print(f"perfit: error: command not found: {command[0]}", file=sys.stderr)
         return 127
@@ -4151,44 +4724,95 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"perfit: error: permission denied: {command[0]}", file=sys.stderr)
         return 126
     elapsed = time.monotonic() - started
+    if stopped_by:
+        print(f"perfit: passed {stopped_by} on to {command[0]} (exit {code}); "
+              "not posting its time", file=sys.stderr)  # fmt: skip
+        return code
     if code != 0 and not args.send_on_failure:
         print(f"perfit: {command[0]} failed (exit {code}); not posting its time "
               "(--send-on-failure would)", file=sys.stderr)  # fmt: skip
         return code
     if unsendable:
-        return EXIT_REFUSED if args.fail_on_send_failure else code
+        return unsendable.exit_code if args.fail_on_send_failure else code
     try:
-        _post_point(args, round(elapsed, 3))  # milliseconds: plenty for a CI step
+        _post_point(args, round(elapsed, 6), unit="s")
     except PerfitError as err:
         print(f"perfit: could not post the duration: {err.message}", file=sys.stderr)
-        return EXIT_REFUSED if args.fail_on_send_failure else code
-    print(f"perfit: {command[0]} took {elapsed:.3f} s; posted to {args.metric}", file=sys.stderr)
+        return err.exit_code if args.fail_on_send_failure else code
+    print(f"perfit: {command[0]} took {format_duration(elapsed)}; posted to {args.metric}",
+          file=sys.stderr)  # fmt: skip
     return code
 
 
-def _run_child(command: list[str]) -> int:
-    """Run command to its end; its exit code, or 128+N when signal N killed it (as shells do)."""
-    child = subprocess.Popen(command)
-    while True:
+#: Signals `run` passes on to its command: what CI runners send a job they cancel.
+FORWARDED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)  # Windows has no SIGHUP
+
+
+def _run_child(command: list[str]) -> tuple[int, str]:
+    """Run command to its end, passing on the signals that would stop us.
+
+    Returns its exit code (128+N when signal N killed it, as shells say) and the name of the
+    signal passed on, if one was. A Ctrl-C in a terminal reaches the command by itself (the
+    whole foreground group gets it), so that one is not passed on a second time.
+    """
+    in_terminal = _in_terminal_foreground()
+    child: list[subprocess.Popen] = []
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if child and not (signum == signal.SIGINT and in_terminal):
+            with contextlib.suppress(ProcessLookupError):
+                child[0].send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        child.append(subprocess.Popen(command))
+        if received:  # a signal came while the command was starting: it gets it now
+            child[0].send_signal(received[-1])
+        code = child[0].wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped_by = signal.Signals(received[-1]).name if received else ""
+    return (128 - code if code < 0 else code), stopped_by
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether we run in a terminal's foreground process group (where Ctrl-C goes to all)."""
+    for stream in (sys.stdin, sys.stderr):
         try:
-            code = child.wait()
-            break
-        except KeyboardInterrupt:
-            continue  # the child got the same Ctrl-C; wait for it to finish and report it
-    return 128 - code if code < 0 else code
+            if stream is not None and stream.isatty():
+                return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+        except (OSError, ValueError, AttributeError):  # AttributeError: no process groups
+            continue
+    return False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Everything that can fail comes before a root token is made: one printed by a start that
+    # then fails (port in use, a module missing) would be lost, and the next start makes none.
     host, port = parse_listen(args.listen)
+    chosen_root = _root_token_from_env()
+    check_server_dependencies()
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
     try:
-        store.root_token_hash = _root_token_hash(args.data)
         config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
         try:
             server = make_server(host, port, make_app(store, config), args.max_connections)
         except OSError as e:
-            raise PerfitError(f"cannot listen on {args.listen}: {e.strerror}") from e
+            raise PerfitError(f"cannot listen on {args.listen}: {e.strerror or e}") from e
+        try:
+            store.root_token_hash = chosen_root or _root_token_hash(args.data)
+        except BaseException:
+            server.server_close()
+            raise
+        if store.zstd is None:
+            log.warning("no zstd: %s; full logs stay uncompressed (%s)",
+                        store.zstd_missing, ZSTD_FIX)  # fmt: skip
 
         def stop(signum: int, frame: Any) -> None:
             # shutdown() waits for serve_forever() to return, so it must run on another thread.
@@ -4210,18 +4834,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _root_token_hash(data: str) -> bytes:
-    """The root token's hash: of $PERFITD_ROOT_ACCESS_TOKEN, or of one made on first start.
+#: What `perfit serve` imports besides the standard library (zstd is optional: see find_zstd).
+SERVER_MODULES = ("bottle", "svgwrite")
 
-    A generated token is printed once and only its SHA-256 is kept (<data>/root-token.sha256),
-    so nothing in the data directory or its backups can be used to log in. Lost it? Delete
-    that file and restart: a new one is made and printed.
-    """
+
+def check_server_dependencies() -> None:
+    """Import the server's modules now: a missing one is a line naming the fix, no traceback."""
+    missing = []
+    for name in SERVER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependency(
+            f"the server needs {' and '.join(missing)}, which this Python cannot import: "
+            "pip install bottle svgwrite zstandard (or pip install . in a clone of PerfIt)"
+        )
+
+
+def _root_token_from_env() -> bytes | None:
+    """The hash of $PERFITD_ROOT_ACCESS_TOKEN, if the operator chose one (checked first)."""
     token = os.environ.get(ENV_ROOT_TOKEN, "").strip()
-    if token:
-        if len(token) < MIN_ROOT_TOKEN_CHARS:
-            raise UsageError(f"{ENV_ROOT_TOKEN} is too short; use `perfit token gen` to make one")
-        return hash_token(token)
+    if not token:
+        return None
+    if len(token) < MIN_ROOT_TOKEN_CHARS:
+        raise UsageError(f"{ENV_ROOT_TOKEN} is too short; use `perfit token gen` to make one")
+    return hash_token(token)
+
+
+def _root_token_hash(data: str) -> bytes:
+    """The hash of the root token made on first start (and printed then, once).
+
+    Only its SHA-256 is kept (<data>/root-token.sha256), so nothing in the data directory or
+    its backups can be used to log in. Lost it? Delete that file and restart: a new one is
+    made and printed.
+    """
     path = os.path.join(data, ROOT_TOKEN_FILE)
     _migrate_plain_root_token(data, path)
     with contextlib.suppress(FileNotFoundError), open(path, encoding="ascii") as f:
@@ -4245,7 +4893,7 @@ def _migrate_plain_root_token(data: str, hashed: str) -> None:
 
 
 def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(text)
         f.flush()
@@ -4267,12 +4915,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
     except PerfitError as err:
         print(f"perfit: error: {err.message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`perfit metric get | head`): it has what it wanted. Point
+        # stdout at /dev/null so the flush at exit does not complain about it either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

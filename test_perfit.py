@@ -7,9 +7,11 @@ reading (JSON, CSV, SVG, pages), chart options, errors, rate limiting, and the c
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import csv
 import html
+import importlib
 import io
 import json
 import os
@@ -20,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -198,12 +201,21 @@ def _pump(stream: io.TextIOBase, sink: list[str], lines: queue.Queue | None) -> 
         lines.put(None)
 
 
-def start_server(data: Path, *args: str, root: str | None = ROOT) -> Server:
-    """Starts a server on a free loopback port and waits for its 'listening on' line."""
-    env = clean_env()
+def start_server(
+    data: Path,
+    *args: str,
+    root: str | None = ROOT,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Starts a server on a free loopback port and waits for its 'listening on' line.
+
+    `flags` go to the interpreter (`-S`: no site-packages), `env` adds to the environment.
+    """
+    env = clean_env(**(env or {}))
     if root is not None:
         env["PERFITD_ROOT_ACCESS_TOKEN"] = root
-    cmd = [sys.executable, PERFIT, "serve", "--listen", "127.0.0.1:0", "--data", str(data)]
+    cmd = [sys.executable, *flags, PERFIT, "serve", "--listen", "127.0.0.1:0", "--data", str(data)]
     if "--rate-limit" not in args:
         cmd += ["--rate-limit", "0"]
     proc = subprocess.Popen(
@@ -237,8 +249,10 @@ def start_server(data: Path, *args: str, root: str | None = ROOT) -> Server:
 
 
 @contextlib.contextmanager
-def running_server(data: Path, *args: str, root: str | None = ROOT) -> Iterator[Server]:
-    server = start_server(data, *args, root=root)
+def running_server(
+    data: Path, *args: str, root: str | None = ROOT, **kwargs: Any
+) -> Iterator[Server]:
+    server = start_server(data, *args, root=root, **kwargs)
     try:
         yield server
     finally:
@@ -350,7 +364,7 @@ def metric(url: str, account: Account) -> str:
 
 
 def test_healthz_says_ok(url: str) -> None:
-    assert ok_json("GET", f"{url}/healthz") == {"ok": True}
+    assert ok_json("GET", f"{url}/healthz")["ok"] is True
 
 
 def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
@@ -425,7 +439,7 @@ def test_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> 
         assert second.returncode != 0
         assert "in use" in second.stderr.lower()
         assert "Traceback" not in second.stderr
-        assert ok_json("GET", f"{first.url}/healthz") == {"ok": True}
+        assert ok_json("GET", f"{first.url}/healthz")["ok"] is True
 
 
 def test_every_acknowledged_point_survives_sigkill(tmp_path: Path) -> None:
@@ -491,6 +505,101 @@ def test_points_survive_a_clean_restart(tmp_path: Path) -> None:
         # The account's tokens still work after the restart.
         assert post_point(srv.url, mid, acc.post, 3.5)[0] == 200
         assert new_metric(srv.url, acc.admin)
+
+
+def test_a_start_that_fails_makes_no_root_token_and_the_next_start_prints_one(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = cli("serve", "--data", str(tmp_path), "--listen", f"127.0.0.1:{port}")
+    assert_said_no(proc, 1)
+    assert "cannot listen" in proc.stderr
+    assert "token" not in proc.stdout
+    assert not (tmp_path / perfit.ROOT_TOKEN_FILE).exists()
+    with running_server(tmp_path, root=None) as srv:
+        (token,) = _printed_root_token(srv)
+        assert http("PUT", f"{srv.url}/a/", token=token)[0] == 200
+
+
+def test_serve_without_its_modules_names_the_fix_and_makes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = cli("serve", "--data", str(data), "--listen", "127.0.0.1:0", flags=("-S",))
+    assert_said_no(proc, 2)
+    assert "bottle" in proc.stderr and "pip install" in proc.stderr
+    assert not data.exists(), "nothing is made before the server can start"
+
+
+def bare_site(tmp_path: Path) -> Path:
+    """A module directory with bottle and svgwrite and a zstandard that fails to import (as one
+    whose compiled backend is missing does): under `python -S`, a server without zstd."""
+    import bottle
+    import svgwrite
+
+    site = tmp_path / "site"
+    (site / "zstandard").mkdir(parents=True)
+    (site / "zstandard" / "__init__.py").write_text("from .backend_c import *  # not built\n")
+    (site / "bottle.py").symlink_to(bottle.__file__)
+    (site / "svgwrite").symlink_to(Path(svgwrite.__file__).parent)
+    return site
+
+
+def test_without_zstd_the_server_keeps_logs_uncompressed_and_says_so_once(tmp_path: Path) -> None:
+    data, no_zstd = (
+        tmp_path / "data",
+        {"flags": ("-S",), "env": {"PYTHONPATH": str(bare_site(tmp_path))}},
+    )
+    with running_server(data, "--seal-bytes", "1024", **no_zstd) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin)
+        for value in range(80):  # about 4 KiB of log: three rotations
+            assert post_point(srv.url, mid, acc.post, value, "sha")[0] == 200
+        health = ok_json("GET", f"{srv.url}/healthz")
+        assert health["ok"] is True and health["compression"] is None
+        assert "uncompressed" in health["message"] and "pip install zstandard" in health["message"]
+        assert srv.stop() == 0
+    assert "Traceback" not in "".join(srv.err)
+    assert [line for line in srv.err if "uncompressed" in line] == [
+        line for line in srv.err if "zstd" in line
+    ] and len([line for line in srv.err if "uncompressed" in line]) == 1, srv.err
+    assert len(_files(data, ".log")) >= 3 and not _files(data, ".seg")
+    assert cli("store", "check", "--data", str(data), flags=("-S",)).returncode == 0
+
+    # With zstd back, a start seals the logs that piled up, and loses nothing.
+    with running_server(data) as srv:
+        assert values(srv.url, mid) == list(range(80))
+        assert ok_json("GET", f"{srv.url}/healthz")["compression"]
+    assert len(_files(data, ".seg")) >= 3
+
+    # Segments it cannot read stop a start without zstd, and `store check`: one line, the fix.
+    env = {**no_zstd["env"], "PERFITD_ROOT_ACCESS_TOKEN": ROOT}
+    for command in (["serve", "--listen", "127.0.0.1:0"], ["store", "check"]):
+        proc = cli(*command, "--data", str(data), flags=("-S",), env=env)
+        assert_said_no(proc, 2)
+        assert "pip install zstandard" in proc.stderr
+
+
+def test_the_data_directory_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    data, copy = tmp_path / "data", tmp_path / "copy"
+    data.mkdir(mode=0o755)  # as PerfIt 0.1 made it
+    data.chmod(0o755)
+    old = os.umask(0)  # children inherit it: the loosest umask there is
+    try:
+        with running_server(data, "--seal-bytes", "1024") as srv:
+            acc = new_account(srv.url)
+            mid = new_metric(srv.url, acc.admin)
+            for value in range(60):
+                assert post_point(srv.url, mid, acc.post, value)[0] == 200
+            assert cli("store", "backup", "--data", str(data), str(copy)).returncode == 0
+    finally:
+        os.umask(old)
+    assert _files(data, ".seg"), "nothing was sealed"
+    for top in (data, copy):
+        for path in [top, *top.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
 def test_slow_client_does_not_block_others(url: str) -> None:
@@ -769,6 +878,38 @@ def test_body_just_under_64_kib_is_accepted(url: str, account: Account, metric: 
     assert values(url, metric) == [1]
 
 
+@pytest.mark.parametrize(
+    "metric_unit, sent, unit, stored",
+    [
+        ("ms", 1.5, "s", 1500.0),
+        ("s", 250, "ms", 0.25),
+        ("ns", 2, "us", 2000.0),
+        ("min", 90, "s", 1.5),
+        ("s", 1.234567, "s", 1.234567),
+        ("ms", 1.234567, "s", 1234.567),  # no float noise: not 1234.5670000000002
+        ("", 1.5, "s", 1.5),  # a metric without a unit takes the value as it comes
+        ("MB", 3.0, "MB", 3.0),
+    ],
+)
+def test_a_value_posted_with_its_unit_is_stored_in_the_metrics_unit(
+    url: str, account: Account, metric_unit: str, sent: float, unit: str, stored: float
+) -> None:
+    mid = new_metric(url, account.admin, unit=metric_unit)
+    body = {"value": sent, "unit": unit}
+    assert http("POST", f"{url}/m/{mid}", body=body, token=account.post)[0] == 200
+    assert values(url, mid) == [stored]
+
+
+@pytest.mark.parametrize("metric_unit, unit", [("MB", "s"), ("ms", "MB"), ("ms", "parsecs")])
+def test_a_unit_that_does_not_convert_is_400_and_stores_nothing(
+    url: str, account: Account, metric_unit: str, unit: str
+) -> None:
+    mid = new_metric(url, account.admin, unit=metric_unit)
+    answer = http("POST", f"{url}/m/{mid}", body={"value": 1, "unit": unit}, token=account.post)
+    assert "unit" in assert_error(answer, 400)
+    assert points(url, mid) == []
+
+
 @pytest.mark.parametrize("target", ["well-formed", "nope", "D" * 22])
 def test_post_to_an_unknown_metric_is_404(url: str, account: Account, target: str) -> None:
     if target == "well-formed":
@@ -887,6 +1028,46 @@ def test_open_metric_by_id_redirects_to_its_page(url: str, metric: str) -> None:
     assert status == 303
     # Where a browser (or curl -L) lands: the Location resolved against the request's URL.
     assert urllib.parse.urljoin(asked, headers["Location"]) == f"{url}/m/{metric}"
+
+
+@pytest.mark.parametrize(
+    "pasted, lands_on",
+    [
+        ("{url}/m/{a}", "{a}"),
+        ("  {url}/m/{a}.svg?start-rel=30d&title=&bogus=1  ", "{a}?start-rel=30d"),
+        ("{url}/m/{a}/badge.svg", "{a}"),
+        ("https://perfit.example/prefix/m/{a},{b}/html?max=9", "{a},{b}?max=9"),
+        ("![build]({url}/m/{a}.svg)", "{a}"),
+    ],
+)
+def test_the_open_form_takes_any_link_to_a_metric(
+    url: str, account: Account, pasted: str, lands_on: str
+) -> None:
+    a, b = new_metric(url, account.admin), new_metric(url, account.admin)
+    query = urllib.parse.urlencode({"metric-id": pasted.format(url=url, a=a, b=b)})
+    status, headers, _ = http("GET", f"{url}/m/?{query}")
+    assert status == 303
+    assert headers["Location"] == lands_on.format(a=a, b=b)
+
+
+def test_a_browser_gets_a_page_for_an_error_and_an_api_client_json(url: str, metric: str) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    for asked, status, link in [
+        (f"{url}/m/{metric}?min=abc", 400, f'href="{metric}"'),  # the same view, no options
+        (f"{url}/m/{metric}/html?start-rel=soon", 400, 'href="html"'),
+        (f"{url}/m/{unknown_id()}", 404, 'href="../"'),
+        (f"{url}/no/such/route", 404, 'href="../../"'),
+    ]:
+        got, headers, body = http("GET", asked, headers=browser)
+        assert got == status, asked
+        assert headers["Content-Type"].startswith("text/html")
+        page = body.decode()
+        assert link in page and "PerfIt home" in page and "<h1>" in page
+        assert_error(http("GET", asked, headers={"Accept": "application/json"}), status)
+        assert_error(http("GET", asked, headers={"Accept": "*/*"}), status)  # curl, fetch()
+    typed = unknown_id()
+    _, _, body = http("GET", f"{url}/m/?metric-id={typed}", headers=browser)
+    assert f'value="{typed}"' in body.decode(), "the form comes back with what was typed"
 
 
 def test_open_unknown_metric_by_id_is_404(url: str) -> None:
@@ -1053,7 +1234,7 @@ def test_odd_headers_never_get_a_500(
     assert answer[0] < 500, answer
     if answer[0] >= 400:
         assert_error(answer, answer[0])
-    assert ok_json("GET", f"{url}/healthz") == {"ok": True}
+    assert ok_json("GET", f"{url}/healthz")["ok"] is True
 
 
 # --------------------------------------------------------------------------------------------
@@ -1115,6 +1296,45 @@ def client_args(url: str, token: str | None = None, metric: str | None = None) -
     return args
 
 
+def test_the_tests_run_on_pinned_versions_that_ci_and_the_readme_install() -> None:
+    """Every package the test extra pulls in, however deep, is pinned in .ci/constraints.txt
+    and installed at that version; CI and the README install with those pins."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    constraints = HERE / ".ci" / "constraints.txt"
+    pins = dict(
+        line.split("#")[0].strip().split("==")
+        for line in constraints.read_text().splitlines()
+        if line.split("#")[0].strip()
+    )
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    try:
+        wanted = [Requirement(r) for r in metadata.requires("perfit") or []]
+    except metadata.PackageNotFoundError:
+        pytest.skip("perfit is not installed: pip install -e '.[test]' -c .ci/constraints.txt")
+    seen: set[str] = set()
+    todo = [r for r in wanted if r.marker is None or r.marker.evaluate({"extra": "test"})]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        assert name in pins, f"{name} is installed for the tests but not pinned"
+        assert metadata.version(name) == pins[name], f"{name} is not at its pinned version"
+        for extra in req.extras or {""}:
+            for sub in map(Requirement, metadata.requires(name) or []):
+                if sub.marker is None or sub.marker.evaluate({"extra": extra}):
+                    todo.append(sub)
+    command = "python -m pip install -e '.[test]' -c .ci/constraints.txt"
+    assert f"{command} && python -m pytest" in (HERE / "README.md").read_text()
+    ci = (HERE / ".ci" / "run").read_text()
+    assert command in ci and "\npython -m pytest\n" in ci
+
+
 def test_import_does_not_pull_in_server_dependencies() -> None:
     code = "import perfit, sys; assert not {'bottle','svgwrite','zstandard'} & set(sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(HERE), capture_output=True)
@@ -1144,6 +1364,20 @@ def test_help_exits_zero() -> None:
     proc = cli("--help")
     assert proc.returncode == 0
     assert "serve" in proc.stdout
+
+
+def test_help_teaches_the_environment_and_the_exit_codes() -> None:
+    top = cli("--help").stdout
+    assert "--access-token ROOT" not in top, "tokens on the command line show up in `ps`"
+    assert "PERFIT_ACCESS_TOKEN=" in top and "PERFIT_TIMEOUT" in top
+    assert "4 the server could not be reached" in top
+    assert "PERFITD_ROOT_ACCESS_TOKEN" in cli("serve", "--help").stdout
+    assert "$PERFIT_TIMEOUT" in cli("post", "--help").stdout
+
+
+def test_a_virtual_environment_in_the_clone_is_not_committed() -> None:
+    ignored = (HERE / ".gitignore").read_text().split()
+    assert ".venv/" in ignored
 
 
 def test_account_new_with_root_token(url: str) -> None:
@@ -1214,6 +1448,69 @@ def test_post_and_metric_get(url: str, account: Account, metric: str) -> None:
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == [{"t": t, "v": 2.5, "m": "sha1"}]
     assert points(url, metric) == [{"t": t, "v": 2.5, "m": "sha1"}]
+
+
+def on_a_terminal(*args: str) -> str:
+    """What `perfit.py ARGS` prints when its stdout is a terminal (a pseudo-terminal here)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, PERFIT, *args], stdout=follower,
+                              stderr=subprocess.PIPE, env=clean_env(), timeout=60)  # fmt: skip
+        os.close(follower)
+        follower = -1
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO: the terminal's other end is closed
+            while chunk := os.read(leader, 65536):
+                chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0, proc.stderr
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_metric_get_prints_a_table_on_a_terminal_json_or_csv_when_asked(
+    url: str, account: Account
+) -> None:
+    mid = new_metric(url, account.admin, name="build", unit="s")
+    now = int(time.time())
+    rows = [{"t": now - 10 * 86400, "v": 30.0}, {"t": now - 60, "v": 99.0, "m": "https://ci/1"}]
+    ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=account.admin)
+    table = on_a_terminal("metric", "get", *client_args(url, metric=mid))
+    header, old, new, summary = table.strip().splitlines()
+    assert header.split() == ["time", "(UTC)", "value", "metadata"]
+    assert old.split() == [perfit.format_time(now - 10 * 86400), "30", "s"]
+    assert new.split() == [perfit.format_time(now - 60), "1m", "39s", "https://ci/1"]
+    assert summary == "2 point(s) of build, in s"
+
+    piped = cli("metric", "get", *client_args(url, metric=mid))  # not a terminal: JSON
+    assert json.loads(piped.stdout) == [
+        {"t": r["t"], "v": r["v"], **({"m": r["m"]} if "m" in r else {})} for r in rows
+    ]
+    assert len(piped.stdout.splitlines()) == 2, "one point a line"
+    recent = cli(
+        "metric", "get", "--start-rel", "1d", "--format", "csv", *client_args(url, metric=mid)
+    )
+    assert recent.stdout == f"t,v,m\n{now - 60},99.0,https://ci/1\n"
+
+
+def test_metric_get_ends_quietly_when_its_reader_goes_away(url: str, account: Account) -> None:
+    mid = new_metric(url, account.admin)
+    start = int(time.time()) - 10_000
+    rows = [
+        {"t": start + i, "v": i / 7, "m": "abcdef"} for i in range(5000)
+    ]  # over a pipe's 64 KiB
+    ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=account.admin)
+    command = [sys.executable, PERFIT, "metric", "get", "--format", "csv",
+               *client_args(url, metric=mid)]  # fmt: skip
+    get = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    assert get.stdout.readline() == b"t,v,m\n"
+    get.stdout.close()  # as `| head -1` does
+    assert get.wait(30) == 0
+    assert get.stderr.read() == b""
 
 
 def test_client_options_come_from_the_environment(url: str, account: Account, metric: str) -> None:
@@ -1298,6 +1595,93 @@ def test_post_to_an_unreachable_server_fails_within_its_timeout() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_server_that_is_down_is_retried_aloud_then_exit_4(tmp_path: Path) -> None:
+    down = client_args(f"http://127.0.0.1:{free_port()}", random_token(), unknown_id())
+    started = time.monotonic()
+    proc = cli("post", "1", *down, env={"PERFIT_TIMEOUT": "1.5"})
+    assert time.monotonic() - started < 1.5 + 5  # the timeout, and a Python start
+    assert proc.returncode == perfit.EXIT_UNREACHABLE, proc.stderr
+    retrying, failed = proc.stderr.strip().splitlines()
+    assert "refused" in retrying and "retrying for up to" in retrying
+    assert "PERFIT_TIMEOUT" in retrying
+    assert "within 1.5s" in failed
+
+
+def test_a_name_that_does_not_resolve_fails_at_once() -> None:
+    started = time.monotonic()
+    proc = cli("post", "1", *client_args("http://perfit.invalid", random_token(), unknown_id()))
+    assert time.monotonic() - started < 10, "a typo in the host name was retried for 30 s"
+    assert_said_no(proc, perfit.EXIT_UNREACHABLE)
+    assert "cannot resolve" in proc.stderr and "perfit.invalid" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A TLS server context with a self-signed certificate, which no client trusts."""
+    openssl = shutil.which("openssl") or need("openssl")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_a_certificate_that_does_not_verify_fails_at_once(self_signed: ssl.SSLContext) -> None:
+    with _stub_server(200, b"{}", tls=self_signed) as (url, seen):
+        started = time.monotonic()
+        server = url.replace("http://", "https://")
+        proc = cli("post", "1", *client_args(server, random_token(), unknown_id()))
+    assert time.monotonic() - started < 10, "a bad certificate was retried"
+    assert_said_no(proc, perfit.EXIT_UNREACHABLE)
+    assert "certificate" in proc.stderr
+    assert seen == [], "the request went out over a connection that did not verify"
+
+
+@pytest.mark.parametrize("handles_it", [True, False])
+def test_run_passes_sigterm_on_to_its_command_and_exits_as_it_did(
+    url: str, account: Account, metric: str, handles_it: bool
+) -> None:
+    job = (
+        "import signal, sys, time\n"
+        + ("signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n" if handles_it else "")
+        + "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    command = [sys.executable, PERFIT, "run", *client_args(url, account.post, metric), "--",
+               sys.executable, "-c", job]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=clean_env())  # fmt: skip
+    try:
+        assert run.stdout.readline().strip() == "ready"  # the job runs, its handler is set
+        cancelled = time.monotonic()
+        run.send_signal(signal.SIGTERM)  # what a CI runner does to a cancelled job
+        _, err = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert time.monotonic() - cancelled < 10, "the job was left running"
+    assert run.returncode == (42 if handles_it else 128 + signal.SIGTERM), err
+    assert "SIGTERM" in err and "Traceback" not in err
+    assert points(url, metric) == [], "a cancelled job's time was posted"
+
+
+@pytest.mark.parametrize(
+    "unit, low, high", [("s", 0.2, 10), ("ms", 200, 10_000), ("min", 0.2 / 60, 1)]
+)
+def test_run_posts_the_duration_in_the_metrics_own_unit(
+    url: str, account: Account, unit: str, low: float, high: float
+) -> None:
+    mid = new_metric(url, account.admin, name="step", unit=unit)
+    job = [sys.executable, "-c", "import time; time.sleep(0.2)"]
+    proc = cli("run", *client_args(url, account.post, mid), "--", *job)
+    assert proc.returncode == 0, proc.stderr
+    [value] = values(url, mid)
+    assert low <= value < high
+
+
 def test_run_posts_the_commands_duration(url: str, account: Account, metric: str) -> None:
     proc = cli(
         "run",
@@ -1341,7 +1725,7 @@ def test_run_does_not_fail_the_job_when_the_server_is_down() -> None:
     proc = cli("run", "--timeout", "2", *down, "--", sys.executable, "-c", "raise SystemExit(4)")
     assert proc.returncode == 4
     proc = cli("run", "--timeout", "2", "--fail-on-send-failure", *down, "--", *job)
-    assert proc.returncode == 1
+    assert proc.returncode == perfit.EXIT_UNREACHABLE
     assert "Traceback" not in proc.stderr
 
 
@@ -1687,14 +2071,48 @@ def test_overlay_gives_each_metric_its_colour_and_a_legend_entry():
     assert {"job 0", "job 1", "job 2"} <= set(_texts(ET.tostring(root, encoding="unicode")))
 
 
+def test_overlay_marks_each_metrics_changes_in_its_colour():
+    t0 = 1_790_000_000
+    rng = random.Random(3)
+    steps = [(40, 1.3), (70, 0.7)]  # the two metrics step at different runs
+    metrics = [
+        _metric(
+            [
+                (t0 + 60 * i, (100 if i < at else 100 * factor) * rng.gauss(1, 0.01), "")
+                for i in range(100)
+            ],
+            name=f"job {n}",
+        )
+        for n, (at, factor) in enumerate(steps)
+    ]
+    root = ET.fromstring(_chart(metrics))
+    marks = [g for g in root.iter(f"{SVG}g") if "change" in g.get("class", "").split()]
+    assert [(g.get("class"), g.get("data-kind")) for g in marks] == [
+        ("change s0", "regression"),
+        ("change s1", "improvement"),
+    ]
+    tips = [g.find(f"{SVG}title").text for g in marks]
+    assert tips[0].startswith("job 0: regression of +30 %") and tips[1].startswith("job 1: ")
+
+
+def test_a_duration_axis_from_zero_reads_0_not_0_ms():
+    t0 = 1_790_000_000
+    chart = _chart([_metric([(t0 + 60 * i, 60.0 + i, "") for i in range(5)])], min=0)
+    labels = _texts(chart)
+    assert "0" in labels and "1m" in labels, labels
+    assert "0 ms" not in labels and "0 s" not in labels
+    assert perfit.format_value(0, "s") == "0 s"  # a value (a badge) still says its unit
+
+
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [(0.35, "350 ms"), (12.5, "12.5 s"), (90, "1m 30s"), (3600, "1h"), (7500, "2h 5m"),
-     (273_600, "3d 4h")],
+     (273_600, "3d 4h"), (2.5e-6, "2.5 µs"), (4e-8, "40 ns")],
 )  # fmt: skip
 def test_durations_are_shown_as_durations(seconds, shown):
     assert perfit.format_value(seconds, "s") == shown
     assert perfit.format_value(seconds * 1000, "ms") == shown
+    assert perfit.format_value(seconds * 1e9, "ns") == shown
 
 
 def test_duration_axis_ticks_fall_on_whole_minutes():
@@ -1781,6 +2199,38 @@ def test_full_logs_are_sealed_into_small_segments_that_replay_exactly(tmp_path: 
     sealed = sum(p.stat().st_size for p in segments)
     as_logged = len(expected) * (perfit.FRAME.size + perfit.POINT.size + 4)
     assert sealed < as_logged * len(segments) / (len(segments) + 1) / 3, "segments are not compact"
+
+
+#: The standard library's zstd API: compression.zstd from 3.14, backports.zstd before.
+STDLIB_ZSTD = "compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"
+
+
+@pytest.mark.parametrize(
+    ("sealer", "reader"), [(STDLIB_ZSTD, "zstandard"), ("zstandard", STDLIB_ZSTD)]
+)
+def test_segments_sealed_with_either_zstd_read_back_with_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sealer: str, reader: str
+) -> None:
+    def use(name: str) -> None:
+        zstd = perfit._zstd_of(name, importlib.import_module(name))
+        monkeypatch.setattr(perfit, "find_zstd", lambda: (zstd, ""))
+
+    use(sealer)
+    metric_id, expected = _store_with_log(tmp_path, 2000, seal_bytes=8192)
+    assert len(_files(tmp_path, ".seg")) >= 3
+    use(reader)  # a server moved to another Python, or to one with zstd built in
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert store.zstd.name.startswith(reader)
+        assert _series(store, metric_id) == expected
+    assert cli("store", "check", "--data", str(tmp_path)).returncode == 0
+
+
+def test_the_best_zstd_there_is_is_used() -> None:
+    zstd, why = perfit.find_zstd()
+    assert zstd is not None and not why
+    assert zstd.name == STDLIB_ZSTD, "the standard library's zstd comes before zstandard"
+    blob = os.urandom(100) * 50
+    assert zstd.decompress(zstd.compress(blob)) == blob
 
 
 @pytest.mark.parametrize("crash_after", ["temp-file-half-written", "temp-file-written", "renamed",
@@ -1998,7 +2448,7 @@ def test_bulk_import_comes_back_in_time_order_ties_in_sent_order(
         {"t": now - 3600, "v": 3.0},
     ]
     answer = ok_json("POST", f"{url}/m/{metric}/points", body=sent, token=account.admin)
-    assert answer == {"added": 3}
+    assert answer == {"added": 3, "existing": 0}
     got = points(url, metric)
     assert [p["v"] for p in got] == [1.0, 2.0, 3.0, 9.0]
     assert got[0] == {"t": now - 7200, "v": 1.0, "m": "first"}
@@ -2056,10 +2506,27 @@ def test_metric_import_round_trips_the_csv_export_with_progress(
     source.write_text("t,v,m\n" + rows)
     done = cli("metric", "import", str(source), *client_args(url, account.admin, metric))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"added": 25_000}
+    assert json.loads(done.stdout) == {"added": 25_000, "existing": 0}
     assert "imported 10000/25000" in done.stderr and "imported 25000/25000" in done.stderr
     _, _, exported = http("GET", f"{url}/m/{metric}/csv")
     assert exported.decode().replace(".0,", ",") == ("t,v,m\n" + rows).replace(".0,", ",")
+    again = cli("metric", "import", str(source), *client_args(url, account.admin, metric))
+    assert json.loads(again.stdout) == {"added": 0, "existing": 25_000}, again.stderr
+    assert "0 new, 25000 already there" in again.stderr
+    assert http("GET", f"{url}/m/{metric}/csv")[2] == exported, "a second import changed the data"
+
+
+def test_importing_the_same_points_again_adds_only_what_is_new(
+    url: str, account: Account, metric: str
+) -> None:
+    rows = [{"t": 1767225600 + i, "v": float(i % 3), "m": "x" * (i % 2)} for i in range(40)]
+    rows.append(dict(rows[0]))  # a point that really was measured twice is kept twice
+    target = f"{url}/m/{metric}/points"
+    assert ok_json("POST", target, body=rows, token=account.admin) == {"added": 41, "existing": 0}
+    assert ok_json("POST", target, body=rows, token=account.admin) == {"added": 0, "existing": 41}
+    grown = [*rows, {"t": 1767225600, "v": 0.0, "m": ""}, {"t": 1767229999, "v": 7.0}]
+    assert ok_json("POST", target, body=grown, token=account.admin) == {"added": 2, "existing": 41}
+    assert len(points(url, metric)) == 43
 
 
 def test_metric_import_reads_json_lines_and_rejects_a_bad_file(
@@ -2110,6 +2577,28 @@ class StoreMachine(RuleBasedStateMachine):
             metric, perfit.PointBatch.of([(t, v, m.encode()) for t, v, m in batch])
         )
         self.model[metric] = sorted(self.model[metric] + batch, key=lambda r: r[0])
+
+    @rule(which=st.integers(0, 1), data=st.data())
+    def import_again(self, which: int, data: st.DataObject) -> None:
+        """Import stored points (maybe twice over) and new ones: only the new ones are added."""
+        metric = self.metrics[which]
+        stored = self.model[metric]
+        again = data.draw(st.lists(st.sampled_from(stored), max_size=10)) if stored else []
+        new = data.draw(st.lists(st.tuples(st.integers(0, 2_000_000_000 * perfit.US), _VALUES,
+                                           _META), max_size=5))  # fmt: skip
+        rows = sorted([*again, *new], key=lambda r: r[0])
+        batch = perfit.PointBatch.of([(t, v, m.encode()) for t, v, m in rows])
+        added, existing = self.store.import_points(metric, batch)
+        # As a multiset: each row finds a stored twin at most once.
+        have = collections.Counter(stored)
+        fresh = []
+        for row in rows:
+            if have[row]:
+                have[row] -= 1
+            else:
+                fresh.append(row)
+        assert (added, existing) == (len(fresh), len(rows) - len(fresh))
+        self.model[metric] = sorted(stored + fresh, key=lambda r: r[0])
 
     @rule()
     def reopen(self) -> None:
@@ -2381,9 +2870,8 @@ def plotted(url: str, account: Account) -> str:
     metric = new_metric(url, account.admin, name="build", unit="s")
     old = time.time() - 2 * 86400
     backfill = [{"t": old + 60 * n, "v": 50 + n, "m": f"old{n:04x}"} for n in range(OLD_POINTS)]
-    assert ok_json("POST", f"{url}/m/{metric}/points", body=backfill, token=account.admin) == {
-        "added": OLD_POINTS
-    }
+    answer = ok_json("POST", f"{url}/m/{metric}/points", body=backfill, token=account.admin)
+    assert answer == {"added": OLD_POINTS, "existing": 0}
     for n, meta in enumerate(RECENT_METADATA):
         # Values 10 apart, so that no marker hides another one: each can be pointed at.
         assert post_point(url, metric, account.post, 100 + 10 * n, meta)[0] == 200
@@ -2391,9 +2879,9 @@ def plotted(url: str, account: Account) -> str:
 
 
 @contextlib.contextmanager
-def opened(browser: Browser, address: str, **context: Any) -> Iterator[Page]:
-    """`address` loaded in a page of its own browser context (colour scheme, viewport, ...);
-    the page must not throw a JavaScript error meanwhile."""
+def opened(browser: Browser, address: str, status: int = 200, **context: Any) -> Iterator[Page]:
+    """`address` loaded (answered with `status`) in a page of its own browser context (colour
+    scheme, viewport, ...); the page must not throw a JavaScript error meanwhile."""
     ctx = browser.new_context(**context)
     ctx.set_default_timeout(BROWSER_WAIT_MS)
     try:
@@ -2402,7 +2890,7 @@ def opened(browser: Browser, address: str, **context: Any) -> Iterator[Page]:
         page.on("pageerror", lambda error: errors.append(str(error)))
         response = page.goto(address)
         assert response is not None
-        assert response.status == 200, (address, response.status)
+        assert response.status == status, (address, response.status)
         yield page
         assert not errors, errors
     finally:
@@ -2569,13 +3057,128 @@ def test_a_point_whose_metadata_is_a_url_links_to_it(
         links = {tip.splitlines()[-1]: href for tip, href in page.evaluate(POINT_LINKS)}
         assert {meta: links.get(meta, "no such point") for meta in wanted} == wanted
 
+        # On the page a click (or a tap) on a point opens its box; the link is in there.
         job = RECENT_URLS[1]
         page.context.route(f"{job}*", lambda route: route.fulfill(body="a job", status=200))
         page.locator(f'#chart svg a[*|href="{job}"] circle').click()
+        assert page.locator("#tip a").get_attribute("href") == job
+        page.locator("#tip a").click()
         deadline = time.monotonic() + BROWSER_WAIT_MS / 1000
         while job not in [p.url for p in page.context.pages] and time.monotonic() < deadline:
             page.context.pages[-1].wait_for_timeout(50)
         assert job in [p.url for p in page.context.pages]
+
+
+PHONE = {"viewport": {"width": 375, "height": 740}, "device_scale_factor": 2, "is_mobile": True,
+         "has_touch": True}  # fmt: skip
+LONG_JOB_URL = "https://github.com/example-org/example-repository/actions/runs/12345678901/job/3"
+
+
+@pytest.fixture(scope="module")
+def stepped(url: str, account: Account) -> str:
+    """A metric that steps up by a third at its 40th run of 60, each run linking to its job."""
+    metric = new_metric(url, account.admin, name="test suite", unit="s")
+    start, rng = int(time.time()) - 60 * 3600, random.Random(7)
+    runs = [{"t": start + 3600 * i, "v": round((100 if i < 40 else 133) * rng.gauss(1, 0.01), 3),
+             "m": f"{LONG_JOB_URL}{i}"} for i in range(60)]  # fmt: skip
+    ok_json("POST", f"{url}/m/{metric}/points", body=runs, token=account.admin)
+    return metric
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_tapping_a_point_shows_its_time_value_and_link(
+    browser: Browser, url: str, stepped: str, scheme: str, tmp_path: Path
+) -> None:
+    with opened(browser, f"{url}/m/{stepped}", color_scheme=scheme, **PHONE) as page:
+        newest = page.locator("#chart circle.point").last
+        box = newest.bounding_box()
+        assert box is not None
+        assert page.locator("#tip").is_hidden()
+        page.touchscreen.tap(box["x"] + box["width"] / 2 - 6, box["y"] + box["height"] / 2 + 6)
+        tip = page.locator("#tip")
+        assert tip.is_visible(), "a tap near a point showed nothing"
+        shoot(page, tmp_path, f"metric-phone-tap-{scheme}.png")
+        points_ = ok_json("GET", f"{url}/m/{stepped}/json")
+        text = tip.inner_text()
+        assert perfit.format_time(points_[-1]["t"]) in text
+        assert perfit.format_value(points_[-1]["v"], "s") in text
+        assert tip.locator("a").get_attribute("href") == points_[-1]["m"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375 + 1
+        page.touchscreen.tap(5, 5)  # elsewhere: the box goes
+        assert tip.is_hidden()
+
+
+def test_change_labels_and_latest_points_read_well_on_a_phone(
+    browser: Browser, url: str, stepped: str, tmp_path: Path
+) -> None:
+    with opened(browser, f"{url}/m/{stepped}", **PHONE) as page:
+        shoot(page, tmp_path, "metric-phone-latest.png")
+        sizes = page.evaluate(
+            """() => Object.fromEntries(['.change text', 'text.ticklabel'].map((s) => {
+                 const t = document.querySelector('#chart svg ' + s);
+                 return [s, t && t.getBoundingClientRect().height]; }))"""
+        )
+        assert sizes[".change text"], "no change marked"
+        assert sizes[".change text"] >= 0.75 * sizes["text.ticklabel"], sizes
+        layout = page.evaluate(
+            """() => {
+              const lines = (node) => { const r = document.createRange(); r.selectNodeContents(node);
+                                        return new Set(Array.from(r.getClientRects(), (b) => Math.round(b.top))).size; };
+              const values = document.querySelectorAll('table.latest tbody td:nth-child(2)');
+              const words = Array.from(document.querySelectorAll('table.latest a'),
+                                       (a) => Array.from(a.childNodes).filter((n) => n.nodeType === 3));
+              return {values: Array.from(values, lines), links: words.length,
+                      broken: words.flat().filter((n) => lines(n) > 1).map((n) => n.textContent),
+                      wrapped: Array.from(document.querySelectorAll('table.latest a'), lines)};
+            }"""
+        )
+    assert layout["values"] and set(layout["values"]) == {1}, "a value wraps inside itself"
+    assert layout["links"] == 10
+    assert max(layout["wrapped"]) > 1, "the long URLs should wrap on a phone"
+    assert layout["broken"] == [], "a URL broke in the middle of a word"
+
+
+def test_a_browser_gets_a_page_for_a_bad_option_or_an_unknown_metric(
+    browser: Browser, url: str, plotted: str, tmp_path: Path
+) -> None:
+    with opened(browser, f"{url}/m/{plotted}?min=abc", status=400, **PHONE) as page:
+        shoot(page, tmp_path, "error-bad-option.png")
+        assert "min" in page.locator("[role=alert]").inner_text()
+        page.get_by_role("link", name="the same view with its default options").click()
+        page.wait_for_url(f"{url}/m/{plotted}")
+        assert chart_state(page)["circles"] > 0
+    with opened(browser, f"{url}/m/{unknown_id()}", status=404) as page:
+        shoot(page, tmp_path, "error-unknown-metric.png")
+        page.get_by_role("link", name="PerfIt home").click()
+        page.wait_for_url(f"{url}/")
+        assert page.locator("#metric-id").is_visible()
+
+
+@pytest.mark.parametrize(
+    "typed", ["{metric}", "{url}/m/{metric}.svg?start-rel=30d", "  {url}/m/{metric}/html "]
+)
+def test_the_index_form_opens_a_metric_by_id_or_any_link_to_it(
+    browser: Browser, url: str, plotted: str, typed: str
+) -> None:
+    with opened(browser, f"{url}/") as page:
+        page.fill("#metric-id", typed.format(url=url, metric=plotted))
+        page.click("form.open button")
+        page.wait_for_url(re.compile(re.escape(f"{url}/m/{plotted}") + r"(\?|$)"))
+        assert chart_state(page)["circles"] > 0
+        assert page_query(page) == ({"start-rel": "30d"} if "start-rel" in typed else {})
+
+
+def test_the_index_form_says_so_for_an_unknown_metric_and_keeps_what_was_typed(
+    browser: Browser, url: str, tmp_path: Path
+) -> None:
+    typed = unknown_id()
+    with opened(browser, f"{url}/") as page:
+        page.fill("#metric-id", typed)
+        page.click("form.open button")
+        page.wait_for_load_state()
+        assert "no metric" in page.locator("[role=alert]").inner_text()
+        assert page.locator("#metric-id").input_value() == typed
+        shoot(page, tmp_path, "error-open-unknown.png")
 
 
 def test_page_and_chart_follow_the_dark_colour_scheme(
@@ -2959,6 +3562,16 @@ def _import_series(
     return mid, start
 
 
+def test_changes_answer_numbers_as_the_data_carries_them(url: str, account: Account) -> None:
+    # Medians of an even count are the mean of two points: 219.6 and 219.642 average to
+    # 219.62099999999998 in binary; the answer says 219.621.
+    mid, _ = _import_series(url, account, [219.6, 219.642] * 15 + [300.1, 300.3] * 15)
+    _, _, body = http("GET", f"{url}/m/{mid}/changes")
+    [change] = json.loads(body)
+    assert (change["before"], change["after"]) == (219.621, 300.2)
+    assert not re.search(rb"\d\.\d{10,}", body), body
+
+
 def test_changes_route_reports_the_step_with_its_time(url: str, account: Account) -> None:
     mid, start = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
     (change,) = ok_json("GET", f"{url}/m/{mid}/changes")
@@ -2990,6 +3603,7 @@ def test_metric_check_exits_3_while_regressed_and_0_otherwise(url: str, account:
     check = cli("metric", "check", *client_args(url, metric=regressed))
     assert check.returncode == 3, check.stderr
     assert "REGRESSED" in check.stdout and "regression" in check.stdout
+    assert re.search(r"median 1m \d+s -> 2m \d+s", check.stdout), "medians without their unit"
     assert cli("metric", "check", *client_args(url, metric=improved)).returncode == 0
     quiet = cli("metric", "check", *client_args(url, metric=steady))
     assert quiet.returncode == 0 and "no change points" in quiet.stdout
@@ -3197,9 +3811,12 @@ def test_readers_never_see_a_half_changed_series_while_backfills_merge(tmp_path:
 
 @contextlib.contextmanager
 def _stub_server(
-    status: int, body: bytes, headers: dict[str, str] | None = None
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[tuple[str, list]]:
-    """A tiny HTTP server answering every request alike; yields its URL and what it received."""
+    """A tiny HTTP(S) server answering every request alike; yields its URL and what it got."""
     import http.server
 
     seen: list = []
@@ -3221,6 +3838,9 @@ def _stub_server(
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+        srv.handle_error = lambda *_: None  # the handshakes the client breaks off, on purpose
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}", seen
