@@ -3970,13 +3970,17 @@ BUSY_ANSWER = (
 
 
 def make_server(
-    host: str, port: int, app: Callable, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    host: str,
+    port: int,
+    app: Callable,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> Any:
     """A threaded WSGI server bound to host:port (port 0 picks a free one).
 
     A thread per connection, so one slow client never blocks the others, with two bounds a
     public server needs: at most `max_connections` at once (more get a 503 straight away),
-    and HEADER_TIMEOUT seconds for a request's headers (a client trickling bytes is cut off).
+    and `header_timeout` seconds for a request's headers (a client trickling bytes is cut off).
     """
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -4059,7 +4063,7 @@ def make_server(
 
         def watch(self, connection: socket.socket) -> None:
             with self._deadlines_lock:
-                self._deadlines[connection] = time.monotonic() + HEADER_TIMEOUT
+                self._deadlines[connection] = time.monotonic() + header_timeout
 
         def unwatch(self, connection: socket.socket) -> None:
             with self._deadlines_lock:
@@ -4068,7 +4072,7 @@ def make_server(
         def _reap(self) -> None:
             """Cut off connections whose headers did not arrive in time (slowloris)."""
             while True:
-                time.sleep(0.5)
+                time.sleep(min(0.5, header_timeout / 4))
                 now = time.monotonic()
                 with self._deadlines_lock:
                     late = [c for c, deadline in self._deadlines.items() if deadline < now]
@@ -4265,6 +4269,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    return value
+
+
 def _non_negative(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -4309,7 +4320,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"perfit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more (server side)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (serve)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_serve, _add_store, _add_token, _add_account, _add_metric, _add_post, _add_run):
         add(commands)
@@ -4379,6 +4390,9 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-connections", type=_non_negative(int), default=DEFAULT_MAX_CONNECTIONS,
                        metavar="N", help="connections served at once; more get 503 at once "
                        f"(default {DEFAULT_MAX_CONNECTIONS})")  # fmt: skip
+    serve.add_argument("--header-timeout", type=_positive_float, default=HEADER_TIMEOUT,
+                       metavar="SECONDS", help="time a client has to send a request's headers; "
+                       f"slower ones are cut off (default {HEADER_TIMEOUT:g})")  # fmt: skip
     serve.add_argument("--seal-bytes", type=_non_negative(int), default=SEAL_BYTES, metavar="N",
                        help="seal the active log into a compressed segment once it holds N "
                        f"bytes (default {SEAL_BYTES})")  # fmt: skip
@@ -4797,12 +4811,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     chosen_root = _root_token_from_env()
     check_server_dependencies()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
     try:
         config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
         try:
-            server = make_server(host, port, make_app(store, config), args.max_connections)
+            app = make_app(store, config)
+            server = make_server(host, port, app, args.max_connections, args.header_timeout)
         except OSError as e:
             raise PerfitError(f"cannot listen on {args.listen}: {e.strerror or e}") from e
         try:
@@ -4909,11 +4929,6 @@ def _write_private(path: str, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
         code = args.func(args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
