@@ -4156,7 +4156,9 @@ class Client:
                     raise SendFailed(
                         f"{method} {url}: {reason} (not retried: it may have arrived)"
                     ) from None
-                failure, delay = str(reason) or type(reason).__name__, None
+                # "Connection refused", not "[Errno 111] Connection refused"
+                failure = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+                delay = None
             delay = delay if delay is not None else min(0.25 * 2**attempt, 5.0)
             if time.monotonic() + delay >= deadline:
                 raise SendFailed(
@@ -4582,8 +4584,9 @@ def cmd_metric_check(args: argparse.Namespace) -> int:
     client, path = _reader(args), _metric_path(args)
     threshold = {"threshold": repr(args.threshold)} if args.threshold is not None else {}
     changes = client.call("GET", f"{path}/changes{_range_query(args, **threshold)}")
-    unit = client.call("GET", f"{path}/info").get("unit", "")
-    print(change_report(args.metric, changes, unit))
+    info = client.call("GET", f"{path}/info")
+    label = f"{info['name']} ({args.metric})" if info.get("name") else args.metric
+    print(change_report(label, changes, info.get("unit", "")))
     regressed = bool(changes) and changes[-1]["kind"] == "regression"
     return EXIT_REGRESSED if regressed else EXIT_OK
 
