@@ -41,6 +41,7 @@ import secrets
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import statistics
 import struct
@@ -54,8 +55,9 @@ import urllib.request
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 if TYPE_CHECKING:  # pragma: no cover - names for type hints only
     import bottle
@@ -95,6 +97,7 @@ MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
 MAX_UNIT_BYTES = 32
 MAX_DESCRIPTION_BYTES = 2000
 MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
+MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
 
 BETTER_CHOICES = ("lower", "higher")
 
@@ -264,7 +267,14 @@ _DURATION_WORDS = {
     **dict.fromkeys(("mo", "month", "months"), 2_629_746),  # a Gregorian month on average
     **dict.fromkeys(("y", "year", "years"), 31_556_952),
 }
-_DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+#: The grammar of a duration: parts like "90s" or "2 weeks", spaces anywhere between. ASCII
+#: digits and lower-case words only, so that the OpenAPI document can state it exactly.
+_DURATION_PART_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([a-z]+) *")
+DURATION_PATTERN = (
+    "^ *([0-9]+(\\.[0-9]+)? *("
+    + "|".join(sorted(_DURATION_WORDS, key=len, reverse=True))
+    + ") *)*$"
+)
 MAX_DURATION = 1000 * 31_556_952.0
 
 
@@ -275,10 +285,9 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration (try 90s, 15m, 12h, 3d, 2w or '1d 12h')")
     total = 0.0
     for part in parts:
-        unit = part.group(2).lower() if part.group(2) != "M" else "mo"
-        if unit not in _DURATION_WORDS:
+        if part.group(2) not in _DURATION_WORDS:
             raise ValueError(f"unknown unit {part.group(2)!r} in {text!r}")
-        total += float(part.group(1)) * _DURATION_WORDS[unit]
+        total += float(part.group(1)) * _DURATION_WORDS[part.group(2)]
     if total > MAX_DURATION:
         raise ValueError(f"{text!r} is longer than a thousand years")
     return total
@@ -295,6 +304,9 @@ TIME_UNITS = {
     **dict.fromkeys(("min", "mins", "minute", "minutes"), 60_000_000_000),
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3_600_000_000_000),
 }
+
+
+TIME_UNIT_NAMES = ("ns", "us", "ms", "s", "min", "h")  #: the short names, for messages
 
 
 def convert_time(value: float, unit: str, to: str) -> float:
@@ -326,39 +338,6 @@ def format_time(t: float) -> str:
     """RFC 3339 in UTC, to the second: how times are shown to people."""
     moment = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def check_value(value: object, what: str = "value") -> float:
-    """A data point's value: a finite JSON number (not a bool, not a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"{what} must be a number, not {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise BadRequest(f"{what} is too large for a 64-bit float") from None
-    if not math.isfinite(number):
-        raise BadRequest(f"{what} must be finite")
-    return number
-
-
-def check_text(value: object, what: str, max_bytes: int) -> str:
-    """A string field measured in UTF-8 bytes, as it will be stored."""
-    if not isinstance(value, str):
-        raise BadRequest(f"{what} must be a string")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise BadRequest(f"{what} is not valid UTF-8") from None
-    if size > max_bytes:
-        raise BadRequest(f"{what} is {size} bytes long; at most {max_bytes} bytes are allowed")
-    return value
-
-
-def check_fields(body: dict, allowed: Sequence[str], where: str = "the body") -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        expected = ", ".join(allowed) or "no fields"
-        raise BadRequest(f"{where}: unknown field {unknown[0]!r}; expected {expected}")
 
 
 # ==============================================================================================
@@ -723,11 +702,6 @@ class Metric:
     description: str = ""
     better: str = "lower"
     series: Series = dataclasses.field(default_factory=Series, repr=False)
-    #: change points already found, by (range, points, threshold): charts are viewed often
-    changes_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-    changes_lock: threading.Lock = dataclasses.field(
-        default_factory=threading.Lock, repr=False, compare=False
-    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -747,6 +721,60 @@ class Principal:
 
     account: bytes | None
     type: str
+
+
+class Index:
+    """What the records say, in memory: accounts, token hashes, and metrics with their points.
+
+    Replay and live writes go through the same apply(), so a restart rebuilds exactly what
+    was acknowledged.
+    """
+
+    def __init__(self) -> None:
+        self.accounts: dict[bytes, float] = {}  #: account id -> created
+        self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
+        self.metrics: dict[bytes, Metric] = {}
+        self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
+
+    def apply(self, rtype: int, payload: bytes) -> None:
+        """Update the index with one record."""
+        if rtype == REC_POINT:
+            metric_id, t, value = POINT.unpack_from(payload)
+            self.metrics[metric_id].series.add_one(t, value, payload[POINT.size :])
+            self.last_t = max(self.last_t, t)
+        elif rtype in (REC_POINTS, REC_SEG_POINTS):
+            for metric_id, batch in _point_batches(rtype, payload):
+                self.metrics[metric_id].series.add(batch)
+        elif rtype == REC_SEG_CONTROL:
+            for inner_type, inner in _control_records(payload):
+                self.apply(inner_type, inner)
+        else:
+            self._apply_control(rtype, json.loads(payload))
+
+    def _apply_control(self, rtype: int, doc: dict) -> None:
+        if rtype == REC_ACCOUNT:
+            self.accounts[_raw(doc["id"])] = doc["created"]
+        elif rtype == REC_TOKEN:
+            self.tokens[bytes.fromhex(doc["hash"])] = Principal(_raw(doc["account"]), doc["type"])
+        elif rtype == REC_METRIC:
+            metric = Metric(
+                id=_raw(doc["id"]),
+                account=_raw(doc["account"]),
+                created=doc["created"],
+                name=doc.get("name", ""),
+                unit=doc.get("unit", ""),
+                description=doc.get("description", ""),
+                better=doc.get("better", "lower"),
+            )
+            self.metrics[metric.id] = metric
+
+
+def _raw(text: str) -> bytes:
+    """The bytes of an id as a record spells it; a bad one makes the record unreadable."""
+    raw = decode_id(text)
+    if raw is None:
+        raise ValueError(f"bad id {text!r}")
+    return raw
 
 
 # ==============================================================================================
@@ -878,6 +906,36 @@ def _write_durably(path: str, data: bytes) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
+def create_log(directory: str, number: int) -> int:
+    """A new, empty log file, durable with its directory entry; its fd, open for appending."""
+    path = os.path.join(directory, file_name(number, LOG_SUFFIX))
+    fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    try:
+        _write_all(fd, LOG_MAGIC)
+        os.fsync(fd)
+        _fsync_dir(directory)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reopen_log(scan: Scan) -> tuple[int | None, int]:
+    """A log open for appending, its torn tail cut off: (fd, size). None: it tore before its
+    magic was even whole, so nothing in it was ever acknowledged."""
+    good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
+    if good_end < len(LOG_MAGIC):
+        return None, 0
+    fd = open_private(scan.path, os.O_RDWR | os.O_APPEND)
+    if good_end < scan.size:
+        cut = scan.size - good_end
+        log.warning("%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
+                    scan.path, good_end, cut)  # fmt: skip
+        os.ftruncate(fd, good_end)
+        os.fsync(fd)
+    return fd, good_end
+
+
 @dataclasses.dataclass
 class DataFiles:
     """The numbered files of a data directory: logs, and the segments sealed from them."""
@@ -972,6 +1030,111 @@ def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+# ==============================================================================================
+# Store: recovery
+# Reading a data directory back: replay into the index, `perfit store check`, `serve --repair`
+# and `perfit store backup` all walk its files in order under one rule: only the active log may
+# end in a torn write; any other bad byte is corruption, named with its file and offset.
+# ==============================================================================================
+
+
+@dataclasses.dataclass
+class FileScan:
+    """One data file as read: its good records, and which of its bad bytes are corruption."""
+
+    number: int
+    kind: str  #: "log" or "seg"
+    scan: Scan
+    corrupt: list[tuple[int, int]]  #: (start, end) runs of bad bytes that are no torn tail
+    active: bool  #: the log that is appended to
+
+
+def scan_directory(path: str) -> Iterator[FileScan]:
+    """Every data file in replay order, read; safe while a server writes to the directory."""
+    files = DataFiles.list(path)
+    active = files.active()
+    for number, kind, file_path in files.in_order():
+        try:
+            scan = scan_data_file(kind, file_path)
+        except FileNotFoundError:
+            # Sealed (log gone, segment made) while we looked: read the segment instead.
+            kind, file_path = "seg", os.path.join(path, file_name(number, SEG_SUFFIX))
+            scan = scan_data_file(kind, file_path)
+        is_active = kind == "log" and number == active
+        yield FileScan(number, kind, scan, scan.corruption(tail_may_tear=is_active), is_active)
+
+
+def replay(path: str, index: Index) -> Scan | None:
+    """Rebuild the index from the directory's files; the scan of the active log, if any.
+
+    Corruption raises StoreCorrupt naming the file and offset; a torn tail of the active log
+    is left for the log to cut off when it reopens.
+    """
+    for name in os.listdir(path):
+        if name.endswith(TMP_SUFFIX):  # a segment whose sealing a crash cut short
+            os.unlink(os.path.join(path, name))
+    files = DataFiles.list(path)
+    # Sealed, then a crash before the log was removed: the segment holds it all (the log goes
+    # once the segment has replayed cleanly, not before).
+    sealed_twice = set(files.logs) & set(files.segments)
+    tail = None
+    for found in scan_directory(path):
+        where = found.scan.path
+        if found.corrupt:
+            raise StoreCorrupt(
+                f"{where}: corrupt bytes at offset {found.corrupt[0][0]}; "
+                "see `perfit store check`, and `perfit serve --repair` to salvage the rest"
+            )
+        for offset, rtype, payload in found.scan.records:
+            try:
+                index.apply(rtype, payload)
+            except (ValueError, KeyError, struct.error) as e:
+                raise StoreCorrupt(f"{where}: unreadable record at offset {offset}: {e}") from e
+        if found.number in sealed_twice:
+            os.unlink(files.logs[found.number])
+        if found.active:
+            tail = found.scan
+    return tail
+
+
+def repair_directory(path: str) -> None:
+    """Rewrite each damaged file with the records that survive; keep its original aside."""
+    for found in list(scan_directory(path)):
+        records = [(t, p) for _, t, p in found.scan.records if _unreadable(t, p) is None]
+        if not found.corrupt and len(records) == len(found.scan.records):
+            continue
+        damaged = os.path.join(path, DAMAGED_DIR)
+        make_private_dir(damaged)
+        original = found.scan.path
+        kept = os.path.join(damaged, f"{os.path.basename(original)}.{int(time.time())}")
+        shutil.copy2(original, kept)
+        os.chmod(kept, 0o600)
+        magic = SEG_MAGIC if found.kind == "seg" else LOG_MAGIC
+        _write_durably(original, magic + b"".join(encode_record(t, p) for t, p in records))
+        skipped = len(found.scan.records) - len(records) + len(found.corrupt)
+        log.warning("repaired %s: kept %d records, skipped %d bad places; original in %s",
+                    original, len(records), skipped, kept)  # fmt: skip
+
+
+def _unreadable(rtype: int, payload: bytes) -> str | None:
+    """Why a record that passed its CRC cannot be read, or None: it can."""
+    try:
+        if rtype in CONTROL_TYPES:
+            json.loads(payload)
+        elif rtype == REC_SEG_CONTROL:
+            for inner_type, inner in _control_records(payload):
+                why = _unreadable(inner_type, inner)
+                if why:
+                    return why
+        else:
+            _point_batches(rtype, payload)
+    except MissingDependency:
+        raise  # not the record's fault: say what to install
+    except Exception as e:  # whatever a damaged payload makes a decoder raise
+        return str(e) or type(e).__name__
+    return None
+
+
 @dataclasses.dataclass
 class CheckReport:
     """What `perfit store check` found in one file."""
@@ -984,45 +1147,21 @@ class CheckReport:
 
 def check_directory(path: str) -> list[CheckReport]:
     """Verify every record of a data directory, read-only: safe while a server writes to it."""
-    reports = []
-    files = DataFiles.list(path)
-    active = files.active()
-    for number, kind, file_path in files.in_order():
-        try:
-            reports.append(_check_file(file_path, kind, is_active=number == active))
-        except FileNotFoundError:
-            # Sealed (log gone, segment made) while we looked: check the segment instead.
-            seg = os.path.join(path, file_name(number, SEG_SUFFIX))
-            reports.append(_check_file(seg, "seg", is_active=False))
-    return reports
+    return [_check_file(found) for found in scan_directory(path)]
 
 
-def _check_file(path: str, kind: str, is_active: bool) -> CheckReport:
-    scan = scan_data_file(kind, path)
-    report = CheckReport(path, 0, [], [])
-    # Only the active log can tear (a crash, or a write in progress as we read).
-    corrupt = scan.corruption(tail_may_tear=kind == "log" and is_active)
-    for start, end in corrupt:
+def _check_file(found: FileScan) -> CheckReport:
+    scan = found.scan
+    report = CheckReport(scan.path, len(scan.records), [], [])
+    for start, end in found.corrupt:
         report.problems.append(f"corrupt bytes at offset {start} ({end - start} bytes)")
-    if scan.torn_tail is not None and len(corrupt) < len(scan.bad):
+    if scan.torn_tail is not None and len(found.corrupt) < len(scan.bad):
         report.notes.append(f"torn tail at offset {scan.torn_tail}: cut off when a server opens it")
     for offset, rtype, payload in scan.records:
-        try:
-            _decode_record(rtype, payload)
-        except Exception as e:  # a record that passed its CRC yet cannot be read
-            report.problems.append(f"unreadable record at offset {offset}: {e}")
-        report.records += 1
+        why = _unreadable(rtype, payload)
+        if why is not None:
+            report.problems.append(f"unreadable record at offset {offset}: {why}")
     return report
-
-
-def _decode_record(rtype: int, payload: bytes) -> None:
-    if rtype in CONTROL_TYPES:
-        json.loads(payload)
-    elif rtype == REC_SEG_CONTROL:
-        for inner_type, inner in _control_records(payload):
-            _decode_record(inner_type, inner)
-    else:
-        _point_batches(rtype, payload)
 
 
 def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
@@ -1047,9 +1186,8 @@ def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
 
 
 def _copy_once(path: str, dest: str) -> int:
-    files = DataFiles.list(path)
     copied = 0
-    for number, kind, src in files.in_order():
+    for number, kind, src in DataFiles.list(path).in_order():
         with open(src, "rb") as f:
             data = f.read()
         if kind == "log":
@@ -1062,244 +1200,86 @@ def _copy_once(path: str, dest: str) -> int:
     token = os.path.join(path, ROOT_TOKEN_FILE)
     if os.path.exists(token):
         with open(token, "rb") as f:
-            secret = f.read()
-        fd = open_private(os.path.join(dest, ROOT_TOKEN_FILE), os.O_WRONLY | os.O_CREAT)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-            out.flush()
-            os.fsync(out.fileno())
+            _write_durably(os.path.join(dest, ROOT_TOKEN_FILE), f.read())
         copied += 1
     return copied
 
 
 # ==============================================================================================
-# Store: the log-structured store
-# Appends are framed, written, indexed under one lock, then made durable by an fsync that
-# concurrent writers share (group commit). Full logs are sealed into segments in the
-# background. Opening replays segments and logs into the index, cutting off a torn tail.
+# Store: the log
+# Records appended to the active log file in batches, one write and one fsync a batch, so
+# concurrent writers share the disk's slowest step (group commit); a new file once it is full.
 # ==============================================================================================
 
 
-class Store:
-    """The data directory: sealed segments and append-only logs, replayed into memory.
+class Log:
+    """The active log. It knows nothing of what its records mean.
 
-    Use ``Store.open(path)``; it takes the directory's lock, so one process owns it.
+    `on_durable(records)` runs for each batch once it is on disk (the store indexes it there,
+    so nothing is readable before it is durable); `on_full()` runs when a file fills up and a
+    new one starts (the store has the full one sealed).
     """
 
-    def __init__(self, path: str, seal_bytes: int = SEAL_BYTES) -> None:
-        self.path = path
+    def __init__(
+        self,
+        directory: str,
+        seal_bytes: int,
+        on_durable: Callable[[list[tuple[int, bytes]]], None],
+        on_full: Callable[[], None],
+    ) -> None:
+        self.directory = directory
         self.seal_bytes = seal_bytes
-        self.accounts: dict[bytes, float] = {}  #: account id -> created
-        self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
-        self.metrics: dict[bytes, Metric] = {}
-        self.root_token_hash: bytes | None = None
         self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
-        self.zstd: Zstd | None = None  #: seals full logs into segments; None: logs stay as they are
-        self.zstd_missing = ""  #: why there is no zstd, when there is none
-        self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
-        self._lock = threading.Lock()  #: guards appends, the index and the fields below
+        self.number = 0  #: the active log's file number
+        self._on_durable = on_durable
+        self._on_full = on_full
+        self._lock = threading.Lock()  #: guards everything below, and on_durable's work
         self._durable = threading.Condition(self._lock)  #: notified after every fsync
-        self._syncing = False  #: an fsync is running: its fd must stay open
-        self._seal_lock = threading.Lock()  #: one sealer at a time
-        self._import_lock = threading.Lock()  #: one import at a time: see import_points
-        self._sealer: threading.Thread | None = None
-        self._closing = False
+        self._syncing = False  #: a leader is writing: its fd must stay open
         self._queue: list[tuple[int, bytes]] = []  #: records waiting for a leader to write them
         self._queued = 0  #: records ever queued; a record's number is its place in that count
         self._taken = 0  #: records a leader has taken from the queue (written, or lost)
-        self._synced = 0  #: records durable and indexed
+        self._synced = 0  #: records durable and passed to on_durable
         self._lost: list[tuple[int, int, str]] = []  #: (first, last, why) of batches not written
-        self._last_t = 0  #: latest live arrival time (µs); live times never go backwards
-        self._failed: str | None = None
-        self._lock_fd: int | None = None
-        self._log_fd: int | None = None
-        self._log_number = 0
-        self._log_size = 0
+        self.failed: str | None = None  #: why the log stopped taking writes (a failed fsync)
+        self._fd: int | None = None
+        self._size = 0
         self._next_rotation = seal_bytes
 
-    # -- opening and closing ------------------------------------------------------------------
+    def start(self, number: int) -> None:
+        """Append to a new, empty log file with this number."""
+        self._fd, self.number = create_log(self.directory, number), number
+        self._size = len(LOG_MAGIC)
 
-    @classmethod
-    def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
-        """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
-        store = cls(path, seal_bytes)
-        store.zstd, store.zstd_missing = find_zstd()
-        try:
-            make_private_dir(path)
-            store._take_lock()
-            if store.zstd is None and DataFiles.list(path).segments:
-                need_zstd()  # segments it cannot read: stop here, with the fix in one line
-            if repair:
-                store._repair()
-            store._replay()
-        except OSError as e:
-            store.close()
-            raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
-        except PerfitError:
-            store.close()
-            raise
-        store._start_sealer()
-        return store
+    def resume(self, number: int, scan: Scan) -> int:
+        """Append to an existing log, cutting off its torn tail; the bytes cut off."""
+        fd, good_end = reopen_log(scan)
+        if fd is None:
+            self.start(number)  # torn while being created: nothing in it was acknowledged
+        else:
+            self._fd, self.number, self._size = fd, number, good_end
+        return scan.size - good_end
 
     def close(self) -> None:
-        self._closing = True  # no new sealer from here on; wait for the one at work
-        while self._sealer is not None and self._sealer.is_alive():
-            self._sealer.join()
+        """Write what writers still wait for, then close the file."""
         with self._durable:
             while self._syncing:
                 self._durable.wait()
-            if self._queue and self._log_fd is not None and not self._failed:
-                self._write_queue()  # what a request is still waiting for goes to disk too
-            for fd in (self._log_fd, self._lock_fd):
-                if fd is not None:
-                    os.close(fd)
-            self._log_fd = self._lock_fd = None
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _take_lock(self) -> None:
-        import fcntl  # POSIX only, and only the server needs it
-
-        fd = open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise StoreLocked(
-                f"the data directory {self.path} is in use by another perfit server (pid {owner})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _replay(self) -> None:
-        for name in os.listdir(self.path):
-            if name.endswith(TMP_SUFFIX):  # a segment whose sealing a crash cut short
-                os.unlink(os.path.join(self.path, name))
-        files = DataFiles.list(self.path)
-        # Sealed, then a crash before the log was removed: the segment holds it all (the log
-        # goes once the segment has replayed cleanly, not before).
-        sealed_twice = set(files.logs) & set(files.segments)
-        active = files.active()
-        tail: Scan | None = None
-        for number, kind, path in files.in_order():
-            scan = scan_data_file(kind, path)
-            corrupt = scan.corruption(tail_may_tear=number == active)
-            if corrupt:
-                raise StoreCorrupt(
-                    f"{path}: corrupt bytes at offset {corrupt[0][0]}; "
-                    "see `perfit store check`, and `perfit serve --repair` to salvage the rest"
-                )
-            for offset, rtype, payload in scan.records:
-                try:
-                    self._apply(rtype, payload)
-                except (ValueError, KeyError, struct.error) as e:
-                    raise StoreCorrupt(f"{path}: unreadable record at offset {offset}: {e}") from e
-            if number == active:
-                tail = scan
-            if number in sealed_twice:
-                os.unlink(files.logs.pop(number))
-        if tail is None:
-            self._start_log(max([*files.logs, *files.segments], default=0) + 1)
-        else:
-            self._reopen_log(active, tail)
-
-    def _start_log(self, number: int) -> None:
-        path = os.path.join(self.path, file_name(number, LOG_SUFFIX))
-        fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-        try:
-            _write_all(fd, LOG_MAGIC)
-            os.fsync(fd)
-            _fsync_dir(self.path)
-        except OSError:
-            os.close(fd)
-            raise
-        self._log_fd, self._log_number, self._log_size = fd, number, len(LOG_MAGIC)
-
-    def _reopen_log(self, number: int, scan: Scan) -> None:
-        good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
-        if good_end < len(LOG_MAGIC):
-            self._start_log(number)  # torn while being created: nothing in it was acknowledged
-            return
-        fd = open_private(scan.path, os.O_RDWR | os.O_APPEND)
-        if good_end < scan.size:
-            log.warning("%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
-                        scan.path, good_end, scan.size - good_end)  # fmt: skip
-            self.torn_bytes_cut = scan.size - good_end
-            os.ftruncate(fd, good_end)
-            os.fsync(fd)
-        self._log_fd, self._log_number, self._log_size = fd, number, good_end
-
-    def _repair(self) -> None:
-        """Rewrite each damaged file with the records that survive; keep its original aside."""
-        files = DataFiles.list(self.path)
-        active = files.active()
-        for number, kind, path in files.in_order():
-            scan = scan_data_file(kind, path)
-            bad = scan.corruption(tail_may_tear=number == active)
-            records = [(t, p) for _, t, p in scan.records if _readable(t, p)]
-            if not bad and len(records) == len(scan.records):
-                continue
-            damaged = os.path.join(self.path, DAMAGED_DIR)
-            make_private_dir(damaged)
-            kept = os.path.join(damaged, f"{os.path.basename(path)}.{int(time.time())}")
-            shutil.copy2(path, kept)
-            os.chmod(kept, 0o600)
-            magic = SEG_MAGIC if kind == "seg" else LOG_MAGIC
-            _write_durably(path, magic + b"".join(encode_record(t, p) for t, p in records))
-            log.warning("repaired %s: kept %d records, skipped %d bad byte runs; original in %s",
-                        path, len(records), len(bad), kept)  # fmt: skip
-
-    # -- applying records to the index ---------------------------------------------------------
-
-    def _apply(self, rtype: int, payload: bytes) -> None:
-        """Update the index with one record; the same code serves replay and live writes."""
-        if rtype == REC_POINT:
-            metric_id, t, value = POINT.unpack_from(payload)
-            self.metrics[metric_id].series.add_one(t, value, payload[POINT.size :])
-            self._last_t = max(self._last_t, t)
-        elif rtype in (REC_POINTS, REC_SEG_POINTS):
-            for metric_id, batch in _point_batches(rtype, payload):
-                self.metrics[metric_id].series.add(batch)
-        elif rtype == REC_SEG_CONTROL:
-            for inner_type, inner in _control_records(payload):
-                self._apply(inner_type, inner)
-        else:
-            self._apply_control(rtype, json.loads(payload))
-
-    def _apply_control(self, rtype: int, doc: dict) -> None:
-        if rtype == REC_ACCOUNT:
-            self.accounts[_raw(doc["id"])] = doc["created"]
-        elif rtype == REC_TOKEN:
-            principal = Principal(_raw(doc["account"]), doc["type"])
-            self.tokens[bytes.fromhex(doc["hash"])] = principal
-        elif rtype == REC_METRIC:
-            metric = Metric(
-                id=_raw(doc["id"]),
-                account=_raw(doc["account"]),
-                created=doc["created"],
-                name=doc.get("name", ""),
-                unit=doc.get("unit", ""),
-                description=doc.get("description", ""),
-                better=doc.get("better", "lower"),
-            )
-            self.metrics[metric.id] = metric
+            if self._queue and self._fd is not None and not self.failed:
+                self._write_queue()
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = None
 
     # -- appending -----------------------------------------------------------------------------
 
-    def _append(self, rtype: int, make_payload: Callable[[], bytes]) -> None:
-        """Queue one record; return once it is written, fsynced and indexed.
+    def append(self, rtype: int, make_payload: Callable[[], bytes]) -> None:
+        """Queue one record; return once it is written, fsynced and passed to on_durable.
 
         Group commit: the first waiter becomes the leader and writes every queued record in
-        one write and one fsync, then indexes them in order and wakes the others. The others
-        make no system call of their own (each is a GIL hand-off on a busy server), and a
-        point becomes readable only once it is durable. make_payload runs under the lock, so
-        a record's time is taken in queue order.
+        one write and one fsync, then hands them to on_durable in order and wakes the others.
+        The others make no system call of their own (each is a GIL hand-off on a busy server).
+        make_payload runs under the lock, so a record's contents follow queue order.
         """
         with self._durable:
             self._check_writable()
@@ -1318,16 +1298,16 @@ class Store:
 
     def _check_writable(self) -> None:
         # Never write again after a failed fsync (it could "succeed" on lost data).
-        if self._failed or self._log_fd is None:
-            raise StoreError(f"the store is not writable: {self._failed or 'closed'}")
+        if self.failed or self._fd is None:
+            raise StoreError(f"the store is not writable: {self.failed or 'closed'}")
 
     def _write_queue(self) -> None:
-        """As leader (lock held, no other leader): write, fsync and index the queue."""
+        """As leader (lock held, no other leader): write, fsync and hand on the queue."""
         batch, self._queue = self._queue, []
         first, last = self._taken + 1, self._taken + len(batch)
         self._taken = last
         data = b"".join(encode_record(rtype, payload) for rtype, payload in batch)
-        fd, offset = self._log_fd, self._log_size
+        fd, offset = self._fd, self._size
         self._syncing = True
         self._lock.release()  # records queue up while the disk works
         try:
@@ -1346,11 +1326,10 @@ class Store:
         if lost:
             self._lost = [*self._lost[-15:], (first, last, lost)]
             return
-        self._log_size += len(data)
-        for rtype, payload in batch:
-            self._apply(rtype, payload)
+        self._size += len(data)
+        self._on_durable(batch)
         self._synced = last
-        if self._log_size >= self._next_rotation:
+        if self._size >= self._next_rotation:
             self._rotate()
 
     def _fsync(self, fd: int) -> None:
@@ -1359,85 +1338,202 @@ class Store:
         except OSError as e:
             # After a failed fsync the kernel may have dropped the dirty pages: retrying could
             # "succeed" on data that is gone. Stop; replay on restart tells what is durable.
-            self._failed = f"fsync failed: {e.strerror}"
-            log.critical("store failed: %s", self._failed)
+            self.failed = f"fsync failed: {e.strerror}"
+            log.critical("store failed: %s", self.failed)
             if self.exit_on_fatal:
                 os._exit(EXIT_STORE_FATAL)
             raise StoreError("the data could not be made durable") from e
 
     def _rotate(self) -> None:
-        """Start a new active log (lock held, as leader, all written is durable); the full one
-        is sealed in the background."""
-        old_fd, old_number = self._log_fd, self._log_number
+        """Start the next log file (lock held, as leader, all written is durable)."""
+        old_fd = self._fd
         try:
-            self._start_log(old_number + 1)
+            self.start(self.number + 1)
         except OSError as e:
-            self._log_fd = old_fd  # keep writing the old log; try again a little later
-            self._next_rotation = self._log_size + self.seal_bytes // 4
+            self._fd = old_fd  # keep writing the old log; try again a little later
+            self._next_rotation = self._size + self.seal_bytes // 4
             log.warning("cannot start a new log (%s); will retry", e.strerror)
             return
         self._next_rotation = self.seal_bytes
         os.close(old_fd)
-        self._start_sealer()
+        self._on_full()
 
-    def _start_sealer(self) -> None:
-        # Without zstd full logs stay as they are; once it is installed, a restart seals them.
-        if self.zstd is None:
+
+# ==============================================================================================
+# Store: the sealer
+# Full logs become compressed segments in a background thread: written whole or not at all,
+# and only then is the log removed, so a crash at any step loses and doubles nothing.
+# ==============================================================================================
+
+
+class Sealer:
+    """Seals every log older than the active one (normally one; more after a crash, or after
+    running without zstd), one pass at a time, in a background thread."""
+
+    def __init__(self, directory: str, zstd: Zstd | None, active: Callable[[], int]) -> None:
+        self.directory = directory
+        self.zstd = zstd  #: None: no zstd, and full logs stay as they are
+        self._active = active  #: the active log's number, which is never sealed
+        self._running = threading.Lock()  #: held by the pass at work
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def wake(self) -> None:
+        """Start a pass, unless one is at work (it looks again before it ends)."""
+        if self.zstd is None or self._closing or not self._running.acquire(blocking=False):
             return
-        if not self._closing and self._seal_lock.acquire(blocking=False):
-            self._sealer = threading.Thread(target=self._seal_pending, name="perfit-sealer")
-            self._sealer.daemon = True
-            self._sealer.start()
+        self._thread = threading.Thread(target=self._run, name="perfit-sealer", daemon=True)
+        self._thread.start()
 
-    def _seal_pending(self) -> None:
-        """Seal every log older than the active one (normally one; more after a crash)."""
+    def close(self) -> None:
+        """Let the pass at work finish; start no more."""
+        self._closing = True
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+
+    def _pending(self) -> list[int]:
+        active = self._active()
+        return sorted(n for n in DataFiles.list(self.directory).logs if n < active)
+
+    def _run(self) -> None:
         finished = False
         try:
-            while True:
-                files = DataFiles.list(self.path)
-                pending = sorted(n for n in files.logs if n < self._log_number)
-                if not pending:
-                    finished = True
-                    break
-                number = pending[0]
-                seg = os.path.join(self.path, file_name(number, SEG_SUFFIX))
-                started = time.monotonic()
-                seal_log(files.logs[number], seg)
-                os.unlink(files.logs[number])
-                _fsync_dir(self.path)
-                log.info("sealed %s in %.2fs", os.path.basename(seg), time.monotonic() - started)
+            while pending := self._pending():
+                self._seal(pending[0])
+            finished = True
         except Exception as e:  # anything: a thread traceback on stderr would help nobody
-            # The log stays as it is and replays fine; sealing is retried at the next rotation.
+            # The log stays as it is and replays fine; sealing is tried again at the next one.
             log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
         finally:
-            self._seal_lock.release()
-        # A rotation that came while we were finishing found the lock taken: look once more.
-        files = DataFiles.list(self.path)
-        if finished and any(n < self._log_number for n in files.logs):
-            self._start_sealer()
+            self._running.release()
+        if finished and self._pending():
+            self.wake()  # a log filled up as we finished, and found us still at work
+
+    def _seal(self, number: int) -> None:
+        log_path = os.path.join(self.directory, file_name(number, LOG_SUFFIX))
+        seg_path = os.path.join(self.directory, file_name(number, SEG_SUFFIX))
+        started = time.monotonic()
+        seal_log(log_path, seg_path)
+        os.unlink(log_path)
+        _fsync_dir(self.directory)
+        log.info("sealed %s in %.2fs", os.path.basename(seg_path), time.monotonic() - started)
+
+
+# ==============================================================================================
+# Store: the store
+# The data directory as one object: its lock, the index replayed from its files, the log that
+# new records go to, and the sealer; and the operations the web layer and the tests use.
+# ==============================================================================================
+
+
+class Store:
+    """A data directory, replayed into memory. Use ``Store.open(path)``, which takes the
+    directory's lock: one process owns it."""
+
+    def __init__(self, path: str, seal_bytes: int = SEAL_BYTES) -> None:
+        self.path = path
+        self.index = Index()
+        self.metrics = self.index.metrics  #: by id; each with its points
+        self.root_token_hash: bytes | None = None  #: set by `serve`
+        self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
+        self.zstd, self.zstd_missing = find_zstd()  #: why there is none, when there is none
+        self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
+        self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
+        self._lock_fd: int | None = None
+        self._import_lock = threading.Lock()  #: one import at a time: see import_points
+
+    @classmethod
+    def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
+        """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
+        store = cls(path, seal_bytes)
+        try:
+            make_private_dir(path)
+            store._take_lock()
+            if store.zstd is None and DataFiles.list(path).segments:
+                need_zstd()  # segments it cannot read: stop here, with the fix in one line
+            if repair:
+                repair_directory(path)
+            tail = replay(path, store.index)
+            if tail is None:
+                files = DataFiles.list(path)
+                store.log.start(max([*files.logs, *files.segments], default=0) + 1)
+            else:
+                store.torn_bytes_cut = store.log.resume(DataFiles.list(path).active(), tail)
+        except OSError as e:
+            store.close()
+            raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
+        except PerfitError:
+            store.close()
+            raise
+        store.sealer.wake()  # logs a crash (or a run without zstd) left unsealed
+        return store
+
+    def close(self) -> None:
+        self.sealer.close()
+        self.log.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def exit_on_fatal(self) -> bool:
+        return self.log.exit_on_fatal
+
+    @exit_on_fatal.setter
+    def exit_on_fatal(self, value: bool) -> None:
+        self.log.exit_on_fatal = value
 
     def writable(self) -> bool:
-        return self._failed is None and os.access(self.path, os.W_OK)
+        return self.log.failed is None and os.access(self.path, os.W_OK)
 
-    # -- the store's operations ----------------------------------------------------------------
+    def _take_lock(self) -> None:
+        import fcntl  # POSIX only, and only the server needs it
+
+        fd = open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreLocked(
+                f"the data directory {self.path} is in use by another perfit server (pid {owner})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _index_durable(self, records: list[tuple[int, bytes]]) -> None:
+        for rtype, payload in records:
+            self.index.apply(rtype, payload)
+
+    def _sealer_wake(self) -> None:
+        self.sealer.wake()
+
+    # -- operations ----------------------------------------------------------------------------
 
     def create_account(self) -> tuple[bytes, str]:
         """A new account and its first admin token."""
         account = new_id()
         doc = {"id": b64encode(account), "created": time.time()}
-        self._append(REC_ACCOUNT, lambda: json.dumps(doc).encode())
+        self.log.append(REC_ACCOUNT, lambda: json.dumps(doc).encode())
         return account, self.create_token(account, "admin")
 
     def create_token(self, account: bytes, token_type: str) -> str:
         token = new_token()
         doc = {"account": b64encode(account), "type": token_type, "hash": hash_token(token).hex()}
-        self._append(REC_TOKEN, lambda: json.dumps(doc).encode())
+        self.log.append(REC_TOKEN, lambda: json.dumps(doc).encode())
         return token
 
     def create_metric(self, account: bytes, **fields: str) -> Metric:
         doc = {"id": b64encode(new_id()), "account": b64encode(account), "created": time.time()}
         doc.update(fields)
-        self._append(REC_METRIC, lambda: json.dumps(doc).encode())
+        self.log.append(REC_METRIC, lambda: json.dumps(doc).encode())
         return self.metrics[_raw(doc["id"])]
 
     def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
@@ -1447,16 +1543,16 @@ class Store:
 
         def payload() -> bytes:
             # Arrival times never go backwards, even if the wall clock does.
-            stamp[0] = self._last_t = max(time.time_ns() // 1000, self._last_t)
+            stamp[0] = self.index.last_t = max(time.time_ns() // 1000, self.index.last_t)
             return POINT.pack(metric_id, stamp[0], value) + meta
 
-        self._append(REC_POINT, payload)
+        self.log.append(REC_POINT, payload)
         return stamp[0]
 
     def add_points(self, metric_id: bytes, batch: PointBatch) -> int:
         """Add points at the times they carry: one record, all or nothing, durable."""
         if len(batch):
-            self._append(REC_POINTS, lambda: pack_columns(metric_id, batch))
+            self.log.append(REC_POINTS, lambda: pack_columns(metric_id, batch))
         return len(batch)
 
     def import_points(self, metric_id: bytes, batch: PointBatch) -> tuple[int, int]:
@@ -1471,22 +1567,7 @@ class Store:
         if self.root_token_hash is not None and hmac.compare_digest(digest, self.root_token_hash):
             return Principal(None, "root")
         # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
-        return self.tokens.get(digest)
-
-
-def _readable(rtype: int, payload: bytes) -> bool:
-    try:
-        _decode_record(rtype, payload)
-    except Exception:
-        return False
-    return True
-
-
-def _raw(text: str) -> bytes:
-    raw = decode_id(text)
-    if raw is None:
-        raise ValueError(f"bad id {text!r}")
-    return raw
+        return self.index.tokens.get(digest)
 
 
 # ==============================================================================================
@@ -1553,6 +1634,15 @@ def detect_changes(
             Change(index, t, before, after, relative, "regression" if worse else "improvement")
         )
     return changes
+
+
+def series_changes(series: Series, better: str, threshold: float) -> list[Change]:
+    """The change points among the newest CHANGE_WINDOW points of a series (a snapshot of a
+    range), indexed within the whole of it, as /json of the same range lists the points."""
+    skipped = max(0, len(series) - CHANGE_WINDOW)
+    times = [t // US for t in series.times[skipped:]]
+    found = detect_changes(series.values[skipped:], times, better, threshold)
+    return [dataclasses.replace(c, index=c.index + skipped) for c in found]
 
 
 def _relative(before: float, after: float) -> float:
@@ -1734,17 +1824,86 @@ def _series_css() -> str:
     return f"{light}@media (prefers-color-scheme: dark) {{\n{dark}}}\n{shapes}"
 
 
-@dataclasses.dataclass
-class ChartOptions:
-    """The query options of every `GET /m/ID...` view, parsed and checked."""
+@dataclasses.dataclass(frozen=True)
+class QueryOption:
+    """A query option of the web views: what it is, and what it sets."""
 
-    title: str = ""
-    x_label: str = ""
-    y_label: str = ""
-    start: float | None = None
-    end: float | None = None
-    min: float | None = None
-    max: float | None = None
+    name: str  #: in the query string, kebab-case as in the original PerfIt
+    kind: str  #: "text", "time" (RFC 3339), "duration" (before now), "number", ...
+    help: str  #: what it does, for people (the OpenAPI document says it)
+    field: str = ""  #: the ChartOptions field a chart option sets
+    label: str = ""  #: in the metric page's form
+    placeholder: str = ""
+    example: str = ""
+    required: bool = False
+
+
+#: The options of every chart view (`GET /m/ID...`), in the order the page's form shows them.
+#: The ChartOptions dataclass, the parser, the form and the OpenAPI parameters all come from it.
+CHART_OPTIONS = (
+    QueryOption("title", "text", "The chart's title.", field="title", label="Title"),
+    QueryOption("y-label", "text", "The value axis' label.", field="y_label", label="Y label"),
+    QueryOption("x-label", "text", "The time axis' label.", field="x_label", label="X label"),
+    QueryOption(
+        "start-rel",
+        "duration",
+        "Start of the range, as a duration before now (90s, 15m, 12h, 3d, 2w, '2 weeks', "
+        "'1d 12h'); wins over start-fixed.",
+        field="start",
+        label="Start, relative",
+        placeholder="e.g. 30d",
+        example="30d",
+    ),
+    QueryOption(
+        "end-rel",
+        "duration",
+        "End of the range, as a duration before now; wins over end-fixed.",
+        field="end",
+        label="End, relative",
+        placeholder="e.g. 1h",
+        example="1h",
+    ),
+    QueryOption(
+        "start-fixed",
+        "time",
+        "Start of the range, RFC 3339 (no offset means UTC).",
+        field="start",
+        label="Start, fixed",
+        placeholder="2026-11-01T00:00:00Z",
+        example="2026-11-01T00:00:00Z",
+    ),
+    QueryOption(
+        "end-fixed",
+        "time",
+        "End of the range, RFC 3339 (no offset means UTC).",
+        field="end",
+        label="End, fixed",
+        placeholder="2026-11-30T00:00:00Z",
+        example="2026-11-30T00:00:00Z",
+    ),
+    QueryOption(
+        "min",
+        "number",
+        "Lower edge of the value axis: values below are drawn as markers on it, out of the "
+        "line. Less than max.",
+        field="min",
+        label="Min value",
+    ),
+    QueryOption(
+        "max",
+        "number",
+        "Upper edge of the value axis: values above are drawn as markers on it.",
+        field="max",
+        label="Max value",
+    ),
+)
+
+#: The chart options parsed and checked: text fields default to "", the others to None.
+ChartOptions = dataclasses.make_dataclass(
+    "ChartOptions",
+    [(o.field, Any, dataclasses.field(default="" if o.kind == "text" else None))
+     for o in {o.field: o for o in CHART_OPTIONS}.values()],
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -2166,6 +2325,23 @@ def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float)
         x += 18 + text_width(name, 12) + 16
 
 
+def chart_document(
+    metrics: Sequence[Metric], opts: ChartOptions, changes: ChangeCache | None = None
+) -> str:
+    """The SVG chart of one or more metrics over the options' range, with their changes
+    (found again, or taken from `changes`, the web layer's cache)."""
+    snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
+    t0, t1 = chart_range(snapshots, opts)
+    series = [chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
+    for metric, snapshot, drawn in zip(metrics, snapshots, series):
+        if changes is None:
+            found = series_changes(snapshot, metric.better, DEFAULT_CHANGE_THRESHOLD)
+        else:
+            found = changes.get(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
+        drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
+    return render_chart(series, opts, t0, t1)
+
+
 # -- badges -------------------------------------------------------------------------------------
 
 #: Average advance of Verdana's glyphs at 11 px, by kind: enough to size a badge's halves.
@@ -2217,8 +2393,8 @@ def render_badge(label: str, message: str, state: str) -> str:
 
 # ==============================================================================================
 # Web: request helpers
-# Parsing what a request carries (token, body, options, client address) into checked values,
-# and the per-address token buckets that rate-limit it.
+# What a request carries (token, body, options, client address) made into checked values, and
+# the per-address token buckets that rate-limit it. Every bad input is a 4xx naming what is bad.
 # ==============================================================================================
 
 
@@ -2279,6 +2455,9 @@ def bearer_token(environ: dict) -> str | None:
     return token.strip()
 
 
+# -- the body -------------------------------------------------------------------------------------
+
+
 def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body (None when empty), checked against `limit` before reading."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
@@ -2286,15 +2465,18 @@ def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
     else:
         raw = _read_sized(environ, limit)
     if not raw.strip():
-        return None
+        return None  # no body: for the routes whose body is optional, as good as {}
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BadRequest("the body is not valid UTF-8") from None
     except ValueError as e:
         raise BadRequest(f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise BadRequest("the body's JSON is nested too deeply") from None
+    if body is None:
+        raise BadRequest("the body is null: send an object, an array, or nothing")
+    return body
 
 
 def _read_sized(environ: dict, limit: int) -> bytes:
@@ -2360,13 +2542,45 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def body_object(body: Any, allowed: Sequence[str]) -> dict:
-    """A JSON object body with only known fields (None counts as {})."""
+# -- checking what the body says ------------------------------------------------------------------
+
+
+def check_value(value: object, what: str = "value") -> float:
+    """A data point's value: a finite JSON number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{what} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise BadRequest(f"{what} is too large for a 64-bit float") from None
+    if not math.isfinite(number):
+        raise BadRequest(f"{what} must be finite")
+    return number
+
+
+def check_text(value: object, what: str, max_bytes: int) -> str:
+    """A string field measured in UTF-8 bytes, as it will be stored."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not valid UTF-8") from None
+    if size > max_bytes:
+        raise BadRequest(f"{what} is {size} bytes long; at most {max_bytes} bytes are allowed")
+    return value
+
+
+def body_object(body: Any, allowed: Sequence[str], where: str = "the body") -> dict:
+    """A JSON object with only known fields (None, an empty body, counts as {})."""
     if body is None:
         return {}
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    check_fields(body, allowed)
+        raise BadRequest(f"{where} must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        expected = ", ".join(allowed) or "no fields"
+        raise BadRequest(f"{where}: unknown field {unknown[0]!r}; expected {expected}")
     return body
 
 
@@ -2381,7 +2595,7 @@ def parse_import(body: Any, now: float) -> PointBatch:
         where = f"points[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object with t, v and optionally m")
-        check_fields(item, ("t", "v", "m"), where)
+        body_object(item, ("t", "v", "m"), where)
         for field in ("t", "v"):
             if field not in item:
                 raise BadRequest(f"{where}: missing field {field!r}")
@@ -2404,7 +2618,7 @@ def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     if unit == metric.unit or not metric.unit:
         return value
     if unit not in TIME_UNITS:
-        raise BadRequest(f"unit: {unit!r} is not a unit of time ({', '.join(_TIME_UNIT_NAMES)})"
+        raise BadRequest(f"unit: {unit!r} is not a unit of time ({', '.join(TIME_UNIT_NAMES)})"
                          f" nor the metric's own ({metric.unit!r})")  # fmt: skip
     if metric.unit not in TIME_UNITS:
         raise BadRequest(f"unit: this metric is in {metric.unit!r}, not a unit of time: "
@@ -2415,26 +2629,27 @@ def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     return converted
 
 
-_TIME_UNIT_NAMES = ("ns", "us", "ms", "s", "min", "h")  #: the short names, for messages
+# -- query options ------------------------------------------------------------------------------
+
+#: The option of /m/ID/changes; and the one of the open form (GET /m/?metric-id=).
+THRESHOLD = QueryOption("threshold", "threshold", "changes only: the smallest relative step "
+                        f"reported (default {DEFAULT_CHANGE_THRESHOLD}, 5 %).")  # fmt: skip
+METRIC_ID = QueryOption("metric-id", "link", "A metric's id, or any PerfIt link to a metric "
+                        "(its page, chart, badge or data); the link's chart options are kept.",
+                        required=True)  # fmt: skip
+QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, THRESHOLD, METRIC_ID)}
 
 
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
-    """Chart options from a query string; a bad one is a 400 naming it."""
-    opts = ChartOptions()
-    for name, attr in (("title", "title"), ("x-label", "x_label"), ("y-label", "y_label")):
-        if name in query:
-            setattr(opts, attr, check_text(query[name], name, MAX_NAME_BYTES))
-    for bound in ("start", "end"):
-        setattr(opts, bound, _time_bound(query, bound, now))
-    for name in ("min", "max"):
-        if query.get(name, "").strip():
-            try:
-                number = float(query[name])
-            except ValueError:
-                raise BadRequest(f"{name}: {query[name]!r} is not a number") from None
-            if not math.isfinite(number):
-                raise BadRequest(f"{name} must be a finite number")
-            setattr(opts, name, number)
+    """Chart options from a query string; a bad one is a 400 naming it.
+
+    For each field, the option given that wins is read (a relative bound wins over a fixed
+    one, as in the original PerfIt); the one it beats is not even looked at.
+    """
+    given = [o for o in CHART_OPTIONS if query.get(o.name, "").strip()]
+    winners = {o.field: o for o in sorted(given, key=lambda o: o.kind == "duration")}
+    values = {field: _option_value(o, query[o.name], now) for field, o in winners.items()}
+    opts = ChartOptions(**values)
     if opts.start is not None and opts.end is not None and opts.start > opts.end:
         raise BadRequest("start-rel/start-fixed: the start is after the end")
     if opts.min is not None and opts.max is not None and opts.min >= opts.max:
@@ -2442,30 +2657,65 @@ def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
     return opts
 
 
+def _option_value(option: QueryOption, text: str, now: float) -> Any:
+    """One option's value; whatever is wrong with it is a 400 that starts with its name."""
+    if option.kind == "text":
+        return check_text(text, option.name, MAX_NAME_BYTES)
+    if option.kind == "number":
+        return query_number(option.name, text)
+    try:
+        if option.kind == "duration":
+            return now - parse_duration(text.strip())
+        return parse_rfc3339(text)
+    except (ValueError, OverflowError, OSError) as e:
+        raise BadRequest(f"{option.name}: {e}") from None
+
+
+#: A number in a query option, as JSON writes one (what the OpenAPI document's "number" means):
+#: no "1_000", no "nan", no spaces, which Python's float() would take.
+_NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def query_number(name: str, text: str) -> float:
+    """A finite number from a query option; anything else is a 400 naming the option."""
+    if not _NUMBER_RE.fullmatch(text):
+        raise BadRequest(f"{name}: {text!r} is not a number")
+    number = float(text)
+    if not math.isfinite(number):
+        raise BadRequest(f"{name} must be a finite number")
+    return number
+
+
 def parse_threshold(text: str) -> float:
     """The `threshold` option of /changes: the smallest relative step reported (0.05 = 5 %)."""
     if not text.strip():
         return DEFAULT_CHANGE_THRESHOLD
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"threshold: {text!r} is not a number (0.05 means 5 %)") from None
-    if not 0 <= value <= 10:
-        raise BadRequest("threshold: must be between 0 and 10 (0.05 means 5 %)")
+    value = query_number("threshold", text)
+    if not 0 <= value <= MAX_THRESHOLD:
+        raise BadRequest(f"threshold: must be between 0 and {MAX_THRESHOLD} (0.05 means 5 %)")
     return value
 
 
-def _time_bound(query: dict[str, str], bound: str, now: float) -> float | None:
-    # A relative bound wins over a fixed one, as in the original PerfIt.
-    rel, fixed = query.get(f"{bound}-rel", "").strip(), query.get(f"{bound}-fixed", "").strip()
-    try:
-        if rel:
-            return now - parse_duration(rel)
-        if fixed:
-            return parse_rfc3339(fixed)
-    except (ValueError, OverflowError, OSError) as e:
-        raise BadRequest(f"{bound}-{'rel' if rel else 'fixed'}: {e}") from None
-    return None
+_LINKED_IDS_RE = re.compile(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
+
+
+def metric_link(text: str) -> tuple[list[str], dict[str, str]]:
+    """The metric ids, and the chart options, of what was typed into the open form.
+
+    That is an id, or any PerfIt link to a metric: its page, chart, badge or data, with or
+    without options (https://perfit.example/m/ID.svg?start-rel=30d keeps its 30 days).
+    """
+    text = text.strip()
+    if decode_id(text) is not None:
+        return [text], {}
+    parts = urllib.parse.urlsplit(text)
+    found = _LINKED_IDS_RE.search(parts.path)
+    if found is None:
+        raise NotFound(f"no metric id in {text[:100]!r}: paste an id (22 characters) or a "
+                       "link to a metric's page or chart")  # fmt: skip
+    chart = {o.name for o in CHART_OPTIONS}
+    options = {k: v for k, v in urllib.parse.parse_qsl(parts.query) if k in chart and v.strip()}
+    return list(dict.fromkeys(found.group(1).split(","))), options
 
 
 # ==============================================================================================
@@ -2535,37 +2785,29 @@ OPEN_FORM = """<form action="{action}" method="get" class="open">
      value="{value}" autocomplete="off" spellcheck="false"> <button type="submit">Open</button></p>
 </form>"""
 
-INDEX_PAGE = """<!doctype html>
+PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>PerfIt</title><style>{css}</style></head>
+<title>{title}</title><style>{css}</style></head>
 <body><main>
-<h1>PerfIt</h1>
+{main}</main>{script}
+</body></html>
+"""
+
+INDEX_MAIN = """<h1>PerfIt</h1>
 <p class="lead">A tiny self-hosted tracker of CI performance: CI jobs post how long their steps
 take, and PerfIt keeps the numbers and draws them.</p>
 {open_form}
 <p class="muted">Feed it from CI with the one-file client:
 <code>python perfit.py run -- make test</code>. PerfIt {version}.</p>
-</main></body></html>
 """
 
-ERROR_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · PerfIt</title><style>{css}</style></head>
-<body><main>
-<h1>{title}</h1>
+ERROR_MAIN = """<h1>{title}</h1>
 <p class="error" role="alert">{message}</p>
 {extra}<p><a href="{home}">PerfIt home</a>{more_links}</p>
-</main></body></html>
 """
 
-METRIC_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{heading} · PerfIt</title><style>{css}</style></head>
-<body><main>
-<h1>{heading}</h1>
+METRIC_MAIN = """<h1>{heading}</h1>
 <p class="muted">{subtitle}</p>
 <div class="plot"><div class="chart" id="chart" aria-live="polite">{svg}</div>
 <div class="tip" id="tip" role="status" hidden></div></div>
@@ -2586,7 +2828,9 @@ METRIC_PAGE = """<!doctype html>
 <textarea id="embed-html" readonly rows="4">{embed_html}</textarea>
 </section>
 {latest}
-</main>
+"""
+
+METRIC_SCRIPT = """
 <script>
 (function () {{
   // Redraw the chart as the user types: fetch the SVG of the same view, no page reload.
@@ -2688,21 +2932,13 @@ METRIC_PAGE = """<!doctype html>
   form.addEventListener("submit", function (e) {{ e.preventDefault(); redraw(); }});
   update(query());
 }})();
-</script>
-</body></html>
-"""
+</script>"""
 
-_FORM_FIELDS = [
-    ("title", "Title", "text", ""),
-    ("y-label", "Y label", "text", ""),
-    ("x-label", "X label", "text", ""),
-    ("start-rel", "Start, relative", "text", "e.g. 30d"),
-    ("end-rel", "End, relative", "text", "e.g. 1h"),
-    ("start-fixed", "Start, fixed", "text", "2026-11-01T00:00:00Z"),
-    ("end-fixed", "End, fixed", "text", "2026-11-30T00:00:00Z"),
-    ("min", "Min value", "number", ""),
-    ("max", "Max value", "number", ""),
-]
+
+def html_page(title: str, main: str, script: str = "") -> str:
+    """A whole page: the shared head (inline CSS, nothing from elsewhere), main, a script."""
+    full_title = f"{title} · PerfIt" if title else "PerfIt"
+    return PAGE.format(title=html.escape(full_title), css=PAGE_CSS, main=main, script=script)
 
 
 def render_metric_page(
@@ -2711,11 +2947,13 @@ def render_metric_page(
     """The page of one metric, or of an overlay; `nested` when served at /m/ID/html."""
     esc = html.escape
     fields = []
-    for name, label, kind, placeholder in _FORM_FIELDS:
+    for option in CHART_OPTIONS:
+        name, kind = option.name, ("number" if option.kind == "number" else "text")
         step = ' step="any"' if kind == "number" else ""
         fields.append(
-            f'  <label for="f-{name}">{label}<input id="f-{name}" name="{name}" type="{kind}"{step}'
-            f' value="{esc(query.get(name, ""))}" placeholder="{esc(placeholder)}"></label>'
+            f'  <label for="f-{name}">{option.label}<input id="f-{name}" name="{name}" '
+            f'type="{kind}"{step} value="{esc(query.get(name, ""))}" '
+            f'placeholder="{esc(option.placeholder)}"></label>'
         )
     ids = [b64encode(m.id) for m in metrics]
     names = [m.name or f"metric {i}" for m, i in zip(metrics, ids)]
@@ -2730,8 +2968,7 @@ def render_metric_page(
     base = ("../" if nested else "") + ",".join(ids)  # relative, so a path prefix in a proxy works
     svg_url = f"{base}.svg{qs}"
     csv_link = f'<a id="link-csv" href="{esc(base)}/csv{esc(qs)}">CSV</a>' if len(ids) == 1 else ""
-    return METRIC_PAGE.format(
-        css=PAGE_CSS,
+    main = METRIC_MAIN.format(
         heading=esc(" · ".join(names)),
         subtitle=esc(subtitle),
         svg=svg,
@@ -2742,13 +2979,16 @@ def render_metric_page(
         embed_markdown=esc(f"![{names[0]}]({svg_url})"),
         embed_html=esc(f'<img src="{svg_url}" alt="{names[0]}">'),
         latest=_latest_points(metrics[0]) if len(metrics) == 1 else "",
+    )
+    script = METRIC_SCRIPT.format(
         ids_json=_script_json(ids),
         url_breaks=_script_json(URL_BREAKS),
         name_json=_script_json(" · ".join(names)),
     )
+    return html_page(" · ".join(names), main, script)
 
 
-def render_error_page(err: PerfitError, path: str, query: str, typed: str = "") -> str:
+def render_error_page(err: PerfitError, status: int, path: str, query: str, typed: str = "") -> str:
     """What a browser shows for an error: the message, and a way back.
 
     Links are relative, so they work behind a proxy that serves PerfIt under a path prefix.
@@ -2764,11 +3004,12 @@ def render_error_page(err: PerfitError, path: str, query: str, typed: str = "") 
     if isinstance(err, NotFound) and path.endswith("/m/"):
         extra = OPEN_FORM.format(action="", value=esc(typed)) + "\n"
     try:
-        title = f"{err.status} {http.HTTPStatus(err.status).phrase}"
+        title = f"{status} {http.HTTPStatus(status).phrase}"
     except ValueError:
-        title = str(err.status)
-    return ERROR_PAGE.format(title=esc(title), css=PAGE_CSS, message=esc(err.message),
-                             home=esc(home), more_links=more, extra=extra)  # fmt: skip
+        title = str(status)
+    main = ERROR_MAIN.format(title=esc(title), message=esc(err.message), home=esc(home),
+                             more_links=more, extra=extra)  # fmt: skip
+    return html_page(title, main)
 
 
 def prefers_html(accept: str) -> bool:
@@ -2830,1064 +3071,172 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
     )
 
 
-# The OpenAPI 3.0 description served at GET /openapi.json; a test compares its paths with the
-# app's routes, and a schemathesis run against it must find no server error.
-#
-# One bottle route, `GET /m/<name>`, is documented as two paths: `/m/{id}` (the HTML page) and
-# `/m/{id}.svg` (the static chart link), because the route picks the view by the name's suffix.
-# OpenAPI 3.0 has no way to say "a path parameter, optionally followed by .svg", but templates
-# with a literal suffix are allowed, and the id's pattern (no dot) keeps the two paths disjoint.
-# Lengths given in bytes by the server are checked on UTF-8 bytes; the schemas' maxLength counts
-# characters, so they are upper bounds and the descriptions give the real rule.
-#: The shared answers of the OpenAPI document, by status.
-_ANSWER_NAMES = {
-    304: "NotModified",
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    413: "PayloadTooLarge",
-    429: "RateLimited",
-    507: "InsufficientStorage",
-}
-
-
-def _answers(*statuses: int) -> dict[str, Any]:
-    """Responses of an operation that point at the document's shared ones."""
-    return {str(s): {"$ref": f"#/components/responses/{_ANSWER_NAMES[s]}"} for s in statuses}
-
-
-OPENAPI: dict = {
-    "openapi": "3.0.3",
-    "info": {
-        "title": "PerfIt",
-        "version": __version__,
-        "description": (
-            "Records and plots metrics, typically how long the steps of CI pipelines take. "
-            "A metric id is an unguessable read capability: anyone holding it may read the "
-            "metric. Writing needs a bearer token (`Authorization: Bearer <token>`) of the "
-            "owning account; tokens are of type root (creates accounts), admin (creates "
-            "metrics and tokens of its account, and posts) or post (posts to its account's "
-            'metrics only). Every error is JSON `{"message": "..."}` (a small HTML page instead '
-            "when the Accept header prefers text/html, as a browser's does): 400 malformed input, "
-            "401 missing or unknown token, 403 token not allowed to do this, 404 unknown "
-            "metric, route or format, 405 wrong method on a known path, 413 body too large "
-            "(64 KiB; 4 MiB for /points), 429 rate limited (with Retry-After), 507 the store "
-            "cannot take the write."
-        ),
-        "license": {"name": "MIT"},
-    },
-    "paths": {
-        "/a/": {
-            "put": {
-                "operationId": "createAccount",
-                "summary": "Create an account and its first admin token (root token).",
-                "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": False,
-                    "description": "Nothing, or an empty JSON object.",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Empty"}}
-                    },
-                },
-                "responses": {
-                    "200": {"$ref": "#/components/responses/Credentials"},
-                    **_answers(400, 401, 403, 413, 429, 507),
-                },
-            }
-        },
-        "/t/": {
-            "put": {
-                "operationId": "createToken",
-                "summary": "Create a token for the caller's account (admin token).",
-                "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NewToken"}}
-                    },
-                },
-                "responses": {
-                    "200": {"$ref": "#/components/responses/Credentials"},
-                    **_answers(400, 401, 403, 413, 429, 507),
-                },
-            }
-        },
-        "/m/": {
-            "put": {
-                "operationId": "createMetric",
-                "summary": "Create a metric in the caller's account (admin token).",
-                "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NewMetric"}}
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "The new metric.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Metric"}}
-                        },
-                    },
-                    **_answers(400, 401, 403, 413, 429, 507),
-                },
-            },
-            "get": {
-                "operationId": "findMetric",
-                "summary": "Open a metric by its id (the index page's form); anyone.",
-                "parameters": [
-                    {
-                        "name": "metric-id",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"$ref": "#/components/schemas/MetricId"},
-                    }
-                ],
-                "responses": {
-                    "303": {
-                        "description": "The metric exists: see its page.",
-                        "headers": {
-                            "Location": {
-                                "description": "The metric's id, a relative reference to /m/{id}.",
-                                "schema": {"type": "string"},
-                            }
-                        },
-                    },
-                    **_answers(404, 429),
-                },
-            },
-        },
-        "/m/{id}": {
-            "post": {
-                "operationId": "postPoint",
-                "summary": "Post one data point, timed by the server (post or admin token of the metric's account).",
-                "description": "Answered once the point is durable on disk.",
-                "security": [{"bearer": []}],
-                "parameters": [{"$ref": "#/components/parameters/MetricId"}],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NewPoint"}}
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "The point's time, unix seconds.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Posted"}}
-                        },
-                    },
-                    **_answers(400, 401, 403, 404, 413, 429, 507),
-                },
-            },
-            "get": {
-                "operationId": "getMetricPage",
-                "summary": "The HTML page of one metric, or of up to 8 overlaid; anyone holding the ids.",
-                "parameters": [
-                    {"$ref": "#/components/parameters/MetricIds"},
-                    {"$ref": "#/components/parameters/Title"},
-                    {"$ref": "#/components/parameters/XLabel"},
-                    {"$ref": "#/components/parameters/YLabel"},
-                    {"$ref": "#/components/parameters/StartFixed"},
-                    {"$ref": "#/components/parameters/EndFixed"},
-                    {"$ref": "#/components/parameters/StartRel"},
-                    {"$ref": "#/components/parameters/EndRel"},
-                    {"$ref": "#/components/parameters/Min"},
-                    {"$ref": "#/components/parameters/Max"},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The chart and a form to change its options.",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    },
-                    **_answers(400, 404, 429),
-                },
-            },
-        },
-        "/m/{id}.svg": {
-            "get": {
-                "operationId": "getMetricChart",
-                "summary": "The SVG chart of one metric, or of up to 8 overlaid (the static link); anyone.",
-                "description": "Served by the same route as /m/{id}, which answers the chart when the last path segment ends in .svg.",
-                "parameters": [
-                    {"$ref": "#/components/parameters/MetricIds"},
-                    {"$ref": "#/components/parameters/Title"},
-                    {"$ref": "#/components/parameters/XLabel"},
-                    {"$ref": "#/components/parameters/YLabel"},
-                    {"$ref": "#/components/parameters/StartFixed"},
-                    {"$ref": "#/components/parameters/EndFixed"},
-                    {"$ref": "#/components/parameters/StartRel"},
-                    {"$ref": "#/components/parameters/EndRel"},
-                    {"$ref": "#/components/parameters/Min"},
-                    {"$ref": "#/components/parameters/Max"},
-                ],
-                "responses": {
-                    "200": {"$ref": "#/components/responses/Chart"},
-                    **_answers(304, 400, 404, 429),
-                },
-            }
-        },
-        "/m/{id}/points": {
-            "post": {
-                "operationId": "importPoints",
-                "summary": "Backfill or import points with their own times (admin token of the metric's account).",
-                "description": "All or nothing; answered once the points are durable. Points already stored (the same time, value and metadata) are not added again, so importing a file twice adds it once. More than 10,000 points, or a body over 4 MiB, is a 413.",
-                "security": [{"bearer": []}],
-                "parameters": [{"$ref": "#/components/parameters/MetricId"}],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Import"}}
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "How many points were added.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Added"}}
-                        },
-                    },
-                    **_answers(400, 401, 403, 404, 413, 429, 507),
-                },
-            }
-        },
-        "/m/{id}/{format}": {
-            "get": {
-                "operationId": "getMetricView",
-                "summary": "One metric, or up to 8 overlaid (html, svg, json only), in a format; anyone.",
-                "parameters": [
-                    {"$ref": "#/components/parameters/MetricIds"},
-                    {
-                        "name": "format",
-                        "in": "path",
-                        "required": True,
-                        "description": "html: the page; svg: the chart; json: the points; csv: t,v,m rows with a header line; badge.svg: a small badge with the latest value; changes: the change points (threshold option); info: the metric's name, unit and how many points it has. Any other is a 404.",
-                        "schema": {
-                            "type": "string",
-                            "enum": ["html", "svg", "json", "csv", "badge.svg", "changes", "info"],
-                        },
-                    },
-                    {"$ref": "#/components/parameters/Title"},
-                    {"$ref": "#/components/parameters/XLabel"},
-                    {"$ref": "#/components/parameters/YLabel"},
-                    {"$ref": "#/components/parameters/StartFixed"},
-                    {"$ref": "#/components/parameters/EndFixed"},
-                    {"$ref": "#/components/parameters/StartRel"},
-                    {"$ref": "#/components/parameters/EndRel"},
-                    {"$ref": "#/components/parameters/Min"},
-                    {"$ref": "#/components/parameters/Max"},
-                    {"$ref": "#/components/parameters/Threshold"},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The view, of the type the format names.",
-                        "headers": {
-                            "ETag": {"$ref": "#/components/headers/ETag"},
-                            "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
-                        },
-                        "content": {
-                            "text/html": {"schema": {"type": "string"}},
-                            "image/svg+xml": {"schema": {"type": "string"}},
-                            "application/json": {
-                                "schema": {
-                                    "anyOf": [
-                                        {"$ref": "#/components/schemas/Points"},
-                                        {"$ref": "#/components/schemas/Changes"},
-                                        {"$ref": "#/components/schemas/Info"},
-                                        {
-                                            "type": "object",
-                                            "description": "Several metrics: the points of each, by id.",
-                                            "additionalProperties": {
-                                                "$ref": "#/components/schemas/Points"
-                                            },
-                                        },
-                                    ]
-                                }
-                            },
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_answers(304, 400, 404, 429),
-                },
-            }
-        },
-        "/": {
-            "get": {
-                "operationId": "getIndex",
-                "summary": "The index page: what PerfIt is, and a form to open a metric by id.",
-                "responses": {
-                    "200": {
-                        "description": "The page.",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    },
-                    **_answers(429),
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "operationId": "getHealth",
-                "summary": "Whether the store is writable.",
-                "responses": {
-                    "200": {
-                        "description": "Healthy.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
-                        },
-                    },
-                    **_answers(429),
-                    "503": {
-                        "description": "The store is not writable.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
-                        },
-                    },
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "getOpenApi",
-                "summary": "This document.",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.0.",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    **_answers(429),
-                },
-            }
-        },
-    },
-    "components": {
-        "securitySchemes": {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "An access token: 43 characters of url-safe base64 (a root token may be any operator-chosen text of 16 or more).",
-            }
-        },
-        "parameters": {
-            "MetricId": {
-                "name": "id",
-                "in": "path",
-                "required": True,
-                "description": "The metric's id.",
-                "schema": {"$ref": "#/components/schemas/MetricId"},
-            },
-            "MetricIds": {
-                "name": "id",
-                "in": "path",
-                "required": True,
-                "description": "A metric's id, or up to 8 ids separated by commas, drawn in one chart (html, svg and json only). More than 8 distinct ids is a 400.",
-                "schema": {
-                    "type": "string",
-                    "pattern": "^[A-Za-z0-9_-]{21}[AQgw](,[A-Za-z0-9_-]{21}[AQgw]){0,7}$",
-                },
-            },
-            "Title": {
-                "name": "title",
-                "in": "query",
-                "description": "The chart's title; at most 200 bytes of UTF-8.",
-                "schema": {"type": "string", "maxLength": 200},
-            },
-            "XLabel": {
-                "name": "x-label",
-                "in": "query",
-                "description": "The x axis label; at most 200 bytes of UTF-8.",
-                "schema": {"type": "string", "maxLength": 200},
-            },
-            "YLabel": {
-                "name": "y-label",
-                "in": "query",
-                "description": "The y axis label; at most 200 bytes of UTF-8.",
-                "schema": {"type": "string", "maxLength": 200},
-            },
-            "StartFixed": {
-                "name": "start-fixed",
-                "in": "query",
-                "description": "Start of the range, RFC 3339 (no offset means UTC); start-rel wins over it.",
-                "schema": {"type": "string", "format": "date-time"},
-                "example": "2026-11-01T00:00:00Z",
-            },
-            "EndFixed": {
-                "name": "end-fixed",
-                "in": "query",
-                "description": "End of the range, RFC 3339 (no offset means UTC); end-rel wins over it.",
-                "schema": {"type": "string", "format": "date-time"},
-                "example": "2026-11-30T00:00:00Z",
-            },
-            "StartRel": {
-                "name": "start-rel",
-                "in": "query",
-                "description": "Start of the range, as a duration before now: 90s, 15m, 12h, 3d, 2w, '2 weeks', '1d 12h' (at most a thousand years).",
-                "schema": {"$ref": "#/components/schemas/Duration"},
-                "example": "30d",
-            },
-            "EndRel": {
-                "name": "end-rel",
-                "in": "query",
-                "description": "End of the range, as a duration before now.",
-                "schema": {"$ref": "#/components/schemas/Duration"},
-                "example": "1h",
-            },
-            "Min": {
-                "name": "min",
-                "in": "query",
-                "description": "Lower edge of the value axis; values below are drawn as markers on it. Must be less than max.",
-                "schema": {"type": "number"},
-            },
-            "Max": {
-                "name": "max",
-                "in": "query",
-                "description": "Upper edge of the value axis; values above are drawn as markers on it.",
-                "schema": {"type": "number"},
-            },
-            "Threshold": {
-                "name": "threshold",
-                "in": "query",
-                "description": "changes only: the smallest relative step reported (default 0.05, 5 %).",
-                "schema": {"type": "number", "minimum": 0, "maximum": 10},
-            },
-        },
-        "headers": {
-            "ETag": {
-                "description": "A strong validator of the body; send it back in If-None-Match.",
-                "schema": {"type": "string"},
-            },
-            "CacheControl": {
-                "description": "A day for a range that is over, a minute otherwise.",
-                "schema": {"type": "string"},
-            },
-            "RetryAfter": {
-                "description": "Seconds to wait before trying again.",
-                "schema": {"type": "integer", "minimum": 1},
-            },
-        },
-        "responses": {
-            "Credentials": {
-                "description": "The account and its new token; the token is shown only this once.",
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Credentials"}}
-                },
-            },
-            "Chart": {
-                "description": "The chart.",
-                "headers": {
-                    "ETag": {"$ref": "#/components/headers/ETag"},
-                    "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
-                },
-                "content": {"image/svg+xml": {"schema": {"type": "string"}}},
-            },
-            "NotModified": {
-                "description": "If-None-Match named the current ETag.",
-                "headers": {
-                    "ETag": {"$ref": "#/components/headers/ETag"},
-                    "Cache-Control": {"$ref": "#/components/headers/CacheControl"},
-                },
-            },
-            "BadRequest": {
-                "description": "Malformed input; the message names what is wrong.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "Unauthorized": {
-                "description": "Missing or unknown access token.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "Forbidden": {
-                "description": "The token's type, or its account, does not allow this.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "NotFound": {
-                "description": "Unknown metric, route or format.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "MethodNotAllowed": {
-                "description": "A known path, asked with a method it does not take (any path of this document).",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "PayloadTooLarge": {
-                "description": "The body is over 64 KiB (4 MiB for /points), or an import has more than 10,000 points.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "RateLimited": {
-                "description": "Too many requests, or too many failed authentications, from this address.",
-                "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-            "InsufficientStorage": {
-                "description": "The store cannot take the write; nothing was stored.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        },
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["message"],
-                "properties": {"message": {"type": "string"}},
-            },
-            "Id": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{21}[AQgw]$",
-                "description": "128 random bits, 22 characters of url-safe base64.",
-            },
-            "MetricId": {"$ref": "#/components/schemas/Id"},
-            "Token": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{43}$",
-                "description": "256 random bits, 43 characters of url-safe base64.",
-            },
-            # Spaces only after each part: an ambiguous pattern stalls schemathesis's generator.
-            "Duration": {
-                "type": "string",
-                "pattern": "^ *([0-9]+(\\.[0-9]+)? *[A-Za-z]+ *)*$",
-            },
-            "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
-            "NewToken": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "type": {"type": "string", "enum": ["post", "admin"], "default": "post"}
-                },
-            },
-            "Credentials": {
-                "type": "object",
-                "required": ["account_id", "access_token"],
-                "properties": {
-                    "account_id": {"$ref": "#/components/schemas/Id"},
-                    "access_token": {"$ref": "#/components/schemas/Token"},
-                },
-            },
-            "NewMetric": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "name": {
-                        "type": "string",
-                        "maxLength": 200,
-                        "description": "At most 200 bytes of UTF-8.",
-                    },
-                    "unit": {
-                        "type": "string",
-                        "maxLength": 32,
-                        "description": "At most 32 bytes of UTF-8; s, ms and the like draw as durations.",
-                    },
-                    "description": {
-                        "type": "string",
-                        "maxLength": 2000,
-                        "description": "At most 2000 bytes of UTF-8.",
-                    },
-                    "better": {"type": "string", "enum": ["lower", "higher"], "default": "lower"},
-                },
-            },
-            "Metric": {
-                "type": "object",
-                "required": [
-                    "metric_id",
-                    "account_id",
-                    "created",
-                    "name",
-                    "unit",
-                    "description",
-                    "better",
-                ],
-                "properties": {
-                    "metric_id": {"$ref": "#/components/schemas/Id"},
-                    "account_id": {"$ref": "#/components/schemas/Id"},
-                    "created": {"type": "integer", "description": "Unix seconds."},
-                    "name": {"type": "string"},
-                    "unit": {"type": "string"},
-                    "description": {"type": "string"},
-                    "better": {"type": "string", "enum": ["lower", "higher"]},
-                },
-            },
-            "NewPoint": {
-                "type": "object",
-                "required": ["value"],
-                "additionalProperties": False,
-                "properties": {
-                    "value": {"type": "number", "description": "A finite number."},
-                    "metadata": {
-                        "type": "string",
-                        "maxLength": 256,
-                        "description": "At most 256 bytes of UTF-8, typically a git sha or a job URL.",
-                    },
-                    "unit": {
-                        "type": "string",
-                        "maxLength": 32,
-                        "description": "The value's unit. A duration (ns, us, ms, s, min, h) is stored in the metric's own unit of time; any other unit must be the metric's.",
-                    },
-                },
-            },
-            "Posted": {
-                "type": "object",
-                "required": ["t"],
-                "properties": {"t": {"type": "integer", "description": "Unix seconds."}},
-            },
-            "Import": {
-                "type": "array",
-                "maxItems": 10000,
-                "items": {
-                    "type": "object",
-                    "required": ["t", "v"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "t": {
-                            "type": "number",
-                            "minimum": 0,
-                            "description": "Unix seconds, at most 5 minutes ahead of the server's clock.",
-                        },
-                        "v": {"type": "number", "description": "A finite number."},
-                        "m": {
-                            "type": "string",
-                            "maxLength": 256,
-                            "description": "Metadata: at most 256 bytes of UTF-8.",
-                        },
-                    },
-                },
-            },
-            "Added": {
-                "type": "object",
-                "required": ["added", "existing"],
-                "properties": {
-                    "added": {"type": "integer", "minimum": 0},
-                    "existing": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "description": "Points already stored (same time, value and metadata), not added again.",
-                    },
-                },
-            },
-            "Info": {
-                "type": "object",
-                "required": [
-                    "metric_id",
-                    "name",
-                    "unit",
-                    "description",
-                    "better",
-                    "created",
-                    "points",
-                    "first",
-                    "last",
-                ],
-                "properties": {
-                    "metric_id": {"$ref": "#/components/schemas/Id"},
-                    "name": {"type": "string"},
-                    "unit": {"type": "string"},
-                    "description": {"type": "string"},
-                    "better": {"type": "string", "enum": ["lower", "higher"]},
-                    "created": {"type": "integer", "description": "Unix seconds."},
-                    "points": {"type": "integer", "minimum": 0},
-                    "first": {
-                        "type": "integer",
-                        "nullable": True,
-                        "description": "Unix seconds of the oldest point; null without points.",
-                    },
-                    "last": {
-                        "type": "integer",
-                        "nullable": True,
-                        "description": "Unix seconds of the newest point.",
-                    },
-                },
-            },
-            "Points": {
-                "type": "array",
-                "description": "In time order, ties in arrival order.",
-                "items": {
-                    "type": "object",
-                    "required": ["t", "v"],
-                    "properties": {
-                        "t": {"type": "integer", "description": "Unix seconds."},
-                        "v": {"type": "number"},
-                        "m": {"type": "string", "description": "Metadata; left out when empty."},
-                    },
-                },
-            },
-            "Changes": {
-                "type": "array",
-                "description": "Change points, oldest first: where the typical level steps.",
-                "items": {
-                    "type": "object",
-                    "required": ["t", "index", "before", "after", "change", "kind"],
-                    "properties": {
-                        "t": {
-                            "type": "integer",
-                            "description": "Unix seconds of the first point of the new level.",
-                        },
-                        "index": {
-                            "type": "integer",
-                            "description": "That point's index in the range's points.",
-                        },
-                        "before": {"type": "number", "description": "Median of the level before."},
-                        "after": {"type": "number", "description": "Median of the level after."},
-                        "change": {"type": "number", "description": "Relative: 0.25 is +25 %."},
-                        "kind": {"type": "string", "enum": ["regression", "improvement"]},
-                    },
-                },
-            },
-            "Health": {
-                "type": "object",
-                "required": ["ok", "compression"],
-                "properties": {
-                    "ok": {"type": "boolean"},
-                    "compression": {
-                        "type": "string",
-                        "nullable": True,
-                        "description": "The zstd that seals full logs, or null: none imports, and logs stay uncompressed.",
-                    },
-                    "message": {"type": "string", "description": "What is wrong, if anything."},
-                },
-            },
-        },
-    },
-}
-
-
 # ==============================================================================================
-# Web: the application
-# make_app(store, config) builds the bottle app: every route of SPEC's table, each error a JSON
-# {"message"}. Nothing is built at import time.
+# Web: handlers
+# What each route does, as plain functions of the state they share (Web) and of what their
+# route declares: the caller, when it needs a token, and the JSON body, when it takes one.
 # ==============================================================================================
 
-_METRIC_FIELDS = {
-    "name": MAX_NAME_BYTES,
-    "unit": MAX_UNIT_BYTES,
-    "description": MAX_DESCRIPTION_BYTES,
-}
+SVG_TYPE = "image/svg+xml; charset=utf-8"
+HTML_TYPE = "text/html; charset=utf-8"
+OVERLAY_VIEWS = ("html", "svg", "json")  #: the views that draw several metrics at once
+#: The fields of PUT /m/ that are text, with their limits in UTF-8 bytes.
+METRIC_TEXT_FIELDS = {"name": MAX_NAME_BYTES, "unit": MAX_UNIT_BYTES,
+                      "description": MAX_DESCRIPTION_BYTES}  # fmt: skip
 
 
-def json_response(doc: Any, status: int = 200, headers: dict | None = None) -> bottle.HTTPResponse:
+class ChangeCache:
+    """Change points already found, per metric and (range, points, threshold).
+
+    A chart is viewed far more often than its data changes, and eight readers of a busy chart
+    wait for one computation instead of running eight.
+    """
+
+    def __init__(self, per_metric: int = 16) -> None:
+        self.per_metric = per_metric
+        self._found: dict[bytes, dict[tuple, list[Change]]] = {}
+        self._locks: dict[bytes, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, metric: Metric, series: Series, threshold: float) -> list[Change]:
+        edges = (series.times[0], series.times[-1]) if len(series) else ()
+        key = (len(series), edges, threshold)
+        with self._lock:
+            metric_lock = self._locks.setdefault(metric.id, threading.Lock())
+        with metric_lock:
+            found = self._found.setdefault(metric.id, {})
+            if key not in found:
+                if len(found) >= self.per_metric:
+                    found.clear()  # keys of old data and other ranges: start afresh
+                found[key] = series_changes(series, metric.better, threshold)
+            return found[key]
+
+
+@dataclasses.dataclass
+class Web:
+    """What the handlers share: the store, the server's settings and limiters, the caches."""
+
+    store: Store
+    config: ServerConfig
+    limiter: RateLimiter | None  #: None: no rate limit
+    auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
+    changes: ChangeCache
+
+    @classmethod
+    def of(cls, store: Store, config: ServerConfig | None = None) -> Web:
+        config = config or ServerConfig()
+        # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
+        burst = max(1.0, 2 * config.rate_limit)
+        limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
+        failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
+        return cls(store, config, limiter, failures, ChangeCache())
+
+    def address(self) -> str:
+        return client_address(_request().environ, self.config.trust_proxy)
+
+
+def _request() -> Any:
+    import bottle  # server side only (make_app has imported it)
+
+    return bottle.request
+
+
+def _answer(body: Any, status: int = 200, headers: dict | None = None) -> Any:
     import bottle
 
+    return bottle.HTTPResponse(body, status, headers)
+
+
+def json_response(doc: Any, status: int = 200, headers: dict | None = None) -> Any:
     body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    answer = bottle.HTTPResponse(body, status, headers)
-    answer.content_type = "application/json"
-    return answer
+    return _answer(body, status, {**(headers or {}), "Content-Type": "application/json"})
 
 
-def error_response(err: PerfitError) -> bottle.HTTPResponse:
+def error_response(err: PerfitError) -> Any:
     """The answer to a failed request: JSON {"message"}, or a small page for a browser."""
-    import bottle
-
+    status = err.status or 500
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    request = bottle.request
+    request = _request()
     if not prefers_html(request.environ.get("HTTP_ACCEPT", "")):
-        return json_response({"message": err.message}, err.status, headers)
+        return json_response({"message": err.message}, status, headers)
     typed = request.query.getunicode("metric-id", "") or ""
-    page = render_error_page(err, request.path, request.query_string, typed)
-    headers["Content-Type"] = "text/html; charset=utf-8"
-    return bottle.HTTPResponse(page, err.status, headers)
+    page = render_error_page(err, status, request.path, request.query_string, typed)
+    return _answer(page, status, {**headers, "Content-Type": HTML_TYPE})
 
 
-def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
-    """The WSGI app serving `store`."""
-    import bottle
-
-    config = config or ServerConfig()
-    app = bottle.Bottle(catchall=True)
-    # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
-    burst = max(1.0, 2 * config.rate_limit)
-    limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
-    auth_failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-
-    def handled(callback: Callable) -> Callable:
-        """Route decorator: rate limit first, then map PerfitError to its JSON answer."""
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                if limiter is not None:
-                    wait = limiter.wait_time(_address())
-                    if wait:
-                        raise RateLimited("too many requests; slow down", wait)
-                return callback(*args, **kwargs)
-            except PerfitError as err:
-                return error_response(err)
-
-        return wrapper
-
-    def _address() -> str:
-        return client_address(bottle.request.environ, config.trust_proxy)
-
-    def caller(*allowed: str) -> Principal:
-        """The authenticated caller, who must hold one of the `allowed` token types."""
-        token = bearer_token(bottle.request.environ)
-        principal = store.authenticate(token) if token else None
-        if principal is None:
-            wait = auth_failures.wait_time(_address())
-            if wait:
-                raise RateLimited("too many failed authentications; slow down", wait)
-            if token is None:
-                raise Unauthorized("missing access token: send 'Authorization: Bearer <token>'")
-            raise Unauthorized("unknown access token")
-        if principal.type not in allowed:
-            raise Forbidden(
-                f"a {principal.type} token cannot do this; it needs {' or '.join(allowed)}"
-            )
-        return principal
-
-    def metric_or_404(text: str) -> Metric:
-        raw = decode_id(text)
-        metric = store.metrics.get(raw) if raw else None
-        if metric is None:
-            raise NotFound(f"no metric with id {text!r}")
-        return metric
-
-    def query() -> dict[str, str]:
-        """The query options as text; one that is not UTF-8 is a 400, not silently dropped."""
-        options = {}
-        for key, value in bottle.request.query.allitems():  # bottle keeps them as latin-1
-            try:
-                options[key.encode("latin1").decode()] = value.encode("latin1").decode()
-            except UnicodeError:
-                raise BadRequest(f"{key!r}: the query option is not valid UTF-8") from None
-        return options
-
-    def owned_metric(text: str, principal: Principal) -> Metric:
-        """A metric the caller's account owns: any other is a 403, whatever the token type."""
-        metric = metric_or_404(text)
-        if metric.account != principal.account:
-            raise Forbidden("this token belongs to another account than the metric")
-        return metric
-
-    # -- administration -------------------------------------------------------------------------
-
-    @app.put("/a/")
-    @handled
-    def put_account() -> Any:
-        caller("root")
-        body_object(read_json_body(bottle.request.environ), ())
-        account, token = store.create_account()
-        return json_response({"account_id": b64encode(account), "access_token": token})
-
-    @app.put("/t/")
-    @handled
-    def put_token() -> Any:
-        principal = caller("admin")
-        body = body_object(read_json_body(bottle.request.environ), ("type",))
-        token_type = body.get("type", "post")
-        if token_type not in ("post", "admin"):
-            raise BadRequest("type must be 'post' or 'admin'")
-        token = store.create_token(principal.account, token_type)
-        return json_response({"account_id": b64encode(principal.account), "access_token": token})
-
-    @app.put("/m/")
-    @handled
-    def put_metric() -> Any:
-        principal = caller("admin")
-        allowed = (*_METRIC_FIELDS, "better")
-        body = body_object(read_json_body(bottle.request.environ), allowed)
-        fields = {
-            k: check_text(body[k], k, limit) for k, limit in _METRIC_FIELDS.items() if k in body
-        }
-        better = body.get("better", "lower")
-        if better not in BETTER_CHOICES:
-            raise BadRequest("better must be 'lower' or 'higher'")
-        metric = store.create_metric(principal.account, better=better, **fields)
-        return json_response(metric.to_json())
-
-    # -- writing points ---------------------------------------------------------------------------
-
-    @app.post("/m/<metric_id>")
-    @handled
-    def post_point(metric_id: str) -> Any:
-        metric = owned_metric(metric_id, caller("admin", "post"))
-        body = read_json_body(bottle.request.environ)
-        if body is None:
-            raise BadRequest('the body must be a JSON object like {"value": 12.5}')
-        body = body_object(body, ("value", "metadata", "unit"))
-        if "value" not in body:
-            raise BadRequest("missing field 'value'")
-        value = check_value(body["value"])
-        if "unit" in body:
-            value = in_metric_unit(value, check_text(body["unit"], "unit", MAX_UNIT_BYTES), metric)
-        metadata = check_text(body.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
-        t = store.add_point(metric.id, value, metadata)
-        return json_response({"t": t // US})
-
-    @app.post("/m/<metric_id>/points")
-    @handled
-    def post_points(metric_id: str) -> Any:
-        metric = owned_metric(metric_id, caller("admin"))
-        body = read_json_body(bottle.request.environ, MAX_POINTS_BODY_BYTES)
-        added, existing = store.import_points(metric.id, parse_import(body, time.time()))
-        return json_response({"added": added, "existing": existing})
-
-    # -- reading ------------------------------------------------------------------------------------
-
-    @app.get("/")
-    @handled
-    def index() -> str:
-        bottle.response.content_type = "text/html; charset=utf-8"
-        form = OPEN_FORM.format(action="m/", value="")
-        return INDEX_PAGE.format(css=PAGE_CSS, version=__version__, open_form=form)
-
-    @app.get("/openapi.json")
-    @handled
-    def openapi_json() -> Any:
-        return json_response(OPENAPI)
-
-    @app.get("/healthz")
-    @handled
-    def healthz() -> Any:
-        health: dict[str, Any] = {"ok": store.writable()}
-        health["compression"] = store.zstd.name if store.zstd else None
-        if not health["ok"]:
-            health["message"] = "the store is not writable"
-        elif store.zstd is None:
-            health["message"] = f"logs stay uncompressed: {store.zstd_missing}; {ZSTD_FIX}"
-        return json_response(health, 200 if health["ok"] else 503)
-
-    @app.get("/m/")
-    @handled
-    def find_metric() -> Any:
-        text = query().get("metric-id", "")
-        ids, options = metric_link(text)
-        for text_id in ids:
-            metric_or_404(text_id)
-        location = ",".join(ids) + ("?" + urllib.parse.urlencode(options) if options else "")
-        raise bottle.HTTPResponse(status=303, headers={"Location": location})
-
-    @app.get("/m/<name>")
-    @handled
-    def metric_view(name: str) -> Any:
-        if name.endswith(".svg"):
-            return view(name[: -len(".svg")], "svg")
-        return view(name, "html")
-
-    @app.get("/m/<ids>/<fmt>")
-    @handled
-    def metric_format(ids: str, fmt: str) -> Any:
-        return view(ids, fmt)
-
-    def view(ids: str, fmt: str) -> Any:
-        names = list(dict.fromkeys(ids.split(",")))
-        if len(names) > MAX_OVERLAY:
-            raise BadRequest(f"{len(names)} metrics; at most {MAX_OVERLAY} fit in one chart")
-        metrics = [metric_or_404(name) for name in names]
-        if fmt not in VIEWS:
-            raise NotFound(f"unknown format {fmt!r}; try one of {', '.join(VIEWS)}")
-        if len(metrics) > 1 and fmt not in OVERLAY_VIEWS:
-            raise NotFound(f"{fmt} shows one metric; several go in {', '.join(OVERLAY_VIEWS)}")
-        q = query()
-        return VIEWS[fmt](metrics, parse_chart_options(q, time.time()), q)
-
-    def view_svg(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
-        return cached(chart_document(metrics, opts), "image/svg+xml; charset=utf-8", q)
-
-    def view_html(metrics: list[Metric], opts: ChartOptions, q: dict) -> str:
-        bottle.response.content_type = "text/html; charset=utf-8"
-        nested = bottle.request.path.endswith("/html")
-        return render_metric_page(metrics, q, chart_document(metrics, opts), nested)
-
-    def view_json(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
-        if len(metrics) == 1:
-            doc: Any = points_json(metrics[0], opts)
-        else:
-            doc = {b64encode(m.id): points_json(m, opts) for m in metrics}
-        return cached(json.dumps(doc, separators=(",", ":")), "application/json", q)
-
-    def view_csv(metrics: list[Metric], opts: ChartOptions, q: dict) -> str:
-        bottle.response.content_type = "text/csv; charset=utf-8"
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(("t", "v", "m"))
-        series = metrics[0].series.snapshot(opts.start, opts.end)
-        for i in range(len(series)):
-            writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
-        return out.getvalue()
-
-    def view_badge(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
-        metric = metrics[0]
-        recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
-        message = format_value(recent[-1], metric.unit) if recent else "no data"
-        badge = render_badge(opts.title or metric.name or "perfit", message,
-                             badge_state(recent, metric.better))  # fmt: skip
-        return cached(badge, "image/svg+xml; charset=utf-8", q)
-
-    def view_info(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
-        metric = metrics[0]
-        count, first, last = metric.series.span()
-        doc = {k: v for k, v in metric.to_json().items() if k != "account_id"}
-        doc.update(points=count, first=None if first is None else first // US,
-                   last=None if last is None else last // US)  # fmt: skip
-        return cached(json.dumps(doc, separators=(",", ":")), "application/json", q)
-
-    def view_changes(metrics: list[Metric], opts: ChartOptions, q: dict) -> Any:
-        threshold = parse_threshold(q.get("threshold", ""))
-        found = metric_changes(
-            metrics[0], metrics[0].series.snapshot(opts.start, opts.end), threshold
-        )
-        body = json.dumps([c.to_json() for c in found], separators=(",", ":"))
-        return cached(body, "application/json", q)
-
-    def cached(body: str, content_type: str, q: dict) -> Any:
-        """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
-        data = body.encode("utf-8")
-        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-        headers = {"ETag": etag, "Cache-Control": cache_control(q, time.time())}
-        wanted = bottle.request.environ.get("HTTP_IF_NONE_MATCH", "")
-        if (
-            etag in {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
-            or wanted.strip() == "*"
-        ):
-            return bottle.HTTPResponse(status=304, headers=headers)
-        headers["Content-Type"] = content_type
-        return bottle.HTTPResponse(data, 200, headers)
-
-    VIEWS = {
-        "html": view_html,
-        "svg": view_svg,
-        "json": view_json,
-        "csv": view_csv,
-        "badge.svg": view_badge,
-        "changes": view_changes,
-        "info": view_info,
-    }
-    OVERLAY_VIEWS = ("html", "svg", "json")
-
-    # -- errors bottle raises itself (no route, wrong method, a bug) --------------------------------
-
-    def default_error(res: bottle.HTTPError) -> Any:
-        messages = {404: "no such route", 405: "method not allowed", 500: "internal server error"}
-        err = PerfitError(messages.get(res.status_code, res.status_line))
-        err.status = res.status_code
-        answer = error_response(err)
-        bottle.response.content_type = answer.content_type
-        return answer.body
-
-    app.default_error_handler = default_error
-    return app
+def limit_rate(web: Web) -> None:
+    if web.limiter is not None:
+        wait = web.limiter.wait_time(web.address())
+        if wait:
+            raise RateLimited("too many requests; slow down", wait)
 
 
-_LINKED_IDS_RE = re.compile(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
+def authenticate(web: Web, allowed: Sequence[str]) -> Principal:
+    """The caller, who must hold a token of one of the `allowed` types."""
+    token = bearer_token(_request().environ)
+    principal = web.store.authenticate(token) if token else None
+    if principal is None:
+        wait = web.auth_failures.wait_time(web.address())
+        if wait:
+            raise RateLimited("too many failed authentications; slow down", wait)
+        if token is None:
+            raise Unauthorized("missing access token: send 'Authorization: Bearer <token>'")
+        raise Unauthorized("unknown access token")
+    if principal.type not in allowed:
+        raise Forbidden(f"a {principal.type} token cannot do this; it needs {' or '.join(allowed)}")
+    return principal
 
 
-def metric_link(text: str) -> tuple[list[str], dict[str, str]]:
-    """The metric ids, and the chart options, of what was typed into the open form.
-
-    That is an id, or any PerfIt link to a metric: its page, chart, badge or data, with or
-    without options (https://perfit.example/m/ID.svg?start-rel=30d keeps its 30 days).
-    """
-    text = text.strip()
-    if decode_id(text) is not None:
-        return [text], {}
-    found = _LINKED_IDS_RE.search(urllib.parse.urlsplit(text).path)
-    if found is None:
-        raise NotFound(f"no metric id in {text[:100]!r}: paste an id (22 characters) or a "
-                       "link to a metric's page or chart")  # fmt: skip
-    query = urllib.parse.parse_qsl(urllib.parse.urlsplit(text).query)
-    options = {k: v for k, v in query if k in CHART_QUERY_OPTIONS and v.strip()}
-    return list(dict.fromkeys(found.group(1).split(","))), options
+def request_query() -> dict[str, str]:
+    """The query options as text; one that is not UTF-8 is a 400, not silently dropped."""
+    options = {}
+    for key, value in _request().query.allitems():  # bottle keeps them as latin-1
+        try:
+            options[key.encode("latin1").decode()] = value.encode("latin1").decode()
+        except UnicodeError:
+            raise BadRequest(f"{key!r}: the query option is not valid UTF-8") from None
+    return options
 
 
-#: The query options a chart view takes (what a pasted link may carry over to the page).
-CHART_QUERY_OPTIONS = ("title", "x-label", "y-label", "start-fixed", "end-fixed",
-                       "start-rel", "end-rel", "min", "max")  # fmt: skip
+def metric_or_404(web: Web, text: str) -> Metric:
+    raw = decode_id(text)
+    metric = web.store.metrics.get(raw) if raw else None
+    if metric is None:
+        raise NotFound(f"no metric with id {text!r}")
+    return metric
+
+
+def owned_metric(web: Web, text: str, caller: Principal) -> Metric:
+    """A metric of the caller's account: any other is a 403, whatever the token type."""
+    metric = metric_or_404(web, text)
+    if metric.account != caller.account:
+        raise Forbidden("this token belongs to another account than the metric")
+    return metric
+
+
+def _view(web: Web, ids: str, view: str) -> tuple[list[Metric], ChartOptions, dict[str, str]]:
+    """The metrics a view shows (several only where it can draw them), its options and query."""
+    names = list(dict.fromkeys(ids.split(",")))
+    if len(names) > MAX_OVERLAY:
+        raise BadRequest(f"{len(names)} metrics; at most {MAX_OVERLAY} fit in one chart")
+    metrics = [metric_or_404(web, name) for name in names]
+    if len(metrics) > 1 and view not in OVERLAY_VIEWS:
+        raise NotFound(f"{view} shows one metric; several go in {', '.join(OVERLAY_VIEWS)}")
+    query = request_query()
+    return metrics, parse_chart_options(query, time.time()), query
+
+
+def cached(body: str, content_type: str, query: dict[str, str]) -> Any:
+    """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
+    data = body.encode("utf-8")
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control(query, time.time())}
+    wanted = _request().environ.get("HTTP_IF_NONE_MATCH", "")
+    if wanted.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in wanted.split(",")}:
+        return _answer(None, 304, headers)
+    return _answer(data, 200, {**headers, "Content-Type": content_type})
 
 
 def cache_control(query: dict[str, str], now: float) -> str:
@@ -3897,41 +3246,6 @@ def cache_control(query: dict[str, str], now: float) -> str:
     if not relative and end and parse_rfc3339(end) < now - 3600:
         return "public, max-age=86400"
     return "public, max-age=60"
-
-
-def chart_document(metrics: Sequence[Metric], opts: ChartOptions) -> str:
-    """The SVG chart of one or more metrics over the options' range, with their changes."""
-    snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
-    t0, t1 = chart_range(snapshots, opts)
-    series = [chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
-    for metric, snapshot, drawn in zip(metrics, snapshots, series):
-        found = metric_changes(metric, snapshot)
-        drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
-    return render_chart(series, opts, t0, t1)
-
-
-def metric_changes(
-    metric: Metric, series: Series, threshold: float = DEFAULT_CHANGE_THRESHOLD
-) -> list[Change]:
-    """The change points among the newest CHANGE_WINDOW points of a snapshot of a range.
-
-    Computed once per data and threshold, by one thread at a time per metric: eight readers
-    of a busy chart wait for one computation instead of running eight.
-    """
-    skipped = max(0, len(series) - CHANGE_WINDOW)
-    edges = (series.times[0], series.times[-1]) if len(series) else ()
-    key = (len(series), edges, threshold)
-    with metric.changes_lock:
-        found = metric.changes_cache.get(key)
-        if found is None:
-            times = [t // US for t in series.times[skipped:]]
-            found = detect_changes(series.values[skipped:], times, metric.better, threshold)
-            # Indexes within the whole range, as /json of the same options lists the points.
-            found = [dataclasses.replace(c, index=c.index + skipped) for c in found]
-            if len(metric.changes_cache) >= 16:
-                metric.changes_cache.clear()  # keys of old data and other ranges: start afresh
-            metric.changes_cache[key] = found
-    return found
 
 
 def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
@@ -3946,10 +3260,607 @@ def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
     return points
 
 
+# -- administration -----------------------------------------------------------------------------
+
+
+def create_account(web: Web, caller: Principal, body: Any) -> Any:
+    body_object(body, ())
+    account, token = web.store.create_account()
+    return json_response({"account_id": b64encode(account), "access_token": token})
+
+
+def create_token(web: Web, caller: Principal, body: Any) -> Any:
+    token_type = body_object(body, ("type",)).get("type", "post")
+    if token_type not in ("post", "admin"):
+        raise BadRequest("type must be 'post' or 'admin'")
+    token = web.store.create_token(caller.account, token_type)
+    return json_response({"account_id": b64encode(caller.account), "access_token": token})
+
+
+def create_metric(web: Web, caller: Principal, body: Any) -> Any:
+    fields = body_object(body, (*METRIC_TEXT_FIELDS, "better"))
+    texts = {k: check_text(fields[k], k, n) for k, n in METRIC_TEXT_FIELDS.items() if k in fields}
+    better = fields.get("better", "lower")
+    if better not in BETTER_CHOICES:
+        raise BadRequest("better must be 'lower' or 'higher'")
+    return json_response(web.store.create_metric(caller.account, better=better, **texts).to_json())
+
+
+# -- writing points -----------------------------------------------------------------------------
+
+
+def post_point(web: Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    metric = owned_metric(web, metric_id, caller)
+    if body is None:
+        raise BadRequest('the body must be a JSON object like {"value": 12.5}')
+    fields = body_object(body, ("value", "metadata", "unit"))
+    if "value" not in fields:
+        raise BadRequest("missing field 'value'")
+    value = check_value(fields["value"])
+    if "unit" in fields:
+        value = in_metric_unit(value, check_text(fields["unit"], "unit", MAX_UNIT_BYTES), metric)
+    metadata = check_text(fields.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
+    return json_response({"t": web.store.add_point(metric.id, value, metadata) // US})
+
+
+def import_points(web: Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    metric = owned_metric(web, metric_id, caller)
+    added, existing = web.store.import_points(metric.id, parse_import(body, time.time()))
+    return json_response({"added": added, "existing": existing})
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def find_metric(web: Web) -> Any:
+    ids, options = metric_link(request_query().get("metric-id", ""))
+    for text in ids:
+        metric_or_404(web, text)
+    query = "?" + urllib.parse.urlencode(options) if options else ""
+    return _answer(None, 303, {"Location": ",".join(ids) + query})  # relative: proxies keep it
+
+
+def show_page(web: Web, ids: str) -> Any:
+    metrics, opts, query = _view(web, ids, "html")
+    nested = _request().path.endswith("/html")
+    svg = chart_document(metrics, opts, web.changes)
+    return _answer(
+        render_metric_page(metrics, query, svg, nested), headers={"Content-Type": HTML_TYPE}
+    )
+
+
+def show_chart(web: Web, ids: str) -> Any:
+    metrics, opts, query = _view(web, ids, "svg")
+    return cached(chart_document(metrics, opts, web.changes), SVG_TYPE, query)
+
+
+def show_points(web: Web, ids: str) -> Any:
+    metrics, opts, query = _view(web, ids, "json")
+    if len(metrics) == 1:
+        doc: Any = points_json(metrics[0], opts)
+    else:
+        doc = {b64encode(m.id): points_json(m, opts) for m in metrics}
+    return cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
+
+
+def show_csv(web: Web, ids: str) -> Any:
+    (metric,), opts, _ = _view(web, ids, "csv")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("t", "v", "m"))
+    series = metric.series.snapshot(opts.start, opts.end)
+    for i in range(len(series)):
+        writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
+    return _answer(out.getvalue(), headers={"Content-Type": "text/csv; charset=utf-8"})
+
+
+def show_badge(web: Web, ids: str) -> Any:
+    (metric,), opts, query = _view(web, ids, "badge.svg")
+    recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
+    message = format_value(recent[-1], metric.unit) if recent else "no data"
+    state = badge_state(recent, metric.better)
+    return cached(render_badge(opts.title or metric.name or "perfit", message, state), SVG_TYPE,
+                  query)  # fmt: skip
+
+
+def show_changes(web: Web, ids: str) -> Any:
+    (metric,), opts, query = _view(web, ids, "changes")
+    threshold = parse_threshold(query.get("threshold", ""))
+    found = web.changes.get(metric, metric.series.snapshot(opts.start, opts.end), threshold)
+    return cached(json.dumps([c.to_json() for c in found], separators=(",", ":")),
+                  "application/json", query)  # fmt: skip
+
+
+def show_info(web: Web, ids: str) -> Any:
+    (metric,), _, query = _view(web, ids, "info")
+    count, first, last = metric.series.span()
+    doc = {k: v for k, v in metric.to_json().items() if k != "account_id"}
+    doc.update(points=count, first=None if first is None else first // US,
+               last=None if last is None else last // US)  # fmt: skip
+    return cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
+
+
+def show_index(web: Web) -> Any:
+    form = OPEN_FORM.format(action="m/", value="")
+    page = html_page("", INDEX_MAIN.format(version=__version__, open_form=form))
+    return _answer(page, headers={"Content-Type": HTML_TYPE})
+
+
+def show_health(web: Web) -> Any:
+    store = web.store
+    health: dict[str, Any] = {"ok": store.writable()}
+    health["compression"] = store.zstd.name if store.zstd else None
+    if not health["ok"]:
+        health["message"] = "the store is not writable"
+    elif store.zstd is None:
+        health["message"] = f"logs stay uncompressed: {store.zstd_missing}; {ZSTD_FIX}"
+    return json_response(health, 200 if health["ok"] else 503)
+
+
+def show_openapi(web: Web) -> Any:
+    return json_response(openapi_document())
+
+
+# ==============================================================================================
+# Web: the route table
+# Every route once: bottle routes it, its endpoint enforces what it declares (token, body,
+# limits), and the OpenAPI document is derived from the same entry, so neither can drift.
+# ==============================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """The answer a route gives when all goes well, as the OpenAPI document describes it."""
+
+    description: str
+    content: dict[str, Any]  #: media type -> schema (none for a 303)
+    status: int = 200
+    headers: tuple[str, ...] = ()  #: names of HEADERS it carries
+
+
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+def _json_answer(schema: str, description: str) -> Answer:
+    return Answer(description, {"application/json": _ref(schema)})
+
+
+_SVG = {"image/svg+xml": {"type": "string"}}
+_CHART = Answer("The chart.", _SVG, headers=("ETag", "Cache-Control"))
+_BADGE = Answer("The badge.", _SVG, headers=("ETag", "Cache-Control"))
+_PAGE = Answer("The chart, and a form to change its options.", {"text/html": {"type": "string"}})
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One route of the app."""
+
+    method: str
+    rule: str  #: bottle's; every <...> in it is a metric id ("{id}" in the OpenAPI document)
+    handler: Callable[..., Any]  #: handler(web, [caller=], [body=], **path params)
+    summary: str
+    answer: Answer
+    auth: tuple[str, ...] = ()  #: the token types that may call it; () is anyone
+    body: str = ""  #: the schema of the JSON body it takes, if any
+    body_required: bool = False
+    body_limit: int = MAX_BODY_BYTES
+    query: tuple[str, ...] = ()  #: its options, by name in QUERY_OPTIONS
+    ids: str = ""  #: "one" metric in its path, or an "overlay" of up to MAX_OVERLAY
+    writes: bool = False  #: stores something, so a full disk is a 507
+    cached: bool = False  #: answers carry an ETag; If-None-Match gets a 304
+    also: tuple[int, ...] = ()  #: statuses it answers besides those derived above
+
+    @property
+    def name(self) -> str:
+        """Its operationId: the handler's name in camelCase (showChart), the rule telling two
+        routes of one handler apart (showChartSvg)."""
+        first, *rest = self.handler.__name__.split("_")
+        name = first + "".join(word.title() for word in rest)
+        if self.rule.endswith(("/svg", "/html")):
+            name += self.rule.rsplit("/", 1)[1].title()
+        return name
+
+
+_VIEW_QUERY = tuple(o.name for o in CHART_OPTIONS)
+#: A metric id in a POST route's path: not ending in .svg, so POST /m/ID.svg is no post to a
+#: metric "ID.svg" (a 404) but a method the chart's path does not take (a 405).
+_ID_CHARS = "[^/]+(?<!\\.svg)"
+
+_ADMIN_ROUTES = (
+    Route("PUT", "/a/", create_account, "Create an account and its first admin token.",
+          _json_answer("Credentials", "The account and its admin token, shown this once."),
+          auth=("root",), body="Empty", writes=True),
+    Route("PUT", "/t/", create_token, "Create a token for the caller's account.",
+          _json_answer("Credentials", "The new token, shown this once."),
+          auth=("admin",), body="NewToken", writes=True),
+    Route("PUT", "/m/", create_metric, "Create a metric in the caller's account.",
+          _json_answer("Metric", "The new metric."),
+          auth=("admin",), body="NewMetric", writes=True),
+    Route("POST", f"/m/<metric_id:re:{_ID_CHARS}>", post_point, "Post one data point, timed by the server; "
+          "answered once it is on disk.", _json_answer("Posted", "The point's time."),
+          auth=("admin", "post"), body="NewPoint", body_required=True, ids="one", writes=True),
+    Route("POST", f"/m/<metric_id:re:{_ID_CHARS}>/points", import_points, "Backfill or import points with "
+          "their own times: all or nothing, answered once on disk; points already there are "
+          "not added again.", _json_answer("Added", "How many points were new."),
+          auth=("admin",), body="Import", body_required=True, body_limit=MAX_POINTS_BODY_BYTES,
+          ids="one", writes=True),
+)  # fmt: skip
+
+_VIEW_ROUTES = (
+    Route("GET", "/m/", find_metric, "Open a metric by its id or a link to it (the open form).",
+          Answer("The metric exists: its page.", {}, 303, ("Location",)), query=("metric-id",),
+          also=(404,)),
+    # Before /m/<ids>: bottle tries routes in order, and this one must win for "ID.svg".
+    Route("GET", "/m/<ids:re:[^/.]+>.svg", show_chart, "The chart, as READMEs link it.", _CHART,
+          query=_VIEW_QUERY, ids="overlay", cached=True),
+    Route("GET", "/m/<ids>", show_page, "The page of a metric, or of an overlay.", _PAGE,
+          query=_VIEW_QUERY, ids="overlay"),
+    Route("GET", "/m/<ids>/html", show_page, "The same page.", _PAGE, query=_VIEW_QUERY,
+          ids="overlay"),
+    Route("GET", "/m/<ids>/svg", show_chart, "The chart.", _CHART, query=_VIEW_QUERY,
+          ids="overlay", cached=True),
+    Route("GET", "/m/<ids>/json", show_points, "The points: of one metric, or of each by id.",
+          Answer("Points, in time order.", {"application/json": {"anyOf": [
+              _ref("Points"), _ref("PointsByMetric")]}}, headers=("ETag", "Cache-Control")),
+          query=_VIEW_QUERY, ids="overlay", cached=True),
+    Route("GET", "/m/<ids>/csv", show_csv, "The points as CSV: t,v,m after a header line.",
+          Answer("The points.", {"text/csv": {"type": "string"}}), query=_VIEW_QUERY, ids="one"),
+    Route("GET", "/m/<ids>/badge.svg", show_badge, "A badge: the name and the latest value.",
+          _BADGE, query=_VIEW_QUERY, ids="one", cached=True),
+    Route("GET", "/m/<ids>/changes", show_changes, "The change points: where the typical "
+          "level steps.", _json_answer("Changes", "Oldest first."),
+          query=(*_VIEW_QUERY, "threshold"), ids="one", cached=True),
+    Route("GET", "/m/<ids>/info", show_info, "What the metric is, and how many points it has.",
+          _json_answer("Info", "The metric."), query=_VIEW_QUERY, ids="one", cached=True),
+)  # fmt: skip
+
+_SITE_ROUTES = (
+    Route("GET", "/", show_index, "The index page: what PerfIt is, and the open form.",
+          Answer("The page.", {"text/html": {"type": "string"}})),
+    Route("GET", "/healthz", show_health, "Whether the store is writable.",
+          _json_answer("Health", "Healthy."), also=(503,)),
+    Route("GET", "/openapi.json", show_openapi, "This document.",
+          Answer("OpenAPI 3.0.", {"application/json": {"type": "object"}})),
+)  # fmt: skip
+
+ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_SITE_ROUTES)
+
+
+# ==============================================================================================
+# Web: the OpenAPI document
+# Derived from ROUTES: security from `auth`, error answers from what a route can meet (a token,
+# a body, options, a metric id, a write), limits from the constants. Served at /openapi.json.
+# ==============================================================================================
+
+
+def _text(max_bytes: int, what: str = "") -> dict[str, Any]:
+    """A text field limited in UTF-8 bytes. maxLength counts characters, so it is an upper
+    bound; the description gives the real rule."""
+    about = f"{what} At most {max_bytes} bytes of UTF-8.".strip()
+    return {"type": "string", "maxLength": max_bytes, "description": about}
+
+
+def _object(
+    properties: dict[str, Any], required: Sequence[str] = (), closed: bool = False, **more: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": "object", "properties": properties, **more}
+    if required:
+        doc["required"] = list(required)
+    if closed:
+        doc["additionalProperties"] = False
+    return doc
+
+
+def _number(about: str = "") -> dict[str, Any]:
+    """A finite float64 (a JSON number beyond it is refused)."""
+    largest = sys.float_info.max
+    return {"type": "number", "minimum": -largest, "maximum": largest, "description": about}
+
+
+_ID_PATTERN = "[A-Za-z0-9_-]{21}[AQgw]"  #: 22 characters whose last 4 bits are zero
+_UNIX = {"type": "integer", "description": "Unix seconds."}
+_BETTER = {"type": "string", "enum": list(BETTER_CHOICES), "default": "lower"}
+_METRIC_FIELDS = {
+    "metric_id": _ref("Id"),
+    "name": {"type": "string"},
+    "unit": {"type": "string"},
+    "description": {"type": "string"},
+    "better": _BETTER,
+    "created": _UNIX,
+}
+_POINT = _object(
+    {"t": _UNIX, "v": {"type": "number"}, "m": {"type": "string", "description": "Metadata."}},
+    ["t", "v"],
+)
+_CHANGE = _object(
+    {
+        "t": {**_UNIX, "description": "Unix seconds of the first point of the new level."},
+        "index": {"type": "integer", "description": "That point's place in the range's points."},
+        "before": {"type": "number", "description": "Median of the level before."},
+        "after": {"type": "number", "description": "Median of the level after."},
+        "change": {**_number("Relative: 0.25 is +25 %; null from a level of 0."), "nullable": True},
+        "kind": {"type": "string", "enum": ["regression", "improvement"]},
+    },
+    ["t", "index", "before", "after", "change", "kind"],
+)
+_NEW_POINT = {
+    "value": _number("A finite number."),
+    "metadata": _text(MAX_METADATA_BYTES, "Typically a git sha or a job URL."),
+    "unit": {
+        "type": "string",
+        "enum": sorted(TIME_UNITS),
+        "description": "The value's unit: a duration is stored in the metric's own unit of "
+        "time. (The metric's own unit, whatever it is, is taken too.)",
+    },
+}
+_HEALTH = {
+    "ok": {"type": "boolean"},
+    "compression": {
+        "type": "string",
+        "nullable": True,
+        "description": "The zstd that seals full logs; null: none imports.",
+    },
+    "message": {"type": "string", "description": "What is wrong, if anything."},
+}
+
+SCHEMAS = {
+    "Error": _object({"message": {"type": "string"}}, ["message"]),
+    "Id": {"type": "string", "pattern": f"^{_ID_PATTERN}$", "description": "128 random bits."},
+    "Token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$", "description": "256 bits."},
+    "Duration": {
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "description": "90s, 15m, 12h, 3d, 2w, 2 weeks, 1d 12h: at most a thousand years.",
+    },
+    "Empty": _object({}, closed=True, maxProperties=0, description="Nothing, or {}."),
+    "NewToken": _object({"type": {"type": "string", "enum": ["post", "admin"]}}, closed=True),
+    "Credentials": _object(
+        {"account_id": _ref("Id"), "access_token": _ref("Token")}, ["account_id", "access_token"]
+    ),
+    "NewMetric": _object(
+        {
+            "name": _text(MAX_NAME_BYTES),
+            "unit": _text(MAX_UNIT_BYTES, f"{', '.join(TIME_UNIT_NAMES)} draw as durations."),
+            "description": _text(MAX_DESCRIPTION_BYTES),
+            "better": _BETTER,
+        },
+        closed=True,
+    ),
+    "Metric": _object(
+        {**_METRIC_FIELDS, "account_id": _ref("Id")}, [*_METRIC_FIELDS, "account_id"]
+    ),
+    "NewPoint": _object(_NEW_POINT, ["value"], closed=True),
+    "Posted": _object({"t": _UNIX}, ["t"]),
+    "Added": _object(
+        {"added": {"type": "integer", "minimum": 0}, "existing": {"type": "integer", "minimum": 0}},
+        ["added", "existing"],
+    ),
+    "Points": {"type": "array", "items": _POINT, "description": "Time order, ties by arrival."},
+    "PointsByMetric": _object({}, additionalProperties=_ref("Points")),
+    "Changes": {"type": "array", "items": _CHANGE, "description": "Oldest first."},
+    "Info": _object(
+        {
+            **_METRIC_FIELDS,
+            "points": {"type": "integer", "minimum": 0},
+            "first": {**_UNIX, "nullable": True},
+            "last": {**_UNIX, "nullable": True},
+        },
+        [*_METRIC_FIELDS, "points", "first", "last"],
+    ),
+    "Health": _object(_HEALTH, ["ok", "compression"]),
+    # Times may lie up to FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
+    # which a document cannot state; the description does.
+    "Import": {
+        "type": "array",
+        "maxItems": MAX_IMPORT_POINTS,
+        "items": _object(
+            {
+                "t": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": f"Unix seconds, at most {FUTURE_SLACK:g} s from now.",
+                },
+                "v": _number("A finite number."),
+                "m": _text(MAX_METADATA_BYTES, "Metadata."),
+            },
+            ["t", "v"],
+            closed=True,
+        ),
+    },
+}
+
+
+#: Every error answer, by status: what it means. The body is always Error.
+ERROR_ANSWERS = {
+    400: "Malformed input: the message names what is wrong.",
+    401: "Missing or unknown access token.",
+    403: "The token's type, or its account, does not allow this.",
+    404: "Unknown metric.",
+    413: f"The body is over {MAX_BODY_BYTES >> 10} KiB ({MAX_POINTS_BODY_BYTES >> 20} MiB for "
+    f"/points), or an import has more than {MAX_IMPORT_POINTS:,} points.",
+    429: "Too many requests, or failed authentications, from this address.",
+    503: "The store is not writable.",
+    507: "The store cannot take the write; nothing was stored.",
+}
+HEADERS = {
+    "ETag": "A strong validator of the body; send it back in If-None-Match.",
+    "Cache-Control": "A day for a range that is over, a minute otherwise.",
+    "Retry-After": "Seconds to wait before trying again.",
+    "Location": "Where the metric's page is, relative to /m/.",
+}
+
+
+def openapi_path(rule: str) -> str:
+    """A bottle rule as an OpenAPI path: each <...> is a metric id."""
+    return re.sub(r"<[^>]+>", "{id}", rule)
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 description of ROUTES, served at /openapi.json."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = _operation(route)
+    error = {
+        "application/json": {"schema": _ref("Error")},
+        "text/html": {"schema": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "PerfIt", "version": __version__, "license": {"name": "MIT"},
+                 "description": OPENAPI_INTRO},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+            "headers": {name: {"description": text, "schema": {"type": "string"}}
+                        for name, text in HEADERS.items()},
+            "responses": {f"E{status}": {"description": text, "content": error}
+                          for status, text in ERROR_ANSWERS.items()},
+        },
+    }  # fmt: skip
+
+
+OPENAPI_INTRO = (
+    "Records and plots metrics, typically how long the steps of CI pipelines take. A metric id "
+    "is an unguessable read capability: anyone holding it may read the metric. Writing needs a "
+    "bearer token of the owning account: root (creates accounts), admin (creates metrics and "
+    "tokens of its account, and posts) or post (posts to its account's metrics only). Every "
+    'error is JSON {"message": "..."}, or a small HTML page when the Accept header prefers '
+    "text/html (a browser's)."
+)
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary}
+    parameters = [_query_parameter(QUERY_OPTIONS[name]) for name in route.query]
+    if route.ids:
+        one = route.ids == "one"
+        pattern = _ID_PATTERN if one else f"{_ID_PATTERN}(,{_ID_PATTERN}){{0,{MAX_OVERLAY - 1}}}"
+        parameters.insert(0, {"name": "id", "in": "path", "required": True,
+                              "schema": {"type": "string", "pattern": f"^{pattern}$"},
+                              "description": "A metric's id." if one else
+                              f"A metric's id, or up to {MAX_OVERLAY} separated by commas."})  # fmt: skip
+    if parameters:
+        operation["parameters"] = parameters
+    if route.auth:
+        operation["security"] = [{"bearer": []}]
+        operation["description"] = f"Needs a token of type {' or '.join(route.auth)}."
+    if route.body:
+        content = {"application/json": {"schema": _ref(route.body)}}
+        operation["requestBody"] = {"required": route.body_required, "content": content}
+    answer = route.answer
+    responses: dict[str, Any] = {str(answer.status): {
+        "description": answer.description,
+        "content": {media: {"schema": schema} for media, schema in answer.content.items()},
+        "headers": {h: {"$ref": f"#/components/headers/{h}"} for h in answer.headers}}}  # fmt: skip
+    if route.cached:
+        responses["304"] = {"description": "If-None-Match named the current ETag.",
+                            "headers": responses[str(answer.status)]["headers"]}  # fmt: skip
+    for status in route_errors(route):
+        responses.setdefault(str(status), {"$ref": f"#/components/responses/E{status}"})
+    operation["responses"] = responses
+    return operation
+
+
+def route_errors(route: Route) -> list[int]:
+    """The error statuses a route can answer, from what it declares."""
+    statuses = {429, *route.also}  # a rate limit applies to every route
+    if route.auth:
+        statuses |= {401, 403}
+    if route.body:
+        statuses |= {400, 413}
+    if route.query or route.ids == "overlay":
+        statuses.add(400)  # a bad option; more metrics than a chart holds
+    if route.ids:
+        statuses.add(404)
+    if route.writes:
+        statuses.add(507)
+    return sorted(statuses)
+
+
+_UNSET = {"type": "string", "maxLength": 0}  #: an empty option is an option not given
+
+#: The schema of each kind of query option.
+_KIND_SCHEMAS = {
+    "text": _text(MAX_NAME_BYTES),
+    "time": {"anyOf": [{"type": "string", "format": "date-time"}, _UNSET]},
+    "duration": _ref("Duration"),
+    "number": {"anyOf": [{"type": "number"}, _UNSET]},
+    "threshold": {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_THRESHOLD}, _UNSET]},
+    "link": {"type": "string"},
+}
+
+
+def _query_parameter(option: QueryOption) -> dict[str, Any]:
+    parameter = {"name": option.name, "in": "query", "required": option.required,
+                 "description": option.help, "schema": _KIND_SCHEMAS[option.kind]}  # fmt: skip
+    if option.example:
+        parameter["example"] = option.example
+    return parameter
+
+
+# ==============================================================================================
+# Web: the app
+# make_app(store, config) builds the bottle app from ROUTES: each endpoint applies the rate
+# limit and what its route declares, then calls the handler; every error is an answer.
+# ==============================================================================================
+
+
+def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
+    """The WSGI app serving `store`."""
+    import bottle
+
+    web = Web.of(store, config)
+    app = bottle.Bottle(catchall=True)
+    for route in ROUTES:
+        app.route(route.rule, route.method, _endpoint(web, route), name=route.name)
+    app.default_error_handler = _bottle_error
+    return app
+
+
+def _endpoint(web: Web, route: Route) -> Callable[..., Any]:
+    """What bottle calls for a route: the rate limit, the caller's token (when the route needs
+    one), the JSON body (when it takes one, within its limit), then the handler."""
+
+    def endpoint(**params: Any) -> Any:
+        try:
+            limit_rate(web)
+            if route.auth:
+                params["caller"] = authenticate(web, route.auth)
+            if route.body:
+                params["body"] = read_json_body(_request().environ, route.body_limit)
+            return route.handler(web, **params)
+        except PerfitError as err:
+            return error_response(err)
+
+    return endpoint
+
+
+#: The views of a metric (/m/ID/VIEW), for the message of a 404 that names none of them.
+_VIEWS = [r.rule.rsplit("/", 1)[1] for r in ROUTES if r.rule.startswith("/m/<ids>/")]
+
+
+def _bottle_error(res: Any) -> Any:
+    """The errors bottle raises itself (no route, wrong method, a bug), answered like ours."""
+    import bottle
+
+    message = {404: "no such route", 405: "method not allowed"}.get(res.status_code)
+    if res.status_code == 404 and re.fullmatch(r"/m/[^/]+/[^/]+", bottle.request.path):
+        view = bottle.request.path.rsplit("/", 1)[1]
+        message = f"no view {view!r} of a metric; try {', '.join(_VIEWS)}"
+    err = PerfitError(message or "internal server error")
+    err.status = res.status_code
+    answer = error_response(err)
+    bottle.response.content_type = answer.content_type
+    return answer.body
+
+
 # ==============================================================================================
 # Web: the HTTP server
 # The standard library's WSGI server with a thread per connection, so one slow client never
-# blocks the others; SIGTERM stops it cleanly.
+# blocks the others, and the two bounds a public server needs; SIGTERM stops it cleanly.
 # ==============================================================================================
 
 
@@ -3969,125 +3880,126 @@ BUSY_ANSWER = (
 )
 
 
+class _RequestHandler(WSGIRequestHandler):
+    """One connection: the header deadline is watched, malformed requests answered in JSON."""
+
+    timeout = SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
+    server: HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.watch(self.connection)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.unwatch(self.connection)  # headers are in: the deadline is met
+        return ok
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
+        return environ
+
+    def address_string(self) -> str:
+        return self.client_address[0]  # no reverse DNS per request
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line and status only: headers (Authorization) are never logged.
+        log.info("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server answers malformed requests with an HTML page; ours are JSON.
+        body = json.dumps({"message": message or http.HTTPStatus(code).phrase}).encode()
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # nobody speaks 0.9: answer with a status line
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most `max_connections` at once (more get a 503 straight
+    away), and `header_timeout` seconds for a request's headers (a slowloris is cut off)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, host: str, port: int, app: Callable, max_connections: int,
+                 header_timeout: float) -> None:  # fmt: skip
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.header_timeout = header_timeout
+        self._slots = threading.BoundedSemaphore(max(1, max_connections))
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self._closed = threading.Event()
+        super().__init__((host, port), _RequestHandler)
+        self.set_app(app)
+        threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.setup_environ()
+
+    def server_close(self) -> None:
+        self._closed.set()  # the reaper stops with the server
+        super().server_close()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1)
+                request.sendall(BUSY_ANSWER)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.unwatch(request)
+            self._slots.release()
+
+    def watch(self, connection: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines[connection] = time.monotonic() + self.header_timeout
+
+    def unwatch(self, connection: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(connection, None)
+
+    def _reap(self) -> None:
+        """Cut off connections whose headers did not arrive in time (slowloris)."""
+        while not self._closed.wait(min(0.5, self.header_timeout / 4)):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [c for c, deadline in self._deadlines.items() if deadline < now]
+                for connection in late:
+                    del self._deadlines[connection]
+            for connection in late:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+
 def make_server(
     host: str,
     port: int,
     app: Callable,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     header_timeout: float = HEADER_TIMEOUT,
-) -> Any:
-    """A threaded WSGI server bound to host:port (port 0 picks a free one).
-
-    A thread per connection, so one slow client never blocks the others, with two bounds a
-    public server needs: at most `max_connections` at once (more get a 503 straight away),
-    and `header_timeout` seconds for a request's headers (a client trickling bytes is cut off).
-    """
-    import socketserver
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
-    class Handler(WSGIRequestHandler):
-        timeout = SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
-
-        def setup(self) -> None:
-            super().setup()
-            self.server.watch(self.connection)
-
-        def parse_request(self) -> bool:
-            ok = super().parse_request()
-            self.server.unwatch(self.connection)  # headers are in: the deadline is met
-            return ok
-
-        def get_environ(self) -> dict:
-            environ = super().get_environ()
-            environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
-            return environ
-
-        def address_string(self) -> str:
-            return self.client_address[0]  # no reverse DNS per request
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # The request line and status only: headers (Authorization) are never logged.
-            log.info("%s %s", self.address_string(), format % args)
-
-        def send_error(
-            self, code: int, message: str | None = None, explain: str | None = None
-        ) -> None:
-            # http.server answers malformed requests with an HTML page; ours are JSON.
-            import http
-
-            body = json.dumps({"message": message or http.HTTPStatus(code).phrase}).encode()
-            if self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.0"  # nobody speaks 0.9: answer with a status line
-            self.send_response(code, message)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 128
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            self._slots = threading.BoundedSemaphore(max(1, max_connections))
-            self._deadlines: dict[socket.socket, float] = {}
-            self._deadlines_lock = threading.Lock()
-            threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
-
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
-            socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = self.server_address[:2]
-            self.setup_environ()
-
-        def process_request(self, request: Any, client_address: Any) -> None:
-            if not self._slots.acquire(blocking=False):
-                with contextlib.suppress(OSError):
-                    request.settimeout(1)
-                    request.sendall(BUSY_ANSWER)
-                self.shutdown_request(request)
-                return
-            super().process_request(request, client_address)
-
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.unwatch(request)
-                self._slots.release()
-
-        def watch(self, connection: socket.socket) -> None:
-            with self._deadlines_lock:
-                self._deadlines[connection] = time.monotonic() + header_timeout
-
-        def unwatch(self, connection: socket.socket) -> None:
-            with self._deadlines_lock:
-                self._deadlines.pop(connection, None)
-
-        def _reap(self) -> None:
-            """Cut off connections whose headers did not arrive in time (slowloris)."""
-            while True:
-                time.sleep(min(0.5, header_timeout / 4))
-                now = time.monotonic()
-                with self._deadlines_lock:
-                    late = [c for c, deadline in self._deadlines.items() if deadline < now]
-                    for connection in late:
-                        del self._deadlines[connection]
-                for connection in late:
-                    with contextlib.suppress(OSError):
-                        connection.shutdown(socket.SHUT_RDWR)
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
-
-    server = Server((host, port), Handler)
-    server.set_app(app)
-    return server
+) -> HTTPServer:
+    """A threaded WSGI server bound to host:port (port 0 picks a free one)."""
+    return HTTPServer(host, port, app, max_connections, header_timeout)
 
 
 # ==============================================================================================
