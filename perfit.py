@@ -63,20 +63,37 @@ if TYPE_CHECKING:  # pragma: no cover - names for type hints only
     import bottle
 
 __version__ = "0.1.0"
+# The names a program may import, by section; every other top-level name starts with "_".
 __all__ = [
-    "Change",
+    # errors
+    *"PerfitError BadRequest Unauthorized Forbidden NotFound PayloadTooLarge RateLimited".split(),
+    *"StoreError StoreLocked StoreCorrupt UsageError MissingDependency ServerSaidNo".split(),
+    "SendFailed",
+    # shared helpers, and the constants callers use
+    *"b64encode decode_id new_id new_token hash_token parse_duration parse_rfc3339".split(),
+    *"format_time TIME_UNITS convert_time US SEAL_BYTES DAMAGED_DIR ROOT_TOKEN_FILE".split(),
+    *"MAX_IMPORT_POINTS DEFAULT_CHANGE_THRESHOLD CHART_HEIGHT CHART_MARGIN BADGE_COLOURS".split(),
+    *"ENV_SERVER ENV_ACCESS_TOKEN ENV_METRIC ENV_METADATA ENV_TIMEOUT ENV_LISTEN".split(),
+    *"ENV_DATA ENV_ROOT_TOKEN EXIT_OK EXIT_REFUSED EXIT_USAGE EXIT_REGRESSED".split(),
+    *"EXIT_UNREACHABLE EXIT_INTERRUPTED EXIT_STORE_FATAL".split(),
+    # the store
+    *"FRAME POINT REC_POINT LOG_MAGIC SEG_MAGIC Scan encode_record scan_file scan_bytes".split(),
+    *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
+    *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
+    *"CheckReport check_directory backup_directory Log Sealer Store".split(),
+    # change points and charts
+    *"Change detect_changes series_changes QueryOption CHART_OPTIONS ChartOptions".split(),
+    *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
+    *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
+    # the web
+    *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
+    *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
+    # the client and the command line
     "Client",
-    "PerfitError",
-    "ServerConfig",
-    "Store",
-    "chart_document",
-    "detect_changes",
     "main",
-    "make_app",
-    "make_server",
 ]
 
-log = logging.getLogger("perfit")
+_log = logging.getLogger("perfit")
 
 
 # ==============================================================================================
@@ -84,34 +101,34 @@ log = logging.getLogger("perfit")
 # Limits, defaults and environment variable names: the numbers the contract (SPEC.md) fixes.
 # ==============================================================================================
 
-ID_BYTES = 16  #: metric and account ids: 128 random bits, 22 chars of url-safe base64
-TOKEN_BYTES = 32  #: access tokens: 256 random bits, 43 chars of url-safe base64
-MAX_METADATA_BYTES = 256
-MAX_BODY_BYTES = 64 * 1024
-MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
+_ID_BYTES = 16  #: metric and account ids: 128 random bits, 22 chars of url-safe base64
+_TOKEN_BYTES = 32  #: access tokens: 256 random bits, 43 chars of url-safe base64
+_MAX_METADATA_BYTES = 256
+_MAX_BODY_BYTES = 64 * 1024
+_MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
 MAX_IMPORT_POINTS = 10_000  #: points per bulk import request
-FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
-MAX_DRAIN_BYTES = 16 << 20  #: a refused body up to this size is read (and dropped) before the 413
-DRAIN_SECONDS = 2.0  #: ... for at most this long
-MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
-MAX_UNIT_BYTES = 32
-MAX_DESCRIPTION_BYTES = 2000
-MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
-MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
+_FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
+_MAX_DRAIN_BYTES = 16 << 20  #: a refused body up to this size is read (and dropped) before the 413
+_DRAIN_SECONDS = 2.0  #: ... for at most this long
+_MAX_NAME_BYTES = 200  #: metric name, chart title and axis labels
+_MAX_UNIT_BYTES = 32
+_MAX_DESCRIPTION_BYTES = 2000
+_MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
+_MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
 
-BETTER_CHOICES = ("lower", "higher")
+_BETTER_CHOICES = ("lower", "higher")
 
-DEFAULT_LISTEN = "127.0.0.1:5050"
-DEFAULT_DATA = "./perfit-data"
-DEFAULT_SERVER = "http://127.0.0.1:5050"
-DEFAULT_RATE_LIMIT = 20.0  #: requests per second per client address; bursts of twice that
-DEFAULT_TIMEOUT = 30.0  #: seconds a client command may spend, retries included
-AUTH_FAILURE_RATE = 1.0  #: failed authentications per second per address, always enforced
-AUTH_FAILURE_BURST = 30.0
-RATE_LIMITER_MAX_CLIENTS = 10_000  #: buckets kept in memory; the least recently seen go first
-SOCKET_TIMEOUT = 30.0  #: seconds a connection may stall before the server drops it
-HEADER_TIMEOUT = 10.0  #: seconds a client has to send its request line and headers, in all
-DEFAULT_MAX_CONNECTIONS = 256  #: connections served at once; more are answered 503 at once
+_DEFAULT_LISTEN = "127.0.0.1:5050"
+_DEFAULT_DATA = "./perfit-data"
+_DEFAULT_SERVER = "http://127.0.0.1:5050"
+_DEFAULT_RATE_LIMIT = 20.0  #: requests per second per client address; bursts of twice that
+_DEFAULT_TIMEOUT = 30.0  #: seconds a client command may spend, retries included
+_AUTH_FAILURE_RATE = 1.0  #: failed authentications per second per address, always enforced
+_AUTH_FAILURE_BURST = 30.0
+_RATE_LIMITER_MAX_CLIENTS = 10_000  #: buckets kept in memory; the least recently seen go first
+_SOCKET_TIMEOUT = 30.0  #: seconds a connection may stall before the server drops it
+_HEADER_TIMEOUT = 10.0  #: seconds a client has to send its request line and headers, in all
+_DEFAULT_MAX_CONNECTIONS = 256  #: connections served at once; more are answered 503 at once
 ROOT_TOKEN_FILE = "root-token.sha256"  #: the hash of a generated root token, never the token
 
 ENV_SERVER = "PERFIT_SERVER"
@@ -142,7 +159,7 @@ EXIT_STORE_FATAL = 70  #: a failed fsync: exit and let recovery on restart sort 
 class PerfitError(Exception):
     """An expected failure, told to the user as one line (HTTP message or stderr)."""
 
-    status = 500
+    status: int | None = None  #: the HTTP status, for the errors the server answers with
     exit_code = EXIT_REFUSED
 
     @property
@@ -244,11 +261,11 @@ def _random_b64(size: int) -> bytes:
 
 
 def new_id() -> bytes:
-    return _random_b64(ID_BYTES)
+    return _random_b64(_ID_BYTES)
 
 
 def new_token() -> str:
-    return b64encode(_random_b64(TOKEN_BYTES))
+    return b64encode(_random_b64(_TOKEN_BYTES))
 
 
 def hash_token(token: str) -> bytes:
@@ -270,12 +287,12 @@ _DURATION_WORDS = {
 #: The grammar of a duration: parts like "90s" or "2 weeks", spaces anywhere between. ASCII
 #: digits and lower-case words only, so that the OpenAPI document can state it exactly.
 _DURATION_PART_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([a-z]+) *")
-DURATION_PATTERN = (
+_DURATION_PATTERN = (
     "^ *([0-9]+(\\.[0-9]+)? *("
     + "|".join(sorted(_DURATION_WORDS, key=len, reverse=True))
     + ") *)*$"
 )
-MAX_DURATION = 1000 * 31_556_952.0
+_MAX_DURATION = 1000 * 31_556_952.0
 
 
 def parse_duration(text: str) -> float:
@@ -288,7 +305,7 @@ def parse_duration(text: str) -> float:
         if part.group(2) not in _DURATION_WORDS:
             raise ValueError(f"unknown unit {part.group(2)!r} in {text!r}")
         total += float(part.group(1)) * _DURATION_WORDS[part.group(2)]
-    if total > MAX_DURATION:
+    if total > _MAX_DURATION:
         raise ValueError(f"{text!r} is longer than a thousand years")
     return total
 
@@ -306,7 +323,7 @@ TIME_UNITS = {
 }
 
 
-TIME_UNIT_NAMES = ("ns", "us", "ms", "s", "min", "h")  #: the short names, for messages
+_TIME_UNIT_NAMES = ("ns", "us", "ms", "s", "min", "h")  #: the short names, for messages
 
 
 def convert_time(value: float, unit: str, to: str) -> float:
@@ -315,7 +332,7 @@ def convert_time(value: float, unit: str, to: str) -> float:
     return value * (have // want) if have >= want else value / (want // have)
 
 
-def tidy(value: float, digits: int = 12) -> float:
+def _tidy(value: float, digits: int = 12) -> float:
     """A float without binary noise past `digits` significant digits: 219.621, not ...98."""
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
@@ -342,18 +359,18 @@ def format_time(t: float) -> str:
 
 # ==============================================================================================
 # Store: record framing
-# Every change is one record appended to a log file, framed so that a torn write (a crash in
+# Every change is one record appended to a _log file, framed so that a torn write (a crash in
 # the middle of an append) is told apart from corruption (a bad record with good ones after).
 # ==============================================================================================
 
-LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every log file (format version 1)
+LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every _log file (format version 1)
 SEG_MAGIC = b"PERFITS1"  #: first 8 bytes of every sealed segment
-LOG_SUFFIX = ".log"
-SEG_SUFFIX = ".seg"
-TMP_SUFFIX = ".tmp"
+_LOG_SUFFIX = ".log"
+_SEG_SUFFIX = ".seg"
+_TMP_SUFFIX = ".tmp"
 DAMAGED_DIR = "damaged"  #: where `serve --repair` keeps the original of every file it rewrites
-SEAL_BYTES = 4 << 20  #: an active log this large is sealed into a segment
-SEG_BLOCK_POINTS = 16384  #: points per compressed block of a segment (at most 4.5 MB raw)
+SEAL_BYTES = 4 << 20  #: an active _log this large is sealed into a segment
+_SEG_BLOCK_POINTS = 16384  #: points per compressed block of a segment (at most 4.5 MB raw)
 
 # A record on disk, little-endian:
 #
@@ -363,17 +380,17 @@ SEG_BLOCK_POINTS = 16384  #: points per compressed block of a segment (at most 4
 #
 # crc32 covers the type byte and the payload, so a flipped type is caught as well.
 FRAME = struct.Struct("<IIB")
-MAX_RECORD_BYTES = 16 << 20  #: no valid record is larger; a bigger length field is garbage
+_MAX_RECORD_BYTES = 16 << 20  #: no valid record is larger; a bigger length field is garbage
 
-REC_ACCOUNT = 1  #: JSON {"id", "created"}
-REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
-REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
+_REC_ACCOUNT = 1  #: JSON {"id", "created"}
+_REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
+_REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
 REC_POINT = 4  #: one live data point, see POINT
-REC_POINTS = 5  #: a batch of imported points, see pack_columns
-REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/metric records
-REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
-CONTROL_TYPES = (REC_ACCOUNT, REC_TOKEN, REC_METRIC)
-RECORD_TYPES = (*CONTROL_TYPES, REC_POINT, REC_POINTS, REC_SEG_CONTROL, REC_SEG_POINTS)
+_REC_POINTS = 5  #: a batch of imported points, see pack_columns
+_REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed _log's account/token/metric records
+_REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
+_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC)
+_RECORD_TYPES = (*_CONTROL_TYPES, REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS)
 
 US = 1_000_000  #: times are kept as integer microseconds since the epoch
 
@@ -385,7 +402,7 @@ US = 1_000_000  #: times are kept as integer microseconds since the epoch
 #                        microseconds
 POINT = struct.Struct("<16sqd")
 
-# Many points of one metric, column by column (REC_POINTS, and inside REC_SEG_POINTS):
+# Many points of one metric, column by column (_REC_POINTS, and inside _REC_SEG_POINTS):
 #
 #   +-----------------+-------------+-----------------+----------------+------------------+------+
 #   | metric id: 16 B | count n: u32 | times: n x i64 | values: n x f64 | meta lens: n x u16 | meta |
@@ -393,7 +410,7 @@ POINT = struct.Struct("<16sqd")
 #
 # In segments the times are deltas from the previous time (the first from 0) and each column
 # is byte-shuffled (all first bytes, then all second bytes...), so zstd sees long runs.
-COLUMNS = struct.Struct("<16sI")
+_COLUMNS = struct.Struct("<16sI")
 
 
 def _record_crc(rtype: int, payload: bytes) -> int:
@@ -410,7 +427,7 @@ def _frame_at(data: bytes, offset: int) -> tuple[int, bytes] | None:
     if end > len(data):
         return None
     length, crc, rtype = FRAME.unpack_from(data, offset)
-    if rtype not in RECORD_TYPES or length > MAX_RECORD_BYTES or end + length > len(data):
+    if rtype not in _RECORD_TYPES or length > _MAX_RECORD_BYTES or end + length > len(data):
         return None
     payload = data[end : end + length]
     if _record_crc(rtype, payload) != crc:
@@ -497,12 +514,12 @@ def pack_columns(metric_id: bytes, batch: PointBatch, compact: bool = False) -> 
     columns = [times.tobytes(), batch.values.tobytes(), batch.lens.tobytes()]
     if compact:
         columns = [_shuffle(c, w) for c, w in zip(columns, (8, 8, 2))]
-    return COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
+    return _COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
 
 
 def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointBatch]:
-    metric_id, n = COLUMNS.unpack_from(payload)
-    cut = itertools.accumulate((COLUMNS.size, 8 * n, 8 * n, 2 * n))
+    metric_id, n = _COLUMNS.unpack_from(payload)
+    cut = itertools.accumulate((_COLUMNS.size, 8 * n, 8 * n, 2 * n))
     a, b, c, d = cut
     raw = [payload[a:b], payload[b:c], payload[c:d]]
     if compact:
@@ -742,21 +759,21 @@ class Index:
             metric_id, t, value = POINT.unpack_from(payload)
             self.metrics[metric_id].series.add_one(t, value, payload[POINT.size :])
             self.last_t = max(self.last_t, t)
-        elif rtype in (REC_POINTS, REC_SEG_POINTS):
+        elif rtype in (_REC_POINTS, _REC_SEG_POINTS):
             for metric_id, batch in _point_batches(rtype, payload):
                 self.metrics[metric_id].series.add(batch)
-        elif rtype == REC_SEG_CONTROL:
+        elif rtype == _REC_SEG_CONTROL:
             for inner_type, inner in _control_records(payload):
                 self.apply(inner_type, inner)
         else:
             self._apply_control(rtype, json.loads(payload))
 
     def _apply_control(self, rtype: int, doc: dict) -> None:
-        if rtype == REC_ACCOUNT:
+        if rtype == _REC_ACCOUNT:
             self.accounts[_raw(doc["id"])] = doc["created"]
-        elif rtype == REC_TOKEN:
+        elif rtype == _REC_TOKEN:
             self.tokens[bytes.fromhex(doc["hash"])] = Principal(_raw(doc["account"]), doc["type"])
-        elif rtype == REC_METRIC:
+        elif rtype == _REC_METRIC:
             metric = Metric(
                 id=_raw(doc["id"]),
                 account=_raw(doc["account"]),
@@ -784,11 +801,11 @@ def _raw(text: str) -> bytes:
 # still runs and its logs stay uncompressed; only reading existing segments needs zstd.
 # ==============================================================================================
 
-SEAL_LEVEL = 9  #: zstd level of sealed segments: written once in the background, read often
+_SEAL_LEVEL = 9  #: zstd level of sealed segments: written once in the background, read often
 #: Where zstd may come from, best first. A zstandard whose compiled backend is missing fails
 #: to import like an absent one, and is passed over the same way.
-ZSTD_MODULES = ("compression.zstd", "backports.zstd", "zstandard")
-ZSTD_FIX = "pip install zstandard, or run on Python 3.14+, which has zstd built in"
+_ZSTD_MODULES = ("compression.zstd", "backports.zstd", "zstandard")
+_ZSTD_FIX = "pip install zstandard, or run on Python 3.14+, which has zstd built in"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -806,13 +823,13 @@ def _zstd_of(name: str, module: Any) -> Zstd:
         # frame that does not record its size (the one-shot decompress() refuses those).
         return Zstd(
             f"zstandard {module.__version__}",
-            lambda data: module.ZstdCompressor(level=SEAL_LEVEL, write_checksum=True).compress(
+            lambda data: module.ZstdCompressor(level=_SEAL_LEVEL, write_checksum=True).compress(
                 data
             ),
             lambda data: module.ZstdDecompressor().decompressobj().decompress(data),
         )
     param = module.CompressionParameter
-    options = {param.compression_level: SEAL_LEVEL, param.checksum_flag: 1}
+    options = {param.compression_level: _SEAL_LEVEL, param.checksum_flag: 1}
     return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
 
 
@@ -820,7 +837,7 @@ def _zstd_of(name: str, module: Any) -> Zstd:
 def find_zstd() -> tuple[Zstd | None, str]:
     """The best zstd that imports, or None and why none did (found once, then remembered)."""
     why = "no zstd module"
-    for name in ZSTD_MODULES:
+    for name in _ZSTD_MODULES:
         try:
             module = importlib.import_module(name)
         except (ImportError, OSError) as e:
@@ -835,11 +852,11 @@ def need_zstd() -> Zstd:
     """The zstd to read or write segments with; a MissingDependency naming the fix if none."""
     zstd, why = find_zstd()
     if zstd is None:
-        raise MissingDependency(f"compressed segments need zstd, and {why}: {ZSTD_FIX}")
+        raise MissingDependency(f"compressed segments need zstd, and {why}: {_ZSTD_FIX}")
     return zstd
 
 
-def zstd_decompress(data: bytes) -> bytes:
+def _zstd_decompress(data: bytes) -> bytes:
     """A zstd frame's contents; a damaged frame is a ValueError, whichever module reads it."""
     zstd = need_zstd()
     try:
@@ -850,7 +867,7 @@ def zstd_decompress(data: bytes) -> bytes:
 
 # ==============================================================================================
 # Store: files of the data directory
-# Numbered logs and segments; sealing a log into a segment; the checks and the copy that
+# Numbered logs and segments; sealing a _log into a segment; the checks and the copy that
 # `perfit store check` and `perfit store backup` make of a directory, live or not.
 # ==============================================================================================
 
@@ -871,7 +888,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def open_private(path: str, flags: int) -> int:
+def _open_private(path: str, flags: int) -> int:
     """Open (maybe create) a file readable by its owner only, whatever the umask.
 
     Metric ids are read capabilities, and every log holds them: no other local user may read
@@ -886,7 +903,7 @@ def open_private(path: str, flags: int) -> int:
     return fd
 
 
-def make_private_dir(path: str) -> None:
+def _make_private_dir(path: str) -> None:
     """Create a directory (and its parents) that only its owner may enter, whatever the umask."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     if os.stat(path).st_mode & 0o077:
@@ -895,8 +912,8 @@ def make_private_dir(path: str) -> None:
 
 def _write_durably(path: str, data: bytes) -> None:
     """Write a whole file so that it appears complete or not at all: temp, fsync, rename."""
-    tmp = path + TMP_SUFFIX
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    tmp = path + _TMP_SUFFIX
+    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -906,10 +923,10 @@ def _write_durably(path: str, data: bytes) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
-def create_log(directory: str, number: int) -> int:
+def _create_log(directory: str, number: int) -> int:
     """A new, empty log file, durable with its directory entry; its fd, open for appending."""
-    path = os.path.join(directory, file_name(number, LOG_SUFFIX))
-    fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    path = os.path.join(directory, _file_name(number, _LOG_SUFFIX))
+    fd = _open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
     try:
         _write_all(fd, LOG_MAGIC)
         os.fsync(fd)
@@ -920,17 +937,21 @@ def create_log(directory: str, number: int) -> int:
     return fd
 
 
-def reopen_log(scan: Scan) -> tuple[int | None, int]:
+def _reopen_log(scan: Scan) -> tuple[int | None, int]:
     """A log open for appending, its torn tail cut off: (fd, size). None: it tore before its
     magic was even whole, so nothing in it was ever acknowledged."""
     good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
     if good_end < len(LOG_MAGIC):
         return None, 0
-    fd = open_private(scan.path, os.O_RDWR | os.O_APPEND)
+    fd = _open_private(scan.path, os.O_RDWR | os.O_APPEND)
     if good_end < scan.size:
         cut = scan.size - good_end
-        log.warning("%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
-                    scan.path, good_end, cut)  # fmt: skip
+        _log.warning(
+            "%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
+            scan.path,
+            good_end,
+            cut,
+        )
         os.ftruncate(fd, good_end)
         os.fsync(fd)
     return fd, good_end
@@ -948,8 +969,8 @@ class DataFiles:
         files = cls({}, {})
         for name in os.listdir(path):
             stem, _, suffix = name.partition(".")
-            if stem.isdigit() and "." + suffix in (LOG_SUFFIX, SEG_SUFFIX):
-                kind = files.logs if "." + suffix == LOG_SUFFIX else files.segments
+            if stem.isdigit() and "." + suffix in (_LOG_SUFFIX, _SEG_SUFFIX):
+                kind = files.logs if "." + suffix == _LOG_SUFFIX else files.segments
                 kind[int(stem)] = os.path.join(path, name)
         return files
 
@@ -967,11 +988,11 @@ class DataFiles:
         ]
 
 
-def file_name(number: int, suffix: str) -> str:
+def _file_name(number: int, suffix: str) -> str:
     return f"{number:08d}{suffix}"
 
 
-def scan_data_file(kind: str, path: str) -> Scan:
+def _scan_data_file(kind: str, path: str) -> Scan:
     return scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
 
 
@@ -988,19 +1009,19 @@ def seal_log(log_path: str, seg_path: str) -> None:
     control: list[bytes] = []
     points: dict[bytes, list[tuple[int, float, bytes]]] = {}
     for _, rtype, payload in scan.records:
-        if rtype in CONTROL_TYPES:
+        if rtype in _CONTROL_TYPES:
             control.append(encode_record(rtype, payload))
         else:
             for metric_id, batch in _point_batches(rtype, payload):
                 points.setdefault(metric_id, []).extend(
                     zip(batch.times, batch.values, batch.metas())
                 )
-    blocks = [encode_record(REC_SEG_CONTROL, compress(b"".join(control)))]
+    blocks = [encode_record(_REC_SEG_CONTROL, compress(b"".join(control)))]
     for metric_id, rows in points.items():
-        for i in range(0, len(rows), SEG_BLOCK_POINTS):
-            batch = PointBatch.of(rows[i : i + SEG_BLOCK_POINTS])
+        for i in range(0, len(rows), _SEG_BLOCK_POINTS):
+            batch = PointBatch.of(rows[i : i + _SEG_BLOCK_POINTS])
             packed = pack_columns(metric_id, batch, compact=True)
-            blocks.append(encode_record(REC_SEG_POINTS, compress(packed)))
+            blocks.append(encode_record(_REC_SEG_POINTS, compress(packed)))
     _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
 
 
@@ -1010,16 +1031,16 @@ def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]
         metric_id, t, value = POINT.unpack_from(payload)
         meta = payload[POINT.size :]
         return [(metric_id, PointBatch.of([(t, value, meta)]))]
-    if rtype == REC_POINTS:
+    if rtype == _REC_POINTS:
         return [unpack_columns(payload)]
-    if rtype == REC_SEG_POINTS:
-        return [unpack_columns(zstd_decompress(payload), compact=True)]
+    if rtype == _REC_SEG_POINTS:
+        return [unpack_columns(_zstd_decompress(payload), compact=True)]
     raise ValueError(f"record type {rtype} holds no points")
 
 
 def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
     """The framed account/token/metric records inside a segment's control block."""
-    raw = zstd_decompress(payload) if payload else b""
+    raw = _zstd_decompress(payload) if payload else b""
     out, offset = [], 0
     while offset < len(raw):
         frame = _frame_at(raw, offset)
@@ -1033,35 +1054,35 @@ def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
 # ==============================================================================================
 # Store: recovery
 # Reading a data directory back: replay into the index, `perfit store check`, `serve --repair`
-# and `perfit store backup` all walk its files in order under one rule: only the active log may
+# and `perfit store backup` all walk its files in order under one rule: only the active _log may
 # end in a torn write; any other bad byte is corruption, named with its file and offset.
 # ==============================================================================================
 
 
 @dataclasses.dataclass
-class FileScan:
+class _FileScan:
     """One data file as read: its good records, and which of its bad bytes are corruption."""
 
     number: int
     kind: str  #: "log" or "seg"
     scan: Scan
     corrupt: list[tuple[int, int]]  #: (start, end) runs of bad bytes that are no torn tail
-    active: bool  #: the log that is appended to
+    active: bool  #: the _log that is appended to
 
 
-def scan_directory(path: str) -> Iterator[FileScan]:
+def scan_directory(path: str) -> Iterator[_FileScan]:
     """Every data file in replay order, read; safe while a server writes to the directory."""
     files = DataFiles.list(path)
     active = files.active()
     for number, kind, file_path in files.in_order():
         try:
-            scan = scan_data_file(kind, file_path)
+            scan = _scan_data_file(kind, file_path)
         except FileNotFoundError:
-            # Sealed (log gone, segment made) while we looked: read the segment instead.
-            kind, file_path = "seg", os.path.join(path, file_name(number, SEG_SUFFIX))
-            scan = scan_data_file(kind, file_path)
+            # Sealed (_log gone, segment made) while we looked: read the segment instead.
+            kind, file_path = "seg", os.path.join(path, _file_name(number, _SEG_SUFFIX))
+            scan = _scan_data_file(kind, file_path)
         is_active = kind == "log" and number == active
-        yield FileScan(number, kind, scan, scan.corruption(tail_may_tear=is_active), is_active)
+        yield _FileScan(number, kind, scan, scan.corruption(tail_may_tear=is_active), is_active)
 
 
 def replay(path: str, index: Index) -> Scan | None:
@@ -1071,10 +1092,10 @@ def replay(path: str, index: Index) -> Scan | None:
     is left for the log to cut off when it reopens.
     """
     for name in os.listdir(path):
-        if name.endswith(TMP_SUFFIX):  # a segment whose sealing a crash cut short
+        if name.endswith(_TMP_SUFFIX):  # a segment whose sealing a crash cut short
             os.unlink(os.path.join(path, name))
     files = DataFiles.list(path)
-    # Sealed, then a crash before the log was removed: the segment holds it all (the log goes
+    # Sealed, then a crash before the _log was removed: the segment holds it all (the _log goes
     # once the segment has replayed cleanly, not before).
     sealed_twice = set(files.logs) & set(files.segments)
     tail = None
@@ -1104,7 +1125,7 @@ def repair_directory(path: str) -> None:
         if not found.corrupt and len(records) == len(found.scan.records):
             continue
         damaged = os.path.join(path, DAMAGED_DIR)
-        make_private_dir(damaged)
+        _make_private_dir(damaged)
         original = found.scan.path
         kept = os.path.join(damaged, f"{os.path.basename(original)}.{int(time.time())}")
         shutil.copy2(original, kept)
@@ -1112,16 +1133,21 @@ def repair_directory(path: str) -> None:
         magic = SEG_MAGIC if found.kind == "seg" else LOG_MAGIC
         _write_durably(original, magic + b"".join(encode_record(t, p) for t, p in records))
         skipped = len(found.scan.records) - len(records) + len(found.corrupt)
-        log.warning("repaired %s: kept %d records, skipped %d bad places; original in %s",
-                    original, len(records), skipped, kept)  # fmt: skip
+        _log.warning(
+            "repaired %s: kept %d records, skipped %d bad places; original in %s",
+            original,
+            len(records),
+            skipped,
+            kept,
+        )
 
 
 def _unreadable(rtype: int, payload: bytes) -> str | None:
     """Why a record that passed its CRC cannot be read, or None: it can."""
     try:
-        if rtype in CONTROL_TYPES:
+        if rtype in _CONTROL_TYPES:
             json.loads(payload)
-        elif rtype == REC_SEG_CONTROL:
+        elif rtype == _REC_SEG_CONTROL:
             for inner_type, inner in _control_records(payload):
                 why = _unreadable(inner_type, inner)
                 if why:
@@ -1150,7 +1176,7 @@ def check_directory(path: str) -> list[CheckReport]:
     return [_check_file(found) for found in scan_directory(path)]
 
 
-def _check_file(found: FileScan) -> CheckReport:
+def _check_file(found: _FileScan) -> CheckReport:
     scan = found.scan
     report = CheckReport(scan.path, len(scan.records), [], [])
     for start, end in found.corrupt:
@@ -1170,7 +1196,7 @@ def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
     Segments never change, and a log is copied up to its last whole record. A log sealed and
     removed while we copy makes us start again, so the copy never misses what moved.
     """
-    make_private_dir(dest)
+    _make_private_dir(dest)
     if os.listdir(dest):
         raise UsageError(f"backup destination {dest} is not empty")
     for _ in range(attempts):
@@ -1191,11 +1217,11 @@ def _copy_once(path: str, dest: str) -> int:
         with open(src, "rb") as f:
             data = f.read()
         if kind == "log":
-            # The active log may be mid-append as we read it: keep its whole records only.
+            # The active _log may be mid-append as we read it: keep its whole records only.
             scan = scan_bytes(src, data, LOG_MAGIC)
             good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
             data = data[:good_end] if good_end >= len(LOG_MAGIC) else LOG_MAGIC
-        _write_durably(os.path.join(dest, file_name(number, "." + kind)), data)
+        _write_durably(os.path.join(dest, _file_name(number, "." + kind)), data)
         copied += 1
     token = os.path.join(path, ROOT_TOKEN_FILE)
     if os.path.exists(token):
@@ -1206,8 +1232,8 @@ def _copy_once(path: str, dest: str) -> int:
 
 
 # ==============================================================================================
-# Store: the log
-# Records appended to the active log file in batches, one write and one fsync a batch, so
+# Store: the _log
+# Records appended to the active _log file in batches, one write and one fsync a batch, so
 # concurrent writers share the disk's slowest step (group commit); a new file once it is full.
 # ==============================================================================================
 
@@ -1230,7 +1256,7 @@ class Log:
         self.directory = directory
         self.seal_bytes = seal_bytes
         self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
-        self.number = 0  #: the active log's file number
+        self.number = 0  #: the active _log's file number
         self._on_durable = on_durable
         self._on_full = on_full
         self._lock = threading.Lock()  #: guards everything below, and on_durable's work
@@ -1241,19 +1267,19 @@ class Log:
         self._taken = 0  #: records a leader has taken from the queue (written, or lost)
         self._synced = 0  #: records durable and passed to on_durable
         self._lost: list[tuple[int, int, str]] = []  #: (first, last, why) of batches not written
-        self.failed: str | None = None  #: why the log stopped taking writes (a failed fsync)
+        self.failed: str | None = None  #: why the _log stopped taking writes (a failed fsync)
         self._fd: int | None = None
         self._size = 0
         self._next_rotation = seal_bytes
 
     def start(self, number: int) -> None:
         """Append to a new, empty log file with this number."""
-        self._fd, self.number = create_log(self.directory, number), number
+        self._fd, self.number = _create_log(self.directory, number), number
         self._size = len(LOG_MAGIC)
 
     def resume(self, number: int, scan: Scan) -> int:
         """Append to an existing log, cutting off its torn tail; the bytes cut off."""
-        fd, good_end = reopen_log(scan)
+        fd, good_end = _reopen_log(scan)
         if fd is None:
             self.start(number)  # torn while being created: nothing in it was acknowledged
         else:
@@ -1339,7 +1365,7 @@ class Log:
             # After a failed fsync the kernel may have dropped the dirty pages: retrying could
             # "succeed" on data that is gone. Stop; replay on restart tells what is durable.
             self.failed = f"fsync failed: {e.strerror}"
-            log.critical("store failed: %s", self.failed)
+            _log.critical("store failed: %s", self.failed)
             if self.exit_on_fatal:
                 os._exit(EXIT_STORE_FATAL)
             raise StoreError("the data could not be made durable") from e
@@ -1350,9 +1376,9 @@ class Log:
         try:
             self.start(self.number + 1)
         except OSError as e:
-            self._fd = old_fd  # keep writing the old log; try again a little later
+            self._fd = old_fd  # keep writing the old _log; try again a little later
             self._next_rotation = self._size + self.seal_bytes // 4
-            log.warning("cannot start a new log (%s); will retry", e.strerror)
+            _log.warning("cannot start a new log (%s); will retry", e.strerror)
             return
         self._next_rotation = self.seal_bytes
         os.close(old_fd)
@@ -1362,7 +1388,7 @@ class Log:
 # ==============================================================================================
 # Store: the sealer
 # Full logs become compressed segments in a background thread: written whole or not at all,
-# and only then is the log removed, so a crash at any step loses and doubles nothing.
+# and only then is the _log removed, so a crash at any step loses and doubles nothing.
 # ==============================================================================================
 
 
@@ -1373,7 +1399,7 @@ class Sealer:
     def __init__(self, directory: str, zstd: Zstd | None, active: Callable[[], int]) -> None:
         self.directory = directory
         self.zstd = zstd  #: None: no zstd, and full logs stay as they are
-        self._active = active  #: the active log's number, which is never sealed
+        self._active = active  #: the active _log's number, which is never sealed
         self._running = threading.Lock()  #: held by the pass at work
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -1402,26 +1428,26 @@ class Sealer:
                 self._seal(pending[0])
             finished = True
         except Exception as e:  # anything: a thread traceback on stderr would help nobody
-            # The log stays as it is and replays fine; sealing is tried again at the next one.
-            log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
+            # The _log stays as it is and replays fine; sealing is tried again at the next one.
+            _log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
         finally:
             self._running.release()
         if finished and self._pending():
-            self.wake()  # a log filled up as we finished, and found us still at work
+            self.wake()  # a _log filled up as we finished, and found us still at work
 
     def _seal(self, number: int) -> None:
-        log_path = os.path.join(self.directory, file_name(number, LOG_SUFFIX))
-        seg_path = os.path.join(self.directory, file_name(number, SEG_SUFFIX))
+        log_path = os.path.join(self.directory, _file_name(number, _LOG_SUFFIX))
+        seg_path = os.path.join(self.directory, _file_name(number, _SEG_SUFFIX))
         started = time.monotonic()
         seal_log(log_path, seg_path)
         os.unlink(log_path)
         _fsync_dir(self.directory)
-        log.info("sealed %s in %.2fs", os.path.basename(seg_path), time.monotonic() - started)
+        _log.info("sealed %s in %.2fs", os.path.basename(seg_path), time.monotonic() - started)
 
 
 # ==============================================================================================
 # Store: the store
-# The data directory as one object: its lock, the index replayed from its files, the log that
+# The data directory as one object: its lock, the index replayed from its files, the _log that
 # new records go to, and the sealer; and the operations the web layer and the tests use.
 # ==============================================================================================
 
@@ -1440,14 +1466,14 @@ class Store:
         self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
         self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
         self._lock_fd: int | None = None
-        self._import_lock = threading.Lock()  #: one import at a time: see import_points
+        self._import_lock = threading.Lock()  #: one import at a time: see _import_points
 
     @classmethod
     def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
         """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
         store = cls(path, seal_bytes)
         try:
-            make_private_dir(path)
+            _make_private_dir(path)
             store._take_lock()
             if store.zstd is None and DataFiles.list(path).segments:
                 need_zstd()  # segments it cannot read: stop here, with the fix in one line
@@ -1495,7 +1521,7 @@ class Store:
     def _take_lock(self) -> None:
         import fcntl  # POSIX only, and only the server needs it
 
-        fd = open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
+        fd = _open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1521,19 +1547,19 @@ class Store:
         """A new account and its first admin token."""
         account = new_id()
         doc = {"id": b64encode(account), "created": time.time()}
-        self.log.append(REC_ACCOUNT, lambda: json.dumps(doc).encode())
+        self.log.append(_REC_ACCOUNT, lambda: json.dumps(doc).encode())
         return account, self.create_token(account, "admin")
 
     def create_token(self, account: bytes, token_type: str) -> str:
         token = new_token()
         doc = {"account": b64encode(account), "type": token_type, "hash": hash_token(token).hex()}
-        self.log.append(REC_TOKEN, lambda: json.dumps(doc).encode())
+        self.log.append(_REC_TOKEN, lambda: json.dumps(doc).encode())
         return token
 
     def create_metric(self, account: bytes, **fields: str) -> Metric:
         doc = {"id": b64encode(new_id()), "account": b64encode(account), "created": time.time()}
         doc.update(fields)
-        self.log.append(REC_METRIC, lambda: json.dumps(doc).encode())
+        self.log.append(_REC_METRIC, lambda: json.dumps(doc).encode())
         return self.metrics[_raw(doc["id"])]
 
     def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
@@ -1552,7 +1578,7 @@ class Store:
     def add_points(self, metric_id: bytes, batch: PointBatch) -> int:
         """Add points at the times they carry: one record, all or nothing, durable."""
         if len(batch):
-            self.log.append(REC_POINTS, lambda: pack_columns(metric_id, batch))
+            self.log.append(_REC_POINTS, lambda: pack_columns(metric_id, batch))
         return len(batch)
 
     def import_points(self, metric_id: bytes, batch: PointBatch) -> tuple[int, int]:
@@ -1577,10 +1603,10 @@ class Store:
 # ==============================================================================================
 
 DEFAULT_CHANGE_THRESHOLD = 0.05  #: relative steps smaller than this are not reported
-CHANGE_MIN_SEGMENT = 10  #: points a level needs before (and after) a step to count as one
-CHANGE_SIGNIFICANCE = 0.001  #: how unlikely a split must be under "no change" (Pettitt's p)
-CHANGE_REFINE = 12  #: points around a found split searched for its best position
-CHANGE_WINDOW = 5000  #: change points are sought among this many newest points of a range
+_CHANGE_MIN_SEGMENT = 10  #: points a level needs before (and after) a step to count as one
+_CHANGE_SIGNIFICANCE = 0.001  #: how unlikely a split must be under "no change" (Pettitt's p)
+_CHANGE_REFINE = 12  #: points around a found split searched for its best position
+_CHANGE_WINDOW = 5000  #: change points are sought among this many newest points of a range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1598,7 +1624,7 @@ class Change:
         # Medians of two points are their mean: 219.62099999999998 reads as 219.621, and a
         # relative change to a millionth is more than any CI measurement carries.
         doc = dataclasses.asdict(self)
-        doc["before"], doc["after"] = tidy(self.before), tidy(self.after)
+        doc["before"], doc["after"] = _tidy(self.before), _tidy(self.after)
         # From a level of 0 the change is infinite, and JSON has no infinity.
         doc["change"] = round(self.change, 6) if math.isfinite(self.change) else None
         return doc
@@ -1639,7 +1665,7 @@ def detect_changes(
 def series_changes(series: Series, better: str, threshold: float) -> list[Change]:
     """The change points among the newest CHANGE_WINDOW points of a series (a snapshot of a
     range), indexed within the whole of it, as /json of the same range lists the points."""
-    skipped = max(0, len(series) - CHANGE_WINDOW)
+    skipped = max(0, len(series) - _CHANGE_WINDOW)
     times = [t // US for t in series.times[skipped:]]
     found = detect_changes(series.values[skipped:], times, better, threshold)
     return [dataclasses.replace(c, index=c.index + skipped) for c in found]
@@ -1653,7 +1679,7 @@ def _relative(before: float, after: float) -> float:
 
 def _split(xs: list[float], lo: int, hi: int, out: list[int]) -> None:
     """Find the most significant split of xs[lo:hi], keep it, and look on both sides."""
-    if hi - lo < 2 * CHANGE_MIN_SEGMENT:
+    if hi - lo < 2 * _CHANGE_MIN_SEGMENT:
         return
     best = _pettitt(xs[lo:hi])
     if best is None:
@@ -1673,15 +1699,15 @@ def _pettitt(segment: list[float]) -> int | None:
     n = len(segment)
     ranks = _ranks(segment)
     best_u, best_t, total = -1.0, None, 0.0
-    for t in range(1, n - CHANGE_MIN_SEGMENT + 1):
+    for t in range(1, n - _CHANGE_MIN_SEGMENT + 1):
         total += ranks[t - 1]
         u = abs(2 * total - t * (n + 1))
-        if t >= CHANGE_MIN_SEGMENT and u > best_u:
+        if t >= _CHANGE_MIN_SEGMENT and u > best_u:
             best_u, best_t = u, t
     if best_t is None:
         return None
     p = 2 * math.exp(-6 * best_u * best_u / (n**3 + n**2))
-    return best_t if p < CHANGE_SIGNIFICANCE else None
+    return best_t if p < _CHANGE_SIGNIFICANCE else None
 
 
 def _ranks(values: list[float]) -> list[float]:
@@ -1705,8 +1731,8 @@ def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
     The medians are taken once, at the split as found: moving it a few points barely moves
     them, so the cost of each nearby position is a running sum over the points it passes.
     """
-    first = max(lo + CHANGE_MIN_SEGMENT, at - CHANGE_REFINE)
-    last = min(hi - CHANGE_MIN_SEGMENT, at + CHANGE_REFINE)
+    first = max(lo + _CHANGE_MIN_SEGMENT, at - _CHANGE_REFINE)
+    last = min(hi - _CHANGE_MIN_SEGMENT, at + _CHANGE_REFINE)
     left, right = statistics.median(xs[lo:at]), statistics.median(xs[at:hi])
     best, best_key, cost = first, (0.0, abs(first - at)), 0.0
     for t in range(first + 1, last + 1):
@@ -1728,7 +1754,7 @@ def _settle(xs: list[float], bounds: list[int]) -> list[int]:
     for k, at in enumerate(bounds):
         lo = bounds[k - 1] if k else 0
         hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
-        while (moved := _refine(xs, lo, hi, at)) != at and abs(moved - at) >= CHANGE_REFINE:
+        while (moved := _refine(xs, lo, hi, at)) != at and abs(moved - at) >= _CHANGE_REFINE:
             at = moved  # it hit the edge of the search window: look further that way
         bounds[k] = moved
     return bounds
@@ -1754,14 +1780,14 @@ def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> 
 # svgwrite is imported inside the renderers, so the client never pays for it.
 # ==============================================================================================
 
-CHART_WIDTH = 800
+_CHART_WIDTH = 800
 CHART_HEIGHT = 400
 CHART_MARGIN = {"left": 76, "right": 24, "top": 44, "bottom": 56}
-PHONE_TICK_PX = 22  #: the text size of a chart at phone width (see CHART_CSS), in chart units
-MAX_OVERLAY = 8  #: metrics in one chart
+_PHONE_TICK_PX = 22  #: the text size of a chart at phone width (see _CHART_CSS), in chart units
+_MAX_OVERLAY = 8  #: metrics in one chart
 #: Okabe-Ito, the colour-blind-safe palette; a lighter twin of each for dark backgrounds.
 #: The light ones are darkened where needed to keep 3:1 contrast on white (WCAG, graphics).
-SERIES_COLOURS = [
+_SERIES_COLOURS = [
     ("#0072B2", "#56B4E9"),
     ("#D55E00", "#F0A35E"),
     ("#00805E", "#3DD9A8"),
@@ -1772,7 +1798,7 @@ SERIES_COLOURS = [
     ("#444444", "#C9D1D9"),
 ]
 
-CHART_CSS = """
+_CHART_CSS = """
 svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 12px; }
 .bg { fill: #ffffff; }
 .frame, .tick { stroke: #6b7280; stroke-width: 1; fill: none; }
@@ -1810,10 +1836,10 @@ a .point { cursor: pointer; }
 
 def _series_css() -> str:
     light = "".join(
-        f".s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (c, _) in enumerate(SERIES_COLOURS)
+        f".s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (c, _) in enumerate(_SERIES_COLOURS)
     )
     dark = "".join(
-        f"  .s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (_, c) in enumerate(SERIES_COLOURS)
+        f"  .s{i} {{ stroke: {c}; fill: {c}; }}\n" for i, (_, c) in enumerate(_SERIES_COLOURS)
     )
     # After the colours, and more specific, so a line is never filled in.
     shapes = (
@@ -1901,9 +1927,11 @@ CHART_OPTIONS = (
 #: The chart options parsed and checked: text fields default to "", the others to None.
 ChartOptions = dataclasses.make_dataclass(
     "ChartOptions",
-    [(o.field, Any, dataclasses.field(default="" if o.kind == "text" else None))
-     for o in {o.field: o for o in CHART_OPTIONS}.values()],
-)  # fmt: skip
+    [
+        (o.field, Any, dataclasses.field(default="" if o.kind == "text" else None))
+        for o in {o.field: o for o in CHART_OPTIONS}.values()
+    ],
+)
 
 
 @dataclasses.dataclass
@@ -1927,7 +1955,7 @@ class ChartSeries:
 _XML_ILLEGAL = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ud800-\\udfff\\ufffe\\uffff]")
 
 
-def xml_safe(text: str) -> str:
+def _xml_safe(text: str) -> str:
     """Text that XML 1.0 can carry: control characters become U+FFFD, not a broken image.
 
     Applied once to each finished SVG, so no title, label, unit or metadata can slip past.
@@ -2099,7 +2127,7 @@ def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]
 # -- choosing what to draw -------------------------------------------------------------------------
 
 
-def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartSeries:
+def _chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartSeries:
     """The metric's points in the options' range, reduced when they outnumber the pixels.
 
     A series with more points than two per pixel column keeps, in each column, its lowest and
@@ -2107,7 +2135,7 @@ def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartS
     through it, the shape and every spike survive at a fraction of the size.
     """
     rows = range(len(series))  # a snapshot of the options' range
-    columns = CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
+    columns = _CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
     stats: list[tuple[float, float, float, float]] = []
     if len(rows) <= 2 * columns or t1 <= t0:
         keep: Sequence[int] = rows
@@ -2124,8 +2152,9 @@ def chart_series(metric: Metric, series: Series, t0: float, t1: float) -> ChartS
     )
 
 
-def _reduce_per_column(series: Series, rows: range, t0: float, t1: float,
-                       columns: int) -> tuple[list[int], list[tuple[float, float, float, float]]]:  # fmt: skip
+def _reduce_per_column(
+    series: Series, rows: range, t0: float, t1: float, columns: int
+) -> tuple[list[int], list[tuple[float, float, float, float]]]:
     keep, stats = [], []
     lo = rows.start
     for column in range(1, columns + 1):
@@ -2145,7 +2174,7 @@ def _reduce_per_column(series: Series, rows: range, t0: float, t1: float,
     return keep, stats
 
 
-def chart_range(snapshots: Sequence[Series], opts: ChartOptions) -> tuple[float, float]:
+def _chart_range(snapshots: Sequence[Series], opts: ChartOptions) -> tuple[float, float]:
     """The time span the x axis shows: the options' bounds, else the data's."""
     firsts = [s.times[0] / US for s in snapshots if len(s)]
     lasts = [s.times[-1] / US for s in snapshots if len(s)]
@@ -2190,36 +2219,57 @@ def render_chart(
     v0, v1 = _value_range(values, opts) if values else (0.0, 1.0)
     y_ticks = [(v, _tick_label(v, unit)) for v in value_ticks(v0, v1, unit) if v0 <= v <= v1]
     left = _left_margin([label for _, label in y_ticks] if values else [])
-    right = CHART_WIDTH - CHART_MARGIN["right"]
+    right = _CHART_WIDTH - CHART_MARGIN["right"]
     top, bottom = CHART_MARGIN["top"], CHART_HEIGHT - CHART_MARGIN["bottom"]
-    dwg = svgwrite.Drawing(size=(CHART_WIDTH, CHART_HEIGHT), debug=False)
-    dwg.viewbox(0, 0, CHART_WIDTH, CHART_HEIGHT)
+    dwg = svgwrite.Drawing(size=(_CHART_WIDTH, CHART_HEIGHT), debug=False)
+    dwg.viewbox(0, 0, _CHART_WIDTH, CHART_HEIGHT)
     dwg.attribs["role"] = "img"
-    dwg.defs.add(dwg.style(CHART_CSS + _series_css()))
-    dwg.add(dwg.rect((0, 0), (CHART_WIDTH, CHART_HEIGHT), class_="bg"))
+    dwg.defs.add(dwg.style(_CHART_CSS + _series_css()))
+    dwg.add(dwg.rect((0, 0), (_CHART_WIDTH, CHART_HEIGHT), class_="bg"))
     title = opts.title or (series[0].name if len(series) == 1 else "")
     dwg.set_desc(title=title or "PerfIt chart")
     if opts.title:
-        dwg.add(dwg.text(title, insert=(CHART_WIDTH / 2, 24), class_="title", text_anchor="middle"))
+        dwg.add(
+            dwg.text(title, insert=(_CHART_WIDTH / 2, 24), class_="title", text_anchor="middle")
+        )
     if len(series) > 1:
         _draw_legend(dwg, series, left, 38 if opts.title else 22)
     y_label = opts.y_label or ("duration" if unit in TIME_UNITS else ", ".join(units))
     if y_label:
         y_mid = (top + bottom) / 2
-        dwg.add(dwg.text(y_label, insert=(16, y_mid), class_="label", text_anchor="middle",
-                         transform=f"rotate(-90 16 {y_mid})"))  # fmt: skip
+        dwg.add(
+            dwg.text(
+                y_label,
+                insert=(16, y_mid),
+                class_="label",
+                text_anchor="middle",
+                transform=f"rotate(-90 16 {y_mid})",
+            )
+        )
     x_label = opts.x_label or "time (UTC)"
-    dwg.add(dwg.text(x_label, insert=((left + right) / 2, CHART_HEIGHT - 10), class_="label",
-                     text_anchor="middle"))  # fmt: skip
+    dwg.add(
+        dwg.text(
+            x_label,
+            insert=((left + right) / 2, CHART_HEIGHT - 10),
+            class_="label",
+            text_anchor="middle",
+        )
+    )
     dwg.add(dwg.rect((left, top), (right - left, bottom - top), class_="frame"))
 
     if not values:
         message = empty or (
             "No data points in this range" if opts.start or opts.end else "No data points yet"
         )
-        dwg.add(dwg.text(message, insert=((left + right) / 2, (top + bottom) / 2), class_="empty",
-                         text_anchor="middle"))  # fmt: skip
-        return xml_safe(dwg.tostring())
+        dwg.add(
+            dwg.text(
+                message,
+                insert=((left + right) / 2, (top + bottom) / 2),
+                class_="empty",
+                text_anchor="middle",
+            )
+        )
+        return _xml_safe(dwg.tostring())
 
     def x_of(t: float) -> float:
         return round(left + (t - t0) / (t1 - t0) * (right - left), 1)
@@ -2239,19 +2289,19 @@ def render_chart(
     for i, s in enumerate(series):
         # Alone, a change is coloured by its kind; in an overlay, by its metric (the label and
         # the tooltip still say which kind), its label a line lower than the metric's before.
-        colour = f"s{i % len(SERIES_COLOURS)}" if overlay else ""
+        colour = f"s{i % len(_SERIES_COLOURS)}" if overlay else ""
         for at, change in s.changes:
             label_y = top + 14 + (20 * (i % 4) if overlay else 0)
             _draw_change(dwg, change, s, x_of(at), top, bottom, colour, label_y, overlay)
     for i, s in enumerate(series):
-        _draw_series(dwg, s, f"s{i % len(SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
+        _draw_series(dwg, s, f"s{i % len(_SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
     reduced = [s for s in series if s.total > len(s.times)]
     if reduced:
         shown = sum(len(s.times) for s in series)
         total = sum(s.total for s in series)
         note = f"{total:,} points, reduced to {shown:,}: band = lowest to highest, line = median"
         dwg.add(dwg.text(note, insert=(right, top - 6), class_="note", text_anchor="end"))
-    return xml_safe(dwg.tostring())
+    return _xml_safe(dwg.tostring())
 
 
 def _tick_label(v: float, unit: str) -> str:
@@ -2262,12 +2312,19 @@ def _tick_label(v: float, unit: str) -> str:
 def _left_margin(labels: Sequence[str]) -> float:
     """Room left of the plot for the y labels at their largest (the phone size), and the
     axis title beside them; never less than the usual margin."""
-    widest = max((text_width(label, PHONE_TICK_PX) for label in labels), default=0.0)
-    return max(CHART_MARGIN["left"], round(PHONE_TICK_PX * 1.5 + widest))
+    widest = max((_text_width(label, _PHONE_TICK_PX) for label in labels), default=0.0)
+    return max(CHART_MARGIN["left"], round(_PHONE_TICK_PX * 1.5 + widest))
 
 
-def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, named: bool,
-                 x_of: Callable[[float], float], y_of: Callable[[float], float]) -> None:  # fmt: skip
+def _draw_series(
+    dwg: Any,
+    s: ChartSeries,
+    colour: str,
+    opts: ChartOptions,
+    named: bool,
+    x_of: Callable[[float], float],
+    y_of: Callable[[float], float],
+) -> None:
     reduced = bool(s.columns)
     if reduced:
         upper = [(x_of(t), y_of(high)) for t, _, _, high in s.columns]
@@ -2300,16 +2357,29 @@ def _draw_series(dwg: Any, s: ChartSeries, colour: str, opts: ChartOptions, name
     dwg.add(markers)
 
 
-def _draw_change(dwg: Any, change: Change, s: ChartSeries, x: float, top: float, bottom: float,
-                 colour: str, label_y: float, named: bool) -> None:  # fmt: skip
+def _draw_change(
+    dwg: Any,
+    change: Change,
+    s: ChartSeries,
+    x: float,
+    top: float,
+    bottom: float,
+    colour: str,
+    label_y: float,
+    named: bool,
+) -> None:
     """A dashed line where a new level starts, labelled with its relative change."""
     group = dwg.g(class_=f"change {colour or change.kind}")
     group.attribs["data-kind"] = change.kind
     label = f"{change.change * 100:+.0f} %" if math.isfinite(change.change) else change.kind
     unit = s.unit
-    group.set_desc(title=(
-        (f"{s.name}: " if named else "") + f"{change.kind} of {label} from {format_time(change.t)}\n"
-        f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"))  # fmt: skip
+    group.set_desc(
+        title=(
+            (f"{s.name}: " if named else "")
+            + f"{change.kind} of {label} from {format_time(change.t)}\n"
+            f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"
+        )
+    )
     group.add(dwg.line((x, top), (x, bottom)))
     group.add(dwg.text(label, insert=(x + 3, label_y)))
     dwg.add(group)
@@ -2318,21 +2388,21 @@ def _draw_change(dwg: Any, change: Change, s: ChartSeries, x: float, top: float,
 def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float) -> None:
     x = left
     for i, s in enumerate(series):
-        colour = f"s{i % len(SERIES_COLOURS)}"
+        colour = f"s{i % len(_SERIES_COLOURS)}"
         dwg.add(dwg.rect((x, y - 9), (14, 4), class_=colour))
         name = s.name[:40]
         dwg.add(dwg.text(name, insert=(x + 18, y - 4), class_="legend"))
-        x += 18 + text_width(name, 12) + 16
+        x += 18 + _text_width(name, 12) + 16
 
 
 def chart_document(
-    metrics: Sequence[Metric], opts: ChartOptions, changes: ChangeCache | None = None
+    metrics: Sequence[Metric], opts: ChartOptions, changes: _ChangeCache | None = None
 ) -> str:
     """The SVG chart of one or more metrics over the options' range, with their changes
     (found again, or taken from `changes`, the web layer's cache)."""
     snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
-    t0, t1 = chart_range(snapshots, opts)
-    series = [chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
+    t0, t1 = _chart_range(snapshots, opts)
+    series = [_chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
     for metric, snapshot, drawn in zip(metrics, snapshots, series):
         if changes is None:
             found = series_changes(snapshot, metric.better, DEFAULT_CHANGE_THRESHOLD)
@@ -2348,13 +2418,18 @@ def chart_document(
 _NARROW, _WIDE = set("fijlrtI.,:;!|' "), set("mwMWOQGDHNU@%")
 
 
-def text_width(text: str, size: float = 11) -> float:
+def _text_width(text: str, size: float = 11) -> float:
     units = sum(0.33 if c in _NARROW else 0.9 if c in _WIDE else 0.62 for c in text)
     return units * size
 
 
-BADGE_COLOURS = {"good": "#2e7d32", "warn": "#8a6d00", "bad": "#c62828", "neutral": "#0063b1",
-                 "none": "#6b6b6b"}  # fmt: skip
+BADGE_COLOURS = {
+    "good": "#2e7d32",
+    "warn": "#8a6d00",
+    "bad": "#c62828",
+    "neutral": "#0063b1",
+    "none": "#6b6b6b",
+}
 
 
 def badge_state(values: Sequence[float], better: str) -> str:
@@ -2377,7 +2452,7 @@ def render_badge(label: str, message: str, state: str) -> str:
     import svgwrite
 
     label, message = label[:60], message[:60]
-    lw, mw = text_width(label) + 12, text_width(message) + 12
+    lw, mw = _text_width(label) + 12, _text_width(message) + 12
     dwg = svgwrite.Drawing(size=(round(lw + mw), 20), debug=False)
     dwg.attribs["role"] = "img"
     dwg.set_desc(title=f"{label}: {message}")
@@ -2388,11 +2463,11 @@ def render_badge(label: str, message: str, state: str) -> str:
     text.add(dwg.text(label, insert=(lw / 2, 14), text_anchor="middle"))
     text.add(dwg.text(message, insert=(lw + mw / 2 - 2, 14), text_anchor="middle"))
     dwg.add(text)
-    return xml_safe(dwg.tostring())
+    return _xml_safe(dwg.tostring())
 
 
 # ==============================================================================================
-# Web: request helpers
+# _Web: request helpers
 # What a request carries (token, body, options, client address) made into checked values, and
 # the per-address token buckets that rate-limit it. Every bad input is a 4xx naming what is bad.
 # ==============================================================================================
@@ -2402,16 +2477,16 @@ def render_badge(label: str, message: str, state: str) -> str:
 class ServerConfig:
     """What `perfit serve` was told; make_app reads it."""
 
-    rate_limit: float = DEFAULT_RATE_LIMIT  #: requests/s per client address; 0 turns it off
+    rate_limit: float = _DEFAULT_RATE_LIMIT  #: requests/s per client address; 0 turns it off
     trust_proxy: int = 0  #: reverse proxies in front whose X-Forwarded-For entries we believe
-    auth_failure_rate: float = AUTH_FAILURE_RATE
-    auth_failure_burst: float = AUTH_FAILURE_BURST
+    auth_failure_rate: float = _AUTH_FAILURE_RATE
+    auth_failure_burst: float = _AUTH_FAILURE_BURST
 
 
 class RateLimiter:
     """Token buckets keyed by client address: `rate` per second, bursts up to `burst`."""
 
-    def __init__(self, rate: float, burst: float, max_clients: int = RATE_LIMITER_MAX_CLIENTS):
+    def __init__(self, rate: float, burst: float, max_clients: int = _RATE_LIMITER_MAX_CLIENTS):
         self.rate = rate
         self.burst = burst
         self.max_clients = max_clients
@@ -2447,7 +2522,7 @@ def client_address(environ: dict, trust_proxy: int) -> str:
     return hops[-trust_proxy] if len(hops) >= trust_proxy else hops[0]
 
 
-def bearer_token(environ: dict) -> str | None:
+def _bearer_token(environ: dict) -> str | None:
     header = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -2458,7 +2533,7 @@ def bearer_token(environ: dict) -> str | None:
 # -- the body -------------------------------------------------------------------------------------
 
 
-def read_json_body(environ: dict, limit: int = MAX_BODY_BYTES) -> Any:
+def _read_json_body(environ: dict, limit: int = _MAX_BODY_BYTES) -> Any:
     """The request's JSON body (None when empty), checked against `limit` before reading."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         raw = _read_chunked(environ, limit)
@@ -2488,7 +2563,7 @@ def _read_sized(environ: dict, limit: int) -> bytes:
     if length < 0:
         raise BadRequest("Content-Length is negative")
     if length > limit:
-        _discard(environ, min(length, MAX_DRAIN_BYTES))
+        _discard(environ, min(length, _MAX_DRAIN_BYTES))
         raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} bytes are accepted")
     raw = environ["wsgi.input"].read(length) if length else b""
     if len(raw) < length:
@@ -2513,7 +2588,7 @@ def _read_chunked(environ: dict, limit: int) -> bytes:
                 pass  # trailer fields: read past them, keep none
             return bytes(body)
         if len(body) + size > limit:
-            _discard(environ, MAX_DRAIN_BYTES)
+            _discard(environ, _MAX_DRAIN_BYTES)
             raise PayloadTooLarge(f"the body is over {limit} bytes; at most {limit} are accepted")
         chunk = stream.read(size)
         if len(chunk) < size or stream.readline(3).strip():
@@ -2528,8 +2603,8 @@ def _discard(environ: dict, length: int) -> None:
     """
     connection = environ.get("perfit.connection")
     if connection is not None:
-        connection.settimeout(DRAIN_SECONDS / 2)
-    deadline = time.monotonic() + DRAIN_SECONDS
+        connection.settimeout(_DRAIN_SECONDS / 2)
+    deadline = time.monotonic() + _DRAIN_SECONDS
     with contextlib.suppress(OSError):
         while length > 0 and time.monotonic() < deadline:
             chunk = environ["wsgi.input"].read(min(length, 65536))
@@ -2545,7 +2620,7 @@ def _reject_constant(name: str) -> None:
 # -- checking what the body says ------------------------------------------------------------------
 
 
-def check_value(value: object, what: str = "value") -> float:
+def _check_value(value: object, what: str = "value") -> float:
     """A data point's value: a finite JSON number (not a bool, not a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"{what} must be a number, not {type(value).__name__}")
@@ -2558,7 +2633,7 @@ def check_value(value: object, what: str = "value") -> float:
     return number
 
 
-def check_text(value: object, what: str, max_bytes: int) -> str:
+def _check_text(value: object, what: str, max_bytes: int) -> str:
     """A string field measured in UTF-8 bytes, as it will be stored."""
     if not isinstance(value, str):
         raise BadRequest(f"{what} must be a string")
@@ -2571,7 +2646,7 @@ def check_text(value: object, what: str, max_bytes: int) -> str:
     return value
 
 
-def body_object(body: Any, allowed: Sequence[str], where: str = "the body") -> dict:
+def _body_object(body: Any, allowed: Sequence[str], where: str = "the body") -> dict:
     """A JSON object with only known fields (None, an empty body, counts as {})."""
     if body is None:
         return {}
@@ -2584,7 +2659,7 @@ def body_object(body: Any, allowed: Sequence[str], where: str = "the body") -> d
     return body
 
 
-def parse_import(body: Any, now: float) -> PointBatch:
+def _parse_import(body: Any, now: float) -> PointBatch:
     """A bulk import body, `[{"t", "v", "m"}, ...]`, as a batch sorted by time (stable)."""
     if not isinstance(body, list):
         raise BadRequest('the body must be a JSON array like [{"t": 1767225600, "v": 12.5}]')
@@ -2595,21 +2670,21 @@ def parse_import(body: Any, now: float) -> PointBatch:
         where = f"points[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object with t, v and optionally m")
-        body_object(item, ("t", "v", "m"), where)
+        _body_object(item, ("t", "v", "m"), where)
         for field in ("t", "v"):
             if field not in item:
                 raise BadRequest(f"{where}: missing field {field!r}")
-        t = check_value(item["t"], f"{where}.t")
-        if not 0 <= t <= now + FUTURE_SLACK:
+        t = _check_value(item["t"], f"{where}.t")
+        if not 0 <= t <= now + _FUTURE_SLACK:
             raise BadRequest(f"{where}.t must be unix seconds between 1970 and now")
-        value = check_value(item["v"], f"{where}.v")
-        meta = check_text(item.get("m", ""), f"{where}.m", MAX_METADATA_BYTES)
+        value = _check_value(item["v"], f"{where}.v")
+        meta = _check_text(item.get("m", ""), f"{where}.m", _MAX_METADATA_BYTES)
         rows.append((round(t * US), value, meta.encode("utf-8")))
     rows.sort(key=operator.itemgetter(0))  # stable: equal times keep the order they were sent in
     return PointBatch.of(rows)
 
 
-def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
+def _in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     """A posted value, said to be in `unit`, in the metric's own unit.
 
     A duration converts between units of time (`perfit run` posts seconds; a metric may keep
@@ -2618,12 +2693,16 @@ def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     if unit == metric.unit or not metric.unit:
         return value
     if unit not in TIME_UNITS:
-        raise BadRequest(f"unit: {unit!r} is not a unit of time ({', '.join(TIME_UNIT_NAMES)})"
-                         f" nor the metric's own ({metric.unit!r})")  # fmt: skip
+        raise BadRequest(
+            f"unit: {unit!r} is not a unit of time ({', '.join(_TIME_UNIT_NAMES)})"
+            f" nor the metric's own ({metric.unit!r})"
+        )
     if metric.unit not in TIME_UNITS:
-        raise BadRequest(f"unit: this metric is in {metric.unit!r}, not a unit of time: "
-                         f"a value in {unit!r} cannot be stored in it")  # fmt: skip
-    converted = tidy(convert_time(value, unit, metric.unit), 15)
+        raise BadRequest(
+            f"unit: this metric is in {metric.unit!r}, not a unit of time: "
+            f"a value in {unit!r} cannot be stored in it"
+        )
+    converted = _tidy(convert_time(value, unit, metric.unit), 15)
     if not math.isfinite(converted):
         raise BadRequest(f"value: {value:g} {unit} is too large in {metric.unit}")
     return converted
@@ -2632,12 +2711,19 @@ def in_metric_unit(value: float, unit: str, metric: Metric) -> float:
 # -- query options ------------------------------------------------------------------------------
 
 #: The option of /m/ID/changes; and the one of the open form (GET /m/?metric-id=).
-THRESHOLD = QueryOption("threshold", "threshold", "changes only: the smallest relative step "
-                        f"reported (default {DEFAULT_CHANGE_THRESHOLD}, 5 %).")  # fmt: skip
-METRIC_ID = QueryOption("metric-id", "link", "A metric's id, or any PerfIt link to a metric "
-                        "(its page, chart, badge or data); the link's chart options are kept.",
-                        required=True)  # fmt: skip
-QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, THRESHOLD, METRIC_ID)}
+_THRESHOLD = QueryOption(
+    "threshold",
+    "threshold",
+    f"changes only: the smallest relative step reported (default {DEFAULT_CHANGE_THRESHOLD}, 5 %).",
+)
+_METRIC_ID = QueryOption(
+    "metric-id",
+    "link",
+    "A metric's id, or any PerfIt link to a metric "
+    "(its page, chart, badge or data); the link's chart options are kept.",
+    required=True,
+)
+_QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, _THRESHOLD, _METRIC_ID)}
 
 
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
@@ -2660,9 +2746,9 @@ def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
 def _option_value(option: QueryOption, text: str, now: float) -> Any:
     """One option's value; whatever is wrong with it is a 400 that starts with its name."""
     if option.kind == "text":
-        return check_text(text, option.name, MAX_NAME_BYTES)
+        return _check_text(text, option.name, _MAX_NAME_BYTES)
     if option.kind == "number":
-        return query_number(option.name, text)
+        return _query_number(option.name, text)
     try:
         if option.kind == "duration":
             return now - parse_duration(text.strip())
@@ -2676,7 +2762,7 @@ def _option_value(option: QueryOption, text: str, now: float) -> Any:
 _NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
-def query_number(name: str, text: str) -> float:
+def _query_number(name: str, text: str) -> float:
     """A finite number from a query option; anything else is a 400 naming the option."""
     if not _NUMBER_RE.fullmatch(text):
         raise BadRequest(f"{name}: {text!r} is not a number")
@@ -2686,20 +2772,20 @@ def query_number(name: str, text: str) -> float:
     return number
 
 
-def parse_threshold(text: str) -> float:
+def _parse_threshold(text: str) -> float:
     """The `threshold` option of /changes: the smallest relative step reported (0.05 = 5 %)."""
     if not text.strip():
         return DEFAULT_CHANGE_THRESHOLD
-    value = query_number("threshold", text)
-    if not 0 <= value <= MAX_THRESHOLD:
-        raise BadRequest(f"threshold: must be between 0 and {MAX_THRESHOLD} (0.05 means 5 %)")
+    value = _query_number("threshold", text)
+    if not 0 <= value <= _MAX_THRESHOLD:
+        raise BadRequest(f"threshold: must be between 0 and {_MAX_THRESHOLD} (0.05 means 5 %)")
     return value
 
 
 _LINKED_IDS_RE = re.compile(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
 
 
-def metric_link(text: str) -> tuple[list[str], dict[str, str]]:
+def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
     """The metric ids, and the chart options, of what was typed into the open form.
 
     That is an id, or any PerfIt link to a metric: its page, chart, badge or data, with or
@@ -2711,20 +2797,22 @@ def metric_link(text: str) -> tuple[list[str], dict[str, str]]:
     parts = urllib.parse.urlsplit(text)
     found = _LINKED_IDS_RE.search(parts.path)
     if found is None:
-        raise NotFound(f"no metric id in {text[:100]!r}: paste an id (22 characters) or a "
-                       "link to a metric's page or chart")  # fmt: skip
+        raise NotFound(
+            f"no metric id in {text[:100]!r}: paste an id (22 characters) or a "
+            "link to a metric's page or chart"
+        )
     chart = {o.name for o in CHART_OPTIONS}
     options = {k: v for k, v in urllib.parse.parse_qsl(parts.query) if k in chart and v.strip()}
     return list(dict.fromkeys(found.group(1).split(","))), options
 
 
 # ==============================================================================================
-# Web: pages
+# _Web: pages
 # The index and metric pages: inline CSS and a few lines of JavaScript, no CDN, so they work
 # offline and behind any firewall.
 # ==============================================================================================
 
-PAGE_CSS = """
+_PAGE_CSS = """
 :root { color-scheme: light dark; --fg: #111827; --muted: #4b5563; --bg: #ffffff;
         --card: #f9fafb; --border: #d1d5db; --accent: #1d4ed8; --on-accent: #ffffff;
         --error: #b91c1c; }
@@ -2779,13 +2867,13 @@ table.latest td:last-child { overflow-wrap: break-word; }
 """
 
 #: The form that opens a metric: on the index page, and again on the page saying it is unknown.
-OPEN_FORM = """<form action="{action}" method="get" class="open">
+_OPEN_FORM = """<form action="{action}" method="get" class="open">
   <label for="metric-id">Open a metric by its id, or paste any PerfIt link to it</label>
   <p><input id="metric-id" name="metric-id" required placeholder="metric id or chart URL"
      value="{value}" autocomplete="off" spellcheck="false"> <button type="submit">Open</button></p>
 </form>"""
 
-PAGE = """<!doctype html>
+_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title><style>{css}</style></head>
@@ -2794,7 +2882,7 @@ PAGE = """<!doctype html>
 </body></html>
 """
 
-INDEX_MAIN = """<h1>PerfIt</h1>
+_INDEX_MAIN = """<h1>PerfIt</h1>
 <p class="lead">A tiny self-hosted tracker of CI performance: CI jobs post how long their steps
 take, and PerfIt keeps the numbers and draws them.</p>
 {open_form}
@@ -2802,12 +2890,12 @@ take, and PerfIt keeps the numbers and draws them.</p>
 <code>python perfit.py run -- make test</code>. PerfIt {version}.</p>
 """
 
-ERROR_MAIN = """<h1>{title}</h1>
+_ERROR_MAIN = """<h1>{title}</h1>
 <p class="error" role="alert">{message}</p>
 {extra}<p><a href="{home}">PerfIt home</a>{more_links}</p>
 """
 
-METRIC_MAIN = """<h1>{heading}</h1>
+_METRIC_MAIN = """<h1>{heading}</h1>
 <p class="muted">{subtitle}</p>
 <div class="plot"><div class="chart" id="chart" aria-live="polite">{svg}</div>
 <div class="tip" id="tip" role="status" hidden></div></div>
@@ -2830,7 +2918,7 @@ METRIC_MAIN = """<h1>{heading}</h1>
 {latest}
 """
 
-METRIC_SCRIPT = """
+_METRIC_SCRIPT = """
 <script>
 (function () {{
   // Redraw the chart as the user types: fetch the SVG of the same view, no page reload.
@@ -2935,13 +3023,13 @@ METRIC_SCRIPT = """
 </script>"""
 
 
-def html_page(title: str, main: str, script: str = "") -> str:
+def _html_page(title: str, main: str, script: str = "") -> str:
     """A whole page: the shared head (inline CSS, nothing from elsewhere), main, a script."""
     full_title = f"{title} · PerfIt" if title else "PerfIt"
-    return PAGE.format(title=html.escape(full_title), css=PAGE_CSS, main=main, script=script)
+    return _PAGE.format(title=html.escape(full_title), css=_PAGE_CSS, main=main, script=script)
 
 
-def render_metric_page(
+def _render_metric_page(
     metrics: Sequence[Metric], query: dict[str, str], svg: str, nested: bool
 ) -> str:
     """The page of one metric, or of an overlay; `nested` when served at /m/ID/html."""
@@ -2968,7 +3056,7 @@ def render_metric_page(
     base = ("../" if nested else "") + ",".join(ids)  # relative, so a path prefix in a proxy works
     svg_url = f"{base}.svg{qs}"
     csv_link = f'<a id="link-csv" href="{esc(base)}/csv{esc(qs)}">CSV</a>' if len(ids) == 1 else ""
-    main = METRIC_MAIN.format(
+    main = _METRIC_MAIN.format(
         heading=esc(" · ".join(names)),
         subtitle=esc(subtitle),
         svg=svg,
@@ -2980,15 +3068,17 @@ def render_metric_page(
         embed_html=esc(f'<img src="{svg_url}" alt="{names[0]}">'),
         latest=_latest_points(metrics[0]) if len(metrics) == 1 else "",
     )
-    script = METRIC_SCRIPT.format(
+    script = _METRIC_SCRIPT.format(
         ids_json=_script_json(ids),
-        url_breaks=_script_json(URL_BREAKS),
+        url_breaks=_script_json(_URL_BREAKS),
         name_json=_script_json(" · ".join(names)),
     )
-    return html_page(" · ".join(names), main, script)
+    return _html_page(" · ".join(names), main, script)
 
 
-def render_error_page(err: PerfitError, status: int, path: str, query: str, typed: str = "") -> str:
+def _render_error_page(
+    err: PerfitError, status: int, path: str, query: str, typed: str = ""
+) -> str:
     """What a browser shows for an error: the message, and a way back.
 
     Links are relative, so they work behind a proxy that serves PerfIt under a path prefix.
@@ -3002,17 +3092,18 @@ def render_error_page(err: PerfitError, status: int, path: str, query: str, type
     if isinstance(err, BadRequest) and query:
         more = f' · <a href="{esc(here)}">the same view with its default options</a>'
     if isinstance(err, NotFound) and path.endswith("/m/"):
-        extra = OPEN_FORM.format(action="", value=esc(typed)) + "\n"
+        extra = _OPEN_FORM.format(action="", value=esc(typed)) + "\n"
     try:
         title = f"{status} {http.HTTPStatus(status).phrase}"
     except ValueError:
         title = str(status)
-    main = ERROR_MAIN.format(title=esc(title), message=esc(err.message), home=esc(home),
-                             more_links=more, extra=extra)  # fmt: skip
-    return html_page(title, main)
+    main = _ERROR_MAIN.format(
+        title=esc(title), message=esc(err.message), home=esc(home), more_links=more, extra=extra
+    )
+    return _html_page(title, main)
 
 
-def prefers_html(accept: str) -> bool:
+def _prefers_html(accept: str) -> bool:
     """Whether an Accept header (a browser's) ranks an HTML page at least as high as JSON."""
     weights: dict[str, float] = {}
     for part in accept.split(","):
@@ -3033,8 +3124,8 @@ def prefers_html(accept: str) -> bool:
 
 #: Where a long URL may wrap: after a slash (not inside //) or a hyphen (where a browser wraps
 #: anyway), before ? & # = . _ ; never inside a word. Also used by the page's script.
-URL_BREAKS = r"(?<=[/-])(?!/)|(?=[?&#=._])"
-_URL_BREAKS_RE = re.compile(URL_BREAKS)
+_URL_BREAKS = r"(?<=[/-])(?!/)|(?=[?&#=._])"
+_URL_BREAKS_RE = re.compile(_URL_BREAKS)
 
 
 def _breakable(url: str) -> str:
@@ -3072,20 +3163,23 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
 
 
 # ==============================================================================================
-# Web: handlers
-# What each route does, as plain functions of the state they share (Web) and of what their
+# _Web: handlers
+# What each route does, as plain functions of the state they share (_Web) and of what their
 # route declares: the caller, when it needs a token, and the JSON body, when it takes one.
 # ==============================================================================================
 
-SVG_TYPE = "image/svg+xml; charset=utf-8"
-HTML_TYPE = "text/html; charset=utf-8"
-OVERLAY_VIEWS = ("html", "svg", "json")  #: the views that draw several metrics at once
+_SVG_TYPE = "image/svg+xml; charset=utf-8"
+_HTML_TYPE = "text/html; charset=utf-8"
+_OVERLAY_VIEWS = ("html", "svg", "json")  #: the views that draw several metrics at once
 #: The fields of PUT /m/ that are text, with their limits in UTF-8 bytes.
-METRIC_TEXT_FIELDS = {"name": MAX_NAME_BYTES, "unit": MAX_UNIT_BYTES,
-                      "description": MAX_DESCRIPTION_BYTES}  # fmt: skip
+_METRIC_TEXT_FIELDS = {
+    "name": _MAX_NAME_BYTES,
+    "unit": _MAX_UNIT_BYTES,
+    "description": _MAX_DESCRIPTION_BYTES,
+}
 
 
-class ChangeCache:
+class _ChangeCache:
     """Change points already found, per metric and (range, points, threshold).
 
     A chart is viewed far more often than its data changes, and eight readers of a busy chart
@@ -3113,23 +3207,23 @@ class ChangeCache:
 
 
 @dataclasses.dataclass
-class Web:
+class _Web:
     """What the handlers share: the store, the server's settings and limiters, the caches."""
 
     store: Store
     config: ServerConfig
     limiter: RateLimiter | None  #: None: no rate limit
     auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
-    changes: ChangeCache
+    changes: _ChangeCache
 
     @classmethod
-    def of(cls, store: Store, config: ServerConfig | None = None) -> Web:
+    def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
         config = config or ServerConfig()
         # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
         burst = max(1.0, 2 * config.rate_limit)
         limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
         failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-        return cls(store, config, limiter, failures, ChangeCache())
+        return cls(store, config, limiter, failures, _ChangeCache())
 
     def address(self) -> str:
         return client_address(_request().environ, self.config.trust_proxy)
@@ -3152,30 +3246,30 @@ def json_response(doc: Any, status: int = 200, headers: dict | None = None) -> A
     return _answer(body, status, {**(headers or {}), "Content-Type": "application/json"})
 
 
-def error_response(err: PerfitError) -> Any:
+def _error_response(err: PerfitError) -> Any:
     """The answer to a failed request: JSON {"message"}, or a small page for a browser."""
     status = err.status or 500
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     request = _request()
-    if not prefers_html(request.environ.get("HTTP_ACCEPT", "")):
+    if not _prefers_html(request.environ.get("HTTP_ACCEPT", "")):
         return json_response({"message": err.message}, status, headers)
     typed = request.query.getunicode("metric-id", "") or ""
-    page = render_error_page(err, status, request.path, request.query_string, typed)
-    return _answer(page, status, {**headers, "Content-Type": HTML_TYPE})
+    page = _render_error_page(err, status, request.path, request.query_string, typed)
+    return _answer(page, status, {**headers, "Content-Type": _HTML_TYPE})
 
 
-def limit_rate(web: Web) -> None:
+def _limit_rate(web: _Web) -> None:
     if web.limiter is not None:
         wait = web.limiter.wait_time(web.address())
         if wait:
             raise RateLimited("too many requests; slow down", wait)
 
 
-def authenticate(web: Web, allowed: Sequence[str]) -> Principal:
+def _authenticate(web: _Web, allowed: Sequence[str]) -> Principal:
     """The caller, who must hold a token of one of the `allowed` types."""
-    token = bearer_token(_request().environ)
+    token = _bearer_token(_request().environ)
     principal = web.store.authenticate(token) if token else None
     if principal is None:
         wait = web.auth_failures.wait_time(web.address())
@@ -3189,7 +3283,7 @@ def authenticate(web: Web, allowed: Sequence[str]) -> Principal:
     return principal
 
 
-def request_query() -> dict[str, str]:
+def _request_query() -> dict[str, str]:
     """The query options as text; one that is not UTF-8 is a 400, not silently dropped."""
     options = {}
     for key, value in _request().query.allitems():  # bottle keeps them as latin-1
@@ -3200,7 +3294,7 @@ def request_query() -> dict[str, str]:
     return options
 
 
-def metric_or_404(web: Web, text: str) -> Metric:
+def _metric_or_404(web: _Web, text: str) -> Metric:
     raw = decode_id(text)
     metric = web.store.metrics.get(raw) if raw else None
     if metric is None:
@@ -3208,38 +3302,38 @@ def metric_or_404(web: Web, text: str) -> Metric:
     return metric
 
 
-def owned_metric(web: Web, text: str, caller: Principal) -> Metric:
+def _owned_metric(web: _Web, text: str, caller: Principal) -> Metric:
     """A metric of the caller's account: any other is a 403, whatever the token type."""
-    metric = metric_or_404(web, text)
+    metric = _metric_or_404(web, text)
     if metric.account != caller.account:
         raise Forbidden("this token belongs to another account than the metric")
     return metric
 
 
-def _view(web: Web, ids: str, view: str) -> tuple[list[Metric], ChartOptions, dict[str, str]]:
+def _view(web: _Web, ids: str, view: str) -> tuple[list[Metric], ChartOptions, dict[str, str]]:
     """The metrics a view shows (several only where it can draw them), its options and query."""
     names = list(dict.fromkeys(ids.split(",")))
-    if len(names) > MAX_OVERLAY:
-        raise BadRequest(f"{len(names)} metrics; at most {MAX_OVERLAY} fit in one chart")
-    metrics = [metric_or_404(web, name) for name in names]
-    if len(metrics) > 1 and view not in OVERLAY_VIEWS:
-        raise NotFound(f"{view} shows one metric; several go in {', '.join(OVERLAY_VIEWS)}")
-    query = request_query()
+    if len(names) > _MAX_OVERLAY:
+        raise BadRequest(f"{len(names)} metrics; at most {_MAX_OVERLAY} fit in one chart")
+    metrics = [_metric_or_404(web, name) for name in names]
+    if len(metrics) > 1 and view not in _OVERLAY_VIEWS:
+        raise NotFound(f"{view} shows one metric; several go in {', '.join(_OVERLAY_VIEWS)}")
+    query = _request_query()
     return metrics, parse_chart_options(query, time.time()), query
 
 
-def cached(body: str, content_type: str, query: dict[str, str]) -> Any:
+def _cached(body: str, content_type: str, query: dict[str, str]) -> Any:
     """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
     data = body.encode("utf-8")
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": cache_control(query, time.time())}
+    headers = {"ETag": etag, "Cache-Control": _cache_control(query, time.time())}
     wanted = _request().environ.get("HTTP_IF_NONE_MATCH", "")
     if wanted.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in wanted.split(",")}:
         return _answer(None, 304, headers)
     return _answer(data, 200, {**headers, "Content-Type": content_type})
 
 
-def cache_control(query: dict[str, str], now: float) -> str:
+def _cache_control(query: dict[str, str], now: float) -> str:
     """Long caching only for a range that is over; anything relative to now ages in a minute."""
     relative = any(query.get(k, "").strip() for k in ("start-rel", "end-rel"))
     end = query.get("end-fixed", "").strip()
@@ -3263,25 +3357,25 @@ def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
 # -- administration -----------------------------------------------------------------------------
 
 
-def create_account(web: Web, caller: Principal, body: Any) -> Any:
-    body_object(body, ())
+def _create_account(web: _Web, caller: Principal, body: Any) -> Any:
+    _body_object(body, ())
     account, token = web.store.create_account()
     return json_response({"account_id": b64encode(account), "access_token": token})
 
 
-def create_token(web: Web, caller: Principal, body: Any) -> Any:
-    token_type = body_object(body, ("type",)).get("type", "post")
+def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
+    token_type = _body_object(body, ("type",)).get("type", "post")
     if token_type not in ("post", "admin"):
         raise BadRequest("type must be 'post' or 'admin'")
     token = web.store.create_token(caller.account, token_type)
     return json_response({"account_id": b64encode(caller.account), "access_token": token})
 
 
-def create_metric(web: Web, caller: Principal, body: Any) -> Any:
-    fields = body_object(body, (*METRIC_TEXT_FIELDS, "better"))
-    texts = {k: check_text(fields[k], k, n) for k, n in METRIC_TEXT_FIELDS.items() if k in fields}
+def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
+    fields = _body_object(body, (*_METRIC_TEXT_FIELDS, "better"))
+    texts = {k: _check_text(fields[k], k, n) for k, n in _METRIC_TEXT_FIELDS.items() if k in fields}
     better = fields.get("better", "lower")
-    if better not in BETTER_CHOICES:
+    if better not in _BETTER_CHOICES:
         raise BadRequest("better must be 'lower' or 'higher'")
     return json_response(web.store.create_metric(caller.account, better=better, **texts).to_json())
 
@@ -3289,61 +3383,61 @@ def create_metric(web: Web, caller: Principal, body: Any) -> Any:
 # -- writing points -----------------------------------------------------------------------------
 
 
-def post_point(web: Web, caller: Principal, body: Any, metric_id: str) -> Any:
-    metric = owned_metric(web, metric_id, caller)
+def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    metric = _owned_metric(web, metric_id, caller)
     if body is None:
         raise BadRequest('the body must be a JSON object like {"value": 12.5}')
-    fields = body_object(body, ("value", "metadata", "unit"))
+    fields = _body_object(body, ("value", "metadata", "unit"))
     if "value" not in fields:
         raise BadRequest("missing field 'value'")
-    value = check_value(fields["value"])
+    value = _check_value(fields["value"])
     if "unit" in fields:
-        value = in_metric_unit(value, check_text(fields["unit"], "unit", MAX_UNIT_BYTES), metric)
-    metadata = check_text(fields.get("metadata", ""), "metadata", MAX_METADATA_BYTES)
+        value = _in_metric_unit(value, _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES), metric)
+    metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
     return json_response({"t": web.store.add_point(metric.id, value, metadata) // US})
 
 
-def import_points(web: Web, caller: Principal, body: Any, metric_id: str) -> Any:
-    metric = owned_metric(web, metric_id, caller)
-    added, existing = web.store.import_points(metric.id, parse_import(body, time.time()))
+def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    metric = _owned_metric(web, metric_id, caller)
+    added, existing = web.store.import_points(metric.id, _parse_import(body, time.time()))
     return json_response({"added": added, "existing": existing})
 
 
 # -- reading ------------------------------------------------------------------------------------
 
 
-def find_metric(web: Web) -> Any:
-    ids, options = metric_link(request_query().get("metric-id", ""))
+def _find_metric(web: _Web) -> Any:
+    ids, options = _metric_link(_request_query().get("metric-id", ""))
     for text in ids:
-        metric_or_404(web, text)
+        _metric_or_404(web, text)
     query = "?" + urllib.parse.urlencode(options) if options else ""
     return _answer(None, 303, {"Location": ",".join(ids) + query})  # relative: proxies keep it
 
 
-def show_page(web: Web, ids: str) -> Any:
+def _show_page(web: _Web, ids: str) -> Any:
     metrics, opts, query = _view(web, ids, "html")
     nested = _request().path.endswith("/html")
     svg = chart_document(metrics, opts, web.changes)
     return _answer(
-        render_metric_page(metrics, query, svg, nested), headers={"Content-Type": HTML_TYPE}
+        _render_metric_page(metrics, query, svg, nested), headers={"Content-Type": _HTML_TYPE}
     )
 
 
-def show_chart(web: Web, ids: str) -> Any:
+def _show_chart(web: _Web, ids: str) -> Any:
     metrics, opts, query = _view(web, ids, "svg")
-    return cached(chart_document(metrics, opts, web.changes), SVG_TYPE, query)
+    return _cached(chart_document(metrics, opts, web.changes), _SVG_TYPE, query)
 
 
-def show_points(web: Web, ids: str) -> Any:
+def _show_points(web: _Web, ids: str) -> Any:
     metrics, opts, query = _view(web, ids, "json")
     if len(metrics) == 1:
         doc: Any = points_json(metrics[0], opts)
     else:
         doc = {b64encode(m.id): points_json(m, opts) for m in metrics}
-    return cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
+    return _cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
 
 
-def show_csv(web: Web, ids: str) -> Any:
+def _show_csv(web: _Web, ids: str) -> Any:
     (metric,), opts, _ = _view(web, ids, "csv")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -3354,82 +3448,89 @@ def show_csv(web: Web, ids: str) -> Any:
     return _answer(out.getvalue(), headers={"Content-Type": "text/csv; charset=utf-8"})
 
 
-def show_badge(web: Web, ids: str) -> Any:
+def _show_badge(web: _Web, ids: str) -> Any:
     (metric,), opts, query = _view(web, ids, "badge.svg")
     recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
     message = format_value(recent[-1], metric.unit) if recent else "no data"
     state = badge_state(recent, metric.better)
-    return cached(render_badge(opts.title or metric.name or "perfit", message, state), SVG_TYPE,
-                  query)  # fmt: skip
+    return _cached(
+        render_badge(opts.title or metric.name or "perfit", message, state), _SVG_TYPE, query
+    )
 
 
-def show_changes(web: Web, ids: str) -> Any:
+def _show_changes(web: _Web, ids: str) -> Any:
     (metric,), opts, query = _view(web, ids, "changes")
-    threshold = parse_threshold(query.get("threshold", ""))
+    threshold = _parse_threshold(query.get("threshold", ""))
     found = web.changes.get(metric, metric.series.snapshot(opts.start, opts.end), threshold)
-    return cached(json.dumps([c.to_json() for c in found], separators=(",", ":")),
-                  "application/json", query)  # fmt: skip
+    return _cached(
+        json.dumps([c.to_json() for c in found], separators=(",", ":")), "application/json", query
+    )
 
 
-def show_info(web: Web, ids: str) -> Any:
+def _show_info(web: _Web, ids: str) -> Any:
     (metric,), _, query = _view(web, ids, "info")
     count, first, last = metric.series.span()
     doc = {k: v for k, v in metric.to_json().items() if k != "account_id"}
-    doc.update(points=count, first=None if first is None else first // US,
-               last=None if last is None else last // US)  # fmt: skip
-    return cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
+    doc.update(
+        points=count,
+        first=None if first is None else first // US,
+        last=None if last is None else last // US,
+    )
+    return _cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
 
 
-def show_index(web: Web) -> Any:
-    form = OPEN_FORM.format(action="m/", value="")
-    page = html_page("", INDEX_MAIN.format(version=__version__, open_form=form))
-    return _answer(page, headers={"Content-Type": HTML_TYPE})
+def _show_index(web: _Web) -> Any:
+    form = _OPEN_FORM.format(action="m/", value="")
+    page = _html_page("", _INDEX_MAIN.format(version=__version__, open_form=form))
+    return _answer(page, headers={"Content-Type": _HTML_TYPE})
 
 
-def show_health(web: Web) -> Any:
+def _show_health(web: _Web) -> Any:
     store = web.store
     health: dict[str, Any] = {"ok": store.writable()}
     health["compression"] = store.zstd.name if store.zstd else None
     if not health["ok"]:
         health["message"] = "the store is not writable"
     elif store.zstd is None:
-        health["message"] = f"logs stay uncompressed: {store.zstd_missing}; {ZSTD_FIX}"
+        health["message"] = f"logs stay uncompressed: {store.zstd_missing}; {_ZSTD_FIX}"
     return json_response(health, 200 if health["ok"] else 503)
 
 
-def show_openapi(web: Web) -> Any:
+def _show_openapi(web: _Web) -> Any:
     return json_response(openapi_document())
 
 
 # ==============================================================================================
-# Web: the route table
+# _Web: the route table
 # Every route once: bottle routes it, its endpoint enforces what it declares (token, body,
 # limits), and the OpenAPI document is derived from the same entry, so neither can drift.
 # ==============================================================================================
 
 
 @dataclasses.dataclass(frozen=True)
-class Answer:
+class _Answer:
     """The answer a route gives when all goes well, as the OpenAPI document describes it."""
 
     description: str
     content: dict[str, Any]  #: media type -> schema (none for a 303)
     status: int = 200
-    headers: tuple[str, ...] = ()  #: names of HEADERS it carries
+    headers: tuple[str, ...] = ()  #: names of _HEADERS it carries
 
 
 def _ref(schema: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{schema}"}
 
 
-def _json_answer(schema: str, description: str) -> Answer:
-    return Answer(description, {"application/json": _ref(schema)})
+def _json_answer(schema: str, description: str) -> _Answer:
+    return _Answer(description, {"application/json": _ref(schema)})
 
 
 _SVG = {"image/svg+xml": {"type": "string"}}
-_CHART = Answer("The chart.", _SVG, headers=("ETag", "Cache-Control"))
-_BADGE = Answer("The badge.", _SVG, headers=("ETag", "Cache-Control"))
-_PAGE = Answer("The chart, and a form to change its options.", {"text/html": {"type": "string"}})
+_CHART = _Answer("The chart.", _SVG, headers=("ETag", "Cache-Control"))
+_BADGE = _Answer("The badge.", _SVG, headers=("ETag", "Cache-Control"))
+_PAGE_ANSWER = _Answer(
+    "The chart, and a form to change its options.", {"text/html": {"type": "string"}}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3440,13 +3541,13 @@ class Route:
     rule: str  #: bottle's; every <...> in it is a metric id ("{id}" in the OpenAPI document)
     handler: Callable[..., Any]  #: handler(web, [caller=], [body=], **path params)
     summary: str
-    answer: Answer
+    answer: _Answer
     auth: tuple[str, ...] = ()  #: the token types that may call it; () is anyone
     body: str = ""  #: the schema of the JSON body it takes, if any
     body_required: bool = False
-    body_limit: int = MAX_BODY_BYTES
-    query: tuple[str, ...] = ()  #: its options, by name in QUERY_OPTIONS
-    ids: str = ""  #: "one" metric in its path, or an "overlay" of up to MAX_OVERLAY
+    body_limit: int = _MAX_BODY_BYTES
+    query: tuple[str, ...] = ()  #: its options, by name in _QUERY_OPTIONS
+    ids: str = ""  #: "one" metric in its path, or an "overlay" of up to _MAX_OVERLAY
     writes: bool = False  #: stores something, so a full disk is a 507
     cached: bool = False  #: answers carry an ETag; If-None-Match gets a 304
     also: tuple[int, ...] = ()  #: statuses it answers besides those derived above
@@ -3455,7 +3556,7 @@ class Route:
     def name(self) -> str:
         """Its operationId: the handler's name in camelCase (showChart), the rule telling two
         routes of one handler apart (showChartSvg)."""
-        first, *rest = self.handler.__name__.split("_")
+        first, *rest = self.handler.__name__.lstrip("_").split("_")
         name = first + "".join(word.title() for word in rest)
         if self.rule.endswith(("/svg", "/html")):
             name += self.rule.rsplit("/", 1)[1].title()
@@ -3468,67 +3569,199 @@ _VIEW_QUERY = tuple(o.name for o in CHART_OPTIONS)
 _ID_CHARS = "[^/]+(?<!\\.svg)"
 
 _ADMIN_ROUTES = (
-    Route("PUT", "/a/", create_account, "Create an account and its first admin token.",
-          _json_answer("Credentials", "The account and its admin token, shown this once."),
-          auth=("root",), body="Empty", writes=True),
-    Route("PUT", "/t/", create_token, "Create a token for the caller's account.",
-          _json_answer("Credentials", "The new token, shown this once."),
-          auth=("admin",), body="NewToken", writes=True),
-    Route("PUT", "/m/", create_metric, "Create a metric in the caller's account.",
-          _json_answer("Metric", "The new metric."),
-          auth=("admin",), body="NewMetric", writes=True),
-    Route("POST", f"/m/<metric_id:re:{_ID_CHARS}>", post_point, "Post one data point, timed by the server; "
-          "answered once it is on disk.", _json_answer("Posted", "The point's time."),
-          auth=("admin", "post"), body="NewPoint", body_required=True, ids="one", writes=True),
-    Route("POST", f"/m/<metric_id:re:{_ID_CHARS}>/points", import_points, "Backfill or import points with "
-          "their own times: all or nothing, answered once on disk; points already there are "
-          "not added again.", _json_answer("Added", "How many points were new."),
-          auth=("admin",), body="Import", body_required=True, body_limit=MAX_POINTS_BODY_BYTES,
-          ids="one", writes=True),
-)  # fmt: skip
+    Route(
+        "PUT",
+        "/a/",
+        _create_account,
+        "Create an account and its first admin token.",
+        _json_answer("Credentials", "The account and its admin token, shown this once."),
+        auth=("root",),
+        body="Empty",
+        writes=True,
+    ),
+    Route(
+        "PUT",
+        "/t/",
+        _create_token,
+        "Create a token for the caller's account.",
+        _json_answer("Credentials", "The new token, shown this once."),
+        auth=("admin",),
+        body="NewToken",
+        writes=True,
+    ),
+    Route(
+        "PUT",
+        "/m/",
+        _create_metric,
+        "Create a metric in the caller's account.",
+        _json_answer("Metric", "The new metric."),
+        auth=("admin",),
+        body="NewMetric",
+        writes=True,
+    ),
+    Route(
+        "POST",
+        f"/m/<metric_id:re:{_ID_CHARS}>",
+        _post_point,
+        "Post one data point, timed by the server; answered once it is on disk.",
+        _json_answer("Posted", "The point's time."),
+        auth=("admin", "post"),
+        body="NewPoint",
+        body_required=True,
+        ids="one",
+        writes=True,
+    ),
+    Route(
+        "POST",
+        f"/m/<metric_id:re:{_ID_CHARS}>/points",
+        _import_points,
+        "Backfill or import points with "
+        "their own times: all or nothing, answered once on disk; points already there are "
+        "not added again.",
+        _json_answer("Added", "How many points were new."),
+        auth=("admin",),
+        body="Import",
+        body_required=True,
+        body_limit=_MAX_POINTS_BODY_BYTES,
+        ids="one",
+        writes=True,
+    ),
+)
 
 _VIEW_ROUTES = (
-    Route("GET", "/m/", find_metric, "Open a metric by its id or a link to it (the open form).",
-          Answer("The metric exists: its page.", {}, 303, ("Location",)), query=("metric-id",),
-          also=(404,)),
+    Route(
+        "GET",
+        "/m/",
+        _find_metric,
+        "Open a metric by its id or a link to it (the open form).",
+        _Answer("The metric exists: its page.", {}, 303, ("Location",)),
+        query=("metric-id",),
+        also=(404,),
+    ),
     # Before /m/<ids>: bottle tries routes in order, and this one must win for "ID.svg".
-    Route("GET", "/m/<ids:re:[^/.]+>.svg", show_chart, "The chart, as READMEs link it.", _CHART,
-          query=_VIEW_QUERY, ids="overlay", cached=True),
-    Route("GET", "/m/<ids>", show_page, "The page of a metric, or of an overlay.", _PAGE,
-          query=_VIEW_QUERY, ids="overlay"),
-    Route("GET", "/m/<ids>/html", show_page, "The same page.", _PAGE, query=_VIEW_QUERY,
-          ids="overlay"),
-    Route("GET", "/m/<ids>/svg", show_chart, "The chart.", _CHART, query=_VIEW_QUERY,
-          ids="overlay", cached=True),
-    Route("GET", "/m/<ids>/json", show_points, "The points: of one metric, or of each by id.",
-          Answer("Points, in time order.", {"application/json": {"anyOf": [
-              _ref("Points"), _ref("PointsByMetric")]}}, headers=("ETag", "Cache-Control")),
-          query=_VIEW_QUERY, ids="overlay", cached=True),
-    Route("GET", "/m/<ids>/csv", show_csv, "The points as CSV: t,v,m after a header line.",
-          Answer("The points.", {"text/csv": {"type": "string"}}), query=_VIEW_QUERY, ids="one"),
-    Route("GET", "/m/<ids>/badge.svg", show_badge, "A badge: the name and the latest value.",
-          _BADGE, query=_VIEW_QUERY, ids="one", cached=True),
-    Route("GET", "/m/<ids>/changes", show_changes, "The change points: where the typical "
-          "level steps.", _json_answer("Changes", "Oldest first."),
-          query=(*_VIEW_QUERY, "threshold"), ids="one", cached=True),
-    Route("GET", "/m/<ids>/info", show_info, "What the metric is, and how many points it has.",
-          _json_answer("Info", "The metric."), query=_VIEW_QUERY, ids="one", cached=True),
-)  # fmt: skip
+    Route(
+        "GET",
+        "/m/<ids:re:[^/.]+>.svg",
+        _show_chart,
+        "The chart, as READMEs link it.",
+        _CHART,
+        query=_VIEW_QUERY,
+        ids="overlay",
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/m/<ids>",
+        _show_page,
+        "The page of a metric, or of an overlay.",
+        _PAGE_ANSWER,
+        query=_VIEW_QUERY,
+        ids="overlay",
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/html",
+        _show_page,
+        "The same page.",
+        _PAGE_ANSWER,
+        query=_VIEW_QUERY,
+        ids="overlay",
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/svg",
+        _show_chart,
+        "The chart.",
+        _CHART,
+        query=_VIEW_QUERY,
+        ids="overlay",
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/json",
+        _show_points,
+        "The points: of one metric, or of each by id.",
+        _Answer(
+            "Points, in time order.",
+            {"application/json": {"anyOf": [_ref("Points"), _ref("PointsByMetric")]}},
+            headers=("ETag", "Cache-Control"),
+        ),
+        query=_VIEW_QUERY,
+        ids="overlay",
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/csv",
+        _show_csv,
+        "The points as CSV: t,v,m after a header line.",
+        _Answer("The points.", {"text/csv": {"type": "string"}}),
+        query=_VIEW_QUERY,
+        ids="one",
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/badge.svg",
+        _show_badge,
+        "A badge: the name and the latest value.",
+        _BADGE,
+        query=_VIEW_QUERY,
+        ids="one",
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/changes",
+        _show_changes,
+        "The change points: where the typical level steps.",
+        _json_answer("Changes", "Oldest first."),
+        query=(*_VIEW_QUERY, "threshold"),
+        ids="one",
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/m/<ids>/info",
+        _show_info,
+        "What the metric is, and how many points it has.",
+        _json_answer("Info", "The metric."),
+        query=_VIEW_QUERY,
+        ids="one",
+        cached=True,
+    ),
+)
 
 _SITE_ROUTES = (
-    Route("GET", "/", show_index, "The index page: what PerfIt is, and the open form.",
-          Answer("The page.", {"text/html": {"type": "string"}})),
-    Route("GET", "/healthz", show_health, "Whether the store is writable.",
-          _json_answer("Health", "Healthy."), also=(503,)),
-    Route("GET", "/openapi.json", show_openapi, "This document.",
-          Answer("OpenAPI 3.0.", {"application/json": {"type": "object"}})),
-)  # fmt: skip
+    Route(
+        "GET",
+        "/",
+        _show_index,
+        "The index page: what PerfIt is, and the open form.",
+        _Answer("The page.", {"text/html": {"type": "string"}}),
+    ),
+    Route(
+        "GET",
+        "/healthz",
+        _show_health,
+        "Whether the store is writable.",
+        _json_answer("Health", "Healthy."),
+        also=(503,),
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        _show_openapi,
+        "This document.",
+        _Answer("OpenAPI 3.0.", {"application/json": {"type": "object"}}),
+    ),
+)
 
 ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_SITE_ROUTES)
 
 
 # ==============================================================================================
-# Web: the OpenAPI document
+# _Web: the OpenAPI document
 # Derived from ROUTES: security from `auth`, error answers from what a route can meet (a token,
 # a body, options, a metric id, a write), limits from the constants. Served at /openapi.json.
 # ==============================================================================================
@@ -3560,7 +3793,7 @@ def _number(about: str = "") -> dict[str, Any]:
 
 _ID_PATTERN = "[A-Za-z0-9_-]{21}[AQgw]"  #: 22 characters whose last 4 bits are zero
 _UNIX = {"type": "integer", "description": "Unix seconds."}
-_BETTER = {"type": "string", "enum": list(BETTER_CHOICES), "default": "lower"}
+_BETTER = {"type": "string", "enum": list(_BETTER_CHOICES), "default": "lower"}
 _METRIC_FIELDS = {
     "metric_id": _ref("Id"),
     "name": {"type": "string"},
@@ -3586,7 +3819,7 @@ _CHANGE = _object(
 )
 _NEW_POINT = {
     "value": _number("A finite number."),
-    "metadata": _text(MAX_METADATA_BYTES, "Typically a git sha or a job URL."),
+    "metadata": _text(_MAX_METADATA_BYTES, "Typically a git sha or a job URL."),
     "unit": {
         "type": "string",
         "enum": sorted(TIME_UNITS),
@@ -3604,13 +3837,13 @@ _HEALTH = {
     "message": {"type": "string", "description": "What is wrong, if anything."},
 }
 
-SCHEMAS = {
+_SCHEMAS = {
     "Error": _object({"message": {"type": "string"}}, ["message"]),
     "Id": {"type": "string", "pattern": f"^{_ID_PATTERN}$", "description": "128 random bits."},
     "Token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$", "description": "256 bits."},
     "Duration": {
         "type": "string",
-        "pattern": DURATION_PATTERN,
+        "pattern": _DURATION_PATTERN,
         "description": "90s, 15m, 12h, 3d, 2w, 2 weeks, 1d 12h: at most a thousand years.",
     },
     "Empty": _object({}, closed=True, maxProperties=0, description="Nothing, or {}."),
@@ -3620,9 +3853,9 @@ SCHEMAS = {
     ),
     "NewMetric": _object(
         {
-            "name": _text(MAX_NAME_BYTES),
-            "unit": _text(MAX_UNIT_BYTES, f"{', '.join(TIME_UNIT_NAMES)} draw as durations."),
-            "description": _text(MAX_DESCRIPTION_BYTES),
+            "name": _text(_MAX_NAME_BYTES),
+            "unit": _text(_MAX_UNIT_BYTES, f"{', '.join(_TIME_UNIT_NAMES)} draw as durations."),
+            "description": _text(_MAX_DESCRIPTION_BYTES),
             "better": _BETTER,
         },
         closed=True,
@@ -3649,7 +3882,7 @@ SCHEMAS = {
         [*_METRIC_FIELDS, "points", "first", "last"],
     ),
     "Health": _object(_HEALTH, ["ok", "compression"]),
-    # Times may lie up to FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
+    # Times may lie up to _FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
     # which a document cannot state; the description does.
     "Import": {
         "type": "array",
@@ -3659,10 +3892,10 @@ SCHEMAS = {
                 "t": {
                     "type": "number",
                     "minimum": 0,
-                    "description": f"Unix seconds, at most {FUTURE_SLACK:g} s from now.",
+                    "description": f"Unix seconds, at most {_FUTURE_SLACK:g} s from now.",
                 },
                 "v": _number("A finite number."),
-                "m": _text(MAX_METADATA_BYTES, "Metadata."),
+                "m": _text(_MAX_METADATA_BYTES, "Metadata."),
             },
             ["t", "v"],
             closed=True,
@@ -3672,18 +3905,18 @@ SCHEMAS = {
 
 
 #: Every error answer, by status: what it means. The body is always Error.
-ERROR_ANSWERS = {
+_ERROR_ANSWERS = {
     400: "Malformed input: the message names what is wrong.",
     401: "Missing or unknown access token.",
     403: "The token's type, or its account, does not allow this.",
     404: "Unknown metric.",
-    413: f"The body is over {MAX_BODY_BYTES >> 10} KiB ({MAX_POINTS_BODY_BYTES >> 20} MiB for "
+    413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
     f"/points), or an import has more than {MAX_IMPORT_POINTS:,} points.",
     429: "Too many requests, or failed authentications, from this address.",
     503: "The store is not writable.",
     507: "The store cannot take the write; nothing was stored.",
 }
-HEADERS = {
+_HEADERS = {
     "ETag": "A strong validator of the body; send it back in If-None-Match.",
     "Cache-Control": "A day for a range that is over, a minute otherwise.",
     "Retry-After": "Seconds to wait before trying again.",
@@ -3691,7 +3924,7 @@ HEADERS = {
 }
 
 
-def openapi_path(rule: str) -> str:
+def _openapi_path(rule: str) -> str:
     """A bottle rule as an OpenAPI path: each <...> is a metric id."""
     return re.sub(r"<[^>]+>", "{id}", rule)
 
@@ -3701,28 +3934,36 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 description of ROUTES, served at /openapi.json."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = _operation(route)
+        paths.setdefault(_openapi_path(route.rule), {})[route.method.lower()] = _operation(route)
     error = {
         "application/json": {"schema": _ref("Error")},
         "text/html": {"schema": {"type": "string"}},
     }
     return {
         "openapi": "3.0.3",
-        "info": {"title": "PerfIt", "version": __version__, "license": {"name": "MIT"},
-                 "description": OPENAPI_INTRO},
+        "info": {
+            "title": "PerfIt",
+            "version": __version__,
+            "license": {"name": "MIT"},
+            "description": _OPENAPI_INTRO,
+        },
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
-            "headers": {name: {"description": text, "schema": {"type": "string"}}
-                        for name, text in HEADERS.items()},
-            "responses": {f"E{status}": {"description": text, "content": error}
-                          for status, text in ERROR_ANSWERS.items()},
+            "schemas": _SCHEMAS,
+            "headers": {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in _HEADERS.items()
+            },
+            "responses": {
+                f"E{status}": {"description": text, "content": error}
+                for status, text in _ERROR_ANSWERS.items()
+            },
         },
-    }  # fmt: skip
+    }
 
 
-OPENAPI_INTRO = (
+_OPENAPI_INTRO = (
     "Records and plots metrics, typically how long the steps of CI pipelines take. A metric id "
     "is an unguessable read capability: anyone holding it may read the metric. Writing needs a "
     "bearer token of the owning account: root (creates accounts), admin (creates metrics and "
@@ -3734,14 +3975,22 @@ OPENAPI_INTRO = (
 
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary}
-    parameters = [_query_parameter(QUERY_OPTIONS[name]) for name in route.query]
+    parameters = [_query_parameter(_QUERY_OPTIONS[name]) for name in route.query]
     if route.ids:
         one = route.ids == "one"
-        pattern = _ID_PATTERN if one else f"{_ID_PATTERN}(,{_ID_PATTERN}){{0,{MAX_OVERLAY - 1}}}"
-        parameters.insert(0, {"name": "id", "in": "path", "required": True,
-                              "schema": {"type": "string", "pattern": f"^{pattern}$"},
-                              "description": "A metric's id." if one else
-                              f"A metric's id, or up to {MAX_OVERLAY} separated by commas."})  # fmt: skip
+        pattern = _ID_PATTERN if one else f"{_ID_PATTERN}(,{_ID_PATTERN}){{0,{_MAX_OVERLAY - 1}}}"
+        parameters.insert(
+            0,
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": f"^{pattern}$"},
+                "description": "A metric's id."
+                if one
+                else f"A metric's id, or up to {_MAX_OVERLAY} separated by commas.",
+            },
+        )
     if parameters:
         operation["parameters"] = parameters
     if route.auth:
@@ -3751,20 +4000,25 @@ def _operation(route: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": _ref(route.body)}}
         operation["requestBody"] = {"required": route.body_required, "content": content}
     answer = route.answer
-    responses: dict[str, Any] = {str(answer.status): {
-        "description": answer.description,
-        "content": {media: {"schema": schema} for media, schema in answer.content.items()},
-        "headers": {h: {"$ref": f"#/components/headers/{h}"} for h in answer.headers}}}  # fmt: skip
+    responses: dict[str, Any] = {
+        str(answer.status): {
+            "description": answer.description,
+            "content": {media: {"schema": schema} for media, schema in answer.content.items()},
+            "headers": {h: {"$ref": f"#/components/headers/{h}"} for h in answer.headers},
+        }
+    }
     if route.cached:
-        responses["304"] = {"description": "If-None-Match named the current ETag.",
-                            "headers": responses[str(answer.status)]["headers"]}  # fmt: skip
-    for status in route_errors(route):
+        responses["304"] = {
+            "description": "If-None-Match named the current ETag.",
+            "headers": responses[str(answer.status)]["headers"],
+        }
+    for status in _route_errors(route):
         responses.setdefault(str(status), {"$ref": f"#/components/responses/E{status}"})
     operation["responses"] = responses
     return operation
 
 
-def route_errors(route: Route) -> list[int]:
+def _route_errors(route: Route) -> list[int]:
     """The error statuses a route can answer, from what it declares."""
     statuses = {429, *route.also}  # a rate limit applies to every route
     if route.auth:
@@ -3784,25 +4038,30 @@ _UNSET = {"type": "string", "maxLength": 0}  #: an empty option is an option not
 
 #: The schema of each kind of query option.
 _KIND_SCHEMAS = {
-    "text": _text(MAX_NAME_BYTES),
+    "text": _text(_MAX_NAME_BYTES),
     "time": {"anyOf": [{"type": "string", "format": "date-time"}, _UNSET]},
     "duration": _ref("Duration"),
     "number": {"anyOf": [{"type": "number"}, _UNSET]},
-    "threshold": {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_THRESHOLD}, _UNSET]},
+    "threshold": {"anyOf": [{"type": "number", "minimum": 0, "maximum": _MAX_THRESHOLD}, _UNSET]},
     "link": {"type": "string"},
 }
 
 
 def _query_parameter(option: QueryOption) -> dict[str, Any]:
-    parameter = {"name": option.name, "in": "query", "required": option.required,
-                 "description": option.help, "schema": _KIND_SCHEMAS[option.kind]}  # fmt: skip
+    parameter = {
+        "name": option.name,
+        "in": "query",
+        "required": option.required,
+        "description": option.help,
+        "schema": _KIND_SCHEMAS[option.kind],
+    }
     if option.example:
         parameter["example"] = option.example
     return parameter
 
 
 # ==============================================================================================
-# Web: the app
+# _Web: the app
 # make_app(store, config) builds the bottle app from ROUTES: each endpoint applies the rate
 # limit and what its route declares, then calls the handler; every error is an answer.
 # ==============================================================================================
@@ -3812,7 +4071,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     """The WSGI app serving `store`."""
     import bottle
 
-    web = Web.of(store, config)
+    web = _Web.of(store, config)
     app = bottle.Bottle(catchall=True)
     for route in ROUTES:
         app.route(route.rule, route.method, _endpoint(web, route), name=route.name)
@@ -3820,20 +4079,20 @@ def make_app(store: Store, config: ServerConfig | None = None) -> bottle.Bottle:
     return app
 
 
-def _endpoint(web: Web, route: Route) -> Callable[..., Any]:
+def _endpoint(web: _Web, route: Route) -> Callable[..., Any]:
     """What bottle calls for a route: the rate limit, the caller's token (when the route needs
     one), the JSON body (when it takes one, within its limit), then the handler."""
 
     def endpoint(**params: Any) -> Any:
         try:
-            limit_rate(web)
+            _limit_rate(web)
             if route.auth:
-                params["caller"] = authenticate(web, route.auth)
+                params["caller"] = _authenticate(web, route.auth)
             if route.body:
-                params["body"] = read_json_body(_request().environ, route.body_limit)
+                params["body"] = _read_json_body(_request().environ, route.body_limit)
             return route.handler(web, **params)
         except PerfitError as err:
-            return error_response(err)
+            return _error_response(err)
 
     return endpoint
 
@@ -3852,19 +4111,19 @@ def _bottle_error(res: Any) -> Any:
         message = f"no view {view!r} of a metric; try {', '.join(_VIEWS)}"
     err = PerfitError(message or "internal server error")
     err.status = res.status_code
-    answer = error_response(err)
+    answer = _error_response(err)
     bottle.response.content_type = answer.content_type
     return answer.body
 
 
 # ==============================================================================================
-# Web: the HTTP server
+# _Web: the HTTP server
 # The standard library's WSGI server with a thread per connection, so one slow client never
 # blocks the others, and the two bounds a public server needs; SIGTERM stops it cleanly.
 # ==============================================================================================
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def _parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 as [::1]:5050) into a bindable (host, port)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -3874,7 +4133,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 _BUSY_BODY = b'{"message":"the server is busy; retry shortly"}'
-BUSY_ANSWER = (
+_BUSY_ANSWER = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
@@ -3883,7 +4142,7 @@ BUSY_ANSWER = (
 class _RequestHandler(WSGIRequestHandler):
     """One connection: the header deadline is watched, malformed requests answered in JSON."""
 
-    timeout = SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
+    timeout = _SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
     server: HTTPServer
 
     def setup(self) -> None:
@@ -3905,7 +4164,7 @@ class _RequestHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line and status only: headers (Authorization) are never logged.
-        log.info("%s %s", self.address_string(), format % args)
+        _log.info("%s %s", self.address_string(), format % args)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # http.server answers malformed requests with an HTML page; ours are JSON.
@@ -3929,8 +4188,9 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, app: Callable, max_connections: int,
-                 header_timeout: float) -> None:  # fmt: skip
+    def __init__(
+        self, host: str, port: int, app: Callable, max_connections: int, header_timeout: float
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.header_timeout = header_timeout
         self._slots = threading.BoundedSemaphore(max(1, max_connections))
@@ -3955,7 +4215,7 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(blocking=False):
             with contextlib.suppress(OSError):
                 request.settimeout(1)
-                request.sendall(BUSY_ANSWER)
+                request.sendall(_BUSY_ANSWER)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -3988,15 +4248,15 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
                     connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+        _log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 def make_server(
     host: str,
     port: int,
     app: Callable,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = _DEFAULT_MAX_CONNECTIONS,
+    header_timeout: float = _HEADER_TIMEOUT,
 ) -> HTTPServer:
     """A threaded WSGI server bound to host:port (port 0 picks a free one)."""
     return HTTPServer(host, port, app, max_connections, header_timeout)
@@ -4012,8 +4272,9 @@ def make_server(
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Refuse redirects: urllib would turn a POST into a GET and take the token to any host."""
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> None:  # fmt: skip
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> None:
         raise ServerSaidNo(f"{req.get_full_url()} redirects to {newurl}: set --server to that URL")
 
 
@@ -4025,7 +4286,7 @@ _NOT_STORED = (429, 503, 507)
 class Client:
     server: str
     token: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = _DEFAULT_TIMEOUT
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request, retrying what is safe to retry; return the decoded JSON answer."""
@@ -4077,9 +4338,12 @@ class Client:
                     f"could not reach {self.server} within {self.timeout:g}s: {failure}"
                 )
             if attempt == 0:
-                print(f"perfit: {method} {url}: {failure}; retrying for up to "
-                      f"{deadline - time.monotonic():.0f}s (--timeout, ${ENV_TIMEOUT})",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"perfit: {method} {url}: {failure}; retrying for up to "
+                    f"{deadline - time.monotonic():.0f}s (--timeout, ${ENV_TIMEOUT})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -4088,11 +4352,14 @@ def _fail_if_hopeless(server: str, reason: object) -> None:
     """Fail at once where waiting cannot help: a typo in the host, a certificate that lies."""
     host = urllib.parse.urlsplit(server).hostname
     if isinstance(reason, socket.gaierror):
-        raise SendFailed(f"cannot resolve the server's name {host!r}: {reason.strerror}; "
-                         f"check --server (${ENV_SERVER})") from None  # fmt: skip
+        raise SendFailed(
+            f"cannot resolve the server's name {host!r}: {reason.strerror}; "
+            f"check --server (${ENV_SERVER})"
+        ) from None
     if isinstance(reason, ssl.SSLCertVerificationError):
-        raise SendFailed(f"the certificate of {host} does not verify: "
-                         f"{reason.verify_message or reason}") from None  # fmt: skip
+        raise SendFailed(
+            f"the certificate of {host} does not verify: {reason.verify_message or reason}"
+        ) from None
 
 
 def _decode_answer(url: str, raw: bytes) -> Any:
@@ -4126,7 +4393,7 @@ def _safe_to_retry(method: str, reason: object) -> bool:
     return isinstance(reason, (ConnectionRefusedError, FileNotFoundError))
 
 
-def server_url(text: str) -> str:
+def _server_url(text: str) -> str:
     """The --server value as a base URL (http:// added when missing), or a UsageError."""
     url = text if "://" in text else f"http://{text}"
     try:
@@ -4147,7 +4414,7 @@ def server_url(text: str) -> str:
 # Each cmd_<name>(args) returns an exit code; expected failures raise PerfitError.
 # ==============================================================================================
 
-EPILOG = """\
+_EPILOG = """\
 examples:
   perfit serve                             # server on 127.0.0.1:5050, data in ./perfit-data
   export PERFIT_SERVER=https://perfit.example
@@ -4208,29 +4475,46 @@ def _client_options(metric: bool = False, metadata: bool = False) -> argparse.Ar
     env = os.environ
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("client options")
-    group.add_argument("--server", default=env.get(ENV_SERVER) or DEFAULT_SERVER, metavar="URL",
-                       help=f"PerfIt server (${ENV_SERVER}; default {DEFAULT_SERVER})")  # fmt: skip
-    group.add_argument("--access-token", default=env.get(ENV_ACCESS_TOKEN), metavar="TOKEN",
-                       help=f"access token (${ENV_ACCESS_TOKEN})")  # fmt: skip
-    group.add_argument("--timeout", type=_non_negative(float),
-                       default=env.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"give up after this long, retries included (${ENV_TIMEOUT}; "
-                       f"default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    group.add_argument(
+        "--server",
+        default=env.get(ENV_SERVER) or _DEFAULT_SERVER,
+        metavar="URL",
+        help=f"PerfIt server (${ENV_SERVER}; default {_DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--access-token",
+        default=env.get(ENV_ACCESS_TOKEN),
+        metavar="TOKEN",
+        help=f"access token (${ENV_ACCESS_TOKEN})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_non_negative(float),
+        default=env.get(ENV_TIMEOUT) or _DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up after this long, retries included (${ENV_TIMEOUT}; "
+        f"default {_DEFAULT_TIMEOUT:g})",
+    )
     if metric:
-        group.add_argument("--metric", default=env.get(ENV_METRIC), metavar="ID",
-                           help=f"metric id (${ENV_METRIC})")  # fmt: skip
+        group.add_argument(
+            "--metric", default=env.get(ENV_METRIC), metavar="ID", help=f"metric id (${ENV_METRIC})"
+        )
     if metadata:
-        group.add_argument("--metadata", default=env.get(ENV_METADATA) or "", metavar="TEXT",
-                           help=f"text kept with the point, e.g. a git sha (${ENV_METADATA})")  # fmt: skip
+        group.add_argument(
+            "--metadata",
+            default=env.get(ENV_METADATA) or "",
+            metavar="TEXT",
+            help=f"text kept with the point, e.g. a git sha (${ENV_METADATA})",
+        )
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="perfit",
         description="PerfIt: record and plot CI performance metrics. "
         "`serve` runs the server; every other command is a client of one.",
-        epilog=EPILOG,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"perfit {__version__}")
@@ -4252,13 +4536,13 @@ def _range_options() -> argparse.ArgumentParser:
     """The time range of a chart (its query options), for the commands that read points."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("range (as on a chart; a relative bound wins)")
-    for option, example in RANGE_OPTIONS.items():
+    for option, example in _RANGE_OPTIONS.items():
         group.add_argument(f"--{option}", metavar="WHEN", help=f"e.g. {example}")
     return parent
 
 
 #: The chart's range options, as command-line options of the commands that read points.
-RANGE_OPTIONS = {
+_RANGE_OPTIONS = {
     "start-rel": "30d: points newer than 30 days",
     "end-rel": "1h: points older than an hour",
     "start-fixed": "2026-11-01T00:00:00Z",
@@ -4268,7 +4552,7 @@ RANGE_OPTIONS = {
 
 def _range_query(args: argparse.Namespace, **more: str) -> str:
     """The query string of the range options given (and `more`), "" when there are none."""
-    options = {k: getattr(args, k.replace("-", "_")) for k in RANGE_OPTIONS}
+    options = {k: getattr(args, k.replace("-", "_")) for k in _RANGE_OPTIONS}
     options.update(more)
     given = {k: v for k, v in options.items() if v}
     return "?" + urllib.parse.urlencode(given) if given else ""
@@ -4276,8 +4560,12 @@ def _range_query(args: argparse.Namespace, **more: str) -> str:
 
 def _data_option() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--data", default=os.environ.get(ENV_DATA) or DEFAULT_DATA, metavar="DIR",
-                        help=f"data directory (${ENV_DATA}; default {DEFAULT_DATA})")  # fmt: skip
+    parent.add_argument(
+        "--data",
+        default=os.environ.get(ENV_DATA) or _DEFAULT_DATA,
+        metavar="DIR",
+        help=f"data directory (${ENV_DATA}; default {_DEFAULT_DATA})",
+    )
     return parent
 
 
@@ -4292,70 +4580,119 @@ def _add_serve(commands: Any) -> None:
         "a new one). Needs bottle and svgwrite; zstd (Python 3.14+, or zstandard) to "
         "compress full logs.",
     )
-    serve.add_argument("--listen", default=os.environ.get(ENV_LISTEN) or DEFAULT_LISTEN,
-                       metavar="HOST:PORT", help=f"address to listen on (${ENV_LISTEN}; "
-                       f"default {DEFAULT_LISTEN}; port 0 picks a free one)")  # fmt: skip
-    serve.add_argument("--rate-limit", type=_non_negative(float), default=DEFAULT_RATE_LIMIT,
-                       metavar="N", help="requests per second per client address, bursts of 2N "
-                       f"(default {DEFAULT_RATE_LIMIT:g}; 0 turns it off)")  # fmt: skip
-    serve.add_argument("--trust-proxy", type=_non_negative(int), default=0, metavar="N",
-                       help="reverse proxies in front whose X-Forwarded-For entries are "
-                       "believed (default 0: the socket's address only)")  # fmt: skip
-    serve.add_argument("--max-connections", type=_non_negative(int), default=DEFAULT_MAX_CONNECTIONS,
-                       metavar="N", help="connections served at once; more get 503 at once "
-                       f"(default {DEFAULT_MAX_CONNECTIONS})")  # fmt: skip
-    serve.add_argument("--header-timeout", type=_positive_float, default=HEADER_TIMEOUT,
-                       metavar="SECONDS", help="time a client has to send a request's headers; "
-                       f"slower ones are cut off (default {HEADER_TIMEOUT:g})")  # fmt: skip
-    serve.add_argument("--seal-bytes", type=_non_negative(int), default=SEAL_BYTES, metavar="N",
-                       help="seal the active log into a compressed segment once it holds N "
-                       f"bytes (default {SEAL_BYTES})")  # fmt: skip
-    serve.add_argument("--repair", action="store_true",
-                       help="salvage a damaged data directory: rewrite each corrupt file with its "
-                       f"good records, keeping the original in <data>/{DAMAGED_DIR}/")  # fmt: skip
-    serve.set_defaults(func=cmd_serve)
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get(ENV_LISTEN) or _DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (${ENV_LISTEN}; "
+        f"default {_DEFAULT_LISTEN}; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=_non_negative(float),
+        default=_DEFAULT_RATE_LIMIT,
+        metavar="N",
+        help="requests per second per client address, bursts of 2N "
+        f"(default {_DEFAULT_RATE_LIMIT:g}; 0 turns it off)",
+    )
+    serve.add_argument(
+        "--trust-proxy",
+        type=_non_negative(int),
+        default=0,
+        metavar="N",
+        help="reverse proxies in front whose X-Forwarded-For entries are "
+        "believed (default 0: the socket's address only)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_non_negative(int),
+        default=_DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; more get 503 at once "
+        f"(default {_DEFAULT_MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send a request's headers; "
+        f"slower ones are cut off (default {_HEADER_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--seal-bytes",
+        type=_non_negative(int),
+        default=SEAL_BYTES,
+        metavar="N",
+        help="seal the active log into a compressed segment once it holds N "
+        f"bytes (default {SEAL_BYTES})",
+    )
+    serve.add_argument(
+        "--repair",
+        action="store_true",
+        help="salvage a damaged data directory: rewrite each corrupt file with its "
+        f"good records, keeping the original in <data>/{DAMAGED_DIR}/",
+    )
+    serve.set_defaults(func=_cmd_serve)
 
 
 def _add_store(commands: Any) -> None:
     store = _group(commands, "store", "check and back up a data directory")
-    store.add_parser("check", parents=[_data_option()],
-                     help="verify every record (safe while a server runs); exit 1 on damage",
-                     ).set_defaults(func=cmd_store_check)  # fmt: skip
-    backup = store.add_parser("backup", parents=[_data_option()],
-                              help="copy a data directory consistently, even while a server runs")  # fmt: skip
+    store.add_parser(
+        "check",
+        parents=[_data_option()],
+        help="verify every record (safe while a server runs); exit 1 on damage",
+    ).set_defaults(func=_cmd_store_check)
+    backup = store.add_parser(
+        "backup",
+        parents=[_data_option()],
+        help="copy a data directory consistently, even while a server runs",
+    )
     backup.add_argument("dest", metavar="DEST", help="a new or empty directory")
-    backup.set_defaults(func=cmd_store_backup)
+    backup.set_defaults(func=_cmd_store_backup)
 
 
 def _add_token(commands: Any) -> None:
     token = _group(commands, "token", "make access tokens")
     token.add_parser("gen", help="print a new random token (no server)").set_defaults(
-        func=cmd_token_gen
+        func=_cmd_token_gen
     )
-    new = token.add_parser("new", parents=[_client_options()],
-                           help="a new token for the caller's account (admin token)")  # fmt: skip
-    new.add_argument("--type", choices=("post", "admin"), default="post",
-                     help="post tokens can only post data points (default post)")  # fmt: skip
-    new.set_defaults(func=cmd_token_new)
+    new = token.add_parser(
+        "new",
+        parents=[_client_options()],
+        help="a new token for the caller's account (admin token)",
+    )
+    new.add_argument(
+        "--type",
+        choices=("post", "admin"),
+        default="post",
+        help="post tokens can only post data points (default post)",
+    )
+    new.set_defaults(func=_cmd_token_new)
 
 
 def _add_account(commands: Any) -> None:
     account = _group(commands, "account", "manage accounts")
-    new = account.add_parser("new", parents=[_client_options()],
-                             help="a new account and its admin token (root token)")  # fmt: skip
-    new.set_defaults(func=cmd_account_new)
+    new = account.add_parser(
+        "new", parents=[_client_options()], help="a new account and its admin token (root token)"
+    )
+    new.set_defaults(func=_cmd_account_new)
 
 
 def _add_metric(commands: Any) -> None:
     metric = _group(commands, "metric", "create, read, check and import metrics")
-    new = metric.add_parser("new", parents=[_client_options()],
-                            help="create a metric (admin token); prints its JSON")  # fmt: skip
+    new = metric.add_parser(
+        "new", parents=[_client_options()], help="create a metric (admin token); prints its JSON"
+    )
     new.add_argument("--name", help="what is measured, e.g. 'unit tests'")
     new.add_argument("--unit", help="e.g. s, ms, MB")
     new.add_argument("--description", help="a sentence shown on the metric's page")
-    new.add_argument("--better", choices=BETTER_CHOICES,
-                     help="which way is an improvement (default lower, as for durations)")  # fmt: skip
-    new.set_defaults(func=cmd_metric_new)
+    new.add_argument(
+        "--better",
+        choices=_BETTER_CHOICES,
+        help="which way is an improvement (default lower, as for durations)",
+    )
+    new.set_defaults(func=_cmd_metric_new)
     get = metric.add_parser(
         "get",
         parents=[_client_options(metric=True), _range_options()],
@@ -4363,9 +4700,12 @@ def _add_metric(commands: Any) -> None:
         description="Print the metric's data points, oldest first: a table on a terminal, "
         "JSON (one point a line) when piped, or what --format asks for.",
     )
-    get.add_argument("--format", choices=GET_FORMATS, help="table, json or csv "
-                     "(default: table on a terminal, json otherwise)")  # fmt: skip
-    get.set_defaults(func=cmd_metric_get)
+    get.add_argument(
+        "--format",
+        choices=_GET_FORMATS,
+        help="table, json or csv (default: table on a terminal, json otherwise)",
+    )
+    get.set_defaults(func=_cmd_metric_get)
     check = metric.add_parser(
         "check",
         parents=[_client_options(metric=True), _range_options()],
@@ -4374,10 +4714,14 @@ def _add_metric(commands: Any) -> None:
         "while its newest change point is a regression, 0 otherwise, 1 when the server says "
         "no: `perfit run ... && perfit metric check` fails a job on a regression.",
     )
-    check.add_argument("--threshold", type=_non_negative(float), metavar="X",
-                       help="smallest relative step reported (default "
-                       f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)")  # fmt: skip
-    check.set_defaults(func=cmd_metric_check)
+    check.add_argument(
+        "--threshold",
+        type=_non_negative(float),
+        metavar="X",
+        help="smallest relative step reported (default "
+        f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)",
+    )
+    check.set_defaults(func=_cmd_metric_check)
     imports = metric.add_parser(
         "import",
         parents=[_client_options(metric=True)],
@@ -4388,14 +4732,15 @@ def _add_metric(commands: Any) -> None:
         f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all.",
     )
     imports.add_argument("file", metavar="FILE", help="the file to read; - for stdin")
-    imports.set_defaults(func=cmd_metric_import)
+    imports.set_defaults(func=_cmd_metric_import)
 
 
 def _add_post(commands: Any) -> None:
-    post = commands.add_parser("post", parents=[_client_options(metric=True, metadata=True)],
-                               help="post one data point")  # fmt: skip
+    post = commands.add_parser(
+        "post", parents=[_client_options(metric=True, metadata=True)], help="post one data point"
+    )
     post.add_argument("value", type=_finite_float, metavar="VALUE", help="the value, e.g. 12.5")
-    post.set_defaults(func=cmd_post)
+    post.set_defaults(func=_cmd_post)
 
 
 def _add_run(commands: Any) -> None:
@@ -4408,23 +4753,27 @@ def _add_run(commands: Any) -> None:
         "--fail-on-send-failure.",
         usage="perfit run [options] -- CMD [ARGS...]",
     )
-    run.add_argument("--send-on-failure", action="store_true",
-                     help="post the duration even when CMD fails")  # fmt: skip
-    run.add_argument("--fail-on-send-failure", action="store_true",
-                     help="exit 1 when the duration could not be posted")  # fmt: skip
+    run.add_argument(
+        "--send-on-failure", action="store_true", help="post the duration even when CMD fails"
+    )
+    run.add_argument(
+        "--fail-on-send-failure",
+        action="store_true",
+        help="exit 1 when the duration could not be posted",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to time")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=_cmd_run)
 
 
 def _client(args: argparse.Namespace) -> Client:
     if not args.access_token:
         raise UsageError(f"no access token: pass --access-token or set {ENV_ACCESS_TOKEN}")
-    return Client(server_url(args.server), args.access_token, args.timeout)
+    return Client(_server_url(args.server), args.access_token, args.timeout)
 
 
 def _reader(args: argparse.Namespace) -> Client:
     """A client that only reads: a metric id is a read capability, no token needed."""
-    return Client(server_url(args.server), None, args.timeout)
+    return Client(_server_url(args.server), None, args.timeout)
 
 
 def _metric_path(args: argparse.Namespace) -> str:
@@ -4439,32 +4788,32 @@ def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
-def cmd_token_gen(args: argparse.Namespace) -> int:
+def _cmd_token_gen(args: argparse.Namespace) -> int:
     print(new_token())
     return EXIT_OK
 
 
-def cmd_token_new(args: argparse.Namespace) -> int:
+def _cmd_token_new(args: argparse.Namespace) -> int:
     _print_json(_client(args).call("PUT", "/t/", {"type": args.type}))
     return EXIT_OK
 
 
-def cmd_account_new(args: argparse.Namespace) -> int:
+def _cmd_account_new(args: argparse.Namespace) -> int:
     _print_json(_client(args).call("PUT", "/a/"))
     return EXIT_OK
 
 
-def cmd_metric_new(args: argparse.Namespace) -> int:
+def _cmd_metric_new(args: argparse.Namespace) -> int:
     fields = ("name", "unit", "description", "better")
     body = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     _print_json(_client(args).call("PUT", "/m/", body))
     return EXIT_OK
 
 
-GET_FORMATS = ("table", "json", "csv")
+_GET_FORMATS = ("table", "json", "csv")
 
 
-def cmd_metric_get(args: argparse.Namespace) -> int:
+def _cmd_metric_get(args: argparse.Namespace) -> int:
     client, path, query = _reader(args), _metric_path(args), _range_query(args)
     shown = args.format or ("table" if sys.stdout.isatty() else "json")
     if shown == "csv":
@@ -4475,11 +4824,11 @@ def cmd_metric_get(args: argparse.Namespace) -> int:
         # One point a line: valid JSON for jq, and still readable through `head` or `grep`.
         print("[" + ",\n ".join(json.dumps(p, ensure_ascii=False) for p in points) + "]")
         return EXIT_OK
-    print(points_table(points, client.call("GET", f"{path}/info")))
+    print(_points_table(points, client.call("GET", f"{path}/info")))
     return EXIT_OK
 
 
-def points_table(points: list[dict[str, Any]], info: dict[str, Any]) -> str:
+def _points_table(points: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """Points as a person reads them on a terminal: time, value with its unit, metadata."""
     unit = info.get("unit") or ""
     values = [format_value(p["v"], unit) for p in points]
@@ -4492,30 +4841,34 @@ def points_table(points: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_metric_check(args: argparse.Namespace) -> int:
+def _cmd_metric_check(args: argparse.Namespace) -> int:
     client, path = _reader(args), _metric_path(args)
     threshold = {"threshold": repr(args.threshold)} if args.threshold is not None else {}
     changes = client.call("GET", f"{path}/changes{_range_query(args, **threshold)}")
     info = client.call("GET", f"{path}/info")
     label = f"{info['name']} ({args.metric})" if info.get("name") else args.metric
-    print(change_report(label, changes, info.get("unit", "")))
+    print(_change_report(label, changes, info.get("unit", "")))
     regressed = bool(changes) and changes[-1]["kind"] == "regression"
     return EXIT_REGRESSED if regressed else EXIT_OK
 
 
-def change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
+def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
     """A few lines a person reads in a CI log: each change point, then the verdict."""
     if not changes:
         return f"{metric}: no change points: the level is steady"
     lines = [f"{metric}: {len(changes)} change point(s), oldest first:"]
     for c in changes:
         before, after = format_value(c["before"], unit), format_value(c["after"], unit)
-        lines.append(f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change']):>8}  "
-                     f"(median {before} -> {after}, point {c['index']})")  # fmt: skip
+        lines.append(
+            f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change']):>8}  "
+            f"(median {before} -> {after}, point {c['index']})"
+        )
     newest = changes[-1]
     verdict = "REGRESSED" if newest["kind"] == "regression" else "ok"
-    lines.append(f"{metric}: {verdict}: the newest change is a {newest['kind']} "
-                 f"of {_percent(newest['change'])}")  # fmt: skip
+    lines.append(
+        f"{metric}: {verdict}: the newest change is a {newest['kind']} "
+        f"of {_percent(newest['change'])}"
+    )
     return "\n".join(lines)
 
 
@@ -4524,27 +4877,33 @@ def _percent(change: float | None) -> str:
     return "from 0" if change is None else f"{change * 100:+.1f} %"
 
 
-def cmd_metric_import(args: argparse.Namespace) -> int:
+def _cmd_metric_import(args: argparse.Namespace) -> int:
     path = _metric_path(args)
     client = _client(args)
-    points = read_points_file(args.file)
+    points = _read_points_file(args.file)
     added = existing = 0
     for i in range(0, len(points), MAX_IMPORT_POINTS):
         batch = points[i : i + MAX_IMPORT_POINTS]
         try:
             answer = client.call("POST", path + "/points", batch)
         except PerfitError as err:
-            err.args = (f"{err.message} (after {added + existing} of {len(points)} points: "
-                        f"{added} added; importing the file again adds only the rest)",)  # fmt: skip
+            err.args = (
+                f"{err.message} (after {added + existing} of {len(points)} points: "
+                f"{added} added; importing the file again adds only the rest)",
+            )
             raise
         added, existing = added + answer["added"], existing + answer.get("existing", 0)
-        print(f"perfit: imported {added + existing}/{len(points)} points: {added} new, "
-              f"{existing} already there", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"perfit: imported {added + existing}/{len(points)} points: {added} new, "
+            f"{existing} already there",
+            file=sys.stderr,
+            flush=True,
+        )
     print(json.dumps({"added": added, "existing": existing}))
     return EXIT_OK
 
 
-def read_points_file(path: str) -> list[dict[str, Any]]:
+def _read_points_file(path: str) -> list[dict[str, Any]]:
     """Points from CSV with a header (t,v[,m]), a JSON array, or JSON lines."""
     try:
         if path == "-":
@@ -4594,7 +4953,7 @@ def _data_to_read(args: argparse.Namespace) -> str:
     return args.data
 
 
-def cmd_store_check(args: argparse.Namespace) -> int:
+def _cmd_store_check(args: argparse.Namespace) -> int:
     reports = check_directory(_data_to_read(args))
     problems = 0
     for report in reports:
@@ -4609,7 +4968,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
     return EXIT_OK if not problems else EXIT_REFUSED
 
 
-def cmd_store_backup(args: argparse.Namespace) -> int:
+def _cmd_store_backup(args: argparse.Namespace) -> int:
     copied = backup_directory(_data_to_read(args), args.dest)
     damaged = [p for r in check_directory(args.dest) for p in r.problems]
     if damaged:
@@ -4618,7 +4977,7 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _post_point(args: argparse.Namespace, value: float, unit: str | None = None) -> Any:
+def _post_value(args: argparse.Namespace, value: float, unit: str | None = None) -> Any:
     path = _metric_path(args)
     body: dict[str, Any] = {"value": value}
     if unit:
@@ -4628,12 +4987,12 @@ def _post_point(args: argparse.Namespace, value: float, unit: str | None = None)
     return _client(args).call("POST", path, body)
 
 
-def cmd_post(args: argparse.Namespace) -> int:
-    _print_json(_post_point(args, args.value))
+def _cmd_post(args: argparse.Namespace) -> int:
+    _print_json(_post_value(args, args.value))
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise UsageError("no command to run: perfit run [options] -- CMD [ARGS...]")
@@ -4654,27 +5013,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 126
     elapsed = time.monotonic() - started
     if stopped_by:
-        print(f"perfit: passed {stopped_by} on to {command[0]} (exit {code}); "
-              "not posting its time", file=sys.stderr)  # fmt: skip
+        print(
+            f"perfit: passed {stopped_by} on to {command[0]} (exit {code}); not posting its time",
+            file=sys.stderr,
+        )
         return code
     if code != 0 and not args.send_on_failure:
-        print(f"perfit: {command[0]} failed (exit {code}); not posting its time "
-              "(--send-on-failure would)", file=sys.stderr)  # fmt: skip
+        print(
+            f"perfit: {command[0]} failed (exit {code}); not posting its time "
+            "(--send-on-failure would)",
+            file=sys.stderr,
+        )
         return code
     if unsendable:
         return unsendable.exit_code if args.fail_on_send_failure else code
     try:
-        _post_point(args, round(elapsed, 6), unit="s")
+        _post_value(args, round(elapsed, 6), unit="s")
     except PerfitError as err:
         print(f"perfit: could not post the duration: {err.message}", file=sys.stderr)
         return err.exit_code if args.fail_on_send_failure else code
-    print(f"perfit: {command[0]} took {format_duration(elapsed)}; posted to {args.metric}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"perfit: {command[0]} took {format_duration(elapsed)}; posted to {args.metric}",
+        file=sys.stderr,
+    )
     return code
 
 
 #: Signals `run` passes on to its command: what CI runners send a job they cancel.
-FORWARDED_SIGNALS = tuple(
+_FORWARDED_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
 )  # Windows has no SIGHUP
 
@@ -4696,7 +5062,7 @@ def _run_child(command: list[str]) -> tuple[int, str]:
             with contextlib.suppress(ProcessLookupError):
                 child[0].send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED_SIGNALS}
     try:
         child.append(subprocess.Popen(command))
         if received:  # a signal came while the command was starting: it gets it now
@@ -4720,12 +5086,12 @@ def _in_terminal_foreground() -> bool:
     return False
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     # Everything that can fail comes before a root token is made: one printed by a start that
     # then fails (port in use, a module missing) would be lost, and the next start makes none.
-    host, port = parse_listen(args.listen)
+    host, port = _parse_listen(args.listen)
     chosen_root = _root_token_from_env()
-    check_server_dependencies()
+    _check_server_dependencies()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -4746,8 +5112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.server_close()
             raise
         if store.zstd is None:
-            log.warning("no zstd: %s; full logs stay uncompressed (%s)",
-                        store.zstd_missing, ZSTD_FIX)  # fmt: skip
+            _log.warning(
+                "no zstd: %s; full logs stay uncompressed (%s)", store.zstd_missing, _ZSTD_FIX
+            )
 
         def stop(signum: int, frame: Any) -> None:
             # shutdown() waits for serve_forever() to return, so it must run on another thread.
@@ -4763,20 +5130,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.serve_forever(poll_interval=0.2)
         finally:
             server.server_close()
-        log.info("stopped")
+        _log.info("stopped")
     finally:
         store.close()
     return EXIT_OK
 
 
 #: What `perfit serve` imports besides the standard library (zstd is optional: see find_zstd).
-SERVER_MODULES = ("bottle", "svgwrite")
+_SERVER_MODULES = ("bottle", "svgwrite")
 
 
-def check_server_dependencies() -> None:
+def _check_server_dependencies() -> None:
     """Import the server's modules now: a missing one is a line naming the fix, no traceback."""
     missing = []
-    for name in SERVER_MODULES:
+    for name in _SERVER_MODULES:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -4793,7 +5160,7 @@ def _root_token_from_env() -> bytes | None:
     token = os.environ.get(ENV_ROOT_TOKEN, "").strip()
     if not token:
         return None
-    if len(token) < MIN_ROOT_TOKEN_CHARS:
+    if len(token) < _MIN_ROOT_TOKEN_CHARS:
         raise UsageError(f"{ENV_ROOT_TOKEN} is too short; use `perfit token gen` to make one")
     return hash_token(token)
 
@@ -4812,8 +5179,11 @@ def _root_token_hash(data: str) -> bytes:
     token = new_token()
     _write_private(path, hash_token(token).hex() + "\n")
     print(f"perfit: root access token: {token}", flush=True)
-    print("perfit: (shown this once; only its hash is kept, in "
-          f"{path}: delete that file and restart to make a new one)", flush=True)  # fmt: skip
+    print(
+        "perfit: (shown this once; only its hash is kept, in "
+        f"{path}: delete that file and restart to make a new one)",
+        flush=True,
+    )
     return hash_token(token)
 
 
@@ -4824,11 +5194,11 @@ def _migrate_plain_root_token(data: str, hashed: str) -> None:
         with open(plain, encoding="utf-8") as f:
             _write_private(hashed, hash_token(f.read().strip()).hex() + "\n")
         os.unlink(plain)
-        log.warning("replaced %s by its hash in %s; the token itself still works", plain, hashed)
+        _log.warning("replaced %s by its hash in %s; the token itself still works", plain, hashed)
 
 
 def _write_private(path: str, text: str) -> None:
-    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    fd = _open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(text)
         f.flush()
@@ -4842,7 +5212,7 @@ def _write_private(path: str, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
