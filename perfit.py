@@ -3310,7 +3310,9 @@ def _owned_metric(web: _Web, text: str, caller: Principal) -> Metric:
     return metric
 
 
-def _view(web: _Web, ids: str, view: str) -> tuple[list[Metric], ChartOptions, dict[str, str]]:
+def _view_request(
+    web: _Web, ids: str, view: str
+) -> tuple[list[Metric], ChartOptions, dict[str, str]]:
     """The metrics a view shows (several only where it can draw them), its options and query."""
     names = list(dict.fromkeys(ids.split(",")))
     if len(names) > _MAX_OVERLAY:
@@ -3358,12 +3360,14 @@ def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
 
 
 def _create_account(web: _Web, caller: Principal, body: Any) -> Any:
+    """Create an account and its first admin token (shown this once)."""
     _body_object(body, ())
     account, token = web.store.create_account()
     return json_response({"account_id": b64encode(account), "access_token": token})
 
 
 def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
+    """Create a token for the caller's account (shown this once)."""
     token_type = _body_object(body, ("type",)).get("type", "post")
     if token_type not in ("post", "admin"):
         raise BadRequest("type must be 'post' or 'admin'")
@@ -3372,6 +3376,7 @@ def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
 
 
 def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
+    """Create a metric in the caller's account."""
     fields = _body_object(body, (*_METRIC_TEXT_FIELDS, "better"))
     texts = {k: _check_text(fields[k], k, n) for k, n in _METRIC_TEXT_FIELDS.items() if k in fields}
     better = fields.get("better", "lower")
@@ -3384,6 +3389,7 @@ def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
 
 
 def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Post one data point, timed by the server; answered once it is on disk."""
     metric = _owned_metric(web, metric_id, caller)
     if body is None:
         raise BadRequest('the body must be a JSON object like {"value": 12.5}')
@@ -3398,6 +3404,7 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
 
 
 def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Import points with their own times, all or nothing; those already stored are skipped."""
     metric = _owned_metric(web, metric_id, caller)
     added, existing = web.store.import_points(metric.id, _parse_import(body, time.time()))
     return json_response({"added": added, "existing": existing})
@@ -3407,6 +3414,7 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
 
 
 def _find_metric(web: _Web) -> Any:
+    """Open a metric by its id, or by any link to it (the index page's form)."""
     ids, options = _metric_link(_request_query().get("metric-id", ""))
     for text in ids:
         _metric_or_404(web, text)
@@ -3415,7 +3423,8 @@ def _find_metric(web: _Web) -> Any:
 
 
 def _show_page(web: _Web, ids: str) -> Any:
-    metrics, opts, query = _view(web, ids, "html")
+    """The page of a metric, or of several overlaid: the chart, a form for its options."""
+    metrics, opts, query = _view_request(web, ids, "html")
     nested = _request().path.endswith("/html")
     svg = chart_document(metrics, opts, web.changes)
     return _answer(
@@ -3424,12 +3433,14 @@ def _show_page(web: _Web, ids: str) -> Any:
 
 
 def _show_chart(web: _Web, ids: str) -> Any:
-    metrics, opts, query = _view(web, ids, "svg")
+    """The chart of a metric, or of several overlaid (the link READMEs embed)."""
+    metrics, opts, query = _view_request(web, ids, "svg")
     return _cached(chart_document(metrics, opts, web.changes), _SVG_TYPE, query)
 
 
 def _show_points(web: _Web, ids: str) -> Any:
-    metrics, opts, query = _view(web, ids, "json")
+    """The points: of one metric, or of each of several, by id."""
+    metrics, opts, query = _view_request(web, ids, "json")
     if len(metrics) == 1:
         doc: Any = points_json(metrics[0], opts)
     else:
@@ -3438,7 +3449,8 @@ def _show_points(web: _Web, ids: str) -> Any:
 
 
 def _show_csv(web: _Web, ids: str) -> Any:
-    (metric,), opts, _ = _view(web, ids, "csv")
+    """The points as CSV: t,v,m after a header line."""
+    (metric,), opts, _ = _view_request(web, ids, "csv")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(("t", "v", "m"))
@@ -3449,7 +3461,8 @@ def _show_csv(web: _Web, ids: str) -> Any:
 
 
 def _show_badge(web: _Web, ids: str) -> Any:
-    (metric,), opts, query = _view(web, ids, "badge.svg")
+    """A badge: the metric's name and its latest value, coloured by its trend."""
+    (metric,), opts, query = _view_request(web, ids, "badge.svg")
     recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
     message = format_value(recent[-1], metric.unit) if recent else "no data"
     state = badge_state(recent, metric.better)
@@ -3459,7 +3472,8 @@ def _show_badge(web: _Web, ids: str) -> Any:
 
 
 def _show_changes(web: _Web, ids: str) -> Any:
-    (metric,), opts, query = _view(web, ids, "changes")
+    """The change points: where the metric's typical level steps."""
+    (metric,), opts, query = _view_request(web, ids, "changes")
     threshold = _parse_threshold(query.get("threshold", ""))
     found = web.changes.get(metric, metric.series.snapshot(opts.start, opts.end), threshold)
     return _cached(
@@ -3468,7 +3482,8 @@ def _show_changes(web: _Web, ids: str) -> Any:
 
 
 def _show_info(web: _Web, ids: str) -> Any:
-    (metric,), _, query = _view(web, ids, "info")
+    """What the metric is, and how many points it holds, from when to when."""
+    (metric,), _, query = _view_request(web, ids, "info")
     count, first, last = metric.series.span()
     doc = {k: v for k, v in metric.to_json().items() if k != "account_id"}
     doc.update(
@@ -3480,12 +3495,14 @@ def _show_info(web: _Web, ids: str) -> Any:
 
 
 def _show_index(web: _Web) -> Any:
+    """The index page: what PerfIt is, and a form to open a metric."""
     form = _OPEN_FORM.format(action="m/", value="")
     page = _html_page("", _INDEX_MAIN.format(version=__version__, open_form=form))
     return _answer(page, headers={"Content-Type": _HTML_TYPE})
 
 
 def _show_health(web: _Web) -> Any:
+    """Whether the store is writable, and what compresses it."""
     store = web.store
     health: dict[str, Any] = {"ok": store.writable()}
     health["compression"] = store.zstd.name if store.zstd else None
@@ -3497,6 +3514,7 @@ def _show_health(web: _Web) -> Any:
 
 
 def _show_openapi(web: _Web) -> Any:
+    """This document: an OpenAPI 3.0 description of the API."""
     return json_response(openapi_document())
 
 
@@ -3509,9 +3527,8 @@ def _show_openapi(web: _Web) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _Answer:
-    """The answer a route gives when all goes well, as the OpenAPI document describes it."""
+    """What a route answers when all goes well, as the OpenAPI document describes it."""
 
-    description: str
     content: dict[str, Any]  #: media type -> schema (none for a 303)
     status: int = 200
     headers: tuple[str, ...] = ()  #: names of _HEADERS it carries
@@ -3521,36 +3538,59 @@ def _ref(schema: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{schema}"}
 
 
-def _json_answer(schema: str, description: str) -> _Answer:
-    return _Answer(description, {"application/json": _ref(schema)})
+_CACHING = ("ETag", "Cache-Control")  #: the headers of a cached answer (see _cached)
+_STRING = {"type": "string"}
 
 
-_SVG = {"image/svg+xml": {"type": "string"}}
-_CHART = _Answer("The chart.", _SVG, headers=("ETag", "Cache-Control"))
-_BADGE = _Answer("The badge.", _SVG, headers=("ETag", "Cache-Control"))
-_PAGE_ANSWER = _Answer(
-    "The chart, and a form to change its options.", {"text/html": {"type": "string"}}
-)
+def _json_answer(*schemas: str, cached: bool = False) -> _Answer:
+    """JSON of one of these schemas; with an ETag and Cache-Control when cached."""
+    refs = [_ref(s) for s in schemas]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+    return _Answer({"application/json": schema}, headers=_CACHING if cached else ())
+
+
+_SVG_ANSWER = _Answer({"image/svg+xml": _STRING}, headers=_CACHING)
+_HTML_ANSWER = _Answer({"text/html": _STRING})
 
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """One route of the app."""
+    """One route of the app. Its summary is its handler's docstring."""
 
     method: str
     rule: str  #: bottle's; every <...> in it is a metric id ("{id}" in the OpenAPI document)
     handler: Callable[..., Any]  #: handler(web, [caller=], [body=], **path params)
-    summary: str
     answer: _Answer
     auth: tuple[str, ...] = ()  #: the token types that may call it; () is anyone
     body: str = ""  #: the schema of the JSON body it takes, if any
-    body_required: bool = False
     body_limit: int = _MAX_BODY_BYTES
     query: tuple[str, ...] = ()  #: its options, by name in _QUERY_OPTIONS
-    ids: str = ""  #: "one" metric in its path, or an "overlay" of up to _MAX_OVERLAY
-    writes: bool = False  #: stores something, so a full disk is a 507
-    cached: bool = False  #: answers carry an ETag; If-None-Match gets a 304
-    also: tuple[int, ...] = ()  #: statuses it answers besides those derived above
+    overlay: bool = False  #: its path may name up to _MAX_OVERLAY metrics, not just one
+    also: tuple[int, ...] = ()  #: statuses it answers besides those its declaration implies
+
+    @property
+    def writes(self) -> bool:
+        """Whether it stores something (so a full disk is a 507): every PUT and POST does."""
+        return self.method in ("PUT", "POST")
+
+    @property
+    def body_required(self) -> bool:
+        """A POST posts something; the PUTs of administration may send nothing."""
+        return self.method == "POST"
+
+    @property
+    def ids(self) -> str:
+        """What its path names: "" nothing, "one" metric, or an "overlay" of several."""
+        return "" if "<" not in self.rule else "overlay" if self.overlay else "one"
+
+    @property
+    def cached(self) -> bool:
+        """Whether its answers carry an ETag, so that If-None-Match gets a 304."""
+        return "ETag" in self.answer.headers
+
+    @property
+    def summary(self) -> str:
+        return (self.handler.__doc__ or "").strip().splitlines()[0]
 
     @property
     def name(self) -> str:
@@ -3563,198 +3603,56 @@ class Route:
         return name
 
 
+def _view_route(rule: str, handler: Callable, answer: _Answer, *query: str) -> Route:
+    """A view of one metric (GET /m/ID...): it takes the chart options, and maybe more."""
+    return Route("GET", rule, handler, answer, query=(*_VIEW_QUERY, *query))
+
+
+def _overlay_route(rule: str, handler: Callable, answer: _Answer) -> Route:
+    """A view that also draws several metrics at once (GET /m/A,B,C...)."""
+    return Route("GET", rule, handler, answer, query=_VIEW_QUERY, overlay=True)
+
+
 _VIEW_QUERY = tuple(o.name for o in CHART_OPTIONS)
 #: A metric id in a POST route's path: not ending in .svg, so POST /m/ID.svg is no post to a
 #: metric "ID.svg" (a 404) but a method the chart's path does not take (a 405).
-_ID_CHARS = "[^/]+(?<!\\.svg)"
+_ID = "<metric_id:re:[^/]+(?<!\\.svg)>"
+_POINTS_ANSWER = _json_answer("Points", "PointsByMetric", cached=True)
 
 _ADMIN_ROUTES = (
-    Route(
-        "PUT",
-        "/a/",
-        _create_account,
-        "Create an account and its first admin token.",
-        _json_answer("Credentials", "The account and its admin token, shown this once."),
-        auth=("root",),
-        body="Empty",
-        writes=True,
-    ),
-    Route(
-        "PUT",
-        "/t/",
-        _create_token,
-        "Create a token for the caller's account.",
-        _json_answer("Credentials", "The new token, shown this once."),
-        auth=("admin",),
-        body="NewToken",
-        writes=True,
-    ),
-    Route(
-        "PUT",
-        "/m/",
-        _create_metric,
-        "Create a metric in the caller's account.",
-        _json_answer("Metric", "The new metric."),
-        auth=("admin",),
-        body="NewMetric",
-        writes=True,
-    ),
+    Route("PUT", "/a/", _create_account, _json_answer("Credentials"), ("root",), "Empty"),
+    Route("PUT", "/t/", _create_token, _json_answer("Credentials"), ("admin",), "NewToken"),
+    Route("PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric"),
+    Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), ("admin", "post"), "NewPoint"),
     Route(
         "POST",
-        f"/m/<metric_id:re:{_ID_CHARS}>",
-        _post_point,
-        "Post one data point, timed by the server; answered once it is on disk.",
-        _json_answer("Posted", "The point's time."),
-        auth=("admin", "post"),
-        body="NewPoint",
-        body_required=True,
-        ids="one",
-        writes=True,
-    ),
-    Route(
-        "POST",
-        f"/m/<metric_id:re:{_ID_CHARS}>/points",
+        f"/m/{_ID}/points",
         _import_points,
-        "Backfill or import points with "
-        "their own times: all or nothing, answered once on disk; points already there are "
-        "not added again.",
-        _json_answer("Added", "How many points were new."),
-        auth=("admin",),
-        body="Import",
-        body_required=True,
+        _json_answer("Added"),
+        ("admin",),
+        "Import",
         body_limit=_MAX_POINTS_BODY_BYTES,
-        ids="one",
-        writes=True,
     ),
 )
-
 _VIEW_ROUTES = (
-    Route(
-        "GET",
-        "/m/",
-        _find_metric,
-        "Open a metric by its id or a link to it (the open form).",
-        _Answer("The metric exists: its page.", {}, 303, ("Location",)),
-        query=("metric-id",),
-        also=(404,),
-    ),
+    Route("GET", "/m/", _find_metric, _Answer({}, 303, ("Location",)), query=("metric-id",)),
     # Before /m/<ids>: bottle tries routes in order, and this one must win for "ID.svg".
-    Route(
-        "GET",
-        "/m/<ids:re:[^/.]+>.svg",
-        _show_chart,
-        "The chart, as READMEs link it.",
-        _CHART,
-        query=_VIEW_QUERY,
-        ids="overlay",
-        cached=True,
+    _overlay_route("/m/<ids:re:[^/.]+>.svg", _show_chart, _SVG_ANSWER),
+    _overlay_route("/m/<ids>", _show_page, _HTML_ANSWER),
+    _overlay_route("/m/<ids>/html", _show_page, _HTML_ANSWER),
+    _overlay_route("/m/<ids>/svg", _show_chart, _SVG_ANSWER),
+    _overlay_route("/m/<ids>/json", _show_points, _POINTS_ANSWER),
+    _view_route("/m/<ids>/csv", _show_csv, _Answer({"text/csv": _STRING})),
+    _view_route("/m/<ids>/badge.svg", _show_badge, _SVG_ANSWER),
+    _view_route(
+        "/m/<ids>/changes", _show_changes, _json_answer("Changes", cached=True), "threshold"
     ),
-    Route(
-        "GET",
-        "/m/<ids>",
-        _show_page,
-        "The page of a metric, or of an overlay.",
-        _PAGE_ANSWER,
-        query=_VIEW_QUERY,
-        ids="overlay",
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/html",
-        _show_page,
-        "The same page.",
-        _PAGE_ANSWER,
-        query=_VIEW_QUERY,
-        ids="overlay",
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/svg",
-        _show_chart,
-        "The chart.",
-        _CHART,
-        query=_VIEW_QUERY,
-        ids="overlay",
-        cached=True,
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/json",
-        _show_points,
-        "The points: of one metric, or of each by id.",
-        _Answer(
-            "Points, in time order.",
-            {"application/json": {"anyOf": [_ref("Points"), _ref("PointsByMetric")]}},
-            headers=("ETag", "Cache-Control"),
-        ),
-        query=_VIEW_QUERY,
-        ids="overlay",
-        cached=True,
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/csv",
-        _show_csv,
-        "The points as CSV: t,v,m after a header line.",
-        _Answer("The points.", {"text/csv": {"type": "string"}}),
-        query=_VIEW_QUERY,
-        ids="one",
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/badge.svg",
-        _show_badge,
-        "A badge: the name and the latest value.",
-        _BADGE,
-        query=_VIEW_QUERY,
-        ids="one",
-        cached=True,
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/changes",
-        _show_changes,
-        "The change points: where the typical level steps.",
-        _json_answer("Changes", "Oldest first."),
-        query=(*_VIEW_QUERY, "threshold"),
-        ids="one",
-        cached=True,
-    ),
-    Route(
-        "GET",
-        "/m/<ids>/info",
-        _show_info,
-        "What the metric is, and how many points it has.",
-        _json_answer("Info", "The metric."),
-        query=_VIEW_QUERY,
-        ids="one",
-        cached=True,
-    ),
+    _view_route("/m/<ids>/info", _show_info, _json_answer("Info", cached=True)),
 )
-
 _SITE_ROUTES = (
-    Route(
-        "GET",
-        "/",
-        _show_index,
-        "The index page: what PerfIt is, and the open form.",
-        _Answer("The page.", {"text/html": {"type": "string"}}),
-    ),
-    Route(
-        "GET",
-        "/healthz",
-        _show_health,
-        "Whether the store is writable.",
-        _json_answer("Health", "Healthy."),
-        also=(503,),
-    ),
-    Route(
-        "GET",
-        "/openapi.json",
-        _show_openapi,
-        "This document.",
-        _Answer("OpenAPI 3.0.", {"application/json": {"type": "object"}}),
-    ),
+    Route("GET", "/", _show_index, _HTML_ANSWER),
+    Route("GET", "/healthz", _show_health, _json_answer("Health"), also=(503,)),
+    Route("GET", "/openapi.json", _show_openapi, _Answer({"application/json": _STRING})),
 )
 
 ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_SITE_ROUTES)
@@ -3977,20 +3875,7 @@ def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary}
     parameters = [_query_parameter(_QUERY_OPTIONS[name]) for name in route.query]
     if route.ids:
-        one = route.ids == "one"
-        pattern = _ID_PATTERN if one else f"{_ID_PATTERN}(,{_ID_PATTERN}){{0,{_MAX_OVERLAY - 1}}}"
-        parameters.insert(
-            0,
-            {
-                "name": "id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "pattern": f"^{pattern}$"},
-                "description": "A metric's id."
-                if one
-                else f"A metric's id, or up to {_MAX_OVERLAY} separated by commas.",
-            },
-        )
+        parameters.insert(0, _id_parameter(route.ids == "overlay"))
     if parameters:
         operation["parameters"] = parameters
     if route.auth:
@@ -4002,7 +3887,7 @@ def _operation(route: Route) -> dict[str, Any]:
     answer = route.answer
     responses: dict[str, Any] = {
         str(answer.status): {
-            "description": answer.description,
+            "description": route.summary,
             "content": {media: {"schema": schema} for media, schema in answer.content.items()},
             "headers": {h: {"$ref": f"#/components/headers/{h}"} for h in answer.headers},
         }
@@ -4018,6 +3903,17 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
+def _id_parameter(overlay: bool) -> dict[str, Any]:
+    """The {id} of a path: one metric's id, or up to _MAX_OVERLAY of them."""
+    pattern = _ID_PATTERN
+    about = "A metric's id."
+    if overlay:
+        pattern += f"(,{_ID_PATTERN}){{0,{_MAX_OVERLAY - 1}}}"
+        about = f"A metric's id, or up to {_MAX_OVERLAY} separated by commas."
+    schema = {"type": "string", "pattern": f"^{pattern}$"}
+    return {"name": "id", "in": "path", "required": True, "schema": schema, "description": about}
+
+
 def _route_errors(route: Route) -> list[int]:
     """The error statuses a route can answer, from what it declares."""
     statuses = {429, *route.also}  # a rate limit applies to every route
@@ -4027,8 +3923,8 @@ def _route_errors(route: Route) -> list[int]:
         statuses |= {400, 413}
     if route.query or route.ids == "overlay":
         statuses.add(400)  # a bad option; more metrics than a chart holds
-    if route.ids:
-        statuses.add(404)
+    if route.ids or "metric-id" in route.query:
+        statuses.add(404)  # it names a metric
     if route.writes:
         statuses.add(507)
     return sorted(statuses)
@@ -4470,299 +4366,137 @@ def _non_negative(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _client_options(metric: bool = False, metadata: bool = False) -> argparse.ArgumentParser:
-    """The options every client subcommand shares, defaulting to PERFIT_* variables."""
-    env = os.environ
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """An option (or an argument) of a command; its help tells its variable and default."""
+
+    flag: str  #: "--name", or the name of a positional argument
+    help: str
+    metavar: str | None = None
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    env: str = ""  #: read from this environment variable, when set and not empty
+    action: str | None = None
+    choices: tuple[str, ...] | None = None
+    nargs: str | None = None
+
+    def add_to(self, parser: Any) -> None:
+        notes = [f"${self.env}"] if self.env else []
+        if self.default not in (None, "", False):
+            notes.append(
+                f"default {self.default:g}"
+                if isinstance(self.default, float)
+                else f"default {self.default}"
+            )
+        help = f"{self.help} ({'; '.join(notes)})" if notes else self.help
+        if self.action:
+            parser.add_argument(self.flag, action=self.action, help=help)
+            return
+        default = (os.environ.get(self.env) if self.env else None) or self.default
+        kwargs = {"type": self.type, "choices": self.choices, "nargs": self.nargs}
+        parser.add_argument(
+            self.flag,
+            metavar=self.metavar,
+            default=default,
+            help=help,
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
+
+
+def _options(title: str, options: Sequence[_Option]) -> argparse.ArgumentParser:
+    """A parent parser holding `options` in a group: commands share them through it."""
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("client options")
-    group.add_argument(
-        "--server",
-        default=env.get(ENV_SERVER) or _DEFAULT_SERVER,
-        metavar="URL",
-        help=f"PerfIt server (${ENV_SERVER}; default {_DEFAULT_SERVER})",
-    )
-    group.add_argument(
-        "--access-token",
-        default=env.get(ENV_ACCESS_TOKEN),
-        metavar="TOKEN",
-        help=f"access token (${ENV_ACCESS_TOKEN})",
-    )
-    group.add_argument(
+    group = parent.add_argument_group(title)
+    for option in options:
+        option.add_to(group)
+    return parent
+
+
+#: The options of every client command, of those that name a metric, of those that post.
+_CLIENT = (
+    _Option("--server", "PerfIt server", "URL", default=_DEFAULT_SERVER, env=ENV_SERVER),
+    _Option("--access-token", "access token", "TOKEN", env=ENV_ACCESS_TOKEN),
+    _Option(
         "--timeout",
-        type=_non_negative(float),
-        default=env.get(ENV_TIMEOUT) or _DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"give up after this long, retries included (${ENV_TIMEOUT}; "
-        f"default {_DEFAULT_TIMEOUT:g})",
-    )
-    if metric:
-        group.add_argument(
-            "--metric", default=env.get(ENV_METRIC), metavar="ID", help=f"metric id (${ENV_METRIC})"
-        )
-    if metadata:
-        group.add_argument(
-            "--metadata",
-            default=env.get(ENV_METADATA) or "",
-            metavar="TEXT",
-            help=f"text kept with the point, e.g. a git sha (${ENV_METADATA})",
-        )
-    return parent
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="perfit",
-        description="PerfIt: record and plot CI performance metrics. "
-        "`serve` runs the server; every other command is a client of one.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"perfit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more (serve)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_serve, _add_store, _add_token, _add_account, _add_metric, _add_post, _add_run):
-        add(commands)
-    return parser
-
-
-def _group(commands: Any, name: str, help: str) -> Any:
-    """A command made of actions (`perfit metric new`, `perfit metric get`, ...)."""
-    return commands.add_parser(name, help=help).add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-
-
-def _range_options() -> argparse.ArgumentParser:
-    """The time range of a chart (its query options), for the commands that read points."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("range (as on a chart; a relative bound wins)")
-    for option, example in _RANGE_OPTIONS.items():
-        group.add_argument(f"--{option}", metavar="WHEN", help=f"e.g. {example}")
-    return parent
-
-
-#: The chart's range options, as command-line options of the commands that read points.
-_RANGE_OPTIONS = {
-    "start-rel": "30d: points newer than 30 days",
-    "end-rel": "1h: points older than an hour",
-    "start-fixed": "2026-11-01T00:00:00Z",
-    "end-fixed": "2026-11-30T00:00:00Z",
-}
+        "give up after this long, retries included",
+        "SECONDS",
+        _non_negative(float),
+        _DEFAULT_TIMEOUT,
+        ENV_TIMEOUT,
+    ),
+)
+_ON_METRIC = (*_CLIENT, _Option("--metric", "metric id", "ID", env=ENV_METRIC))
+_POSTING = (
+    *_ON_METRIC,
+    _Option("--metadata", "text kept with the point, e.g. a git sha", "TEXT", env=ENV_METADATA),
+)
+#: The chart's range, as options of the commands that read points.
+_RANGE = tuple(
+    _Option(f"--{o.name}", f"e.g. {o.example or o.placeholder}", "WHEN")
+    for o in CHART_OPTIONS
+    if o.field in ("start", "end")
+)
+_DATA = _Option("--data", "data directory", "DIR", default=_DEFAULT_DATA, env=ENV_DATA)
+_SERVE_OPTIONS = (
+    _DATA,
+    _Option(
+        "--listen",
+        "address to listen on; port 0 picks a free one",
+        "HOST:PORT",
+        default=_DEFAULT_LISTEN,
+        env=ENV_LISTEN,
+    ),
+    _Option(
+        "--rate-limit",
+        "requests per second per client address, in bursts of 2N; 0 turns it off",
+        "N",
+        _non_negative(float),
+        _DEFAULT_RATE_LIMIT,
+    ),
+    _Option(
+        "--trust-proxy",
+        "reverse proxies in front whose X-Forwarded-For entries are "
+        "believed (0: the socket's address only)",
+        "N",
+        _non_negative(int),
+        0,
+    ),
+    _Option(
+        "--max-connections",
+        "connections served at once; more get a 503 at once",
+        "N",
+        _non_negative(int),
+        _DEFAULT_MAX_CONNECTIONS,
+    ),
+    _Option(
+        "--header-timeout",
+        "time a client has to send a request's headers; a slower one is cut off",
+        "SECONDS",
+        _positive_float,
+        _HEADER_TIMEOUT,
+    ),
+    _Option(
+        "--seal-bytes",
+        "seal the active log into a compressed segment once it holds N bytes",
+        "N",
+        _non_negative(int),
+        SEAL_BYTES,
+    ),
+    _Option(
+        "--repair",
+        "salvage a damaged data directory: rewrite each corrupt file with its "
+        f"good records, keeping the original in <data>/{DAMAGED_DIR}/",
+        action="store_true",
+    ),
+)
 
 
 def _range_query(args: argparse.Namespace, **more: str) -> str:
     """The query string of the range options given (and `more`), "" when there are none."""
-    options = {k: getattr(args, k.replace("-", "_")) for k in _RANGE_OPTIONS}
+    options = {o.flag[2:]: getattr(args, o.flag[2:].replace("-", "_")) for o in _RANGE}
     options.update(more)
     given = {k: v for k, v in options.items() if v}
     return "?" + urllib.parse.urlencode(given) if given else ""
-
-
-def _data_option() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--data",
-        default=os.environ.get(ENV_DATA) or _DEFAULT_DATA,
-        metavar="DIR",
-        help=f"data directory (${ENV_DATA}; default {_DEFAULT_DATA})",
-    )
-    return parent
-
-
-def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser(
-        "serve",
-        parents=[_data_option()],
-        help="run the server",
-        description="Run the PerfIt server. The root access token (it creates accounts) is "
-        f"${ENV_ROOT_TOKEN} if set; otherwise one is made on first start and printed once, "
-        f"and only its hash is kept, in <data>/{ROOT_TOKEN_FILE} (delete it and restart for "
-        "a new one). Needs bottle and svgwrite; zstd (Python 3.14+, or zstandard) to "
-        "compress full logs.",
-    )
-    serve.add_argument(
-        "--listen",
-        default=os.environ.get(ENV_LISTEN) or _DEFAULT_LISTEN,
-        metavar="HOST:PORT",
-        help=f"address to listen on (${ENV_LISTEN}; "
-        f"default {_DEFAULT_LISTEN}; port 0 picks a free one)",
-    )
-    serve.add_argument(
-        "--rate-limit",
-        type=_non_negative(float),
-        default=_DEFAULT_RATE_LIMIT,
-        metavar="N",
-        help="requests per second per client address, bursts of 2N "
-        f"(default {_DEFAULT_RATE_LIMIT:g}; 0 turns it off)",
-    )
-    serve.add_argument(
-        "--trust-proxy",
-        type=_non_negative(int),
-        default=0,
-        metavar="N",
-        help="reverse proxies in front whose X-Forwarded-For entries are "
-        "believed (default 0: the socket's address only)",
-    )
-    serve.add_argument(
-        "--max-connections",
-        type=_non_negative(int),
-        default=_DEFAULT_MAX_CONNECTIONS,
-        metavar="N",
-        help="connections served at once; more get 503 at once "
-        f"(default {_DEFAULT_MAX_CONNECTIONS})",
-    )
-    serve.add_argument(
-        "--header-timeout",
-        type=_positive_float,
-        default=_HEADER_TIMEOUT,
-        metavar="SECONDS",
-        help="time a client has to send a request's headers; "
-        f"slower ones are cut off (default {_HEADER_TIMEOUT:g})",
-    )
-    serve.add_argument(
-        "--seal-bytes",
-        type=_non_negative(int),
-        default=SEAL_BYTES,
-        metavar="N",
-        help="seal the active log into a compressed segment once it holds N "
-        f"bytes (default {SEAL_BYTES})",
-    )
-    serve.add_argument(
-        "--repair",
-        action="store_true",
-        help="salvage a damaged data directory: rewrite each corrupt file with its "
-        f"good records, keeping the original in <data>/{DAMAGED_DIR}/",
-    )
-    serve.set_defaults(func=_cmd_serve)
-
-
-def _add_store(commands: Any) -> None:
-    store = _group(commands, "store", "check and back up a data directory")
-    store.add_parser(
-        "check",
-        parents=[_data_option()],
-        help="verify every record (safe while a server runs); exit 1 on damage",
-    ).set_defaults(func=_cmd_store_check)
-    backup = store.add_parser(
-        "backup",
-        parents=[_data_option()],
-        help="copy a data directory consistently, even while a server runs",
-    )
-    backup.add_argument("dest", metavar="DEST", help="a new or empty directory")
-    backup.set_defaults(func=_cmd_store_backup)
-
-
-def _add_token(commands: Any) -> None:
-    token = _group(commands, "token", "make access tokens")
-    token.add_parser("gen", help="print a new random token (no server)").set_defaults(
-        func=_cmd_token_gen
-    )
-    new = token.add_parser(
-        "new",
-        parents=[_client_options()],
-        help="a new token for the caller's account (admin token)",
-    )
-    new.add_argument(
-        "--type",
-        choices=("post", "admin"),
-        default="post",
-        help="post tokens can only post data points (default post)",
-    )
-    new.set_defaults(func=_cmd_token_new)
-
-
-def _add_account(commands: Any) -> None:
-    account = _group(commands, "account", "manage accounts")
-    new = account.add_parser(
-        "new", parents=[_client_options()], help="a new account and its admin token (root token)"
-    )
-    new.set_defaults(func=_cmd_account_new)
-
-
-def _add_metric(commands: Any) -> None:
-    metric = _group(commands, "metric", "create, read, check and import metrics")
-    new = metric.add_parser(
-        "new", parents=[_client_options()], help="create a metric (admin token); prints its JSON"
-    )
-    new.add_argument("--name", help="what is measured, e.g. 'unit tests'")
-    new.add_argument("--unit", help="e.g. s, ms, MB")
-    new.add_argument("--description", help="a sentence shown on the metric's page")
-    new.add_argument(
-        "--better",
-        choices=_BETTER_CHOICES,
-        help="which way is an improvement (default lower, as for durations)",
-    )
-    new.set_defaults(func=_cmd_metric_new)
-    get = metric.add_parser(
-        "get",
-        parents=[_client_options(metric=True), _range_options()],
-        help="print the metric's data points",
-        description="Print the metric's data points, oldest first: a table on a terminal, "
-        "JSON (one point a line) when piped, or what --format asks for.",
-    )
-    get.add_argument(
-        "--format",
-        choices=_GET_FORMATS,
-        help="table, json or csv (default: table on a terminal, json otherwise)",
-    )
-    get.set_defaults(func=_cmd_metric_get)
-    check = metric.add_parser(
-        "check",
-        parents=[_client_options(metric=True), _range_options()],
-        help="report change points; exit 3 while the metric is regressed",
-        description="Print the metric's change points (steps in its typical level) and exit 3 "
-        "while its newest change point is a regression, 0 otherwise, 1 when the server says "
-        "no: `perfit run ... && perfit metric check` fails a job on a regression.",
-    )
-    check.add_argument(
-        "--threshold",
-        type=_non_negative(float),
-        metavar="X",
-        help="smallest relative step reported (default "
-        f"{DEFAULT_CHANGE_THRESHOLD}, i.e. {DEFAULT_CHANGE_THRESHOLD * 100:.0f} %%)",
-    )
-    check.set_defaults(func=_cmd_metric_check)
-    imports = metric.add_parser(
-        "import",
-        parents=[_client_options(metric=True)],
-        help="bulk-import points from CSV (t,v,m) or JSON (admin token)",
-        description="Import points with their own times: a CSV file with a header line "
-        "naming t, v and optionally m (what `GET /m/ID/csv` gives), a JSON array of "
-        '{"t", "v", "m"}, or JSON lines. t is unix seconds. Sent in batches of '
-        f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all.",
-    )
-    imports.add_argument("file", metavar="FILE", help="the file to read; - for stdin")
-    imports.set_defaults(func=_cmd_metric_import)
-
-
-def _add_post(commands: Any) -> None:
-    post = commands.add_parser(
-        "post", parents=[_client_options(metric=True, metadata=True)], help="post one data point"
-    )
-    post.add_argument("value", type=_finite_float, metavar="VALUE", help="the value, e.g. 12.5")
-    post.set_defaults(func=_cmd_post)
-
-
-def _add_run(commands: Any) -> None:
-    run = commands.add_parser(
-        "run",
-        parents=[_client_options(metric=True, metadata=True)],
-        help="run a command, post how long it took",
-        description="Run CMD, post its wall time in seconds, exit with CMD's exit code. "
-        "A failed post is reported on stderr but never fails the job, unless "
-        "--fail-on-send-failure.",
-        usage="perfit run [options] -- CMD [ARGS...]",
-    )
-    run.add_argument(
-        "--send-on-failure", action="store_true", help="post the duration even when CMD fails"
-    )
-    run.add_argument(
-        "--fail-on-send-failure",
-        action="store_true",
-        help="exit 1 when the duration could not be posted",
-    )
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to time")
-    run.set_defaults(func=_cmd_run)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -5203,6 +4937,206 @@ def _write_private(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+#: The subcommands, in the order --help lists them; a two-word one is an action of a group.
+_GROUPS = {
+    "store": "check and back up a data directory",
+    "token": "make access tokens",
+    "account": "manage accounts",
+    "metric": "create, read, check and import metrics",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    words: str  #: "serve", "metric get"
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    options: tuple[_Option, ...] = ()
+    client: tuple[_Option, ...] = ()  #: the client options it takes (_CLIENT, _ON_METRIC ...)
+    reads_range: bool = False  #: it takes the chart's range options
+    description: str | None = None
+    usage: str | None = None
+
+
+_COMMANDS = (
+    _Command(
+        "serve",
+        _cmd_serve,
+        "run the server",
+        _SERVE_OPTIONS,
+        description=(
+            f"Run the PerfIt server. The root access token (it creates accounts) is ${ENV_ROOT_TOKEN} "
+            "if set; otherwise one is made on first start and printed once, and only its hash is "
+            f"kept, in <data>/{ROOT_TOKEN_FILE} (delete it and restart for a new one). Needs bottle "
+            "and svgwrite; zstd (Python 3.14+, or zstandard) to compress full logs."
+        ),
+    ),
+    _Command(
+        "store check",
+        _cmd_store_check,
+        "verify every record (safe while a server runs); exit 1 on damage",
+        (_DATA,),
+    ),
+    _Command(
+        "store backup",
+        _cmd_store_backup,
+        "copy a data directory consistently, even while a server runs",
+        (_DATA, _Option("dest", "a new or empty directory", "DEST")),
+    ),
+    _Command("token gen", _cmd_token_gen, "print a new random token (no server)"),
+    _Command(
+        "token new",
+        _cmd_token_new,
+        "a new token for the caller's account (admin token)",
+        (
+            _Option(
+                "--type",
+                "post tokens can only post data points",
+                default="post",
+                choices=("post", "admin"),
+            ),
+        ),
+        _CLIENT,
+    ),
+    _Command(
+        "account new",
+        _cmd_account_new,
+        "a new account and its admin token (root token)",
+        client=_CLIENT,
+    ),
+    _Command(
+        "metric new",
+        _cmd_metric_new,
+        "create a metric (admin token); prints its JSON",
+        (
+            _Option("--name", "what is measured, e.g. 'unit tests'"),
+            _Option("--unit", "e.g. s, ms, MB"),
+            _Option("--description", "a sentence shown on the metric's page"),
+            _Option(
+                "--better",
+                "which way is an improvement (lower, the default, as for durations)",
+                choices=_BETTER_CHOICES,
+            ),
+        ),
+        _CLIENT,
+    ),
+    _Command(
+        "metric get",
+        _cmd_metric_get,
+        "print the metric's data points",
+        (
+            _Option(
+                "--format",
+                "table, json or csv (default: table on a terminal, json otherwise)",
+                choices=_GET_FORMATS,
+            ),
+        ),
+        _ON_METRIC,
+        True,
+        "Print the metric's data points, oldest first: a table on a terminal, JSON (one "
+        "point a line) when piped, or what --format asks for.",
+    ),
+    _Command(
+        "metric check",
+        _cmd_metric_check,
+        "report change points; exit 3 while the metric is regressed",
+        (
+            _Option(
+                "--threshold",
+                "smallest relative step reported (0.05 is 5 %%)",
+                "X",
+                _non_negative(float),
+                DEFAULT_CHANGE_THRESHOLD,
+            ),
+        ),
+        _ON_METRIC,
+        True,
+        "Print the metric's change points (steps in its typical level) "
+        "and exit 3 while its newest change point is a regression, 0 otherwise, 1 when the "
+        "server says no: `perfit run ... && perfit metric check` fails a job on a "
+        "regression.",
+    ),
+    _Command(
+        "metric import",
+        _cmd_metric_import,
+        "bulk-import points from CSV (t,v,m) or JSON (admin token)",
+        (_Option("file", "the file to read; - for stdin", "FILE"),),
+        _ON_METRIC,
+        description="Import points with their own times: a CSV file with a "
+        "header line naming t, v and optionally m (what `GET /m/ID/csv` gives), a JSON "
+        'array of {"t", "v", "m"}, or JSON lines. t is unix seconds. Sent in batches of '
+        f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all, and points "
+        "already there are not added again.",
+    ),
+    _Command(
+        "post",
+        _cmd_post,
+        "post one data point",
+        (_Option("value", "the value, e.g. 12.5", "VALUE", _finite_float),),
+        _POSTING,
+    ),
+    _Command(
+        "run",
+        _cmd_run,
+        "run a command, post how long it took",
+        (
+            _Option(
+                "--send-on-failure", "post the duration even when CMD fails", action="store_true"
+            ),
+            _Option(
+                "--fail-on-send-failure",
+                "fail (with the post's exit code) when the duration could not be posted",
+                action="store_true",
+            ),
+            _Option("cmd", "the command to time", "CMD", nargs=argparse.REMAINDER),
+        ),
+        _POSTING,
+        description="Run CMD, post its duration in the metric's unit, exit with CMD's "
+        "exit code. A failed post is reported on stderr but never fails the job, unless "
+        "--fail-on-send-failure.",
+        usage="perfit run [options] -- CMD [ARGS...]",
+    ),
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="perfit",
+        description="PerfIt: record and plot CI performance metrics. "
+        "`serve` runs the server; every other command is a client of one.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"perfit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (serve)")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, Any] = {}
+    for command in _COMMANDS:
+        *group, name = command.words.split()
+        where = top
+        if group:
+            if group[0] not in groups:
+                action = top.add_parser(group[0], help=_GROUPS[group[0]])
+                groups[group[0]] = action.add_subparsers(
+                    dest="action", metavar="ACTION", required=True
+                )
+            where = groups[group[0]]
+        parents = [_options("client options", command.client)] if command.client else []
+        if command.reads_range:
+            parents.append(_options("range (as on a chart; a relative bound wins)", _RANGE))
+        sub = where.add_parser(
+            name,
+            parents=parents,
+            help=command.help,
+            description=command.description,
+            usage=command.usage,
+        )
+        for option in command.options:
+            option.add_to(sub)
+        sub.set_defaults(func=command.run)
+    return parser
 
 
 # ==============================================================================================
