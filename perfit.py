@@ -230,7 +230,7 @@ class SendFailed(PerfitError):
 
 # ==============================================================================================
 # Shared helpers
-# Ids, tokens, times, durations and input validation, used by both the server and the client.
+# Ids, tokens, times, durations and units of time, used by both the server and the client.
 # ==============================================================================================
 
 
@@ -359,17 +359,18 @@ def format_time(t: float) -> str:
 
 # ==============================================================================================
 # Store: record framing
-# Every change is one record appended to a _log file, framed so that a torn write (a crash in
-# the middle of an append) is told apart from corruption (a bad record with good ones after).
+# Every change is one record appended to a log file, framed so that a torn write (a crash in
+# the middle of an append) is told apart from corruption (a bad record with good ones after);
+# points travel in columns (PointBatch) between the web layer, the files and the index.
 # ==============================================================================================
 
-LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every _log file (format version 1)
+LOG_MAGIC = b"PERFITL1"  #: first 8 bytes of every log file (format version 1)
 SEG_MAGIC = b"PERFITS1"  #: first 8 bytes of every sealed segment
 _LOG_SUFFIX = ".log"
 _SEG_SUFFIX = ".seg"
 _TMP_SUFFIX = ".tmp"
 DAMAGED_DIR = "damaged"  #: where `serve --repair` keeps the original of every file it rewrites
-SEAL_BYTES = 4 << 20  #: an active _log this large is sealed into a segment
+SEAL_BYTES = 4 << 20  #: an active log this large is sealed into a segment
 _SEG_BLOCK_POINTS = 16384  #: points per compressed block of a segment (at most 4.5 MB raw)
 
 # A record on disk, little-endian:
@@ -387,7 +388,7 @@ _REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
 _REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
 REC_POINT = 4  #: one live data point, see POINT
 _REC_POINTS = 5  #: a batch of imported points, see pack_columns
-_REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed _log's account/token/metric records
+_REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/metric records
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
 _CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC)
 _RECORD_TYPES = (*_CONTROL_TYPES, REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS)
@@ -532,13 +533,6 @@ def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointB
     return metric_id, PointBatch(times, values, lens, payload[d:])
 
 
-# ==============================================================================================
-# Store: the in-memory index
-# Accounts, token hashes and metrics in dicts; each metric's points in flat arrays: 16 bytes a
-# point (time, value), plus its metadata only for metrics that have any.
-# ==============================================================================================
-
-
 @dataclasses.dataclass
 class PointBatch:
     """Points in columns, as they travel between the web layer, the logs and the index."""
@@ -564,6 +558,270 @@ class PointBatch:
     def metas(self) -> list[bytes]:
         ends = list(itertools.accumulate(self.lens))
         return [self.blob[e - n : e] for e, n in zip(ends, self.lens)]
+
+
+# ==============================================================================================
+# Store: compression
+# Sealed segments are zstd: from the standard library where Python has it (compression.zstd,
+# 3.14+; the same API as backports.zstd), else the zstandard package. With neither, the server
+# still runs and its logs stay uncompressed; only reading existing segments needs zstd.
+# ==============================================================================================
+
+_SEAL_LEVEL = 9  #: zstd level of sealed segments: written once in the background, read often
+#: Where zstd may come from, best first. A zstandard whose compiled backend is missing fails
+#: to import like an absent one, and is passed over the same way.
+_ZSTD_MODULES = ("compression.zstd", "backports.zstd", "zstandard")
+_ZSTD_FIX = "pip install zstandard, or run on Python 3.14+, which has zstd built in"
+
+
+@dataclasses.dataclass(frozen=True)
+class Zstd:
+    """The zstd of whichever module provides it: one-shot frames, checksummed."""
+
+    name: str  #: e.g. "compression.zstd" or "zstandard 0.25.0"
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _zstd_of(name: str, module: Any) -> Zstd:
+    if name == "zstandard":
+        # A compressor object is not thread-safe: one per call. decompressobj() also reads a
+        # frame that does not record its size (the one-shot decompress() refuses those).
+        return Zstd(
+            f"zstandard {module.__version__}",
+            lambda data: module.ZstdCompressor(level=_SEAL_LEVEL, write_checksum=True).compress(
+                data
+            ),
+            lambda data: module.ZstdDecompressor().decompressobj().decompress(data),
+        )
+    param = module.CompressionParameter
+    options = {param.compression_level: _SEAL_LEVEL, param.checksum_flag: 1}
+    return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
+
+
+@functools.cache
+def find_zstd() -> tuple[Zstd | None, str]:
+    """The best zstd that imports, or None and why none did (found once, then remembered)."""
+    why = "no zstd module"
+    for name in _ZSTD_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except (ImportError, OSError) as e:
+            if name == "zstandard":
+                why = f"zstandard does not import ({e})"
+            continue
+        return _zstd_of(name, module), ""
+    return None, why
+
+
+def need_zstd() -> Zstd:
+    """The zstd to read or write segments with; a MissingDependency naming the fix if none."""
+    zstd, why = find_zstd()
+    if zstd is None:
+        raise MissingDependency(f"compressed segments need zstd, and {why}: {_ZSTD_FIX}")
+    return zstd
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    """A zstd frame's contents; a damaged frame is a ValueError, whichever module reads it."""
+    zstd = need_zstd()
+    try:
+        return zstd.decompress(data)
+    except Exception as e:  # each module has its own error class; a bad frame is bad input
+        raise ValueError(f"bad zstd frame: {e}") from e
+
+
+# ==============================================================================================
+# Store: files of the data directory
+# Numbered logs and segments, written so that they appear whole or not at all, readable by
+# their owner only; and sealing a full log into a compressed segment.
+# ==============================================================================================
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a directory's entries (a created or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open (maybe create) a file readable by its owner only, whatever the umask.
+
+    Metric ids are read capabilities, and every log holds them: no other local user may read
+    the data directory, nor a backup or a repaired copy of it.
+    """
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode passes through the umask; this does not
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _make_private_dir(path: str) -> None:
+    """Create a directory (and its parents) that only its owner may enter, whatever the umask."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)  # also tightens a directory made by PerfIt 0.1, which was 0755
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """Write a whole file so that it appears complete or not at all: temp, fsync, rename."""
+    tmp = path + _TMP_SUFFIX
+    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _create_log(directory: str, number: int) -> int:
+    """A new, empty log file, durable with its directory entry; its fd, open for appending."""
+    path = os.path.join(directory, _file_name(number, _LOG_SUFFIX))
+    fd = _open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    try:
+        _write_all(fd, LOG_MAGIC)
+        os.fsync(fd)
+        _fsync_dir(directory)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _reopen_log(scan: Scan) -> tuple[int | None, int]:
+    """A log open for appending, its torn tail cut off: (fd, size). None: it tore before its
+    magic was even whole, so nothing in it was ever acknowledged."""
+    good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
+    if good_end < len(LOG_MAGIC):
+        return None, 0
+    fd = _open_private(scan.path, os.O_RDWR | os.O_APPEND)
+    if good_end < scan.size:
+        cut = scan.size - good_end
+        _log.warning(
+            "%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
+            scan.path,
+            good_end,
+            cut,
+        )
+        os.ftruncate(fd, good_end)
+        os.fsync(fd)
+    return fd, good_end
+
+
+@dataclasses.dataclass
+class DataFiles:
+    """The numbered files of a data directory: logs, and the segments sealed from them."""
+
+    logs: dict[int, str]
+    segments: dict[int, str]
+
+    @classmethod
+    def list(cls, path: str) -> DataFiles:
+        files = cls({}, {})
+        for name in os.listdir(path):
+            stem, _, suffix = name.partition(".")
+            if stem.isdigit() and "." + suffix in (_LOG_SUFFIX, _SEG_SUFFIX):
+                kind = files.logs if "." + suffix == _LOG_SUFFIX else files.segments
+                kind[int(stem)] = os.path.join(path, name)
+        return files
+
+    def active(self) -> int:
+        """The number of the log that is appended to (0: none yet, or the newest is a segment)."""
+        newest = max(self.logs, default=0)
+        return newest if newest > max(self.segments, default=0) else 0
+
+    def in_order(self) -> list[tuple[int, str, str]]:
+        """(number, kind, path) to replay: a segment replaces the log it was sealed from."""
+        numbers = sorted(set(self.logs) | set(self.segments))
+        return [
+            (n, "seg", self.segments[n]) if n in self.segments else (n, "log", self.logs[n])
+            for n in numbers
+        ]
+
+
+def _file_name(number: int, suffix: str) -> str:
+    return f"{number:08d}{suffix}"
+
+
+def _scan_data_file(kind: str, path: str) -> Scan:
+    return scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
+
+
+def seal_log(log_path: str, seg_path: str) -> None:
+    """Write the segment holding a (no longer written) log's records, complete or not at all.
+
+    The log is removed by the caller only once the segment is durable, so a crash at any
+    step leaves either the log, or the segment (and maybe the log, which replay then skips).
+    """
+    compress = need_zstd().compress
+    scan = scan_file(log_path, LOG_MAGIC)
+    if scan.bad:
+        raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
+    control: list[bytes] = []
+    points: dict[bytes, list[tuple[int, float, bytes]]] = {}
+    for _, rtype, payload in scan.records:
+        if rtype in _CONTROL_TYPES:
+            control.append(encode_record(rtype, payload))
+        else:
+            for metric_id, batch in _point_batches(rtype, payload):
+                points.setdefault(metric_id, []).extend(
+                    zip(batch.times, batch.values, batch.metas())
+                )
+    blocks = [encode_record(_REC_SEG_CONTROL, compress(b"".join(control)))]
+    for metric_id, rows in points.items():
+        for i in range(0, len(rows), _SEG_BLOCK_POINTS):
+            batch = PointBatch.of(rows[i : i + _SEG_BLOCK_POINTS])
+            packed = pack_columns(metric_id, batch, compact=True)
+            blocks.append(encode_record(_REC_SEG_POINTS, compress(packed)))
+    _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
+
+
+def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]:
+    """The (metric id, points) a point-carrying record holds, decompressing if it must."""
+    if rtype == REC_POINT:
+        metric_id, t, value = POINT.unpack_from(payload)
+        meta = payload[POINT.size :]
+        return [(metric_id, PointBatch.of([(t, value, meta)]))]
+    if rtype == _REC_POINTS:
+        return [unpack_columns(payload)]
+    if rtype == _REC_SEG_POINTS:
+        return [unpack_columns(_zstd_decompress(payload), compact=True)]
+    raise ValueError(f"record type {rtype} holds no points")
+
+
+def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
+    """The framed account/token/metric records inside a segment's control block."""
+    raw = _zstd_decompress(payload) if payload else b""
+    out, offset = [], 0
+    while offset < len(raw):
+        frame = _frame_at(raw, offset)
+        if frame is None:
+            raise ValueError(f"bad control record at offset {offset} of the block")
+        out.append(frame)
+        offset += FRAME.size + len(frame[1])
+    return out
+
+
+# ==============================================================================================
+# Store: the in-memory index
+# Accounts, token hashes and metrics in dicts; each metric's points in flat arrays: 16 bytes a
+# point (time, value), plus its metadata only for metrics that have any.
+# ==============================================================================================
 
 
 class Series:
@@ -795,266 +1053,9 @@ def _raw(text: str) -> bytes:
 
 
 # ==============================================================================================
-# Store: compression
-# Sealed segments are zstd: from the standard library where Python has it (compression.zstd,
-# 3.14+; the same API as backports.zstd), else the zstandard package. With neither, the server
-# still runs and its logs stay uncompressed; only reading existing segments needs zstd.
-# ==============================================================================================
-
-_SEAL_LEVEL = 9  #: zstd level of sealed segments: written once in the background, read often
-#: Where zstd may come from, best first. A zstandard whose compiled backend is missing fails
-#: to import like an absent one, and is passed over the same way.
-_ZSTD_MODULES = ("compression.zstd", "backports.zstd", "zstandard")
-_ZSTD_FIX = "pip install zstandard, or run on Python 3.14+, which has zstd built in"
-
-
-@dataclasses.dataclass(frozen=True)
-class Zstd:
-    """The zstd of whichever module provides it: one-shot frames, checksummed."""
-
-    name: str  #: e.g. "compression.zstd" or "zstandard 0.25.0"
-    compress: Callable[[bytes], bytes]
-    decompress: Callable[[bytes], bytes]
-
-
-def _zstd_of(name: str, module: Any) -> Zstd:
-    if name == "zstandard":
-        # A compressor object is not thread-safe: one per call. decompressobj() also reads a
-        # frame that does not record its size (the one-shot decompress() refuses those).
-        return Zstd(
-            f"zstandard {module.__version__}",
-            lambda data: module.ZstdCompressor(level=_SEAL_LEVEL, write_checksum=True).compress(
-                data
-            ),
-            lambda data: module.ZstdDecompressor().decompressobj().decompress(data),
-        )
-    param = module.CompressionParameter
-    options = {param.compression_level: _SEAL_LEVEL, param.checksum_flag: 1}
-    return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
-
-
-@functools.cache
-def find_zstd() -> tuple[Zstd | None, str]:
-    """The best zstd that imports, or None and why none did (found once, then remembered)."""
-    why = "no zstd module"
-    for name in _ZSTD_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except (ImportError, OSError) as e:
-            if name == "zstandard":
-                why = f"zstandard does not import ({e})"
-            continue
-        return _zstd_of(name, module), ""
-    return None, why
-
-
-def need_zstd() -> Zstd:
-    """The zstd to read or write segments with; a MissingDependency naming the fix if none."""
-    zstd, why = find_zstd()
-    if zstd is None:
-        raise MissingDependency(f"compressed segments need zstd, and {why}: {_ZSTD_FIX}")
-    return zstd
-
-
-def _zstd_decompress(data: bytes) -> bytes:
-    """A zstd frame's contents; a damaged frame is a ValueError, whichever module reads it."""
-    zstd = need_zstd()
-    try:
-        return zstd.decompress(data)
-    except Exception as e:  # each module has its own error class; a bad frame is bad input
-        raise ValueError(f"bad zstd frame: {e}") from e
-
-
-# ==============================================================================================
-# Store: files of the data directory
-# Numbered logs and segments; sealing a _log into a segment; the checks and the copy that
-# `perfit store check` and `perfit store backup` make of a directory, live or not.
-# ==============================================================================================
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a directory's entries (a created or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _open_private(path: str, flags: int) -> int:
-    """Open (maybe create) a file readable by its owner only, whatever the umask.
-
-    Metric ids are read capabilities, and every log holds them: no other local user may read
-    the data directory, nor a backup or a repaired copy of it.
-    """
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # os.open's mode passes through the umask; this does not
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _make_private_dir(path: str) -> None:
-    """Create a directory (and its parents) that only its owner may enter, whatever the umask."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_mode & 0o077:
-        os.chmod(path, 0o700)  # also tightens a directory made by PerfIt 0.1, which was 0755
-
-
-def _write_durably(path: str, data: bytes) -> None:
-    """Write a whole file so that it appears complete or not at all: temp, fsync, rename."""
-    tmp = path + _TMP_SUFFIX
-    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _create_log(directory: str, number: int) -> int:
-    """A new, empty log file, durable with its directory entry; its fd, open for appending."""
-    path = os.path.join(directory, _file_name(number, _LOG_SUFFIX))
-    fd = _open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-    try:
-        _write_all(fd, LOG_MAGIC)
-        os.fsync(fd)
-        _fsync_dir(directory)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _reopen_log(scan: Scan) -> tuple[int | None, int]:
-    """A log open for appending, its torn tail cut off: (fd, size). None: it tore before its
-    magic was even whole, so nothing in it was ever acknowledged."""
-    good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
-    if good_end < len(LOG_MAGIC):
-        return None, 0
-    fd = _open_private(scan.path, os.O_RDWR | os.O_APPEND)
-    if good_end < scan.size:
-        cut = scan.size - good_end
-        _log.warning(
-            "%s: cut off a torn tail at offset %d (%d bytes): a crash mid-write",
-            scan.path,
-            good_end,
-            cut,
-        )
-        os.ftruncate(fd, good_end)
-        os.fsync(fd)
-    return fd, good_end
-
-
-@dataclasses.dataclass
-class DataFiles:
-    """The numbered files of a data directory: logs, and the segments sealed from them."""
-
-    logs: dict[int, str]
-    segments: dict[int, str]
-
-    @classmethod
-    def list(cls, path: str) -> DataFiles:
-        files = cls({}, {})
-        for name in os.listdir(path):
-            stem, _, suffix = name.partition(".")
-            if stem.isdigit() and "." + suffix in (_LOG_SUFFIX, _SEG_SUFFIX):
-                kind = files.logs if "." + suffix == _LOG_SUFFIX else files.segments
-                kind[int(stem)] = os.path.join(path, name)
-        return files
-
-    def active(self) -> int:
-        """The number of the log that is appended to (0: none yet, or the newest is a segment)."""
-        newest = max(self.logs, default=0)
-        return newest if newest > max(self.segments, default=0) else 0
-
-    def in_order(self) -> list[tuple[int, str, str]]:
-        """(number, kind, path) to replay: a segment replaces the log it was sealed from."""
-        numbers = sorted(set(self.logs) | set(self.segments))
-        return [
-            (n, "seg", self.segments[n]) if n in self.segments else (n, "log", self.logs[n])
-            for n in numbers
-        ]
-
-
-def _file_name(number: int, suffix: str) -> str:
-    return f"{number:08d}{suffix}"
-
-
-def _scan_data_file(kind: str, path: str) -> Scan:
-    return scan_file(path, SEG_MAGIC if kind == "seg" else LOG_MAGIC)
-
-
-def seal_log(log_path: str, seg_path: str) -> None:
-    """Write the segment holding a (no longer written) log's records, complete or not at all.
-
-    The log is removed by the caller only once the segment is durable, so a crash at any
-    step leaves either the log, or the segment (and maybe the log, which replay then skips).
-    """
-    compress = need_zstd().compress
-    scan = scan_file(log_path, LOG_MAGIC)
-    if scan.bad:
-        raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
-    control: list[bytes] = []
-    points: dict[bytes, list[tuple[int, float, bytes]]] = {}
-    for _, rtype, payload in scan.records:
-        if rtype in _CONTROL_TYPES:
-            control.append(encode_record(rtype, payload))
-        else:
-            for metric_id, batch in _point_batches(rtype, payload):
-                points.setdefault(metric_id, []).extend(
-                    zip(batch.times, batch.values, batch.metas())
-                )
-    blocks = [encode_record(_REC_SEG_CONTROL, compress(b"".join(control)))]
-    for metric_id, rows in points.items():
-        for i in range(0, len(rows), _SEG_BLOCK_POINTS):
-            batch = PointBatch.of(rows[i : i + _SEG_BLOCK_POINTS])
-            packed = pack_columns(metric_id, batch, compact=True)
-            blocks.append(encode_record(_REC_SEG_POINTS, compress(packed)))
-    _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
-
-
-def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]:
-    """The (metric id, points) a point-carrying record holds, decompressing if it must."""
-    if rtype == REC_POINT:
-        metric_id, t, value = POINT.unpack_from(payload)
-        meta = payload[POINT.size :]
-        return [(metric_id, PointBatch.of([(t, value, meta)]))]
-    if rtype == _REC_POINTS:
-        return [unpack_columns(payload)]
-    if rtype == _REC_SEG_POINTS:
-        return [unpack_columns(_zstd_decompress(payload), compact=True)]
-    raise ValueError(f"record type {rtype} holds no points")
-
-
-def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
-    """The framed account/token/metric records inside a segment's control block."""
-    raw = _zstd_decompress(payload) if payload else b""
-    out, offset = [], 0
-    while offset < len(raw):
-        frame = _frame_at(raw, offset)
-        if frame is None:
-            raise ValueError(f"bad control record at offset {offset} of the block")
-        out.append(frame)
-        offset += FRAME.size + len(frame[1])
-    return out
-
-
-# ==============================================================================================
 # Store: recovery
 # Reading a data directory back: replay into the index, `perfit store check`, `serve --repair`
-# and `perfit store backup` all walk its files in order under one rule: only the active _log may
+# and `perfit store backup` all walk its files in order under one rule: only the active log may
 # end in a torn write; any other bad byte is corruption, named with its file and offset.
 # ==============================================================================================
 
@@ -1067,7 +1068,7 @@ class _FileScan:
     kind: str  #: "log" or "seg"
     scan: Scan
     corrupt: list[tuple[int, int]]  #: (start, end) runs of bad bytes that are no torn tail
-    active: bool  #: the _log that is appended to
+    active: bool  #: the log that is appended to
 
 
 def scan_directory(path: str) -> Iterator[_FileScan]:
@@ -1078,7 +1079,7 @@ def scan_directory(path: str) -> Iterator[_FileScan]:
         try:
             scan = _scan_data_file(kind, file_path)
         except FileNotFoundError:
-            # Sealed (_log gone, segment made) while we looked: read the segment instead.
+            # Sealed (log gone, segment made) while we looked: read the segment instead.
             kind, file_path = "seg", os.path.join(path, _file_name(number, _SEG_SUFFIX))
             scan = _scan_data_file(kind, file_path)
         is_active = kind == "log" and number == active
@@ -1095,7 +1096,7 @@ def replay(path: str, index: Index) -> Scan | None:
         if name.endswith(_TMP_SUFFIX):  # a segment whose sealing a crash cut short
             os.unlink(os.path.join(path, name))
     files = DataFiles.list(path)
-    # Sealed, then a crash before the _log was removed: the segment holds it all (the _log goes
+    # Sealed, then a crash before the log was removed: the segment holds it all (the log goes
     # once the segment has replayed cleanly, not before).
     sealed_twice = set(files.logs) & set(files.segments)
     tail = None
@@ -1217,7 +1218,7 @@ def _copy_once(path: str, dest: str) -> int:
         with open(src, "rb") as f:
             data = f.read()
         if kind == "log":
-            # The active _log may be mid-append as we read it: keep its whole records only.
+            # The active log may be mid-append as we read it: keep its whole records only.
             scan = scan_bytes(src, data, LOG_MAGIC)
             good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
             data = data[:good_end] if good_end >= len(LOG_MAGIC) else LOG_MAGIC
@@ -1232,8 +1233,8 @@ def _copy_once(path: str, dest: str) -> int:
 
 
 # ==============================================================================================
-# Store: the _log
-# Records appended to the active _log file in batches, one write and one fsync a batch, so
+# Store: the log
+# Records appended to the active log file in batches, one write and one fsync a batch, so
 # concurrent writers share the disk's slowest step (group commit); a new file once it is full.
 # ==============================================================================================
 
@@ -1256,7 +1257,7 @@ class Log:
         self.directory = directory
         self.seal_bytes = seal_bytes
         self.exit_on_fatal = False  #: set by `serve`: a failed fsync ends the process
-        self.number = 0  #: the active _log's file number
+        self.number = 0  #: the active log's file number
         self._on_durable = on_durable
         self._on_full = on_full
         self._lock = threading.Lock()  #: guards everything below, and on_durable's work
@@ -1267,7 +1268,7 @@ class Log:
         self._taken = 0  #: records a leader has taken from the queue (written, or lost)
         self._synced = 0  #: records durable and passed to on_durable
         self._lost: list[tuple[int, int, str]] = []  #: (first, last, why) of batches not written
-        self.failed: str | None = None  #: why the _log stopped taking writes (a failed fsync)
+        self.failed: str | None = None  #: why the log stopped taking writes (a failed fsync)
         self._fd: int | None = None
         self._size = 0
         self._next_rotation = seal_bytes
@@ -1376,7 +1377,7 @@ class Log:
         try:
             self.start(self.number + 1)
         except OSError as e:
-            self._fd = old_fd  # keep writing the old _log; try again a little later
+            self._fd = old_fd  # keep writing the old log; try again a little later
             self._next_rotation = self._size + self.seal_bytes // 4
             _log.warning("cannot start a new log (%s); will retry", e.strerror)
             return
@@ -1388,7 +1389,7 @@ class Log:
 # ==============================================================================================
 # Store: the sealer
 # Full logs become compressed segments in a background thread: written whole or not at all,
-# and only then is the _log removed, so a crash at any step loses and doubles nothing.
+# and only then is the log removed, so a crash at any step loses and doubles nothing.
 # ==============================================================================================
 
 
@@ -1399,7 +1400,7 @@ class Sealer:
     def __init__(self, directory: str, zstd: Zstd | None, active: Callable[[], int]) -> None:
         self.directory = directory
         self.zstd = zstd  #: None: no zstd, and full logs stay as they are
-        self._active = active  #: the active _log's number, which is never sealed
+        self._active = active  #: the active log's number, which is never sealed
         self._running = threading.Lock()  #: held by the pass at work
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -1428,12 +1429,12 @@ class Sealer:
                 self._seal(pending[0])
             finished = True
         except Exception as e:  # anything: a thread traceback on stderr would help nobody
-            # The _log stays as it is and replays fine; sealing is tried again at the next one.
+            # The log stays as it is and replays fine; sealing is tried again at the next one.
             _log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
         finally:
             self._running.release()
         if finished and self._pending():
-            self.wake()  # a _log filled up as we finished, and found us still at work
+            self.wake()  # a log filled up as we finished, and found us still at work
 
     def _seal(self, number: int) -> None:
         log_path = os.path.join(self.directory, _file_name(number, _LOG_SUFFIX))
@@ -1447,7 +1448,7 @@ class Sealer:
 
 # ==============================================================================================
 # Store: the store
-# The data directory as one object: its lock, the index replayed from its files, the _log that
+# The data directory as one object: its lock, the index replayed from its files, the log that
 # new records go to, and the sealer; and the operations the web layer and the tests use.
 # ==============================================================================================
 
@@ -1466,7 +1467,7 @@ class Store:
         self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
         self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
         self._lock_fd: int | None = None
-        self._import_lock = threading.Lock()  #: one import at a time: see _import_points
+        self._import_lock = threading.Lock()  #: one import at a time: see import_points
 
     @classmethod
     def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
@@ -2467,7 +2468,7 @@ def render_badge(label: str, message: str, state: str) -> str:
 
 
 # ==============================================================================================
-# _Web: request helpers
+# Web: request helpers
 # What a request carries (token, body, options, client address) made into checked values, and
 # the per-address token buckets that rate-limit it. Every bad input is a 4xx naming what is bad.
 # ==============================================================================================
@@ -2807,7 +2808,7 @@ def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
 
 
 # ==============================================================================================
-# _Web: pages
+# Web: pages
 # The index and metric pages: inline CSS and a few lines of JavaScript, no CDN, so they work
 # offline and behind any firewall.
 # ==============================================================================================
@@ -3163,7 +3164,7 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
 
 
 # ==============================================================================================
-# _Web: handlers
+# Web: handlers
 # What each route does, as plain functions of the state they share (_Web) and of what their
 # route declares: the caller, when it needs a token, and the JSON body, when it takes one.
 # ==============================================================================================
@@ -3519,7 +3520,7 @@ def _show_openapi(web: _Web) -> Any:
 
 
 # ==============================================================================================
-# _Web: the route table
+# Web: the route table
 # Every route once: bottle routes it, its endpoint enforces what it declares (token, body,
 # limits), and the OpenAPI document is derived from the same entry, so neither can drift.
 # ==============================================================================================
@@ -3659,7 +3660,7 @@ ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_SITE_ROUTES)
 
 
 # ==============================================================================================
-# _Web: the OpenAPI document
+# Web: the OpenAPI document
 # Derived from ROUTES: security from `auth`, error answers from what a route can meet (a token,
 # a body, options, a metric id, a write), limits from the constants. Served at /openapi.json.
 # ==============================================================================================
@@ -3957,7 +3958,7 @@ def _query_parameter(option: QueryOption) -> dict[str, Any]:
 
 
 # ==============================================================================================
-# _Web: the app
+# Web: the app
 # make_app(store, config) builds the bottle app from ROUTES: each endpoint applies the rate
 # limit and what its route declares, then calls the handler; every error is an answer.
 # ==============================================================================================
@@ -4013,7 +4014,7 @@ def _bottle_error(res: Any) -> Any:
 
 
 # ==============================================================================================
-# _Web: the HTTP server
+# Web: the HTTP server
 # The standard library's WSGI server with a thread per connection, so one slow client never
 # blocks the others, and the two bounds a public server needs; SIGTERM stops it cleanly.
 # ==============================================================================================
@@ -4306,8 +4307,9 @@ def _server_url(text: str) -> str:
 
 # ==============================================================================================
 # CLI
-# One argparse subcommand per user task; client options come from flags or PERFIT_* variables.
-# Each cmd_<name>(args) returns an exit code; expected failures raise PerfitError.
+# One subcommand per user task, all in one table (_COMMANDS) with their options (_Option); a
+# client option comes from its flag or its PERFIT_* variable. Each _cmd_<name>(args) returns an
+# exit code; expected failures raise PerfitError, which main() turns into one line.
 # ==============================================================================================
 
 _EPILOG = """\
