@@ -584,19 +584,25 @@ class Zstd:
 
 
 def _zstd_of(name: str, module: Any) -> Zstd:
-    if name == "zstandard":
-        # A compressor object is not thread-safe: one per call. decompressobj() also reads a
-        # frame that does not record its size (the one-shot decompress() refuses those).
-        return Zstd(
-            f"zstandard {module.__version__}",
-            lambda data: module.ZstdCompressor(level=_SEAL_LEVEL, write_checksum=True).compress(
-                data
-            ),
-            lambda data: module.ZstdDecompressor().decompressobj().decompress(data),
-        )
-    param = module.CompressionParameter
-    options = {param.compression_level: _SEAL_LEVEL, param.checksum_flag: 1}
-    return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
+    if name != "zstandard":
+        param = module.CompressionParameter
+        options = {param.compression_level: _SEAL_LEVEL, param.checksum_flag: 1}
+        return Zstd(name, lambda data: module.compress(data, options=options), module.decompress)
+
+    def compress(data: bytes) -> bytes:
+        # A compressor object is not thread-safe: one per call.
+        return module.ZstdCompressor(level=_SEAL_LEVEL, write_checksum=True).compress(data)
+
+    def decompress(data: bytes) -> bytes:
+        # One output buffer of the size the frame records (every frame PerfIt writes does):
+        # replay then leaves the heap less fragmented than a streaming read (2-3 B a point).
+        # A frame that records no size (another writer's) is read as a stream.
+        try:
+            return module.ZstdDecompressor().decompress(data)
+        except module.ZstdError:
+            return module.ZstdDecompressor().decompressobj().decompress(data)
+
+    return Zstd(f"zstandard {module.__version__}", compress, decompress)
 
 
 @functools.cache

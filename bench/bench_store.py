@@ -88,6 +88,7 @@ RSS_PROBE = textwrap.dedent(
     import gc, sys, time
     sys.path.insert(0, {root!r})
     import perfit, zstandard, bottle, svgwrite
+    perfit.find_zstd()  # the zstd module the store reads with: its import is no per-point cost
 
     def rss():
         with open("/proc/self/status") as f:
