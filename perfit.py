@@ -3094,7 +3094,8 @@ def _render_error_page(
     """
     esc = html.escape
     home = "../" * (path.count("/") - 1) or "./"
-    here = path.rsplit("/", 1)[-1] or "./"
+    # "./" first and quoted: a path segment such as "javascript:..." stays a relative link.
+    here = "./" + urllib.parse.quote(path.rsplit("/", 1)[-1], safe=",.-_~")
     more, extra = "", ""
     if isinstance(err, BadRequest) and query:
         more = f' · <a href="{esc(here)}">the same view with its default options</a>'

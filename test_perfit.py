@@ -2706,8 +2706,14 @@ def test_the_open_form_takes_any_link_to_a_metric(
 def test_a_browser_gets_a_page_for_an_error_and_an_api_client_json(url: str, metric: str) -> None:
     browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
     for asked, status, link in [
-        (f"{url}/m/{metric}?min=abc", 400, f'href="{metric}"'),  # the same view, no options
-        (f"{url}/m/{metric}/html?start-rel=soon", 400, 'href="html"'),
+        (f"{url}/m/{metric}?min=abc", 400, f'href="./{metric}"'),  # the same view, no options
+        (f"{url}/m/{metric}/html?start-rel=soon", 400, 'href="./html"'),
+        # A link back never runs script, whatever the path: a relative link, quoted.
+        (
+            f"{url}/m/javascript:alert(1),2,3,4,5,6,7,8,9?a=1",
+            400,
+            'href="./javascript%3Aalert%281%29,2,3,4,5,6,7,8,9"',
+        ),
         (f"{url}/m/{unknown_id()}", 404, 'href="../"'),
         (f"{url}/no/such/route", 404, 'href="../../"'),
     ]:
