@@ -106,6 +106,7 @@ _TOKEN_BYTES = 32  #: access tokens: 256 random bits, 43 chars of url-safe base6
 _MAX_METADATA_BYTES = 256
 _MAX_BODY_BYTES = 64 * 1024
 _MAX_POINTS_BODY_BYTES = 4 << 20  #: body limit of a bulk import
+_MAX_RUN_BODY_BYTES = 1 << 20  #: body limit of a CI run: 1,000 names of up to 200 bytes fit
 MAX_IMPORT_POINTS = 10_000  #: points per bulk import request
 _FUTURE_SLACK = 300.0  #: seconds an imported point may lie ahead of the server's clock
 _MAX_DRAIN_BYTES = 16 << 20  #: a refused body up to this size is read (and dropped) before the 413
@@ -115,6 +116,8 @@ _MAX_UNIT_BYTES = 32
 _MAX_DESCRIPTION_BYTES = 2000
 _MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
 _MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
+MAX_RUN_POINTS = 1_000  #: points in one CI run (POST /r/)
+MAX_ACCOUNT_METRICS = 10_000  #: metrics an account may have
 
 _BETTER_CHOICES = ("lower", "higher")
 
@@ -182,6 +185,16 @@ class Forbidden(PerfitError):
 
 class NotFound(PerfitError):
     status = 404
+
+
+class Conflict(PerfitError):
+    """The name is taken: the answer carries the id of the metric that has it."""
+
+    status = 409
+
+    def __init__(self, message: str, metric_id: str) -> None:
+        super().__init__(message)
+        self.metric_id = metric_id
 
 
 class PayloadTooLarge(PerfitError):
@@ -390,8 +403,13 @@ REC_POINT = 4  #: one live data point, see POINT
 _REC_POINTS = 5  #: a batch of imported points, see pack_columns
 _REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/metric records
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
-_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC)
-_RECORD_TYPES = (*_CONTROL_TYPES, REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS)
+_REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing any before
+_REC_BATCH = 9  #: framed records that land together or not at all (a CI run: metrics, points)
+_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD)
+_RECORD_TYPES = (
+    *_CONTROL_TYPES,
+    *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH),
+)
 
 US = 1_000_000  #: times are kept as integer microseconds since the epoch
 
@@ -780,7 +798,7 @@ def seal_log(log_path: str, seg_path: str) -> None:
         raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
     control: list[bytes] = []
     points: dict[bytes, list[tuple[int, float, bytes]]] = {}
-    for _, rtype, payload in scan.records:
+    for rtype, payload in _flat_records((t, p) for _, t, p in scan.records):
         if rtype in _CONTROL_TYPES:
             control.append(encode_record(rtype, payload))
         else:
@@ -812,12 +830,25 @@ def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]
 
 def _control_records(payload: bytes) -> list[tuple[int, bytes]]:
     """The framed account/token/metric records inside a segment's control block."""
-    raw = _zstd_decompress(payload) if payload else b""
+    return _framed_records(_zstd_decompress(payload) if payload else b"")
+
+
+def _flat_records(records: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """Records with each batch opened into the records it holds, in their order."""
+    for rtype, payload in records:
+        if rtype == _REC_BATCH:
+            yield from _framed_records(payload)
+        else:
+            yield rtype, payload
+
+
+def _framed_records(raw: bytes) -> list[tuple[int, bytes]]:
+    """The records framed one after another in `raw` (a batch, a control block), all valid."""
     out, offset = [], 0
     while offset < len(raw):
         frame = _frame_at(raw, offset)
         if frame is None:
-            raise ValueError(f"bad control record at offset {offset} of the block")
+            raise ValueError(f"bad record at offset {offset} inside a block")
         out.append(frame)
         offset += FRAME.size + len(frame[1])
     return out
@@ -1015,6 +1046,12 @@ class Index:
         self.accounts: dict[bytes, float] = {}  #: account id -> created
         self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
         self.metrics: dict[bytes, Metric] = {}
+        self.by_account: dict[bytes, list[Metric]] = {}  #: each account's, oldest first
+        #: (account, name) -> metric. PerfIt 0.1 let two metrics share a name: the first
+        #: keeps it here, the other is reached by its id.
+        self.names: dict[tuple[bytes, str], Metric] = {}
+        self.boards: dict[bytes, bytes] = {}  #: board id -> account
+        self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
 
     def apply(self, rtype: int, payload: bytes) -> None:
@@ -1028,6 +1065,9 @@ class Index:
                 self.metrics[metric_id].series.add(batch)
         elif rtype == _REC_SEG_CONTROL:
             for inner_type, inner in _control_records(payload):
+                self.apply(inner_type, inner)
+        elif rtype == _REC_BATCH:
+            for inner_type, inner in _framed_records(payload):
                 self.apply(inner_type, inner)
         else:
             self._apply_control(rtype, json.loads(payload))
@@ -1048,6 +1088,50 @@ class Index:
                 better=doc.get("better", "lower"),
             )
             self.metrics[metric.id] = metric
+            self.by_account.setdefault(metric.account, []).append(metric)
+            if metric.name:
+                self.names.setdefault((metric.account, metric.name), metric)
+        elif rtype == _REC_BOARD:
+            account, board = _raw(doc["account"]), _raw(doc["board"])
+            self.boards.pop(self.board_of.get(account, b""), None)  # the old link stops working
+            self.boards[board], self.board_of[account] = account, board
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPoint:
+    """One named result of a CI run (POST /r/)."""
+
+    name: str
+    value: float
+    unit: str = ""  #: the value's unit; a new metric gets it
+    better: str = "lower"  #: for a new metric
+
+
+def _json_record(rtype: int, doc: dict[str, Any]) -> bytes:
+    return encode_record(rtype, json.dumps(doc).encode())
+
+
+def _token_doc(account: bytes, token_type: str) -> tuple[str, dict[str, str]]:
+    """A new token, and its record, which keeps its hash (never the token)."""
+    token = new_token()
+    return token, {
+        "account": b64encode(account),
+        "type": token_type,
+        "hash": hash_token(token).hex(),
+    }
+
+
+def _board_doc(account: bytes) -> dict[str, str]:
+    """The record of a new board id for the account."""
+    return {"account": b64encode(account), "board": b64encode(new_id())}
+
+
+def _metric_doc(account: bytes, **fields: str) -> dict[str, Any]:
+    """A new metric's record, with only the fields that differ from the defaults."""
+    doc: dict[str, Any] = {"id": b64encode(new_id()), "account": b64encode(account)}
+    doc["created"] = time.time()
+    doc.update((k, v) for k, v in fields.items() if v and not (k == "better" and v == "lower"))
+    return doc
 
 
 def _raw(text: str) -> bytes:
@@ -1154,9 +1238,10 @@ def _unreadable(rtype: int, payload: bytes) -> str | None:
     try:
         if rtype in _CONTROL_TYPES:
             json.loads(payload)
-        elif rtype == _REC_SEG_CONTROL:
-            for inner_type, inner in _control_records(payload):
-                why = _unreadable(inner_type, inner)
+        elif rtype in (_REC_SEG_CONTROL, _REC_BATCH):
+            opened = _control_records if rtype == _REC_SEG_CONTROL else _framed_records
+            for inner_type, inner_payload in opened(payload):
+                why = _unreadable(inner_type, inner_payload)
                 if why:
                     return why
         else:
@@ -1474,6 +1559,7 @@ class Store:
         self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
         self._lock_fd: int | None = None
         self._import_lock = threading.Lock()  #: one import at a time: see import_points
+        self._naming_lock = threading.Lock()  #: one writer of new metrics at a time: see post_run
 
     @classmethod
     def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
@@ -1499,6 +1585,7 @@ class Store:
             store.close()
             raise
         store.sealer.wake()  # logs a crash (or a run without zstd) left unsealed
+        store._give_boards()
         return store
 
     def close(self) -> None:
@@ -1551,23 +1638,102 @@ class Store:
     # -- operations ----------------------------------------------------------------------------
 
     def create_account(self) -> tuple[bytes, str]:
-        """A new account and its first admin token."""
+        """A new account, its board, and its first admin token."""
         account = new_id()
         doc = {"id": b64encode(account), "created": time.time()}
-        self.log.append(_REC_ACCOUNT, lambda: json.dumps(doc).encode())
-        return account, self.create_token(account, "admin")
+        token, token_doc = _token_doc(account, "admin")
+        records = (
+            _json_record(_REC_ACCOUNT, doc),
+            _json_record(_REC_BOARD, _board_doc(account)),
+            _json_record(_REC_TOKEN, token_doc),
+        )
+        self.log.append(_REC_BATCH, lambda: b"".join(records))
+        return account, token
 
     def create_token(self, account: bytes, token_type: str) -> str:
-        token = new_token()
-        doc = {"account": b64encode(account), "type": token_type, "hash": hash_token(token).hex()}
+        token, doc = _token_doc(account, token_type)
         self.log.append(_REC_TOKEN, lambda: json.dumps(doc).encode())
         return token
 
+    def replace_board(self, account: bytes) -> bytes:
+        """A new board id for the account; links with the old one stop working."""
+        doc = _board_doc(account)
+        self.log.append(_REC_BOARD, lambda: json.dumps(doc).encode())
+        return _raw(doc["board"])
+
+    def _give_boards(self) -> None:
+        """A board for each account of a data directory from before boards (PerfIt 0.1)."""
+        boardless = [a for a in self.index.accounts if a not in self.index.board_of]
+        records = b"".join(_json_record(_REC_BOARD, _board_doc(a)) for a in boardless)
+        if records:
+            self.log.append(_REC_BATCH, lambda: records)
+
     def create_metric(self, account: bytes, **fields: str) -> Metric:
-        doc = {"id": b64encode(new_id()), "account": b64encode(account), "created": time.time()}
-        doc.update(fields)
-        self.log.append(_REC_METRIC, lambda: json.dumps(doc).encode())
+        """A new metric; a name its account already uses is a Conflict naming that metric."""
+        with self._naming_lock:
+            taken = self.index.names.get((account, fields.get("name", "")))
+            if taken is not None:
+                raise Conflict(f"the name {taken.name!r} is taken", b64encode(taken.id))
+            self._check_room(account, 1)
+            doc = _metric_doc(account, **fields)
+            self.log.append(_REC_METRIC, lambda: json.dumps(doc).encode())
         return self.metrics[_raw(doc["id"])]
+
+    def _check_room(self, account: bytes, new: int) -> None:
+        count = len(self.index.by_account.get(account, ()))
+        if count + new > MAX_ACCOUNT_METRICS:
+            raise Forbidden(
+                f"the account has {count} metrics and this would add {new}; "
+                f"an account may have at most {MAX_ACCOUNT_METRICS:,}"
+            )
+
+    def post_run(
+        self,
+        account: bytes,
+        points: Sequence[RunPoint],
+        metadata: str,
+        fit: Callable[[Metric, RunPoint], float],
+    ) -> tuple[int, dict[str, bytes]]:
+        """Store a CI run: one point a name, all at one arrival time, metrics missing by name
+        created in `account`; one record, so all of it or none. Returns the time (µs) and the
+        metric id of each name. `fit(metric, point)` is the value to store in an existing
+        metric (its unit may differ from the point's).
+
+        Only one writer at a time creates metrics (the naming lock), so two runs that both
+        find a name missing cannot both create it; a run that creates nothing never waits.
+        """
+        names = self.index.names
+        creates = any((account, p.name) not in names for p in points)
+        with self._naming_lock if creates else contextlib.nullcontext():
+            docs = {
+                p.name: _metric_doc(account, name=p.name, unit=p.unit, better=p.better)
+                for p in points
+                if (account, p.name) not in names
+            }
+            self._check_room(account, len(docs))
+            ids, values = {}, []
+            for p in points:
+                if p.name in docs:
+                    ids[p.name] = _raw(docs[p.name]["id"])
+                    values.append(p.value)
+                else:
+                    metric = names[(account, p.name)]
+                    ids[p.name] = metric.id
+                    values.append(fit(metric, p))
+            creations = b"".join(_json_record(_REC_METRIC, d) for d in docs.values())
+            meta = metadata.encode("utf-8")
+            stamp = [0]
+
+            def payload() -> bytes:
+                stamp[0] = t = self._arrival_time()
+                posts = (
+                    encode_record(REC_POINT, POINT.pack(ids[p.name], t, v) + meta)
+                    for p, v in zip(points, values)
+                )
+                return creations + b"".join(posts)
+
+            self.log.append(_REC_BATCH, payload)
+        return stamp[0], ids
 
     def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
         """Record a point at the server's arrival time; return that time (µs) once durable."""
@@ -1575,12 +1741,17 @@ class Store:
         stamp = [0]
 
         def payload() -> bytes:
-            # Arrival times never go backwards, even if the wall clock does.
-            stamp[0] = self.index.last_t = max(time.time_ns() // 1000, self.index.last_t)
+            stamp[0] = self._arrival_time()
             return POINT.pack(metric_id, stamp[0], value) + meta
 
         self.log.append(REC_POINT, payload)
         return stamp[0]
+
+    def _arrival_time(self) -> int:
+        """Now, in µs, for a live point (under the log's lock, so in the log's order). Arrival
+        times never go backwards, even if the wall clock does."""
+        self.index.last_t = max(time.time_ns() // 1000, self.index.last_t)
+        return self.index.last_t
 
     def add_points(self, metric_id: bytes, batch: PointBatch) -> int:
         """Add points at the times they carry: one record, all or nothing, durable."""
@@ -2000,6 +2171,11 @@ def format_duration(seconds: float) -> str:
     return sign + " ".join(f"{n}{unit}" for n, unit in parts if n or (n, unit) == parts[0])
 
 
+def _percent(change: float | None) -> str:
+    """A relative change as a percentage; None is a change from a level of zero."""
+    return "from 0" if change is None else f"{change * 100:+.1f} %"
+
+
 def format_value(value: float, unit: str) -> str:
     """A value with its unit; durations (s, ms) as durations, 90 s as 1m 30s."""
     if unit in TIME_UNITS:
@@ -2208,7 +2384,15 @@ def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, fl
     return lo, hi
 
 
-_URL_RE = re.compile(r"https?://[^\s<>\"']+\Z")
+#: A link in a point's metadata: all of it, or its last word ("3f2a9c1e7b0d https://ci/job/7",
+#: as `perfit run` writes in CI).
+_URL_RE = re.compile(r"(?:\A|.*\s)(https?://[^\s<>\"']+)\Z", re.DOTALL)
+
+
+def metadata_link(meta: str) -> str | None:
+    """The URL a point's metadata ends with, if any: where a chart or table links it."""
+    found = _URL_RE.match(meta)
+    return found.group(1) if found else None
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -2352,8 +2536,9 @@ def _draw_series(
         if meta:
             tip += f"\n{meta}"
         marker.set_desc(title=tip)
-        if _URL_RE.match(meta):
-            link = dwg.a(href=meta, target="_blank")
+        url = metadata_link(meta)
+        if url:
+            link = dwg.a(href=url, target="_blank")
             link.attribs["rel"] = "noopener noreferrer"
             link.add(marker)
             markers.add(link)
@@ -2715,6 +2900,54 @@ def _in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     return converted
 
 
+#: A metric's name: no control characters (C0, DEL, C1), no space at either end; "" is none.
+_NAME_PATTERN = "^([^\x00-\x1f\x7f-\x9f ]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f ])?)?$"
+_NAME_RE = re.compile(_NAME_PATTERN)
+
+
+def _check_name(value: object, what: str = "name") -> str:
+    """A metric's name: text of at most 200 bytes, no control characters, no space at either
+    end; "" is no name."""
+    name = _check_text(value, what, _MAX_NAME_BYTES)
+    if not _NAME_RE.match(name):
+        raise BadRequest(f"{what} {name!r}: no control characters, and no space at either end")
+    return name
+
+
+def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
+    """A CI run's body, `{"metadata", "points": [{"name", "value", "unit", "better"}]}`."""
+    if body is None:
+        raise BadRequest(
+            'the body must be a JSON object like {"points": [{"name": "build", "value": 1.5}]}'
+        )
+    fields = _body_object(body, ("metadata", "points"))
+    items = fields.get("points")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("points must be a non-empty array of {name, value, unit, better}")
+    if len(items) > MAX_RUN_POINTS:
+        raise PayloadTooLarge(f"{len(items)} points; at most {MAX_RUN_POINTS} in one run")
+    points, seen = [], set()
+    for i, item in enumerate(items):
+        where = f"points[{i}]"
+        item = _body_object(item, ("name", "value", "unit", "better"), where)
+        for field in ("name", "value"):
+            if field not in item:
+                raise BadRequest(f"{where}: missing field {field!r}")
+        name = _check_name(item["name"], f"{where}.name")
+        if not name:
+            raise BadRequest(f"{where}.name is empty")
+        if name in seen:
+            raise BadRequest(f"{where}.name: {name!r} is in the run twice")
+        seen.add(name)
+        better = item.get("better", "lower")
+        if better not in _BETTER_CHOICES:
+            raise BadRequest(f"{where}.better must be 'lower' or 'higher'")
+        unit = _check_text(item.get("unit", ""), f"{where}.unit", _MAX_UNIT_BYTES)
+        points.append(RunPoint(name, _check_value(item["value"], f"{where}.value"), unit, better))
+    metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
+    return points, metadata
+
+
 # -- query options ------------------------------------------------------------------------------
 
 #: The option of /m/ID/changes; and the one of the open form (GET /m/?metric-id=).
@@ -2814,6 +3047,172 @@ def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
 
 
 # ==============================================================================================
+# Web: boards
+# What an account's board shows of each metric (latest value, its change against the recent
+# level, the newest change point), computed once for the page, its JSON and OpenMetrics forms.
+# ==============================================================================================
+
+_BOARD_WINDOW = 250  #: a board looks for change points among this many newest points a metric
+_SPARK_POINTS = 60  #: points a sparkline draws
+_RECENT_LEVEL = 20  #: the latest value is compared with the median of this many before it
+_OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+class _ChangeCache:
+    """Change points already found, per metric and (range, points, threshold).
+
+    A chart is viewed far more often than its data changes, and eight readers of a busy chart
+    wait for one computation instead of running eight.
+    """
+
+    def __init__(self, per_metric: int = 16) -> None:
+        self.per_metric = per_metric
+        self._found: dict[bytes, dict[tuple, list[Change]]] = {}
+        self._locks: dict[bytes, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, metric: Metric, series: Series, threshold: float) -> list[Change]:
+        edges = (series.times[0], series.times[-1]) if len(series) else ()
+        key = (len(series), edges, threshold)
+        with self._lock:
+            metric_lock = self._locks.setdefault(metric.id, threading.Lock())
+        with metric_lock:
+            found = self._found.setdefault(metric.id, {})
+            if key not in found:
+                if len(found) >= self.per_metric:
+                    found.clear()  # keys of old data and other ranges: start afresh
+                found[key] = series_changes(series, metric.better, threshold)
+            return found[key]
+
+
+@dataclasses.dataclass
+class BoardRow:
+    """One metric as a board shows it."""
+
+    metric: Metric
+    points: int  #: how many it has
+    recent: list[float]  #: its newest values (the sparkline's), oldest first
+    latest_t: int | None  #: unix seconds of the newest point
+    latest_meta: str
+    level: float | None  #: median of the RECENT_LEVEL values before the newest
+    newest: Change | None  #: its newest change point, indexed within all its points
+
+    @property
+    def name(self) -> str:
+        return self.metric.name or b64encode(self.metric.id)
+
+    @property
+    def group(self) -> str:
+        """What its name has before the last "/": boards list metrics grouped by it."""
+        return self.metric.name.rpartition("/")[0]
+
+    @property
+    def latest(self) -> float | None:
+        return self.recent[-1] if self.recent else None
+
+    @property
+    def change(self) -> float | None:
+        """The newest value against the recent level (0.1 is +10 %); None without one."""
+        if self.latest is None or self.level is None or self.level == 0:
+            return None
+        return (self.latest - self.level) / abs(self.level)
+
+    @property
+    def state(self) -> str:
+        """regression or improvement (the newest change point's kind), steady, or empty."""
+        if not self.points:
+            return "empty"
+        return self.newest.kind if self.newest else "steady"
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.metric
+        latest = None
+        if self.latest is not None:
+            latest = {"t": self.latest_t, "v": self.latest}
+            if self.latest_meta:
+                latest["m"] = self.latest_meta
+        return {
+            "metric_id": b64encode(m.id),
+            "name": m.name,
+            "unit": m.unit,
+            "better": m.better,
+            "points": self.points,
+            "latest": latest,
+            "level": None if self.level is None else _tidy(self.level),
+            "change": None if self.change is None else round(self.change, 6),
+            "state": self.state,
+            "newest_change": self.newest.to_json() if self.newest else None,
+        }
+
+
+def board_rows(metrics: Sequence[Metric], changes: _ChangeCache) -> list[BoardRow]:
+    """A board's rows: groups with a regression first, then by name; in each group the
+    regressed metrics first, then by name."""
+    rows = [_board_row(m, changes) for m in metrics]
+    regressed_groups = {r.group for r in rows if r.state == "regression"}
+    return sorted(
+        rows,
+        key=lambda r: (r.group not in regressed_groups, r.group, r.state != "regression", r.name),
+    )
+
+
+def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
+    count = len(metric.series)
+    window = metric.series.snapshot(last=_BOARD_WINDOW)
+    values = window.values
+    found = changes.get(metric, window, DEFAULT_CHANGE_THRESHOLD) if len(window) else []
+    newest = found[-1] if found else None
+    if newest is not None:
+        newest = dataclasses.replace(newest, index=newest.index + count - len(window))
+    before = values[-_RECENT_LEVEL - 1 : -1]
+    return BoardRow(
+        metric=metric,
+        points=count,
+        recent=values[-_SPARK_POINTS:].tolist(),
+        latest_t=window.times[-1] // US if len(window) else None,
+        latest_meta=window.metadata(len(window) - 1) if len(window) else "",
+        level=statistics.median(before) if before else None,
+        newest=newest,
+    )
+
+
+def openmetrics_text(rows: Sequence[BoardRow]) -> str:
+    """The board as OpenMetrics text: a gauge family each for the latest value, its recent
+    change and whether the metric is regressed, labelled with the metric's id, name, unit."""
+    families = (
+        ("perfit_value", "The newest value of the metric, in its unit.", lambda r: r.latest),
+        (
+            "perfit_recent_change",
+            f"The newest value against the median of the {_RECENT_LEVEL} before it (0.1 is +10 %).",
+            lambda r: r.change,
+        ),
+        (
+            "perfit_regressed",
+            "1 while the newest change point is a regression, else 0.",
+            lambda r: float(r.state == "regression") if r.points else None,
+        ),
+    )
+    lines = []
+    for family, help_text, value_of in families:
+        lines += [f"# TYPE {family} gauge", f"# HELP {family} {help_text}"]
+        for row in rows:
+            value = value_of(row)
+            if value is not None:
+                lines.append(f"{family}{{{_openmetrics_labels(row.metric)}}} {value!r}")
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+def _openmetrics_labels(metric: Metric) -> str:
+    labels = {"metric_id": b64encode(metric.id), "name": metric.name, "unit": metric.unit}
+    return ",".join(f'{k}="{_openmetrics_escape(v)}"' for k, v in labels.items())
+
+
+def _openmetrics_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# ==============================================================================================
 # Web: pages
 # The index and metric pages: inline CSS and a few lines of JavaScript, no CDN, so they work
 # offline and behind any firewall.
@@ -2822,10 +3221,11 @@ def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
 _PAGE_CSS = """
 :root { color-scheme: light dark; --fg: #111827; --muted: #4b5563; --bg: #ffffff;
         --card: #f9fafb; --border: #d1d5db; --accent: #1d4ed8; --on-accent: #ffffff;
-        --error: #b91c1c; }
+        --error: #b91c1c; --good: #15803d; }
 @media (prefers-color-scheme: dark) {
   :root { --fg: #f0f6fc; --muted: #9ca3af; --bg: #0d1117; --card: #161b22;
-          --border: #30363d; --accent: #58a6ff; --on-accent: #0d1117; --error: #f85149; } }
+          --border: #30363d; --accent: #58a6ff; --on-accent: #0d1117; --error: #f85149;
+          --good: #3fb950; } }
 * { box-sizing: border-box; }
 body { margin: 0 auto; max-width: 960px; padding: 1.5rem 1rem; background: var(--bg);
        color: var(--fg); font: 16px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }
@@ -2861,7 +3261,24 @@ table.latest td:last-child { overflow-wrap: break-word; }
        overflow-wrap: break-word; }
 .tip[hidden] { display: none; }
 .tip strong { display: block; }
+table.board { border-collapse: collapse; width: 100%; font-size: .9rem; margin-bottom: .5rem; }
+table.board th, table.board td { text-align: left; padding: .3rem .5rem; vertical-align: middle;
+                                 border-bottom: 1px solid var(--border); }
+table.board td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.board td.name { overflow-wrap: anywhere; }
+svg.spark { width: 120px; height: 28px; display: block; color: var(--accent); }
+tr.regression svg.spark, .kind.regression { color: var(--error); }
+tr.improvement svg.spark, .kind.improvement { color: var(--good); }
+.kind { font-weight: 600; }
+input[type=search] { width: min(100%, 24rem); }
 @media (max-width: 600px) {
+  /* A board row: name across, then trend, latest value and change side by side. */
+  table.board thead { display: none; }
+  table.board tr { display: grid; grid-template-columns: auto 1fr auto; column-gap: .75rem;
+                   border-bottom: 1px solid var(--border); padding: .4rem 0; }
+  table.board td { border: 0; padding: 0 .25rem; }
+  table.board td.name, table.board td.newest { grid-column: 1 / -1; }
+  table.board td.newest:empty { display: none; }
   /* A row per point is too narrow for three columns: time and value, metadata below. */
   table.latest thead { display: none; }
   table.latest tr { display: grid; grid-template-columns: auto 1fr; column-gap: .75rem;
@@ -2998,12 +3415,20 @@ _METRIC_SCRIPT = """
       tip.appendChild(line);
     }});
     if (meta) {{
-      var shown = document.createElement(/^https?:\\/\\/\\S+$/.test(meta) ? "a" : "div");
-      meta.split(new RegExp({url_breaks})).forEach(function (part, i) {{
-        if (i) shown.appendChild(document.createElement("wbr"));
-        shown.appendChild(document.createTextNode(part));
-      }});
-      if (shown.href !== undefined) {{ shown.href = meta; shown.rel = "nofollow noopener"; shown.target = "_blank"; }}
+      // Metadata ending in a URL ("3f2a9c1e7b0d https://ci/job/7"): the URL is a link.
+      var found = /^([\\s\\S]*?)(https?:\\/\\/[^\\s<>"']+)$/.exec(meta);
+      var text = found ? found[1] : meta, url = found ? found[2] : "";
+      var shown = document.createElement("div");
+      if (text) shown.appendChild(document.createTextNode(text));
+      if (url) {{
+        var link = document.createElement("a");
+        url.split(new RegExp({url_breaks})).forEach(function (part, i) {{
+          if (i) link.appendChild(document.createElement("wbr"));
+          link.appendChild(document.createTextNode(part));
+        }});
+        link.href = url; link.rel = "nofollow noopener"; link.target = "_blank";
+        shown.appendChild(link);
+      }}
       tip.appendChild(shown);
     }}
     var box = tip.parentNode.getBoundingClientRect(), at = point.getBoundingClientRect();
@@ -3083,6 +3508,121 @@ def _render_metric_page(
     return _html_page(" · ".join(names), main, script)
 
 
+_BOARD_MAIN = """<h1>{heading}</h1>
+<p class="muted">{summary}</p>
+<p><label for="filter">Filter by name</label>
+<input id="filter" type="search" placeholder="e.g. pytest/ or sort" autocomplete="off"></p>
+<nav class="formats" aria-label="this board as data">View as:
+  <a href="{board}/json">JSON</a> <a href="{board}/metrics">OpenMetrics</a></nav>
+{groups}
+<p class="muted" id="none" hidden>No metric's name has that in it.</p>
+"""
+
+_BOARD_EMPTY = """<p>No metrics yet. Post a CI run and each result gets a metric by name:
+<code>perfit post --format auto results.json</code> (pytest-benchmark, hyperfine, Go, Google
+Benchmark, Rust, pyperf ...).</p>"""
+
+_BOARD_GROUP = """<section class="group" aria-labelledby="{anchor}"><h2 id="{anchor}">{title}</h2>
+<table class="board"><thead><tr><th scope="col">metric</th><th scope="col">trend</th>
+<th scope="col" class="num">latest</th><th scope="col" class="num">vs recent</th>
+<th scope="col">newest change</th></tr></thead><tbody>
+{rows}</tbody></table></section>"""
+
+_BOARD_SCRIPT = """
+<script>
+(function () {
+  // Show only the metrics whose name holds what is typed; a group with none shown hides.
+  var filter = document.getElementById("filter"), none = document.getElementById("none");
+  function apply() {
+    var wanted = filter.value.trim().toLowerCase(), shown = 0;
+    document.querySelectorAll("section.group").forEach(function (group) {
+      var left = 0;
+      group.querySelectorAll("tbody tr").forEach(function (row) {
+        var match = row.getAttribute("data-name").toLowerCase().indexOf(wanted) >= 0;
+        row.hidden = !match;
+        if (match) left++;
+      });
+      group.hidden = !left;
+      shown += left;
+    });
+    none.hidden = shown > 0;
+  }
+  filter.addEventListener("input", apply);
+  apply();  // a filter the browser kept across a reload
+})();
+</script>"""
+
+
+def _render_board_page(rows: Sequence[BoardRow], board_id: str) -> str:
+    """The board: one table per name group, a row per metric; a box filters them by name."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row.group, []).append(_board_table_row(row))
+    sections = [
+        _BOARD_GROUP.format(
+            anchor=f"g{i}",
+            title=html.escape(group or "(no group)"),
+            rows="".join(lines),
+        )
+        for i, (group, lines) in enumerate(groups.items())
+    ]
+    regressed = sum(r.state == "regression" for r in rows)
+    summary = f"{len(rows)} metric(s) · {regressed} regressed"
+    newest = max((r.latest_t for r in rows if r.latest_t is not None), default=None)
+    if newest is not None:
+        summary += f" · newest point {format_time(newest)}"
+    main = _BOARD_MAIN.format(
+        heading="Board",
+        summary=html.escape(summary),
+        board=html.escape(board_id),
+        groups="\n".join(sections) or _BOARD_EMPTY,
+    )
+    return _html_page("Board", main, _BOARD_SCRIPT)
+
+
+def _board_table_row(row: BoardRow) -> str:
+    esc = html.escape
+    metric = row.metric
+    short = metric.name.rpartition("/")[2] or b64encode(metric.id)
+    latest = format_value(row.latest, metric.unit) if row.latest is not None else "no data"
+    newest = ""
+    if row.newest is not None:
+        c = row.newest
+        newest = (
+            f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.to_json()["change"])}'
+            f' <span class="muted" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
+        )
+    return (
+        f'<tr class="{row.state}" data-name="{esc(row.name)}">'
+        f'<td class="name"><a href="../m/{b64encode(metric.id)}">{esc(short)}</a></td>'
+        f"<td>{_sparkline(row.recent)}</td>"
+        f'<td class="num">{esc(latest)}</td>'
+        f'<td class="num">{_percent(row.change) if row.change is not None else ""}</td>'
+        f'<td class="newest">{newest}</td></tr>\n'
+    )
+
+
+def _sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
+    """A tiny line of the newest values, drawn by hand: a board draws hundreds of them."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = (width - 4) / max(1, len(values) - 1)
+    points = [
+        (2 + i * step, height - 3 - (v - low) / span * (height - 6) if high > low else height / 2)
+        for i, v in enumerate(values)
+    ]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    x, y = points[-1]
+    label = f"the newest {len(values)} values, from {format_number(low)} to {format_number(high)}"
+    return (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" role="img" aria-label="{label}">'
+        f'<polyline points="{line}" fill="none" stroke="currentColor" stroke-width="1.5"/>'
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="currentColor"/></svg>'
+    )
+
+
 def _render_error_page(
     err: PerfitError, status: int, path: str, query: str, typed: str = ""
 ) -> str:
@@ -3155,8 +3695,12 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
     for i in reversed(range(len(series))):
         meta = series.metadata(i)
         shown = html.escape(meta)
-        if _URL_RE.match(meta):
-            shown = f'<a href="{html.escape(meta)}" rel="nofollow noopener">{_breakable(meta)}</a>'
+        url = metadata_link(meta)
+        if url:
+            text = html.escape(meta[: len(meta) - len(url)])
+            shown = (
+                f'{text}<a href="{html.escape(url)}" rel="nofollow noopener">{_breakable(url)}</a>'
+            )
         value = html.escape(format_value(series.values[i], metric.unit))
         rows.append(
             f"<tr><td>{format_time(series.times[i] / US)}</td><td>{value}</td><td>{shown}</td></tr>"
@@ -3185,33 +3729,6 @@ _METRIC_TEXT_FIELDS = {
     "unit": _MAX_UNIT_BYTES,
     "description": _MAX_DESCRIPTION_BYTES,
 }
-
-
-class _ChangeCache:
-    """Change points already found, per metric and (range, points, threshold).
-
-    A chart is viewed far more often than its data changes, and eight readers of a busy chart
-    wait for one computation instead of running eight.
-    """
-
-    def __init__(self, per_metric: int = 16) -> None:
-        self.per_metric = per_metric
-        self._found: dict[bytes, dict[tuple, list[Change]]] = {}
-        self._locks: dict[bytes, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def get(self, metric: Metric, series: Series, threshold: float) -> list[Change]:
-        edges = (series.times[0], series.times[-1]) if len(series) else ()
-        key = (len(series), edges, threshold)
-        with self._lock:
-            metric_lock = self._locks.setdefault(metric.id, threading.Lock())
-        with metric_lock:
-            found = self._found.setdefault(metric.id, {})
-            if key not in found:
-                if len(found) >= self.per_metric:
-                    found.clear()  # keys of old data and other ranges: start afresh
-                found[key] = series_changes(series, metric.better, threshold)
-            return found[key]
 
 
 @dataclasses.dataclass
@@ -3262,7 +3779,10 @@ def _error_response(err: PerfitError) -> Any:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     request = _request()
     if not _prefers_html(request.environ.get("HTTP_ACCEPT", "")):
-        return json_response({"message": err.message}, status, headers)
+        doc = {"message": err.message}
+        if isinstance(err, Conflict):
+            doc["metric_id"] = err.metric_id
+        return json_response(doc, status, headers)
     typed = request.query.getunicode("metric-id", "") or ""
     page = _render_error_page(err, status, request.path, request.query_string, typed)
     return _answer(page, status, {**headers, "Content-Type": _HTML_TYPE})
@@ -3384,9 +3904,11 @@ def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
 
 
 def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
-    """Create a metric in the caller's account."""
+    """Create a metric in the caller's account; a name it already has is a 409."""
     fields = _body_object(body, (*_METRIC_TEXT_FIELDS, "better"))
     texts = {k: _check_text(fields[k], k, n) for k, n in _METRIC_TEXT_FIELDS.items() if k in fields}
+    if "name" in texts:
+        texts["name"] = _check_name(texts["name"])
     better = fields.get("better", "lower")
     if better not in _BETTER_CHOICES:
         raise BadRequest("better must be 'lower' or 'higher'")
@@ -3416,6 +3938,69 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
     metric = _owned_metric(web, metric_id, caller)
     added, existing = web.store.import_points(metric.id, _parse_import(body, time.time()))
     return json_response({"added": added, "existing": existing})
+
+
+def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
+    """Post a CI run: a point for each name, one time, metrics missing by name created."""
+    points, metadata = _parse_run(body)
+
+    def fit(metric: Metric, point: RunPoint) -> float:
+        return _in_metric_unit(point.value, point.unit, metric) if point.unit else point.value
+
+    t, ids = web.store.post_run(caller.account, points, metadata, fit)
+    return json_response({"t": t // US, "metrics": {n: b64encode(i) for n, i in ids.items()}})
+
+
+# -- accounts and boards ------------------------------------------------------------------------
+
+
+def _show_account(web: _Web, caller: Principal) -> Any:
+    """The caller's account: its board and its metrics."""
+    index = web.store.index
+    metrics = [
+        {"metric_id": b64encode(m.id), "name": m.name, "unit": m.unit, "better": m.better}
+        for m in index.by_account.get(caller.account, ())
+    ]
+    return json_response(
+        {
+            "account_id": b64encode(caller.account),
+            "board_id": b64encode(index.board_of[caller.account]),
+            "metrics": metrics,
+        }
+    )
+
+
+def _replace_board(web: _Web, caller: Principal, body: Any) -> Any:
+    """Give the account a new board id: links with the old one stop working."""
+    _body_object(body, ())
+    return json_response({"board_id": b64encode(web.store.replace_board(caller.account))})
+
+
+def _board_or_404(web: _Web, board_id: str) -> list[Metric]:
+    raw = decode_id(board_id)
+    account = web.store.index.boards.get(raw) if raw else None
+    if account is None:
+        raise NotFound(f"no board with id {board_id!r}")
+    return list(web.store.index.by_account.get(account, ()))
+
+
+def _show_board(web: _Web, board_id: str) -> Any:
+    """The board: every metric of the account, its trend and its newest change."""
+    rows = board_rows(_board_or_404(web, board_id), web.changes)
+    return _answer(_render_board_page(rows, board_id), headers={"Content-Type": _HTML_TYPE})
+
+
+def _show_board_json(web: _Web, board_id: str) -> Any:
+    """The board's data: each metric's latest value, recent change and newest change point."""
+    rows = board_rows(_board_or_404(web, board_id), web.changes)
+    doc = {"board_id": board_id, "metrics": [row.to_json() for row in rows]}
+    return _cached(json.dumps(doc, separators=(",", ":")), "application/json", {})
+
+
+def _show_board_metrics(web: _Web, board_id: str) -> Any:
+    """The board as OpenMetrics text, for Prometheus to scrape."""
+    rows = board_rows(_board_or_404(web, board_id), web.changes)
+    return _answer(openmetrics_text(rows), headers={"Content-Type": _OPENMETRICS_TYPE})
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -3566,7 +4151,7 @@ class Route:
     """One route of the app. Its summary is its handler's docstring."""
 
     method: str
-    rule: str  #: bottle's; every <...> in it is a metric id ("{id}" in the OpenAPI document)
+    rule: str  #: bottle's; <board_id> is a board's id, any other <...> a metric's ("{id}")
     handler: Callable[..., Any]  #: handler(web, [caller=], [body=], **path params)
     answer: _Answer
     auth: tuple[str, ...] = ()  #: the token types that may call it; () is anyone
@@ -3588,8 +4173,12 @@ class Route:
 
     @property
     def ids(self) -> str:
-        """What its path names: "" nothing, "one" metric, or an "overlay" of several."""
-        return "" if "<" not in self.rule else "overlay" if self.overlay else "one"
+        """What its path names: "" nothing, "one" metric, an "overlay" of several, a "board"."""
+        if "<" not in self.rule:
+            return ""
+        if "<board_id>" in self.rule:
+            return "board"
+        return "overlay" if self.overlay else "one"
 
     @property
     def cached(self) -> bool:
@@ -3627,11 +4216,25 @@ _VIEW_QUERY = tuple(o.name for o in CHART_OPTIONS)
 _ID = "<metric_id:re:[^/]+(?<!\\.svg)>"
 _POINTS_ANSWER = _json_answer("Points", "PointsByMetric", cached=True)
 
+_ANY_TOKEN = ("admin", "post")  #: of the account: the root token has none
 _ADMIN_ROUTES = (
     Route("PUT", "/a/", _create_account, _json_answer("Credentials"), ("root",), "Empty"),
+    Route("GET", "/a/", _show_account, _json_answer("Account"), _ANY_TOKEN),
     Route("PUT", "/t/", _create_token, _json_answer("Credentials"), ("admin",), "NewToken"),
-    Route("PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric"),
-    Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), ("admin", "post"), "NewPoint"),
+    Route("PUT", "/b/", _replace_board, _json_answer("NewBoard"), ("admin",), "Empty"),
+    Route(
+        "PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric", also=(409,)
+    ),
+    Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), _ANY_TOKEN, "NewPoint"),
+    Route(
+        "POST",
+        "/r/",
+        _post_run,
+        _json_answer("Run"),
+        _ANY_TOKEN,
+        "NewRun",
+        body_limit=_MAX_RUN_BODY_BYTES,
+    ),
     Route(
         "POST",
         f"/m/{_ID}/points",
@@ -3657,13 +4260,23 @@ _VIEW_ROUTES = (
     ),
     _view_route("/m/<ids>/info", _show_info, _json_answer("Info", cached=True)),
 )
+_BOARD_ROUTES = (
+    Route("GET", "/b/<board_id>", _show_board, _HTML_ANSWER),
+    Route("GET", "/b/<board_id>/json", _show_board_json, _json_answer("BoardData", cached=True)),
+    Route(
+        "GET",
+        "/b/<board_id>/metrics",
+        _show_board_metrics,
+        _Answer({"application/openmetrics-text": _STRING}),
+    ),
+)
 _SITE_ROUTES = (
     Route("GET", "/", _show_index, _HTML_ANSWER),
     Route("GET", "/healthz", _show_health, _json_answer("Health"), also=(503,)),
     Route("GET", "/openapi.json", _show_openapi, _Answer({"application/json": _STRING})),
 )
 
-ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_SITE_ROUTES)
+ROUTES = (*_ADMIN_ROUTES, *_VIEW_ROUTES, *_BOARD_ROUTES, *_SITE_ROUTES)
 
 
 # ==============================================================================================
@@ -3743,8 +4356,66 @@ _HEALTH = {
     "message": {"type": "string", "description": "What is wrong, if anything."},
 }
 
+_NAME = {
+    **_text(
+        _MAX_NAME_BYTES,
+        "Unique within the account; '/' groups names (pytest/test_sort). No control characters, "
+        "no space at either end.",
+    ),
+    "pattern": _NAME_PATTERN,
+}
+_NEW_RUN_POINT = _object(
+    {
+        "name": {**_NAME, "minLength": 1},
+        "value": _number("A finite number."),
+        "unit": _text(
+            _MAX_UNIT_BYTES,
+            "The value's unit: a new metric gets it; a duration is "
+            "stored in an existing metric's own unit of time.",
+        ),
+        "better": {**_BETTER, "description": "For a new metric."},
+    },
+    ["name", "value"],
+    closed=True,
+)
+_BOARD_METRIC = _object(
+    {
+        "metric_id": _ref("Id"),
+        "name": {"type": "string"},
+        "unit": {"type": "string"},
+        "better": _BETTER,
+        "points": {"type": "integer", "minimum": 0},
+        "latest": {**_POINT, "nullable": True, "description": "The newest point; null: none."},
+        "level": {
+            **_number(f"Median of the {_RECENT_LEVEL} values before the newest."),
+            "nullable": True,
+        },
+        "change": {
+            **_number("The newest value against the level (0.1 is +10 %)."),
+            "nullable": True,
+        },
+        "state": {"type": "string", "enum": ["regression", "improvement", "steady", "empty"]},
+        "newest_change": {**_CHANGE, "nullable": True},
+    },
+    [
+        "metric_id",
+        "name",
+        "unit",
+        "better",
+        "points",
+        "latest",
+        "level",
+        "change",
+        "state",
+        "newest_change",
+    ],
+)
+
 _SCHEMAS = {
     "Error": _object({"message": {"type": "string"}}, ["message"]),
+    "Conflict": _object(
+        {"message": {"type": "string"}, "metric_id": _ref("Id")}, ["message", "metric_id"]
+    ),
     "Id": {"type": "string", "pattern": f"^{_ID_PATTERN}$", "description": "128 random bits."},
     "Token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$", "description": "256 bits."},
     "Duration": {
@@ -3759,7 +4430,7 @@ _SCHEMAS = {
     ),
     "NewMetric": _object(
         {
-            "name": _text(_MAX_NAME_BYTES),
+            "name": _NAME,
             "unit": _text(_MAX_UNIT_BYTES, f"{', '.join(_TIME_UNIT_NAMES)} draw as durations."),
             "description": _text(_MAX_DESCRIPTION_BYTES),
             "better": _BETTER,
@@ -3788,6 +4459,42 @@ _SCHEMAS = {
         [*_METRIC_FIELDS, "points", "first", "last"],
     ),
     "Health": _object(_HEALTH, ["ok", "compression"]),
+    "NewRun": _object(
+        {
+            "metadata": _text(_MAX_METADATA_BYTES, "Kept with every point of the run."),
+            "points": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_RUN_POINTS,
+                "items": _NEW_RUN_POINT,
+                "description": "One a name; metrics missing by name are created.",
+            },
+        },
+        ["points"],
+        closed=True,
+    ),
+    "Run": _object(
+        {"t": _UNIX, "metrics": _object({}, additionalProperties=_ref("Id"))}, ["t", "metrics"]
+    ),
+    "Account": _object(
+        {
+            "account_id": _ref("Id"),
+            "board_id": _ref("Id"),
+            "metrics": {
+                "type": "array",
+                "items": _object(
+                    {k: _METRIC_FIELDS[k] for k in ("metric_id", "name", "unit", "better")},
+                    ["metric_id", "name", "unit", "better"],
+                ),
+            },
+        },
+        ["account_id", "board_id", "metrics"],
+    ),
+    "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
+    "BoardData": _object(
+        {"board_id": _ref("Id"), "metrics": {"type": "array", "items": _BOARD_METRIC}},
+        ["board_id", "metrics"],
+    ),
     # Times may lie up to _FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
     # which a document cannot state; the description does.
     "Import": {
@@ -3814,10 +4521,13 @@ _SCHEMAS = {
 _ERROR_ANSWERS = {
     400: "Malformed input: the message names what is wrong.",
     401: "Missing or unknown access token.",
-    403: "The token's type, or its account, does not allow this.",
-    404: "Unknown metric.",
+    403: "The token's type, or its account, does not allow this; or the account would have "
+    f"more than {MAX_ACCOUNT_METRICS:,} metrics.",
+    404: "Unknown metric or board.",
+    409: "The name is taken: metric_id is the metric that has it.",
     413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
-    f"/points), or an import has more than {MAX_IMPORT_POINTS:,} points.",
+    f"/points, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has more than "
+    f"{MAX_IMPORT_POINTS:,} points, or a run more than {MAX_RUN_POINTS:,}.",
     429: "Too many requests, or failed authentications, from this address.",
     503: "The store is not writable.",
     507: "The store cannot take the write; nothing was stored.",
@@ -3831,8 +4541,8 @@ _HEADERS = {
 
 
 def _openapi_path(rule: str) -> str:
-    """A bottle rule as an OpenAPI path: each <...> is a metric id."""
-    return re.sub(r"<[^>]+>", "{id}", rule)
+    """A bottle rule as an OpenAPI path: {board_id}, or {id} for a metric's id (or ids)."""
+    return re.sub(r"<[^>]+>", "{id}", rule.replace("<board_id>", "{board_id}"))
 
 
 @functools.cache
@@ -3841,10 +4551,6 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(_openapi_path(route.rule), {})[route.method.lower()] = _operation(route)
-    error = {
-        "application/json": {"schema": _ref("Error")},
-        "text/html": {"schema": {"type": "string"}},
-    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -3862,11 +4568,17 @@ def openapi_document() -> dict[str, Any]:
                 for name, text in _HEADERS.items()
             },
             "responses": {
-                f"E{status}": {"description": text, "content": error}
+                f"E{status}": {"description": text, "content": _error_content(status)}
                 for status, text in _ERROR_ANSWERS.items()
             },
         },
     }
+
+
+def _error_content(status: int) -> dict[str, Any]:
+    """An error's body: JSON (a 409 names the metric that has the name), or a browser's page."""
+    schema = _ref("Conflict" if status == 409 else "Error")
+    return {"application/json": {"schema": schema}, "text/html": {"schema": {"type": "string"}}}
 
 
 _OPENAPI_INTRO = (
@@ -3883,7 +4595,7 @@ def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary}
     parameters = [_query_parameter(_QUERY_OPTIONS[name]) for name in route.query]
     if route.ids:
-        parameters.insert(0, _id_parameter(route.ids == "overlay"))
+        parameters.insert(0, _id_parameter(route.ids))
     if parameters:
         operation["parameters"] = parameters
     if route.auth:
@@ -3911,15 +4623,16 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
-def _id_parameter(overlay: bool) -> dict[str, Any]:
-    """The {id} of a path: one metric's id, or up to _MAX_OVERLAY of them."""
-    pattern = _ID_PATTERN
-    about = "A metric's id."
-    if overlay:
+def _id_parameter(ids: str) -> dict[str, Any]:
+    """The id in a path (see Route.ids): a board's, a metric's, or up to _MAX_OVERLAY of them."""
+    pattern, name, about = _ID_PATTERN, "id", "A metric's id."
+    if ids == "overlay":
         pattern += f"(,{_ID_PATTERN}){{0,{_MAX_OVERLAY - 1}}}"
         about = f"A metric's id, or up to {_MAX_OVERLAY} separated by commas."
+    elif ids == "board":
+        name, about = "board_id", "A board's id (see GET /a/)."
     schema = {"type": "string", "pattern": f"^{pattern}$"}
-    return {"name": "id", "in": "path", "required": True, "schema": schema, "description": about}
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": about}
 
 
 def _route_errors(route: Route) -> list[int]:
@@ -4313,6 +5026,397 @@ def _server_url(text: str) -> str:
 
 
 # ==============================================================================================
+# Client: harness formats
+# The results files of benchmark harnesses read into named results, standard library only: one
+# reader a format, each taking the median where the tool gives one, times in seconds.
+# ==============================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One benchmark's result as PerfIt stores it: a named value, a unit, a direction."""
+
+    name: str
+    value: float
+    unit: str = "s"
+    better: str = "lower"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit}
+        if self.better != "lower":
+            doc["better"] = self.better
+        return doc
+
+
+#: Seconds in each unit of time that harnesses write.
+_HARNESS_TIME_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "min": 60.0,
+    "h": 3600.0,
+}
+
+
+def _measured(name: str, value: float, unit: str, better: str = "") -> Result:
+    """A result in PerfIt's units: a time (also "ns/op", "ns/iter") in seconds; anything per
+    second higher-is-better unless said otherwise; other units as they come."""
+    base = unit.split("/")[0] if unit.endswith(("/op", "/iter")) else unit
+    if base in _HARNESS_TIME_UNITS:
+        seconds = _tidy(value * _HARNESS_TIME_UNITS[base], 15)
+        return Result(name, seconds, "s", better or "lower")
+    per_second = unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
+    return Result(name, value, unit, better or ("higher" if per_second else "lower"))
+
+
+def _json_doc(text: str, fmt: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"not {fmt} output: the file is not JSON ({e})") from None
+
+
+def _expect(condition: bool, fmt: str, what: str) -> None:
+    if not condition:
+        raise UsageError(f"not {fmt} output: {what}")
+
+
+def _read_pytest_benchmark(text: str) -> list[Result]:
+    """pytest-benchmark --benchmark-json: each benchmark's median (seconds), named
+    group/name when it has a group, else by its fullname (file::test[params])."""
+    doc = _json_doc(text, "pytest-benchmark")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list),
+        "pytest-benchmark",
+        'no "benchmarks" list',
+    )
+    results = []
+    for bench in doc["benchmarks"]:
+        name = f"{bench['group']}/{bench['name']}" if bench.get("group") else bench["fullname"]
+        results.append(_measured(name, bench["stats"]["median"], "s"))
+    return results
+
+
+def _read_hyperfine(text: str) -> list[Result]:
+    """hyperfine --export-json: each command's median (seconds), named by the command."""
+    doc = _json_doc(text, "hyperfine")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("results"), list),
+        "hyperfine",
+        'no "results" list',
+    )
+    return [_measured(r["command"], r["median"], "s") for r in doc["results"]]
+
+
+_GO_LINE_RE = re.compile(r"^(Benchmark\S*?)(?:-\d+)?\s+(\d+)\s+(\d.*)$")
+_GO_MEASURE_RE = re.compile(r"([-+0-9.eE]+)\s+(\S+)")
+
+
+def _read_go(text: str) -> list[Result]:
+    """`go test -bench` text or -json: ns/op in seconds, under the benchmark's name without
+    the -GOMAXPROCS suffix; B/op, allocs/op, MB/s and custom metrics as "NAME (UNIT)". With
+    several packages each name starts with its package's import path. With -count=N, the
+    median of the N lines."""
+    if text.lstrip().startswith("{"):
+        text = _go_json_output(text)
+    packages: set[str] = set()
+    found: dict[tuple[str, str, str], list[float]] = {}
+    package = ""
+    for line in text.splitlines():
+        if line.startswith("pkg: "):
+            package = line[5:].strip()
+            continue
+        match = _GO_LINE_RE.match(line.strip())
+        if not match:
+            continue
+        packages.add(package)
+        for value, unit in _GO_MEASURE_RE.findall(match.group(3)):
+            found.setdefault((package, match.group(1), unit), []).append(float(value))
+    _expect(bool(found), "go test -bench", "no Benchmark... lines")
+    results = []
+    for (package, bench, unit), values in found.items():
+        name = f"{package}/{bench}" if len(packages) > 1 and package else bench
+        if unit != "ns/op":
+            name = f"{name} ({unit})"
+        results.append(_measured(name, statistics.median(values), unit))
+    return results
+
+
+def _go_json_output(text: str) -> str:
+    """The text a `go test -json` stream printed, each package's with its pkg: line first
+    (a benchmark's name and its numbers may come in separate events)."""
+    outputs: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise UsageError("not go -json output: a line is not JSON") from None
+        if isinstance(event, dict) and event.get("Action") == "output":
+            outputs.setdefault(event.get("Package", ""), []).append(event.get("Output", ""))
+    return "".join(f"pkg: {pkg}\n" + "".join(lines) for pkg, lines in outputs.items())
+
+
+def _read_google_benchmark(text: str) -> list[Result]:
+    """Google Benchmark --benchmark_format=json: real time in seconds, from the "median"
+    aggregate when repetitions made one, else the median of the iteration rows of each
+    run; items_per_second and bytes_per_second as "NAME (items/s)", "NAME (bytes/s)"."""
+    doc = _json_doc(text, "google-benchmark")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list) and "context" in doc,
+        "google-benchmark",
+        'no "context" and "benchmarks"',
+    )
+    rows = [b for b in doc["benchmarks"] if not b.get("error_occurred")]
+    medians = [b for b in rows if b.get("aggregate_name") == "median"]
+    chosen = medians or [b for b in rows if b.get("run_type", "iteration") == "iteration"]
+    grouped: dict[str, list[dict]] = {}
+    for row in chosen:
+        grouped.setdefault(row.get("run_name") or row["name"], []).append(row)
+    results = []
+    for name, runs in grouped.items():
+        unit = runs[0].get("time_unit", "ns")
+        results.append(_measured(name, statistics.median(r["real_time"] for r in runs), unit))
+        for field, unit in (("items_per_second", "items/s"), ("bytes_per_second", "bytes/s")):
+            if field in runs[0]:
+                value = statistics.median(r[field] for r in runs)
+                results.append(_measured(f"{name} ({unit})", value, unit, "higher"))
+    return results
+
+
+_LIBTEST_RE = re.compile(r"^test (\S+)\s+\.\.\.\s+bench:\s+([\d,.]+) (\S+)/iter")
+
+
+def _read_libtest(text: str) -> list[Result]:
+    """Rust's `cargo bench` (libtest) and criterion's --output-format bencher: the
+    "test NAME ... bench: N ns/iter (+/- D)" lines, in seconds."""
+    results = []
+    for line in text.splitlines():
+        match = _LIBTEST_RE.match(line.strip())
+        if match:
+            name, number, unit = match.groups()
+            results.append(_measured(name, float(number.replace(",", "")), unit))
+    _expect(bool(results), "libtest", 'no "test NAME ... bench:" lines')
+    return results
+
+
+#: Bencher's built-in measures: their units, and which way is better.
+_BMF_MEASURES = {"latency": ("ns", "lower"), "throughput": ("ops/s", "higher")}
+
+
+def _read_bmf(text: str) -> list[Result]:
+    """Bencher Metric Format {"NAME": {"MEASURE": {"value"}}}: latency (ns) in seconds under
+    NAME, every other measure as "NAME (MEASURE)"."""
+    doc = _json_doc(text, "bmf")
+    _expect(
+        isinstance(doc, dict) and all(isinstance(v, dict) for v in doc.values()),
+        "bmf",
+        '{"NAME": {"MEASURE": {"value": ...}}} expected',
+    )
+    results = []
+    for name, measures in doc.items():
+        for measure, found in measures.items():
+            _expect(isinstance(found, dict) and "value" in found, "bmf", f"{name}.{measure}")
+            unit, better = _BMF_MEASURES.get(measure, (measure, "lower"))
+            shown = name if measure == "latency" else f"{name} ({measure})"
+            results.append(_measured(shown, found["value"], unit, better))
+    return results
+
+
+def _read_gab(text: str) -> list[Result]:
+    """github-action-benchmark's custom JSON [{"name", "unit", "value"}]: a unit of time in
+    seconds; a unit per second (ops/s, MB/s) higher-is-better."""
+    doc = _json_doc(text, "gab")
+    _expect(
+        isinstance(doc, list) and all(isinstance(b, dict) for b in doc),
+        "gab",
+        '[{"name", "unit", "value"}] expected',
+    )
+    return [_measured(b["name"], b["value"], b.get("unit", "")) for b in doc]
+
+
+_PYPERF_UNITS = {"second": "s", "byte": "B", "integer": ""}
+
+
+def _read_pyperf(text: str) -> list[Result]:
+    """pyperf JSON (a benchmark or a suite): the median of every run's values (warm-ups
+    left out), named by the benchmark's name, seconds for time."""
+    doc = _json_doc(text, "pyperf")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list),
+        "pyperf",
+        'no "benchmarks" list',
+    )
+    common = doc.get("metadata", {})
+    results = []
+    for bench in doc["benchmarks"]:
+        meta = {**common, **bench.get("metadata", {})}
+        values = [v for run in bench.get("runs", []) for v in run.get("values", [])]
+        if values:
+            unit = _PYPERF_UNITS.get(meta.get("unit", "second"), meta.get("unit", ""))
+            results.append(_measured(meta.get("name", "pyperf"), statistics.median(values), unit))
+    return results
+
+
+#: Each format's reader, by the name --format takes.
+_FORMATS: dict[str, Callable[[str], list[Result]]] = {
+    "pytest-benchmark": _read_pytest_benchmark,
+    "hyperfine": _read_hyperfine,
+    "go": _read_go,
+    "google-benchmark": _read_google_benchmark,
+    "libtest": _read_libtest,
+    "bmf": _read_bmf,
+    "gab": _read_gab,
+    "pyperf": _read_pyperf,
+}
+
+
+def detect_format(text: str) -> str:
+    """Which harness wrote this (for --format auto), by the shape of its output."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+        if re.search(r"^\{.*\"Action\"", text, re.MULTILINE):
+            return "go"  # go test -json: one JSON object a line
+    if isinstance(doc, dict):
+        if isinstance(doc.get("benchmarks"), list):
+            if "machine_info" in doc:
+                return "pytest-benchmark"
+            if "context" in doc:
+                return "google-benchmark"
+            return "pyperf"
+        if isinstance(doc.get("results"), list):
+            return "hyperfine"
+        return "bmf"
+    if isinstance(doc, list):
+        return "gab"
+    if re.search(r"^Benchmark\S*\s+\d+\s+[-+0-9.eE]+ \S+", text, re.MULTILINE):
+        return "go"
+    if re.search(r"^test \S+\s+\.\.\.\s+bench:", text, re.MULTILINE):
+        return "libtest"
+    raise UsageError(f"--format auto: not the output of a known harness ({', '.join(_FORMATS)})")
+
+
+def read_results(text: str, fmt: str, prefix: str = "") -> list[Result]:
+    """The named results of a harness's output; names start with `prefix/` when given."""
+    fmt = detect_format(text) if fmt == "auto" else fmt
+    try:
+        results = _FORMATS[fmt](text)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        # A file of the right shape with a field missing or of the wrong type.
+        raise UsageError(f"not {fmt} output as PerfIt knows it: {type(e).__name__} {e}") from None
+    if not results:
+        raise UsageError(f"no results in the {fmt} output")
+    if prefix:
+        results = [dataclasses.replace(r, name=f"{prefix.rstrip('/')}/{r.name}") for r in results]
+    return results
+
+
+def read_gab_data_js(text: str) -> list[tuple[Result, list[dict[str, Any]]]]:
+    """github-action-benchmark's data.js (`window.BENCHMARK_DATA = {...}`) as points: a
+    metric "SUITE/BENCH" each, a point per entry at its commit's time, the commit's id and
+    URL as metadata, higher-is-better by the entry's tool. Each metric comes as a Result
+    (its name, unit and direction) and its points, {"t", "v", "m"}."""
+    body = text.strip().removeprefix("window.BENCHMARK_DATA").lstrip(" =").rstrip(" ;\n")
+    doc = _json_doc(body, "github-action-benchmark data.js")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("entries"), dict),
+        "data.js",
+        'no "entries" of suites',
+    )
+    series: dict[str, tuple[Result, list[dict[str, Any]]]] = {}
+    for suite, entries in doc["entries"].items():
+        for entry in entries:
+            commit = entry.get("commit") or {}
+            t = _commit_time(commit.get("timestamp"), entry.get("date"))
+            meta = f"{str(commit.get('id', ''))[:12]} {commit.get('url', '')}".strip()
+            better = "higher" if entry.get("tool") in _GAB_HIGHER_TOOLS else ""
+            for bench in entry["benches"]:
+                result = _measured(
+                    f"{suite}/{bench['name']}", bench["value"], bench["unit"], better
+                )
+                point = {"t": t, "v": result.value}
+                if meta:
+                    point["m"] = meta[:_MAX_METADATA_BYTES]
+                series.setdefault(result.name, (result, []))[1].append(point)
+    return list(series.values())
+
+
+#: The tools of github-action-benchmark whose numbers grow as things get faster.
+_GAB_HIGHER_TOOLS = ("pytest", "benchmarkjs", "customBiggerIsBetter", "benchmarkluau")
+
+
+def _commit_time(stamp: object, date_ms: object) -> float:
+    """Unix seconds of a data.js entry: its commit's timestamp, else when it was stored."""
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):  # 3.9's fromisoformat() takes no "Z"
+            return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    if isinstance(date_ms, (int, float)):
+        return date_ms / 1000
+    raise UsageError("data.js: an entry has neither a commit timestamp nor a date")
+
+
+# ==============================================================================================
+# Client: CI metadata
+# What a point says about where it came from, found in the CI service's environment: the
+# commit and the job's URL, so charts and tables link each point to its job.
+# ==============================================================================================
+
+
+def _github_job(env: dict[str, str]) -> str:
+    url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
+    url += f"/actions/runs/{env['GITHUB_RUN_ID']}"
+    attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
+    return url if attempt in ("", "1") else f"{url}/attempts/{attempt}"
+
+
+def _buildkite_job(env: dict[str, str]) -> str:
+    job = env.get("BUILDKITE_JOB_ID", "")
+    return env["BUILDKITE_BUILD_URL"] + (f"#{job}" if job else "")
+
+
+#: Each CI service: the variable that says we run on it, the one holding the commit, and how
+#: to make the job's URL.
+_CI_SERVICES: tuple[tuple[str, str, Callable[[dict[str, str]], str]], ...] = (
+    ("GITHUB_ACTIONS", "GITHUB_SHA", _github_job),
+    ("GITLAB_CI", "CI_COMMIT_SHA", lambda env: env["CI_JOB_URL"]),
+    ("BUILDKITE", "BUILDKITE_COMMIT", _buildkite_job),
+    ("CIRCLECI", "CIRCLE_SHA1", lambda env: env["CIRCLE_BUILD_URL"]),
+    ("JENKINS_URL", "GIT_COMMIT", lambda env: env["BUILD_URL"]),
+)
+_SHA_CHARS = 12  #: of a commit id: unique in any repository a team has, short in a tooltip
+
+
+def ci_metadata(env: dict[str, str] | None = None) -> str:
+    """ "COMMIT JOB_URL" on a CI service PerfIt knows, else the checkout's commit, else ""."""
+    env = dict(os.environ if env is None else env)
+    for marker, sha, job in _CI_SERVICES:
+        if env.get(marker):
+            with contextlib.suppress(KeyError):
+                return f"{env.get(sha, '')[:_SHA_CHARS]} {job(env)}".strip()
+            return env.get(sha, "")[:_SHA_CHARS]
+    return _git_head()[:_SHA_CHARS]
+
+
+def _git_head() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# ==============================================================================================
 # CLI
 # One subcommand per user task, all in one table (_COMMANDS) with their options (_Option); a
 # client option comes from its flag or its PERFIT_* variable. Each _cmd_<name>(args) returns an
@@ -4327,7 +5431,9 @@ examples:
   export PERFIT_ACCESS_TOKEN=<admin token>
   perfit metric new --name "unit tests" --unit s
   perfit token new --type post             # a token CI can only post with
-  PERFIT_METRIC=<id> perfit run -- make test   # in CI: time `make test`, post its duration
+  perfit run --metric "unit tests" -- make test  # in CI: time `make test`, post its duration
+  perfit post --format auto results.json   # in CI: post a whole benchmark suite, by name
+  perfit account show                      # the link of the account's board
 
 Tokens belong in the environment, not on the command line (where `ps` shows them).
 Client settings: PERFIT_SERVER, PERFIT_ACCESS_TOKEN, PERFIT_METRIC, PERFIT_METADATA,
@@ -4434,10 +5540,23 @@ _CLIENT = (
         ENV_TIMEOUT,
     ),
 )
-_ON_METRIC = (*_CLIENT, _Option("--metric", "metric id", "ID", env=ENV_METRIC))
+_ON_METRIC = (
+    *_CLIENT,
+    _Option(
+        "--metric",
+        "the metric's id, or its name in the token's account",
+        "ID|NAME",
+        env=ENV_METRIC,
+    ),
+)
 _POSTING = (
     *_ON_METRIC,
-    _Option("--metadata", "text kept with the point, e.g. a git sha", "TEXT", env=ENV_METADATA),
+    _Option(
+        "--metadata",
+        "text kept with the point (default: the commit and the CI job's URL)",
+        "TEXT",
+        env=ENV_METADATA,
+    ),
 )
 #: The chart's range, as options of the commands that read points.
 _RANGE = tuple(
@@ -4519,12 +5638,31 @@ def _reader(args: argparse.Namespace) -> Client:
     return Client(_server_url(args.server), None, args.timeout)
 
 
-def _metric_path(args: argparse.Namespace) -> str:
+def _metric_given(args: argparse.Namespace) -> str:
     if not args.metric:
         raise UsageError(f"no metric: pass --metric or set {ENV_METRIC}")
-    if decode_id(args.metric) is None:
-        raise UsageError(f"--metric: {args.metric!r} is not a metric id (22 characters)")
-    return f"/m/{args.metric}"
+    return args.metric
+
+
+def _metric_path(args: argparse.Namespace) -> str:
+    """/m/ID of --metric: an id as it is; a name looked up in the token's account."""
+    metric = _metric_given(args)
+    if decode_id(metric) is not None:
+        return f"/m/{metric}"
+    if not args.access_token:
+        raise UsageError(
+            f"--metric {metric!r} is a name, not an id: looking it up needs a token of its "
+            f"account (--access-token, ${ENV_ACCESS_TOKEN}), or give the metric's id"
+        )
+    for known in _client(args).call("GET", "/a/")["metrics"]:
+        if known["name"] == metric:
+            return f"/m/{known['metric_id']}"
+    raise NotFound(f"no metric named {metric!r} in the token's account")
+
+
+def _metadata(args: argparse.Namespace) -> str:
+    """--metadata, else what the CI service tells of the commit and the job."""
+    return args.metadata or ci_metadata()
 
 
 def _print_json(doc: Any) -> None:
@@ -4543,6 +5681,22 @@ def _cmd_token_new(args: argparse.Namespace) -> int:
 
 def _cmd_account_new(args: argparse.Namespace) -> int:
     _print_json(_client(args).call("PUT", "/a/"))
+    return EXIT_OK
+
+
+def _cmd_account_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    account = client.call("GET", "/a/")
+    account["board"] = f"{client.server}/b/{account['board_id']}"
+    _print_json(account)
+    return EXIT_OK
+
+
+def _cmd_account_new_board(args: argparse.Namespace) -> int:
+    client = _client(args)
+    board = client.call("PUT", "/b/")
+    board["board"] = f"{client.server}/b/{board['board_id']}"
+    _print_json(board)
     return EXIT_OK
 
 
@@ -4615,47 +5769,61 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
     return "\n".join(lines)
 
 
-def _percent(change: float | None) -> str:
-    """A relative change as a percentage; None is a change from a level of zero."""
-    return "from 0" if change is None else f"{change * 100:+.1f} %"
-
-
 def _cmd_metric_import(args: argparse.Namespace) -> int:
+    if args.format == "gab":
+        return _import_gab(args)
     path = _metric_path(args)
     client = _client(args)
-    points = _read_points_file(args.file)
+    added, existing = _import_into(client, path, _read_points_file(args.file))
+    print(json.dumps({"added": added, "existing": existing}))
+    return EXIT_OK
+
+
+def _import_gab(args: argparse.Namespace) -> int:
+    """metric import --format gab: a github-action-benchmark data.js into named metrics."""
+    client = _client(args)
+    series = read_gab_data_js(_read_text(args.file))
+    known = {m["name"]: m["metric_id"] for m in client.call("GET", "/a/")["metrics"]}
     added = existing = 0
+    for result, points in series:
+        if result.name not in known:
+            body = {"name": result.name, "unit": result.unit, "better": result.better}
+            known[result.name] = client.call("PUT", "/m/", body)["metric_id"]
+        new, old = _import_into(client, f"/m/{known[result.name]}", points, result.name)
+        added, existing = added + new, existing + old
+    print(json.dumps({"metrics": len(series), "added": added, "existing": existing}))
+    return EXIT_OK
+
+
+def _import_into(
+    client: Client, path: str, points: list[dict[str, Any]], label: str = ""
+) -> tuple[int, int]:
+    """Send points to /m/ID/points in batches; (added, already there)."""
+    added = existing = 0
+    where = f"{label}: " if label else ""
     for i in range(0, len(points), MAX_IMPORT_POINTS):
         batch = points[i : i + MAX_IMPORT_POINTS]
         try:
             answer = client.call("POST", path + "/points", batch)
         except PerfitError as err:
             err.args = (
-                f"{err.message} (after {added + existing} of {len(points)} points: "
+                f"{where}{err.message} (after {added + existing} of {len(points)} points: "
                 f"{added} added; importing the file again adds only the rest)",
             )
             raise
         added, existing = added + answer["added"], existing + answer.get("existing", 0)
         print(
-            f"perfit: imported {added + existing}/{len(points)} points: {added} new, "
+            f"perfit: {where}imported {added + existing}/{len(points)} points: {added} new, "
             f"{existing} already there",
             file=sys.stderr,
             flush=True,
         )
-    print(json.dumps({"added": added, "existing": existing}))
-    return EXIT_OK
+    return added, existing
 
 
 def _read_points_file(path: str) -> list[dict[str, Any]]:
     """Points from CSV with a header (t,v[,m]), a JSON array, or JSON lines."""
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+    text = _read_text(path)
     first = text.lstrip()[:1]
     try:
         if first == "[":
@@ -4720,19 +5888,67 @@ def _cmd_store_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _post_value(args: argparse.Namespace, value: float, unit: str | None = None) -> Any:
-    path = _metric_path(args)
+def _post_value(args: argparse.Namespace, value: float, unit: str = "") -> Any:
+    """Post to --metric: by id, or by name as a run of one (which creates a missing one)."""
+    metric, metadata = _metric_given(args), _metadata(args)
+    if decode_id(metric) is None:
+        return _post_results(_client(args), [Result(metric, value, unit)], metadata)
     body: dict[str, Any] = {"value": value}
     if unit:
         body["unit"] = unit  # the server converts it to the metric's own unit
-    if args.metadata:
-        body["metadata"] = args.metadata
-    return _client(args).call("POST", path, body)
+    if metadata:
+        body["metadata"] = metadata
+    return _client(args).call("POST", f"/m/{metric}", body)
+
+
+def _post_results(client: Client, results: Sequence[Result], metadata: str) -> dict[str, Any]:
+    """Post named results as CI runs of up to MAX_RUN_POINTS each; {"t", "metrics"}."""
+    answer: dict[str, Any] = {"t": None, "metrics": {}}
+    for i in range(0, len(results), MAX_RUN_POINTS):
+        body: dict[str, Any] = {"points": [r.to_json() for r in results[i : i + MAX_RUN_POINTS]]}
+        if metadata:
+            body["metadata"] = metadata
+        done = client.call("POST", "/r/", body)
+        answer["t"] = done["t"]
+        answer["metrics"].update(done["metrics"])
+    return answer
 
 
 def _cmd_post(args: argparse.Namespace) -> int:
-    _print_json(_post_value(args, args.value))
+    if args.format:
+        return _post_file(args)
+    try:
+        value = _finite_float(args.value)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"VALUE: {e} (to post a results file, give --format)") from None
+    _print_json(_post_value(args, value))
     return EXIT_OK
+
+
+def _post_file(args: argparse.Namespace) -> int:
+    """post --format: every result of a harness's output, named, as one CI run."""
+    client = _client(args)
+    results = read_results(_read_text(args.value), args.format, args.prefix or "")
+    answer = _post_results(client, results, _metadata(args))
+    _print_json(answer)
+    board = client.call("GET", "/a/")["board_id"]
+    print(
+        f"perfit: posted {len(results)} result(s) from {args.value}; "
+        f"the board: {client.server}/b/{board}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _read_text(path: str) -> str:
+    """A file's text (- for stdin); one that cannot be read is a usage error."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -4740,7 +5956,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command to run: perfit run [options] -- CMD [ARGS...]")
     try:
-        _client(args), _metric_path(args)  # say now, not after a 30-minute job
+        _client(args), _metric_given(args)  # say now, not after a 30-minute job
         unsendable = None
     except UsageError as err:
         unsendable = err
@@ -4952,7 +6168,7 @@ def _write_private(path: str, text: str) -> None:
 _GROUPS = {
     "store": "check and back up a data directory",
     "token": "make access tokens",
-    "account": "manage accounts",
+    "account": "manage accounts and their boards",
     "metric": "create, read, check and import metrics",
 }
 
@@ -5016,6 +6232,18 @@ _COMMANDS = (
         client=_CLIENT,
     ),
     _Command(
+        "account show",
+        _cmd_account_show,
+        "the token's account: its board's link and its metrics",
+        client=_CLIENT,
+    ),
+    _Command(
+        "account new-board",
+        _cmd_account_new_board,
+        "replace the board's id, so its old links stop working (admin token)",
+        client=_CLIENT,
+    ),
+    _Command(
         "metric new",
         _cmd_metric_new,
         "create a metric (admin token); prints its JSON",
@@ -5070,21 +6298,49 @@ _COMMANDS = (
     _Command(
         "metric import",
         _cmd_metric_import,
-        "bulk-import points from CSV (t,v,m) or JSON (admin token)",
-        (_Option("file", "the file to read; - for stdin", "FILE"),),
+        "bulk-import points from CSV (t,v,m), JSON, or a github-action-benchmark data.js",
+        (
+            _Option("file", "the file to read; - for stdin", "FILE"),
+            _Option(
+                "--format",
+                "points (CSV or JSON, into --metric), or gab: a github-action-benchmark data.js",
+                default="points",
+                choices=("points", "gab"),
+            ),
+        ),
         _ON_METRIC,
-        description="Import points with their own times: a CSV file with a "
+        description="Import points with their own times (admin token): a CSV file with a "
         "header line naming t, v and optionally m (what `GET /m/ID/csv` gives), a JSON "
         'array of {"t", "v", "m"}, or JSON lines. t is unix seconds. Sent in batches of '
         f"{MAX_IMPORT_POINTS}; each batch is stored whole or not at all, and points "
-        "already there are not added again.",
+        "already there are not added again. With --format gab, a github-action-benchmark "
+        "data.js becomes a metric per benchmark (SUITE/NAME, created when missing), a point "
+        "per commit at its time, the commit as metadata; importing it again adds nothing.",
     ),
     _Command(
         "post",
         _cmd_post,
-        "post one data point",
-        (_Option("value", "the value, e.g. 12.5", "VALUE", _finite_float),),
+        "post one data point, or a benchmark harness's results",
+        (
+            _Option(
+                "value",
+                "the value, e.g. 12.5; with --format, the results file (- for stdin)",
+                "VALUE|FILE",
+            ),
+            _Option(
+                "--format",
+                "read FILE as this harness's output; auto tells which by its shape",
+                choices=("auto", *_FORMATS),
+            ),
+            _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
+        ),
         _POSTING,
+        description="Post one value to --metric (an id, or a name: a metric missing by that name "
+        "is created), or, with --format, every result in a benchmark harness's output as one "
+        "CI run: each result goes to the metric of its name, created on first sight. Times are "
+        "stored in seconds; throughput (per second) is higher-is-better. See the README's "
+        '"Benchmark suites" for what each format takes.',
+        usage="perfit post [options] VALUE\n       perfit post --format FORMAT [options] FILE",
     ),
     _Command(
         "run",

@@ -450,13 +450,25 @@ def url(server: Server) -> str:
     return server.url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def account(url: str) -> Account:
+    """A fresh account: metric names are unique within one, and each test picks its own."""
+    return new_account(url)
+
+
+@pytest.fixture()
+def other(url: str) -> Account:
     return new_account(url)
 
 
 @pytest.fixture(scope="module")
-def other(url: str) -> Account:
+def shared_account(url: str) -> Account:
+    """An account for the module's shared metrics (each with a name of its own)."""
+    return new_account(url)
+
+
+@pytest.fixture(scope="module")
+def shared_other(url: str) -> Account:
     return new_account(url)
 
 
@@ -1831,8 +1843,11 @@ def test_a_64_mib_content_length_is_refused_before_the_body_is_read(tmp_path: Pa
 ROUTES = {
     "PUT /a/": ("PUT", "/a/", None),
     "PUT /t/": ("PUT", "/t/", {"type": "post"}),
-    "PUT /m/": ("PUT", "/m/", {"name": "auth-table"}),
+    "GET /a/": ("GET", "/a/", None),
+    "PUT /b/": ("PUT", "/b/", None),
+    "PUT /m/": ("PUT", "/m/", {"unit": "s"}),
     "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
+    "POST /r/": ("POST", "/r/", {"points": [{"name": "auth-run", "value": 0}]}),
     "POST /m/ID/points": ("POST", "/m/{metric}/points", [{"t": 0, "v": 0}]),
     "GET /m/ID": ("GET", "/m/{metric}", None),
     "GET /m/ID/svg": ("GET", "/m/{metric}/svg", None),
@@ -1845,6 +1860,9 @@ ROUTES = {
     "GET /m/?metric-id": ("GET", "/m/?metric-id={metric}", None),
     "GET /": ("GET", "/", None),
     "GET /healthz": ("GET", "/healthz", None),
+    "GET /b/BOARD_ID": ("GET", "/b/{board}", None),
+    "GET /b/BOARD_ID/json": ("GET", "/b/{board}/json", None),
+    "GET /b/BOARD_ID/metrics": ("GET", "/b/{board}/metrics", None),
 }
 
 
@@ -1858,12 +1876,16 @@ EXPECTED = {
     "PUT /a/": {"root": 200, "admin-own": 403, "post-own": 403, "admin-other": 403, "post-other": 403},
     "PUT /t/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
     "PUT /m/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    "GET /a/": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 200, "post-other": 200},
+    "PUT /b/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    # A run goes to the token's own account, whichever that is.
+    "POST /r/": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 200, "post-other": 200},
     "POST /m/ID": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 403, "post-other": 403},
     "POST /m/ID/points": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 403,
                           "post-other": 403},
     # A metric id is a read capability: reads ignore whatever token comes along, even a bad one.
     **{route: dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200)
-       for route in ROUTES if route.startswith("GET") and route != "GET /m/?metric-id"},
+       for route in ROUTES if route.startswith("GET") and route not in ("GET /m/?metric-id", "GET /a/")},
     "GET /m/?metric-id": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 303),
 }  # fmt: skip
 
@@ -1876,12 +1898,13 @@ AUTH_CASES = [
 
 
 @pytest.fixture(scope="module")
-def auth_metric(url: str, account: Account) -> str:
-    return new_metric(url, account.admin, name="auth")
+def auth_metric(url: str, shared_account: Account) -> str:
+    return new_metric(url, shared_account.admin, name="auth")
 
 
 @pytest.fixture(scope="module")
-def callers(account: Account, other: Account) -> dict[str, dict[str, str]]:
+def callers(shared_account: Account, shared_other: Account) -> dict[str, dict[str, str]]:
+    account, other = shared_account, shared_other
     bearer = {
         "root": ROOT,
         "admin-own": account.admin,
@@ -1902,6 +1925,7 @@ def callers(account: Account, other: Account) -> dict[str, dict[str, str]]:
 def test_authorization_table(
     url: str,
     auth_metric: str,
+    shared_account: Account,
     callers: dict[str, dict[str, str]],
     route: str,
     caller: str,
@@ -1916,14 +1940,19 @@ def test_authorization_table(
     # Each case comes from its own address (see the `server` fixture).
     n = AUTH_CASES.index((route, caller, expected))
     headers = {**callers[caller], "X-Forwarded-For": f"10.1.{n // 200}.{n % 200 + 1}"}
-    answer = http(method, url + path.format(metric=auth_metric), body=body, headers=headers)
+    board = ""
+    if "{board}" in path:  # looked up now: the PUT /b/ cases replace it
+        board = ok_json("GET", f"{url}/a/", token=shared_account.admin)["board_id"]
+    answer = http(
+        method, url + path.format(metric=auth_metric, board=board), body=body, headers=headers
+    )
     if expected in (200, 303):
         assert answer[0] == expected, answer
         if answer[1].get("Content-Type", "").startswith("application/json"):
             json.loads(answer[2])
     else:
         assert_error(answer, expected)
-    if route.startswith("POST"):
+    if route.startswith("POST /m/"):
         assert (value in values(url, auth_metric)) == (expected == 200), "stored iff allowed"
     for secret in (ROOT, *(h.get("Authorization", "")[7:] for h in callers.values())):
         if len(secret) > 20:
@@ -1937,7 +1966,7 @@ def test_the_readmes_api_table_says_who_may_call_each_route_as_the_route_table_d
     said = {}  # (method, OpenAPI path) -> the words of the "who" column
     for row in re.findall(r"^\| (`[A-Z]+ /.*?) \| (.*?) \|", api, flags=re.M):
         for method, path in re.findall(r"`([A-Z]+) (/[^`?]*)", row[0]):
-            path = re.sub(r"/m/(ID|A,B,C)", "/m/{id}", path)
+            path = re.sub(r"/m/(ID|A,B,C)", "/m/{id}", path).replace("/b/BOARD_ID", "/b/{id}")
             said[(method, path)] = set(re.findall(r"\b(root|admin|post|anyone)\b", row[1]))
     for route in perfit.ROUTES:
         key = (route.method, re.sub(r"<[^>]+>", "{id}", route.rule))
@@ -2304,7 +2333,7 @@ def test_min_and_max_clamp_without_breaking_the_chart(
 
 
 def test_control_characters_in_a_unit_still_make_a_valid_svg(url: str, account: Account) -> None:
-    mid = new_metric(url, account.admin, unit="s\u0001", name="odd\u0002")
+    mid = new_metric(url, account.admin, unit="s\u0001", description="odd\u0002")
     assert post_point(url, mid, account.post, 1.0)[0] == 200
     for path in ("svg", "badge.svg"):
         parse_svg(http("GET", f"{url}/m/{mid}/{path}")[2])
@@ -2754,7 +2783,9 @@ def test_unknown_route_is_404_json(url: str) -> None:
     assert_error(http("GET", f"{url}/m/x/y/z"), 404)
 
 
-@pytest.mark.parametrize(("method", "path"), [("DELETE", "/m/{}"), ("GET", "/a/"), ("GET", "/t/")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("DELETE", "/m/{}"), ("DELETE", "/a/"), ("GET", "/t/")]
+)
 def test_wrong_method_is_405_json(url: str, metric: str, method: str, path: str) -> None:
     assert_error(http(method, url + path.format(metric)), 405)
 
@@ -2771,7 +2802,8 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 def openapi_paths(method: str, rule: str) -> set[str]:
     """The OpenAPI paths that document one bottle route."""
-    return {re.sub(r"<[^>]+>", "{id}", rule)}  # every parameter of a route is a metric id
+    # <board_id> is a board's id; every other parameter of a route is a metric id (or ids)
+    return {re.sub(r"<[^>]+>", "{id}", rule.replace("<board_id>", "{board_id}"))}
 
 
 def test_openapi_json_is_a_valid_openapi_3_document(url: str) -> None:
@@ -2816,9 +2848,12 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
     }
     assert secured == {
         ("PUT", "/a/"),
+        ("GET", "/a/"),
         ("PUT", "/t/"),
+        ("PUT", "/b/"),
         ("PUT", "/m/"),
         ("POST", "/m/{id}"),
+        ("POST", "/r/"),
         ("POST", "/m/{id}/points"),
     }
 
@@ -3087,8 +3122,8 @@ def test_fuzzed_requests_never_get_a_5xx_nor_store_what_was_refused(
 
 
 @pytest.fixture(scope="module")
-def fuzz_metric(url: str, account: Account) -> str:
-    return new_metric(url, account.admin, name="fuzzed", unit="s")
+def fuzz_metric(url: str, shared_account: Account) -> str:
+    return new_metric(url, shared_account.admin, name="fuzzed", unit="s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -3183,9 +3218,10 @@ def axe() -> Any:
 
 
 @pytest.fixture(scope="module")
-def plotted(url: str, account: Account) -> str:
+def plotted(url: str, shared_account: Account) -> str:
     """A metric with old points (two days ago, metadata git shas) and recent ones (now, a few
     with a job URL as metadata); read, never written, by the tests that share it."""
+    account = shared_account
     metric = new_metric(url, account.admin, name="build", unit="s")
     old = time.time() - 2 * 86400
     backfill = [{"t": old + 60 * n, "v": 50 + n, "m": f"old{n:04x}"} for n in range(OLD_POINTS)]
@@ -3410,8 +3446,9 @@ LONG_JOB_URL = "https://github.com/example-org/example-repository/actions/runs/1
 
 
 @pytest.fixture(scope="module")
-def stepped(url: str, account: Account) -> str:
+def stepped(url: str, shared_account: Account) -> str:
     """A metric that steps up by a third at its 40th run of 60, each run linking to its job."""
+    account = shared_account
     metric = new_metric(url, account.admin, name="test suite", unit="s")
     start, rng = int(time.time()) - 60 * 3600, random.Random(7)
     runs = [{"t": start + 3600 * i, "v": round((100 if i < 40 else 133) * rng.gauss(1, 0.01), 3),
