@@ -55,7 +55,7 @@ import urllib.request
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -69,15 +69,19 @@ __all__ = [
     *"PerfitError BadRequest Unauthorized Forbidden NotFound PayloadTooLarge RateLimited".split(),
     *"StoreError StoreLocked StoreCorrupt UsageError MissingDependency ServerSaidNo".split(),
     "SendFailed",
+    "Conflict",
     # shared helpers, and the constants callers use
     *"b64encode decode_id new_id new_token hash_token parse_duration parse_rfc3339".split(),
     *"format_time TIME_UNITS convert_time US SEAL_BYTES DAMAGED_DIR ROOT_TOKEN_FILE".split(),
+    "MAX_RUN_POINTS",
+    "MAX_ACCOUNT_METRICS",
     *"MAX_IMPORT_POINTS DEFAULT_CHANGE_THRESHOLD CHART_HEIGHT CHART_MARGIN BADGE_COLOURS".split(),
     *"ENV_SERVER ENV_ACCESS_TOKEN ENV_METRIC ENV_METADATA ENV_TIMEOUT ENV_LISTEN".split(),
     *"ENV_DATA ENV_ROOT_TOKEN EXIT_OK EXIT_REFUSED EXIT_USAGE EXIT_REGRESSED".split(),
     *"EXIT_UNREACHABLE EXIT_INTERRUPTED EXIT_STORE_FATAL".split(),
     # the store
     *"FRAME POINT REC_POINT LOG_MAGIC SEG_MAGIC Scan encode_record scan_file scan_bytes".split(),
+    *"BATCHED pack_batch unpack_batch RunPoint".split(),
     *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
@@ -88,8 +92,10 @@ __all__ = [
     # the web
     *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
+    *"BoardRow board_rows openmetrics_text metadata_link".split(),
     # the client and the command line
     "Client",
+    *"Result read_results detect_format read_gab_data_js ci_metadata".split(),
     "main",
 ]
 
@@ -404,7 +410,7 @@ _REC_POINTS = 5  #: a batch of imported points, see pack_columns
 _REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/metric records
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
 _REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing any before
-_REC_BATCH = 9  #: framed records that land together or not at all (a CI run: metrics, points)
+_REC_BATCH = 9  #: records that land together or not at all (a CI run: metrics, points), see BATCHED
 _CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD)
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
@@ -430,6 +436,16 @@ POINT = struct.Struct("<16sqd")
 # In segments the times are deltas from the previous time (the first from 0) and each column
 # is byte-shuffled (all first bytes, then all second bytes...), so zstd sees long runs.
 _COLUMNS = struct.Struct("<16sI")
+
+# The records inside a batch, one after another; the batch's own CRC covers them all:
+#
+#   +----------+-------------+--------------------+
+#   | type: u8 | length: u32 | payload: length B  |
+#   +----------+-------------+--------------------+
+#
+# Unframed on purpose: a torn batch must read as a torn tail, and inner records with CRCs of
+# their own would look like good records after bad bytes (corruption) to the scan.
+BATCHED = struct.Struct("<BI")
 
 
 def _record_crc(rtype: int, payload: bytes) -> int:
@@ -837,9 +853,25 @@ def _flat_records(records: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, b
     """Records with each batch opened into the records it holds, in their order."""
     for rtype, payload in records:
         if rtype == _REC_BATCH:
-            yield from _framed_records(payload)
+            yield from unpack_batch(payload)
         else:
             yield rtype, payload
+
+
+def pack_batch(records: Iterable[tuple[int, bytes]]) -> bytes:
+    """The payload of a batch record holding these (type, payload) records."""
+    return b"".join(BATCHED.pack(rtype, len(payload)) + payload for rtype, payload in records)
+
+
+def unpack_batch(payload: bytes) -> list[tuple[int, bytes]]:
+    out, offset = [], 0
+    while offset < len(payload):
+        rtype, length = BATCHED.unpack_from(payload, offset)
+        offset += BATCHED.size + length
+        if rtype not in _RECORD_TYPES or rtype == _REC_BATCH or offset > len(payload):
+            raise ValueError(f"bad record in a batch at offset {offset}")
+        out.append((rtype, payload[offset - length : offset]))
+    return out
 
 
 def _framed_records(raw: bytes) -> list[tuple[int, bytes]]:
@@ -1067,7 +1099,7 @@ class Index:
             for inner_type, inner in _control_records(payload):
                 self.apply(inner_type, inner)
         elif rtype == _REC_BATCH:
-            for inner_type, inner in _framed_records(payload):
+            for inner_type, inner in unpack_batch(payload):
                 self.apply(inner_type, inner)
         else:
             self._apply_control(rtype, json.loads(payload))
@@ -1107,8 +1139,8 @@ class RunPoint:
     better: str = "lower"  #: for a new metric
 
 
-def _json_record(rtype: int, doc: dict[str, Any]) -> bytes:
-    return encode_record(rtype, json.dumps(doc).encode())
+def _json_record(rtype: int, doc: dict[str, Any]) -> tuple[int, bytes]:
+    return rtype, json.dumps(doc).encode()
 
 
 def _token_doc(account: bytes, token_type: str) -> tuple[str, dict[str, str]]:
@@ -1239,7 +1271,7 @@ def _unreadable(rtype: int, payload: bytes) -> str | None:
         if rtype in _CONTROL_TYPES:
             json.loads(payload)
         elif rtype in (_REC_SEG_CONTROL, _REC_BATCH):
-            opened = _control_records if rtype == _REC_SEG_CONTROL else _framed_records
+            opened = _control_records if rtype == _REC_SEG_CONTROL else unpack_batch
             for inner_type, inner_payload in opened(payload):
                 why = _unreadable(inner_type, inner_payload)
                 if why:
@@ -1647,7 +1679,7 @@ class Store:
             _json_record(_REC_BOARD, _board_doc(account)),
             _json_record(_REC_TOKEN, token_doc),
         )
-        self.log.append(_REC_BATCH, lambda: b"".join(records))
+        self.log.append(_REC_BATCH, lambda: pack_batch(records))
         return account, token
 
     def create_token(self, account: bytes, token_type: str) -> str:
@@ -1664,9 +1696,9 @@ class Store:
     def _give_boards(self) -> None:
         """A board for each account of a data directory from before boards (PerfIt 0.1)."""
         boardless = [a for a in self.index.accounts if a not in self.index.board_of]
-        records = b"".join(_json_record(_REC_BOARD, _board_doc(a)) for a in boardless)
-        if records:
-            self.log.append(_REC_BATCH, lambda: records)
+        if boardless:
+            records = [_json_record(_REC_BOARD, _board_doc(a)) for a in boardless]
+            self.log.append(_REC_BATCH, lambda: pack_batch(records))
 
     def create_metric(self, account: bytes, **fields: str) -> Metric:
         """A new metric; a name its account already uses is a Conflict naming that metric."""
@@ -1720,17 +1752,17 @@ class Store:
                     metric = names[(account, p.name)]
                     ids[p.name] = metric.id
                     values.append(fit(metric, p))
-            creations = b"".join(_json_record(_REC_METRIC, d) for d in docs.values())
+            creations = [_json_record(_REC_METRIC, d) for d in docs.values()]
             meta = metadata.encode("utf-8")
             stamp = [0]
 
             def payload() -> bytes:
                 stamp[0] = t = self._arrival_time()
                 posts = (
-                    encode_record(REC_POINT, POINT.pack(ids[p.name], t, v) + meta)
+                    (REC_POINT, POINT.pack(ids[p.name], t, v) + meta)
                     for p, v in zip(points, values)
                 )
-                return creations + b"".join(posts)
+                return pack_batch(itertools.chain(creations, posts))
 
             self.log.append(_REC_BATCH, payload)
         return stamp[0], ids

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import csv
 import html
@@ -882,6 +883,104 @@ def test_after_a_failed_fsync_the_store_refuses_writes_and_is_unhealthy(
         assert not store.writable()
         with pytest.raises(perfit.StoreError, match="not writable"):
             store.add_point(metric.id, 2.0)
+
+
+def _keep(metric, point):
+    return point.value
+
+
+def _run(store, account, *names, metadata="sha"):
+    points = [perfit.RunPoint(name, float(i), "s") for i, name in enumerate(names)]
+    return store.post_run(account, points, metadata, _keep)
+
+
+def test_a_run_is_one_record_so_a_torn_one_leaves_none_of_it(tmp_path):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        _run(store, account, "kept")
+        before = os.path.getsize(_log_path(tmp_path))
+        _run(store, account, *(f"suite/test_{i}" for i in range(50)))
+    log = _log_path(tmp_path)
+    after = os.path.getsize(log)
+    for cut in (after - 1, before + 20, before + 1):
+        os.truncate(log, cut)  # a crash at any byte of the run's write
+        with perfit.Store.open(str(tmp_path)) as store:
+            names = sorted(m.name for m in store.index.by_account[account])
+            assert names == ["kept"], cut
+            assert store.torn_bytes_cut == cut - before
+
+
+def test_names_runs_and_boards_replay_from_logs_and_segments(tmp_path):
+    with perfit.Store.open(str(tmp_path), seal_bytes=2048) as store:
+        account, _ = store.create_account()
+        first_board = store.index.board_of[account]
+        for k in range(40):  # several logs fill up and are sealed into segments
+            t, ids = _run(store, account, "a/x", "a/y", f"b/{k % 3}", metadata=f"run {k}")
+        board = store.replace_board(account)
+        assert board != first_board and store.index.boards == {board: account}
+        poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
+    assert any(name.endswith(".seg") for name in os.listdir(tmp_path))
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert store.index.boards == {board: account}
+        assert store.index.names[(account, "a/x")].id == ids["a/x"]
+        assert len(store.index.by_account[account]) == 5
+        series = store.metrics[ids["a/y"]].series
+        assert len(series) == 40 and series.times[-1] == t and series.metadata(39) == "run 39"
+    assert perfit.main(["store", "check", "--data", str(tmp_path)]) == 0
+
+
+def test_two_runs_racing_to_create_a_name_make_one_metric(tmp_path):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        barrier = threading.Barrier(8)
+
+        def post() -> dict:
+            barrier.wait()
+            return _run(store, account, "race/a", "race/b")[1]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: post(), range(8)))
+        assert len({tuple(sorted(a.items())) for a in answers}) == 1, "every run got the same ids"
+        assert sorted(m.name for m in store.index.by_account[account]) == ["race/a", "race/b"]
+        assert len(store.metrics[answers[0]["race/a"]].series) == 8
+
+
+def test_an_account_has_at_most_max_account_metrics(tmp_path, monkeypatch):
+    monkeypatch.setattr(perfit, "MAX_ACCOUNT_METRICS", 5)
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        _run(store, account, "a", "b", "c", "d")
+        with pytest.raises(perfit.Forbidden, match="at most 5"):
+            _run(store, account, "a", "e", "f")  # two new: one too many; none of it is stored
+        assert len(store.metrics[store.index.names[(account, "a")].id].series) == 1
+        _run(store, account, "a", "b", "e")  # one new: fits
+        with pytest.raises(perfit.Forbidden):
+            store.create_metric(account, name="g")
+        other, _ = store.create_account()
+        store.create_metric(other, name="g")  # the cap is per account
+
+
+def test_a_directory_from_before_boards_gives_each_account_one(tmp_path):
+    """PerfIt 0.1 wrote no board records, and let two metrics of an account share a name."""
+    account, first, second = (perfit.new_id() for _ in range(3))
+    records = [
+        (1, {"id": perfit.b64encode(account), "created": 1.0}),
+        *(
+            (3, {"id": perfit.b64encode(m), "account": perfit.b64encode(account), "created": 2.0,
+                 "name": "build"})
+            for m in (first, second)
+        ),
+    ]  # fmt: skip
+    log = tmp_path / "00000001.log"
+    log.write_bytes(
+        perfit.LOG_MAGIC
+        + b"".join(perfit.encode_record(t, json.dumps(d).encode()) for t, d in records)
+    )
+    with perfit.Store.open(str(tmp_path)) as store:
+        board = store.index.board_of[account]
+        assert store.index.names[(account, "build")].id == first, "the older one keeps the name"
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert store.index.board_of[account] == board, "given once, kept"
 
 
 # --------------------------------------------------------------------------------------------
