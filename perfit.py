@@ -3184,7 +3184,13 @@ def board_rows(metrics: Sequence[Metric], changes: _ChangeCache) -> list[BoardRo
     regressed_groups = {r.group for r in rows if r.state == "regression"}
     return sorted(
         rows,
-        key=lambda r: (r.group not in regressed_groups, r.group, r.state != "regression", r.name),
+        key=lambda r: (
+            r.group not in regressed_groups,
+            not r.group,
+            r.group,
+            r.state != "regression",
+            r.name,
+        ),
     )
 
 

@@ -2354,6 +2354,225 @@ def test_importing_the_same_points_again_adds_only_what_is_new(
 
 
 # --------------------------------------------------------------------------------------------
+# Web: names, runs and boards
+# A name is unique in its account; a CI run posts many named points at once; a board shows an
+# account's metrics as a page, JSON and OpenMetrics.
+# --------------------------------------------------------------------------------------------
+
+
+def post_run(url: str, token: str, *points: dict, metadata: str = "") -> Answer:
+    body: dict[str, Any] = {"points": list(points)}
+    if metadata:
+        body["metadata"] = metadata
+    return http("POST", f"{url}/r/", body=body, token=token)
+
+
+def account_doc(url: str, token: str) -> dict:
+    return ok_json("GET", f"{url}/a/", token=token)
+
+
+def test_a_taken_name_is_409_naming_the_metric_that_has_it(
+    url: str, account: Account, other: Account
+) -> None:
+    first = new_metric(url, account.admin, name="pytest/test_sort[100]")
+    status, _, body = http(
+        "PUT", f"{url}/m/", body={"name": "pytest/test_sort[100]"}, token=account.admin
+    )
+    assert status == 409 and json.loads(body)["metric_id"] == first
+    assert "is taken" in json.loads(body)["message"]
+    new_metric(
+        url, other.admin, name="pytest/test_sort[100]"
+    )  # another account's names are its own
+    new_metric(url, account.admin)  # no name: as many as you like
+    new_metric(url, account.admin)
+
+
+@pytest.mark.parametrize(
+    "name", ["tab\there", "line\nbreak", " leading", "trailing ", "nel\x85", "x" * 201]
+)
+def test_a_name_with_a_control_character_an_edge_space_or_201_bytes_is_400(
+    url: str, account: Account, name: str
+) -> None:
+    assert_error(http("PUT", f"{url}/m/", body={"name": name}, token=account.admin), 400)
+    assert_error(post_run(url, account.post, {"name": name, "value": 1}), 400)
+    assert account_doc(url, account.admin)["metrics"] == []
+
+
+def test_a_run_creates_metrics_by_name_once_and_posts_to_them_at_one_time(
+    url: str, account: Account
+) -> None:
+    first = ok_json("POST", f"{url}/r/", token=account.post, body={
+        "metadata": "3f2a9c1e7b0d https://ci.example/job/1",
+        "points": [
+            {"name": "go/BenchmarkSort", "value": 1.5e-6, "unit": "s"},
+            {"name": "go/BenchmarkSort (MB/s)", "value": 250, "unit": "MB/s", "better": "higher"},
+        ],
+    })  # fmt: skip
+    ids = first["metrics"]
+    assert set(ids) == {"go/BenchmarkSort", "go/BenchmarkSort (MB/s)"}
+    second = post_run(url, account.post, {"name": "go/BenchmarkSort", "value": 1.6e-6, "unit": "s"})
+    assert json.loads(second[2])["metrics"] == {"go/BenchmarkSort": ids["go/BenchmarkSort"]}
+    info = ok_json("GET", f"{url}/m/{ids['go/BenchmarkSort (MB/s)']}/info")
+    assert (info["name"], info["unit"], info["better"]) == (
+        "go/BenchmarkSort (MB/s)",
+        "MB/s",
+        "higher",
+    )
+    sort = points(url, ids["go/BenchmarkSort"])
+    assert [p["v"] for p in sort] == [1.5e-6, 1.6e-6]
+    assert sort[0]["m"] == "3f2a9c1e7b0d https://ci.example/job/1" and "m" not in sort[1]
+    assert sort[0]["t"] == first["t"] == points(url, ids["go/BenchmarkSort (MB/s)"])[0]["t"]
+    listed = account_doc(url, account.post)
+    assert [(m["name"], m["metric_id"]) for m in listed["metrics"]] == list(ids.items())
+    assert ID_RE.match(listed["board_id"]) and listed["account_id"] == account.id
+
+
+def test_a_run_stores_a_duration_in_an_existing_metrics_unit(url: str, account: Account) -> None:
+    step = new_metric(url, account.admin, name="step", unit="ms")
+    size = new_metric(url, account.admin, name="size", unit="MB")
+    assert post_run(url, account.post, {"name": "step", "value": 1.5, "unit": "s"})[0] == 200
+    assert values(url, step) == [1500.0]
+    refused = post_run(url, account.post, {"name": "step", "value": 1, "unit": "s"},
+                       {"name": "size", "value": 2, "unit": "s"})  # fmt: skip
+    assert "not a unit of time" in assert_error(refused, 400)
+    assert values(url, step) == [1500.0] and values(url, size) == [], "all or nothing"
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"points": [{"name": "a", "value": 1}, {"name": "a", "value": 2}]}, 400),
+        ({"points": [{"name": "a", "value": 1}, {"name": "b", "value": "2"}]}, 400),
+        ({"points": [{"name": "a", "value": 1}, {"name": "b"}]}, 400),
+        ({"points": [{"name": "a", "value": 1, "better": "up"}]}, 400),
+        ({"points": [{"name": "a", "value": 1, "colour": "red"}]}, 400),
+        ({"points": [{"name": "", "value": 1}]}, 400),
+        ({"points": []}, 400),
+        ({"points": {"a": 1}}, 400),
+        ({"metadata": "x" * 257, "points": [{"name": "a", "value": 1}]}, 400),
+        ({"points": [{"name": f"n{i}", "value": i} for i in range(1001)]}, 413),
+        (None, 400),
+        ([], 400),
+    ],
+    ids=["twice", "string", "no value", "better", "unknown", "empty name", "none", "object",
+         "metadata", "1001", "no body", "array"],
+)  # fmt: skip
+def test_a_bad_run_is_refused_whole(url: str, account: Account, body: Any, status: int) -> None:
+    known = new_metric(url, account.admin, name="a")
+    assert_error(http("POST", f"{url}/r/", body=body, token=account.post), status)
+    assert [m["name"] for m in account_doc(url, account.admin)["metrics"]] == ["a"]
+    assert values(url, known) == []
+
+
+def test_a_new_board_id_retires_the_old_links(url: str, account: Account) -> None:
+    old = account_doc(url, account.admin)["board_id"]
+    assert http("GET", f"{url}/b/{old}")[0] == 200
+    new = ok_json("PUT", f"{url}/b/", token=account.admin)["board_id"]
+    assert new != old and account_doc(url, account.post)["board_id"] == new
+    for view in ("", "/json", "/metrics"):
+        assert_error(http("GET", f"{url}/b/{old}{view}"), 404)
+        assert http("GET", f"{url}/b/{new}{view}")[0] == 200
+
+
+def _stepped_run_metrics(url: str, account: Account) -> dict[str, str]:
+    """api/latency: 30 runs at 100 ms, then 15 at 130 (a regression); api/size steady; db/query
+    10 % faster at the end (an improvement); idle: no points. Each run a minute apart."""
+    start = int(time.time()) - 3600
+    ids = {}
+    series = {
+        "api/latency": [100 + (i % 3) for i in range(30)] + [130 + (i % 3) for i in range(15)],
+        "api/size": [50 + (i % 2) for i in range(45)],
+        "db/query": [20 + (i % 2) * 0.1 for i in range(30)]
+        + [18 + (i % 2) * 0.1 for i in range(15)],
+    }
+    for name, vals in series.items():
+        ids[name] = new_metric(url, account.admin, name=name, unit="ms")
+        rows = [{"t": start + 60 * i, "v": v, "m": f"run {i}"} for i, v in enumerate(vals)]
+        ok_json("POST", f"{url}/m/{ids[name]}/points", body=rows, token=account.admin)
+    ids["idle"] = new_metric(url, account.admin, name="idle")
+    return ids
+
+
+def test_the_boards_json_puts_regressions_first_with_their_newest_change(
+    url: str, account: Account
+) -> None:
+    ids = _stepped_run_metrics(url, account)
+    board = account_doc(url, account.admin)["board_id"]
+    doc = ok_json("GET", f"{url}/b/{board}/json")
+    rows = {m["name"]: m for m in doc["metrics"]}
+    assert [m["name"] for m in doc["metrics"]] == ["api/latency", "api/size", "db/query", "idle"]
+    latency = rows["api/latency"]
+    assert latency["state"] == "regression" and latency["metric_id"] == ids["api/latency"]
+    change = latency["newest_change"]
+    assert (change["kind"], change["index"], change["before"], change["after"]) == (
+        "regression", 30, 101, 131,
+    )  # fmt: skip
+    assert latency["latest"]["v"] == 132 and latency["latest"]["m"] == "run 44"
+    # The 20 values before the newest: 6 of the old level, 14 of the new; their median is 130.
+    assert latency["level"] == 130 and latency["change"] == round(2 / 130, 6)
+    assert rows["db/query"]["state"] == "improvement" and rows["api/size"]["state"] == "steady"
+    assert rows["idle"] | {"metric_id": ""} == {
+        "metric_id": "", "name": "idle", "unit": "", "better": "lower", "points": 0,
+        "latest": None, "level": None, "change": None, "state": "empty", "newest_change": None,
+    }  # fmt: skip
+
+
+def test_the_boards_openmetrics_parse_and_carry_the_same_numbers(
+    url: str, account: Account
+) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    _stepped_run_metrics(url, account)
+    odd = 'q"uote\\back'  # a name OpenMetrics must escape
+    assert post_run(url, account.post, {"name": odd, "value": 2.5, "unit": "s"})[0] == 200
+    board = account_doc(url, account.admin)["board_id"]
+    status, headers, body = http("GET", f"{url}/b/{board}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert set(families) == {"perfit_value", "perfit_recent_change", "perfit_regressed"}
+    value = {s.labels["name"]: s.value for s in families["perfit_value"].samples}
+    assert value == {"api/latency": 132, "api/size": 50, "db/query": 18, odd: 2.5}
+    regressed = {s.labels["name"]: s.value for s in families["perfit_regressed"].samples}
+    assert regressed == {"api/latency": 1, "api/size": 0, "db/query": 0, odd: 0}
+    units = {s.labels["unit"] for s in families["perfit_value"].samples}
+    assert units == {"ms", "s"}
+
+
+def test_the_board_page_lists_every_metric_by_group_with_links_that_work(
+    url: str, account: Account
+) -> None:
+    ids = _stepped_run_metrics(url, account)
+    board = account_doc(url, account.admin)["board_id"]
+    status, headers, body = http("GET", f"{url}/b/{board}")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert (
+        page.index('<h2 id="g0">api</h2>') < page.index(">db</h2>") < page.index(">(no group)</h2>")
+    )
+    assert "1 regressed" in page and page.count('<svg class="spark"') == 3
+    for name, metric in ids.items():
+        link = f'href="../m/{metric}"'
+        assert link in page, name
+        target = urllib.parse.urljoin(f"{url}/b/{board}", f"../m/{metric}")
+        assert http("GET", target)[0] == 200
+    assert "132 ms" in page and "regression</span> +29.7 %" in page
+
+
+def test_an_empty_board_says_how_to_fill_it(url: str, account: Account) -> None:
+    board = account_doc(url, account.admin)["board_id"]
+    page = http("GET", f"{url}/b/{board}")[2].decode()
+    assert "No metrics yet" in page and "perfit post --format" in page
+
+
+def test_an_unknown_board_is_404(url: str) -> None:
+    for view in ("", "/json", "/metrics"):
+        assert "no board" in assert_error(
+            http("GET", f"{url}/b/{perfit.b64encode(perfit.new_id())}{view}"), 404
+        )
+    assert_error(http("GET", f"{url}/b/nope"), 404)
+
+
+# --------------------------------------------------------------------------------------------
 # Web: reading
 # JSON, CSV, SVG, badges, change points, info and pages over HTTP, with their options.
 # --------------------------------------------------------------------------------------------
