@@ -77,6 +77,11 @@ def perfit_command(*flags: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+#: What tells the client it runs on a CI service (and so what metadata it posts): tests that
+#: run on one must not post its commit.
+CI_MARKERS = ("GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI", "JENKINS_URL")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child, without PerfIt settings or proxies leaking in from ours.
 
@@ -87,7 +92,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if not key.upper().startswith(("PERFIT", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
-        and key != "PYTHONDONTWRITEBYTECODE"
+        and key not in ("PYTHONDONTWRITEBYTECODE", *CI_MARKERS)
     }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env.update(extra)
@@ -4441,6 +4446,86 @@ def test_metric_import_names_a_bad_csv_line_and_accepts_a_bom(
         == 0
     )
     assert values(url, metric) == [2.5]
+
+
+GITHUB = {
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_SHA": "3f2a9c1e7b0d5a6c8e9f00112233445566778899",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "acme/widgets",
+    "GITHUB_RUN_ID": "7001",
+    "GITHUB_RUN_ATTEMPT": "1",
+}
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (GITHUB, "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001"),
+        ({**GITHUB, "GITHUB_RUN_ATTEMPT": "2"},
+         "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001/attempts/2"),
+        ({"GITLAB_CI": "true", "CI_COMMIT_SHA": "a" * 40, "CI_JOB_URL": "https://gitlab.com/a/b/-/jobs/9"},
+         "aaaaaaaaaaaa https://gitlab.com/a/b/-/jobs/9"),
+        ({"BUILDKITE": "true", "BUILDKITE_COMMIT": "b" * 40, "BUILDKITE_JOB_ID": "j-1",
+          "BUILDKITE_BUILD_URL": "https://buildkite.com/acme/w/builds/5"},
+         "bbbbbbbbbbbb https://buildkite.com/acme/w/builds/5#j-1"),
+        ({"CIRCLECI": "true", "CIRCLE_SHA1": "c" * 40, "CIRCLE_BUILD_URL": "https://circleci.com/gh/a/b/3"},
+         "cccccccccccc https://circleci.com/gh/a/b/3"),
+        ({"JENKINS_URL": "https://ci.acme/", "GIT_COMMIT": "d" * 40, "BUILD_URL": "https://ci.acme/job/w/4/"},
+         "dddddddddddd https://ci.acme/job/w/4/"),
+        ({"GITHUB_ACTIONS": "true", "GITHUB_SHA": "e" * 40}, "eeeeeeeeeeee"),  # no URL: the commit
+    ],
+    ids=["github", "github-rerun", "gitlab", "buildkite", "circleci", "jenkins", "partial"],
+)  # fmt: skip
+def test_ci_metadata_is_the_commit_and_the_jobs_url(env: dict, expected: str) -> None:
+    assert perfit.ci_metadata(env) == expected
+
+
+def test_ci_metadata_elsewhere_is_the_checkouts_commit_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    monkeypatch.chdir(HERE)
+    assert perfit.ci_metadata({}) == head.stdout.strip()[:12]
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    assert perfit.ci_metadata({}) == ""
+
+
+def test_post_and_run_fill_in_the_ci_metadata_unless_given(
+    url: str, account: Account, metric: str
+) -> None:
+    args = client_args(url, account.post, metric)
+    assert perfit_main("post", "1.5", *args, env=GITHUB).returncode == 0
+    assert perfit_main("post", "2.5", *args, "--metadata", "mine", env=GITHUB).returncode == 0
+    job = [sys.executable, "-c", "pass"]
+    assert cli("run", *args, "--", *job, env=GITHUB).returncode == 0
+    posted = points(url, metric)
+    job_url = "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001"
+    assert [p.get("m") for p in posted] == [job_url, "mine", job_url]
+
+
+def test_a_metric_is_named_by_its_name_as_well_as_its_id(url: str, account: Account) -> None:
+    named = [*client_args(url, account.post), "--metric", "unit tests"]
+    posted = perfit_main("post", "12.5", *named)
+    assert posted.returncode == 0, posted.stderr
+    metric = json.loads(posted.stdout)["metrics"]["unit tests"]  # created by its name
+    job = [sys.executable, "-c", "pass"]
+    assert cli("run", *named, "--", *job).returncode == 0
+    assert (
+        cli("run", *client_args(url, account.post), "--metric", "new step", "--", *job).returncode
+        == 0
+    )
+    shown = perfit_main("metric", "get", "--format", "json", *named)
+    assert [p["v"] for p in json.loads(shown.stdout)] == [12.5, pytest.approx(0, abs=5)]
+    created = {m["name"]: m for m in account_doc(url, account.admin)["metrics"]}
+    assert created["unit tests"]["metric_id"] == metric
+    assert created["new step"]["unit"] == "s", "run creates a metric of seconds"
+    unknown = perfit_main("metric", "get", *client_args(url, account.post), "--metric", "nope")
+    assert_said_no(unknown, 1)
+    assert "no metric named 'nope'" in unknown.stderr
+    tokenless = perfit_main("metric", "check", "--server", url, "--metric", "unit tests")
+    assert_said_no(tokenless, 2)
+    assert "needs a token" in tokenless.stderr
 
 
 # --------------------------------------------------------------------------------------------
