@@ -5110,7 +5110,7 @@ def _measured(name: str, value: float, unit: str, better: str = "") -> Result:
         seconds = _tidy(value * _HARNESS_TIME_UNITS[base], 15)
         return Result(name, seconds, "s", better or "lower")
     per_second = unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
-    return Result(name, value, unit, better or ("higher" if per_second else "lower"))
+    return Result(name, _tidy(value, 15), unit, better or ("higher" if per_second else "lower"))
 
 
 def _json_doc(text: str, fmt: str) -> Any:

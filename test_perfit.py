@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -4526,6 +4527,217 @@ def test_a_metric_is_named_by_its_name_as_well_as_its_id(url: str, account: Acco
     tokenless = perfit_main("metric", "check", "--server", url, "--metric", "unit tests")
     assert_said_no(tokenless, 2)
     assert "needs a token" in tokenless.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Client: harness formats
+# The real output of each harness (fixtures/, made by fixtures/regenerate.sh) read into named
+# results: which number, which name, which unit, which way is better.
+# --------------------------------------------------------------------------------------------
+
+FIXTURES = HERE / "fixtures"
+
+
+def read_fixture(name: str, fmt: str = "auto", prefix: str = "") -> dict[str, perfit.Result]:
+    results = perfit.read_results((FIXTURES / name).read_text(), fmt, prefix)
+    assert len({r.name for r in results}) == len(results), "names are unique"
+    return {r.name: r for r in results}
+
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("pytest-benchmark.json", "pytest-benchmark"),
+        ("hyperfine.json", "hyperfine"),
+        ("go.txt", "go"),
+        ("go.json", "go"),
+        ("google-benchmark.json", "google-benchmark"),
+        ("google-benchmark-norep.json", "google-benchmark"),
+        ("libtest.txt", "libtest"),
+        ("pyperf.json", "pyperf"),
+    ],
+)
+def test_auto_tells_each_harness_by_its_output(name: str, fmt: str) -> None:
+    assert perfit.detect_format((FIXTURES / name).read_text()) == fmt
+
+
+def test_pytest_benchmark_gives_each_tests_median_by_group_or_full_name() -> None:
+    doc = json.loads((FIXTURES / "pytest-benchmark.json").read_text())
+    found = read_fixture("pytest-benchmark.json")
+    expected = {
+        (f"{b['group']}/{b['name']}" if b["group"] else b["fullname"]): b["stats"]["median"]
+        for b in doc["benchmarks"]
+    }
+    assert {n: r.value for n, r in found.items()} == pytest.approx(expected, rel=1e-12)
+    assert "strings/test_join" in found and any(n.endswith("::test_sort[1000]") for n in found)
+    assert {(r.unit, r.better) for r in found.values()} == {("s", "lower")}
+
+
+def test_hyperfine_gives_each_commands_median_in_seconds() -> None:
+    found = read_fixture("hyperfine.json")
+    assert list(found) == ["sleep 0.01", "sleep 0.02", "true"]
+    assert 0.01 <= found["sleep 0.01"].value < found["sleep 0.02"].value < 0.5
+    scanned = read_fixture("hyperfine-params.json", "hyperfine")
+    assert list(scanned) == ["sleep 0.010", "sleep 0.020"]  # a parameter scan: one per value
+
+
+def test_go_names_drop_gomaxprocs_and_take_the_package_when_there_are_several() -> None:
+    several = read_fixture("go.txt")
+    sort = "example.com/bench/sorting/BenchmarkSort/size=1000"
+    assert several[sort] == perfit.Result(sort, 8.118e-06, "s", "lower")  # 8118 ns/op
+    assert several[f"{sort} (B/op)"] == perfit.Result(f"{sort} (B/op)", 105, "B/op", "lower")
+    join = "example.com/bench/strs/BenchmarkJoin"
+    assert several[f"{join} (MB/s)"] == perfit.Result(f"{join} (MB/s)", 237.53, "MB/s", "higher")
+    search = "example.com/bench/sorting/BenchmarkSearch (lookups/s)"
+    assert several[search].better == "higher"
+    one = read_fixture("go-one-package.txt")
+    assert "BenchmarkSort/size=100" in one and not any("example.com" in n for n in one)
+    assert not any(re.search(r"-\d+($| )", n) for n in [*several, *one]), "no -GOMAXPROCS"
+
+
+def test_go_json_events_read_like_the_text_and_repeats_give_their_median() -> None:
+    from_json = read_fixture("go.json")
+    assert set(from_json) == set(read_fixture("go.txt"))
+    lines = [
+        float(m.group(1))
+        for line in (FIXTURES / "go.json").read_text().splitlines()
+        for m in [re.search(r"\s([0-9.]+) ns/op", json.loads(line).get("Output", ""))]
+        if m and json.loads(line)["Package"].endswith("strs")
+    ]
+    assert len(lines) == 2  # -count 2
+    assert from_json["example.com/bench/strs/BenchmarkJoin"].value == pytest.approx(
+        statistics.median(lines) * 1e-9
+    )
+
+
+def test_google_benchmark_takes_the_median_aggregate_or_the_iteration_rows() -> None:
+    doc = json.loads((FIXTURES / "google-benchmark.json").read_text())
+    medians = {b["run_name"]: b for b in doc["benchmarks"] if b.get("aggregate_name") == "median"}
+    found = read_fixture("google-benchmark.json")
+    assert set(found) == {"BM_Sort/100", "BM_Sort/1000", "BM_Accumulate", "BM_Accumulate (items/s)"}
+    assert found["BM_Sort/1000"].value == pytest.approx(medians["BM_Sort/1000"]["real_time"] * 1e-9)
+    items = found["BM_Accumulate (items/s)"]
+    assert (items.unit, items.better) == ("items/s", "higher")
+    assert items.value == pytest.approx(medians["BM_Accumulate"]["items_per_second"])
+    plain = read_fixture("google-benchmark-norep.json")
+    assert set(plain) == set(found)
+
+
+def test_libtest_reads_bench_lines_with_thousands_separators() -> None:
+    found = read_fixture("libtest.txt")
+    assert set(found) == {"bench_sort", "strings::bench_join"}
+    line = re.search(
+        r"bench_sort\s+\.\.\. bench:\s+([\d,.]+)", (FIXTURES / "libtest.txt").read_text()
+    )
+    assert found["bench_sort"].value == pytest.approx(float(line.group(1).replace(",", "")) * 1e-9)
+
+
+def test_pyperf_takes_the_median_of_every_runs_values_not_the_warmups() -> None:
+    doc = json.loads((FIXTURES / "pyperf.json").read_text())
+    found = read_fixture("pyperf.json")
+    assert set(found) == {"sort_100", "join_200", "dict_lookup"}
+    bench = next(b for b in doc["benchmarks"] if b["metadata"]["name"] == "join_200")
+    values = [v for run in bench["runs"] for v in run.get("values", [])]
+    assert found["join_200"].value == pytest.approx(statistics.median(values))
+
+
+def test_bmf_and_gab_custom_json_take_their_documented_shapes() -> None:
+    bmf = {"sort": {"latency": {"value": 1500.0, "lower_value": 1400.0}, "throughput": {"value": 9e5}},
+           "parse": {"file-size": {"value": 2048}}}  # fmt: skip
+    found = {r.name: r for r in perfit.read_results(json.dumps(bmf), "bmf")}
+    assert found["sort"] == perfit.Result("sort", 1.5e-06, "s", "lower")
+    assert found["sort (throughput)"] == perfit.Result("sort (throughput)", 9e5, "ops/s", "higher")
+    assert found["parse (file-size)"].unit == "file-size"
+    gab = [{"name": "render", "unit": "ms", "value": 12.5, "range": "± 0.3"},
+           {"name": "rps", "unit": "req/s", "value": 950}]  # fmt: skip
+    found = {r.name: r for r in perfit.read_results(json.dumps(gab), "auto", "web")}
+    assert found == {
+        "web/render": perfit.Result("web/render", 0.0125, "s", "lower"),
+        "web/rps": perfit.Result("web/rps", 950, "req/s", "higher"),
+    }
+
+
+@pytest.mark.parametrize(
+    "text, fmt, message",
+    [
+        ("hello", "auto", "not the output of a known harness"),
+        ("{}", "pytest-benchmark", 'no "benchmarks" list'),
+        ('{"benchmarks": [{"name": "x"}], "machine_info": {}}', "auto", "KeyError"),
+        ("PASS\nok  example.com/x 0.1s\n", "go", "no Benchmark"),
+        ("[1, 2]", "gab", "expected"),
+    ],
+)
+def test_a_file_that_is_not_what_format_says_is_a_usage_error(
+    text: str, fmt: str, message: str
+) -> None:
+    with pytest.raises(perfit.UsageError, match=message):
+        perfit.read_results(text, fmt)
+
+
+def test_post_format_creates_a_metric_per_result_and_prints_the_board(
+    url: str, account: Account
+) -> None:
+    args = [*client_args(url, account.post), "--metadata", "run 1"]
+    posted = perfit_main("post", "--format", "auto", str(FIXTURES / "go.txt"), *args)
+    assert posted.returncode == 0, posted.stderr
+    ids = json.loads(posted.stdout)["metrics"]
+    assert len(ids) == len(read_fixture("go.txt")) == 14
+    board = account_doc(url, account.admin)["board_id"]
+    assert "posted 14 result(s)" in posted.stderr and f"{url}/b/{board}" in posted.stderr
+    again = perfit_main(
+        "post", "--format", "go", str(FIXTURES / "go.txt"), *args, "--prefix", "nightly"
+    )
+    assert set(json.loads(again.stdout)["metrics"]) == {f"nightly/{n}" for n in ids}
+    shown = ok_json("GET", f"{url}/b/{board}/json")["metrics"]
+    assert len(shown) == 28 and {m["latest"]["m"] for m in shown} == {"run 1"}
+
+
+def test_post_format_reads_stdin_and_runs_under_python_s(url: str, account: Account) -> None:
+    text = (FIXTURES / "hyperfine.json").read_text()
+    done = subprocess.run(
+        [sys.executable, "-S", "perfit.py", "post", "--format", "hyperfine", "-", *client_args(url, account.post)],
+        input=text, capture_output=True, text=True, cwd=HERE, env=clean_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["metrics"]) == {"sleep 0.01", "sleep 0.02", "true"}
+
+
+def test_post_of_a_bad_value_or_file_says_what_to_do(url: str, account: Account) -> None:
+    args = client_args(url, account.post, "x")
+    notanumber = perfit_main("post", "fast", *args)
+    assert_said_no(notanumber, 2)
+    assert "give --format" in notanumber.stderr
+    missing = perfit_main("post", "--format", "go", "/nonexistent.txt", *args)
+    assert_said_no(missing, 2)
+    wrong = perfit_main("post", "--format", "pytest-benchmark", str(FIXTURES / "go.txt"), *args)
+    assert_said_no(wrong, 2)
+    assert "not pytest-benchmark output" in wrong.stderr
+
+
+def test_import_of_a_github_action_benchmark_data_js_is_named_timed_and_idempotent(
+    url: str, account: Account
+) -> None:
+    source = str(FIXTURES / "gab-data.js")
+    done = perfit_main(
+        "metric", "import", "--format", "gab", source, *client_args(url, account.admin)
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["existing"] == 0 and summary["added"] > 0
+    metrics = {m["name"]: m for m in account_doc(url, account.admin)["metrics"]}
+    assert len(metrics) == summary["metrics"]
+    sort = metrics["Python Benchmark/fixtures/src/pytest/test_bench.py::test_sort[100]"]
+    assert (sort["unit"], sort["better"]) == ("iter/sec", "higher")  # pytest's numbers are ops/s
+    first, second = points(url, sort["metric_id"])
+    assert first["t"] == 1795165200  # 2026-11-20T10:00:00+01:00, the commit's time
+    assert first["m"] == "111111111111 https://github.com/acme/widgets/commit/" + "1" * 40
+    assert second["t"] - first["t"] == 86400
+    go = metrics["Go Benchmark/BenchmarkSort/size=100 - ns/op"]
+    assert (go["unit"], go["better"]) == ("s", "lower")  # ns/op in seconds
+    again = perfit_main(
+        "metric", "import", "--format", "gab", source, *client_args(url, account.admin)
+    )
+    assert json.loads(again.stdout) == {**summary, "added": 0, "existing": summary["added"]}
 
 
 # --------------------------------------------------------------------------------------------
