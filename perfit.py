@@ -3088,6 +3088,7 @@ _BOARD_WINDOW = 250  #: a board looks for change points among this many newest p
 _SPARK_POINTS = 60  #: points a sparkline draws
 _RECENT_LEVEL = 20  #: the latest value is compared with the median of this many before it
 _OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_MEASURE_SUFFIX_RE = re.compile(r" \([^()]*\)$")  #: " (B/op)": what a harness measured besides time
 
 
 class _ChangeCache:
@@ -3135,8 +3136,15 @@ class BoardRow:
 
     @property
     def group(self) -> str:
-        """What its name has before the last "/": boards list metrics grouped by it."""
-        return self.metric.name.rpartition("/")[0]
+        """What its name has before the last "/": boards list metrics grouped by it. A "/"
+        in a measure's unit ("BenchmarkJoin (B/op)") does not count."""
+        return _MEASURE_SUFFIX_RE.sub("", self.metric.name).rpartition("/")[0]
+
+    @property
+    def short_name(self) -> str:
+        """Its name within its group."""
+        name = self.metric.name
+        return name[len(self.group) + 1 :] if self.group else name or b64encode(self.metric.id)
 
     @property
     def latest(self) -> float | None:
@@ -3284,6 +3292,7 @@ button { font: inherit; padding: .4rem 1rem; border-radius: 4px; border: 1px sol
 code { background: var(--card); padding: .1rem .3rem; border-radius: 3px; }
 nav.formats a { margin-right: 1rem; }
 h2 { font-size: 1.15rem; margin: 1.5rem 0 .5rem; }
+h1, h2 { overflow-wrap: anywhere; }
 .embed textarea { width: 100%; min-height: 6em; font: .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
                   padding: .4rem; border: 1px solid var(--border); border-radius: 4px;
                   background: var(--card); color: var(--fg); resize: vertical; margin-bottom: .5rem; }
@@ -3299,15 +3308,20 @@ table.latest td:last-child { overflow-wrap: break-word; }
        overflow-wrap: break-word; }
 .tip[hidden] { display: none; }
 .tip strong { display: block; }
-table.board { border-collapse: collapse; width: 100%; font-size: .9rem; margin-bottom: .5rem; }
+table.board { border-collapse: collapse; width: 100%; font-size: .9rem; margin-bottom: .5rem;
+              table-layout: fixed; }
+/* The same columns in every group's table: name, trend, latest, vs recent, newest change. */
+table.board th:nth-child(1) { width: 32%; } table.board th:nth-child(2) { width: 136px; }
+table.board th:nth-child(3) { width: 16%; } table.board th:nth-child(4) { width: 11%; }
 table.board th, table.board td { text-align: left; padding: .3rem .5rem; vertical-align: middle;
                                  border-bottom: 1px solid var(--border); }
-table.board td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.board td.num, table.board th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 table.board td.name { overflow-wrap: anywhere; }
 svg.spark { width: 120px; height: 28px; display: block; color: var(--accent); }
 tr.regression svg.spark, .kind.regression { color: var(--error); }
 tr.improvement svg.spark, .kind.improvement { color: var(--good); }
 .kind { font-weight: 600; }
+.when { white-space: nowrap; }
 input[type=search] { width: min(100%, 24rem); }
 @media (max-width: 600px) {
   /* A board row: name across, then trend, latest value and change side by side. */
@@ -3621,14 +3635,14 @@ def _render_board_page(rows: Sequence[BoardRow], board_id: str) -> str:
 def _board_table_row(row: BoardRow) -> str:
     esc = html.escape
     metric = row.metric
-    short = metric.name.rpartition("/")[2] or b64encode(metric.id)
+    short = row.short_name
     latest = format_value(row.latest, metric.unit) if row.latest is not None else "no data"
     newest = ""
     if row.newest is not None:
         c = row.newest
         newest = (
             f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.to_json()["change"])}'
-            f' <span class="muted" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
+            f' <span class="muted when" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
         )
     return (
         f'<tr class="{row.state}" data-name="{esc(row.name)}">'
@@ -3645,10 +3659,12 @@ def _sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> s
     if not values:
         return ""
     low, high = min(values), max(values)
-    span = (high - low) or 1.0
+    # At least 10 % of the level from bottom to top: noise of 1 % is a ripple, not a saw.
+    span = max(high - low, abs(high + low) / 2 * 0.1) or 1.0
+    bottom = (low + high - span) / 2
     step = (width - 4) / max(1, len(values) - 1)
     points = [
-        (2 + i * step, height - 3 - (v - low) / span * (height - 6) if high > low else height / 2)
+        (2 + i * step, height - 3 - (v - bottom) / span * (height - 6))
         for i, v in enumerate(values)
     ]
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)

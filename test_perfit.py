@@ -3961,6 +3961,63 @@ def test_pages_pass_an_accessibility_check(
     assert [(v["id"], len(v["nodes"])) for v in bad] == []
 
 
+@pytest.fixture(scope="module")
+def board(url: str) -> str:
+    """A board: metrics in two groups with a regression and an improvement, an idle one, and
+    a Go suite posted by name; read, never written, by the tests that share it."""
+    account = new_account(url)
+    _stepped_run_metrics(url, account)
+    args = [*client_args(url, account.post), "--metadata", "3f2a9c1e7b0d https://ci.example/job/7"]
+    done = perfit_main("post", "--format", "go", str(FIXTURES / "go.txt"), "--prefix", "go", *args)
+    assert done.returncode == 0, done.stderr
+    return f"{url}/b/{account_doc(url, account.admin)['board_id']}"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_board_passes_an_accessibility_check(
+    browser: Browser, axe: Any, board: str, scheme: str
+) -> None:
+    with opened(browser, board, color_scheme=scheme) as page:
+        shoot(page, f"board-{scheme}.png")
+        found = axe.run(page).response["violations"]
+    bad = [
+        (v["id"], [n["html"][:120] for n in v["nodes"]])
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_board_fits_a_phone(browser: Browser, board: str, scheme: str) -> None:
+    phone = {"viewport": {"width": 375, "height": 740}, "is_mobile": True, "has_touch": True}
+    with opened(browser, board, color_scheme=scheme, device_scale_factor=2, **phone) as page:
+        shoot(page, f"board-phone-{scheme}.png")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375 + 1
+        first = page.locator("table.board tbody tr").first
+        assert first.locator("svg.spark").is_visible() and first.locator("a").is_visible()
+
+
+def test_the_boards_filter_box_hides_what_does_not_match(browser: Browser, board: str) -> None:
+    with opened(browser, board) as page:
+        rows = page.locator("table.board tbody tr")
+        assert rows.count() == 18
+        page.fill("#filter", "LATENCY")  # any case
+        visible = page.evaluate(
+            "() => Array.from(document.querySelectorAll('tbody tr:not([hidden])'),"
+            " (r) => r.dataset.name)"
+        )
+        assert visible == ["api/latency"]
+        assert page.locator("section.group:not([hidden]) h2").all_inner_texts() == ["api"]
+        page.fill("#filter", "no such metric")
+        assert page.locator("#none").is_visible()
+        page.fill("#filter", "")
+        assert page.locator("tbody tr:not([hidden])").count() == 18
+        page.click("text=latency")  # a row's name opens the metric's page
+        page.wait_for_url("**/m/*")
+        assert page.locator("h1").inner_text() == "api/latency"
+
+
 # --------------------------------------------------------------------------------------------
 # Client
 # Against a server that is down, not there, not trusted, not PerfIt, or elsewhere.
