@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,9 +46,10 @@ def fill(store: perfit.Store, account: bytes, metrics: int, points: int) -> list
     return ids
 
 
-def answer_time(app, path: str, runs: int = 1) -> tuple[float, int]:
-    """The fastest of `runs` answers to GET path through the app, and the body's size."""
-    best, size = float("inf"), 0
+def answer_time(app, path: str, runs: int = 1) -> tuple[float, int, int]:
+    """The fastest of `runs` answers to GET path through the app, the body's size, and its size
+    gzipped (as a proxy in front would send it)."""
+    best, size, packed = float("inf"), 0, 0
     for _ in range(runs):
         environ = {
             "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "x",
@@ -57,8 +59,8 @@ def answer_time(app, path: str, runs: int = 1) -> tuple[float, int]:
         started = time.perf_counter()
         body = b"".join(app(environ, lambda status, headers, exc_info=None: None))
         best = min(best, time.perf_counter() - started)
-        size = len(body)
-    return best, size
+        size, packed = len(body), len(zlib.compress(body, 6))
+    return best, size, packed
 
 
 def main() -> None:
@@ -73,16 +75,22 @@ def main() -> None:
         app = perfit.make_app(store, perfit.ServerConfig(rate_limit=0))
         one = f"/m/{perfit.b64encode(ids[0])}"
         print(f"{args.metrics} metrics x {args.points} points")
-        print(f"{'answer':<28} {'ms':>8} {'KB':>8} {'x one metric page':>18}")
-        base, size = answer_time(app, one, runs=3)
-        print(f"{'GET /m/ID (baseline)':<28} {base * 1000:8.1f} {size / 1024:8.1f} {1.0:18.2f}")
+        print(f"{'answer':<28} {'ms':>8} {'KB':>8} {'gzip KB':>8} {'x one metric page':>18}")
+        base, size, packed = answer_time(app, one, runs=3)
+        print(
+            f"{'GET /m/ID (baseline)':<28} {base * 1000:8.1f} {size / 1024:8.1f} "
+            f"{packed / 1024:8.1f} {1.0:18.2f}"
+        )
         for view in ("", "/json", "/metrics"):
             for metric_id in ids:  # a CI run: one new point in every metric
                 store.add_point(metric_id, random.uniform(0.001, 2))
-            cold, size = answer_time(app, f"/b/{board}{view}")
-            warm, _ = answer_time(app, f"/b/{board}{view}", runs=3)
+            cold, size, packed = answer_time(app, f"/b/{board}{view}")
+            warm, _, _ = answer_time(app, f"/b/{board}{view}", runs=3)
             for label, took in ((f"GET /b/ID{view} cold", cold), (f"GET /b/ID{view} warm", warm)):
-                print(f"{label:<28} {took * 1000:8.1f} {size / 1024:8.1f} {took / base:18.2f}")
+                print(
+                    f"{label:<28} {took * 1000:8.1f} {size / 1024:8.1f} {packed / 1024:8.1f} "
+                    f"{took / base:18.2f}"
+                )
 
 
 if __name__ == "__main__":
