@@ -1726,7 +1726,7 @@ class Store:
         metadata: str,
         fit: Callable[[Metric, RunPoint], float],
     ) -> tuple[int, dict[str, bytes]]:
-        """Store a CI run: one point a name, all at one arrival time, metrics missing by name
+        """Store a CI run: its points all at one arrival time, metrics missing by name
         created in `account`; one record, so all of it or none. Returns the time (µs) and the
         metric id of each name. `fit(metric, point)` is the value to store in an existing
         metric (its unit may differ from the point's).
@@ -2958,7 +2958,7 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
         raise BadRequest("points must be a non-empty array of {name, value, unit, better}")
     if len(items) > MAX_RUN_POINTS:
         raise PayloadTooLarge(f"{len(items)} points; at most {MAX_RUN_POINTS} in one run")
-    points, seen = [], set()
+    points = []
     for i, item in enumerate(items):
         where = f"points[{i}]"
         item = _body_object(item, ("name", "value", "unit", "better"), where)
@@ -2968,9 +2968,6 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
         name = _check_name(item["name"], f"{where}.name")
         if not name:
             raise BadRequest(f"{where}.name is empty")
-        if name in seen:
-            raise BadRequest(f"{where}.name: {name!r} is in the run twice")
-        seen.add(name)
         better = item.get("better", "lower")
         if better not in _BETTER_CHOICES:
             raise BadRequest(f"{where}.better must be 'lower' or 'higher'")
@@ -3001,12 +2998,13 @@ _QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, _THRESHOLD, _METRIC_ID)}
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
     """Chart options from a query string; a bad one is a 400 naming it.
 
-    For each field, the option given that wins is read (a relative bound wins over a fixed
-    one, as in the original PerfIt); the one it beats is not even looked at.
+    Every option given is checked, and for each field the one that wins is used: a relative
+    bound wins over a fixed one, as in the original PerfIt.
     """
     given = [o for o in CHART_OPTIONS if query.get(o.name, "").strip()]
-    winners = {o.field: o for o in sorted(given, key=lambda o: o.kind == "duration")}
-    values = {field: _option_value(o, query[o.name], now) for field, o in winners.items()}
+    values = {}
+    for option in sorted(given, key=lambda o: o.kind == "duration"):  # the winner comes last
+        values[option.field] = _option_value(option, query[option.name], now)
     opts = ChartOptions(**values)
     if opts.start is not None and opts.end is not None and opts.start > opts.end:
         raise BadRequest("start-rel/start-fixed: the start is after the end")
@@ -4524,7 +4522,8 @@ _SCHEMAS = {
                 "minItems": 1,
                 "maxItems": MAX_RUN_POINTS,
                 "items": _NEW_RUN_POINT,
-                "description": "One a name; metrics missing by name are created.",
+                "description": "Metrics missing by name are created; a name may come more "
+                "than once (each value is a point).",
             },
         },
         ["points"],

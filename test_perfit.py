@@ -1547,7 +1547,7 @@ class StoreMachine(RuleBasedStateMachine):
 TestStoreAgainstAModel = StoreMachine.TestCase
 
 
-TestStoreAgainstAModel.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+TestStoreAgainstAModel.settings = settings(max_examples=15, stateful_step_count=25, deadline=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2433,6 +2433,13 @@ def test_a_run_creates_metrics_by_name_once_and_posts_to_them_at_one_time(
     assert ID_RE.match(listed["board_id"]) and listed["account_id"] == account.id
 
 
+def test_a_name_twice_in_a_run_is_two_points_of_one_new_metric(url: str, account: Account) -> None:
+    answer = post_run(url, account.post, {"name": "rep", "value": 1}, {"name": "rep", "value": 2})
+    metric = json.loads(answer[2])["metrics"]["rep"]
+    assert [p["v"] for p in points(url, metric)] == [1, 2]
+    assert len(account_doc(url, account.admin)["metrics"]) == 1
+
+
 def test_a_run_stores_a_duration_in_an_existing_metrics_unit(url: str, account: Account) -> None:
     step = new_metric(url, account.admin, name="step", unit="ms")
     size = new_metric(url, account.admin, name="size", unit="MB")
@@ -2447,7 +2454,6 @@ def test_a_run_stores_a_duration_in_an_existing_metrics_unit(url: str, account: 
 @pytest.mark.parametrize(
     "body, status",
     [
-        ({"points": [{"name": "a", "value": 1}, {"name": "a", "value": 2}]}, 400),
         ({"points": [{"name": "a", "value": 1}, {"name": "b", "value": "2"}]}, 400),
         ({"points": [{"name": "a", "value": 1}, {"name": "b"}]}, 400),
         ({"points": [{"name": "a", "value": 1, "better": "up"}]}, 400),
@@ -2460,7 +2466,7 @@ def test_a_run_stores_a_duration_in_an_existing_metrics_unit(url: str, account: 
         (None, 400),
         ([], 400),
     ],
-    ids=["twice", "string", "no value", "better", "unknown", "empty name", "none", "object",
+    ids=["string", "no value", "better", "unknown", "empty name", "none", "object",
          "metadata", "1001", "no body", "array"],
 )  # fmt: skip
 def test_a_bad_run_is_refused_whole(url: str, account: Account, body: Any, status: int) -> None:
@@ -3288,7 +3294,7 @@ _FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None,
 
 
 @schemathesis.pytest.from_fixture("openapi_schema").parametrize()
-@settings(max_examples=12, **_FUZZ_SETTINGS)
+@settings(max_examples=5, **_FUZZ_SETTINGS)
 def test_openapi_fuzz_finds_no_server_error(case: Any, fuzz_world: FuzzWorld) -> None:
     _fuzz_case(case, fuzz_world)
 
@@ -3944,9 +3950,7 @@ def test_chart_text_stays_readable_on_a_phone(browser: Browser, url: str, plotte
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-@pytest.mark.parametrize(
-    "path", ["/", "/m/{metric}", "/m/{metric}?title=Build+time"], ids=["index", "metric", "titled"]
-)
+@pytest.mark.parametrize("path", ["/", "/m/{metric}?title=Build+time"], ids=["index", "metric"])
 def test_pages_pass_an_accessibility_check(
     browser: Browser, axe: Any, url: str, plotted: str, path: str, scheme: str
 ) -> None:
@@ -4556,7 +4560,7 @@ def test_post_and_run_fill_in_the_ci_metadata_unless_given(
     assert perfit_main("post", "1.5", *args, env=GITHUB).returncode == 0
     assert perfit_main("post", "2.5", *args, "--metadata", "mine", env=GITHUB).returncode == 0
     job = [sys.executable, "-c", "pass"]
-    assert cli("run", *args, "--", *job, env=GITHUB).returncode == 0
+    assert perfit_main("run", *args, "--", *job, env=GITHUB).returncode == 0
     posted = points(url, metric)
     job_url = "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001"
     assert [p.get("m") for p in posted] == [job_url, "mine", job_url]
@@ -4568,9 +4572,11 @@ def test_a_metric_is_named_by_its_name_as_well_as_its_id(url: str, account: Acco
     assert posted.returncode == 0, posted.stderr
     metric = json.loads(posted.stdout)["metrics"]["unit tests"]  # created by its name
     job = [sys.executable, "-c", "pass"]
-    assert cli("run", *named, "--", *job).returncode == 0
+    assert perfit_main("run", *named, "--", *job).returncode == 0
     assert (
-        cli("run", *client_args(url, account.post), "--metric", "new step", "--", *job).returncode
+        perfit_main(
+            "run", *client_args(url, account.post), "--metric", "new step", "--", *job
+        ).returncode
         == 0
     )
     shown = perfit_main("metric", "get", "--format", "json", *named)
