@@ -5743,16 +5743,14 @@ def _cmd_account_new(args: argparse.Namespace) -> int:
 def _cmd_account_show(args: argparse.Namespace) -> int:
     client = _client(args)
     account = client.call("GET", "/a/")
-    account["board"] = f"{client.server}/b/{account['board_id']}"
-    _print_json(account)
+    _print_json({"board": f"{client.server}/b/{account['board_id']}", **account})
     return EXIT_OK
 
 
 def _cmd_account_new_board(args: argparse.Namespace) -> int:
     client = _client(args)
     board = client.call("PUT", "/b/")
-    board["board"] = f"{client.server}/b/{board['board_id']}"
-    _print_json(board)
+    _print_json({"board": f"{client.server}/b/{board['board_id']}", **board})
     return EXIT_OK
 
 

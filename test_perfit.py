@@ -4553,6 +4553,25 @@ def test_ci_metadata_elsewhere_is_the_checkouts_commit_or_nothing(
     assert perfit.ci_metadata({}) == ""
 
 
+def test_account_show_links_the_board_and_new_board_retires_the_link(
+    url: str, account: Account
+) -> None:
+    new_metric(url, account.admin, name="build")
+    shown = perfit_main("account", "show", *client_args(url, account.post))
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert next(iter(doc)) == "board", "the link first: the list of metrics may be long"
+    assert [m["name"] for m in doc["metrics"]] == ["build"]
+    assert http("GET", doc["board"])[0] == 200
+    refused = perfit_main("account", "new-board", *client_args(url, account.post))
+    assert_said_no(refused, 1)  # a post token may not
+    replaced = json.loads(
+        perfit_main("account", "new-board", *client_args(url, account.admin)).stdout
+    )
+    assert replaced["board"] != doc["board"] and http("GET", replaced["board"])[0] == 200
+    assert_error(http("GET", doc["board"]), 404)
+
+
 def test_post_and_run_fill_in_the_ci_metadata_unless_given(
     url: str, account: Account, metric: str
 ) -> None:
