@@ -2883,14 +2883,22 @@ def _body_object(body: Any, allowed: Sequence[str], where: str = "the body") -> 
     return body
 
 
+def _points_array(value: Any, limit: int, expected: str) -> list:
+    """An array of points, at most `limit` of them (more is a 413); else a 400 saying `expected`."""
+    if not isinstance(value, list):
+        raise BadRequest(expected)
+    if len(value) > limit:
+        raise PayloadTooLarge(f"{len(value)} points; at most {limit} in one request")
+    return value
+
+
 def _parse_import(body: Any, now: float) -> PointBatch:
     """A bulk import body, `[{"t", "v", "m"}, ...]`, as a batch sorted by time (stable)."""
-    if not isinstance(body, list):
-        raise BadRequest('the body must be a JSON array like [{"t": 1767225600, "v": 12.5}]')
-    if len(body) > MAX_IMPORT_POINTS:
-        raise PayloadTooLarge(f"{len(body)} points; at most {MAX_IMPORT_POINTS} per request")
+    items = _points_array(
+        body, MAX_IMPORT_POINTS, 'the body must be a JSON array like [{"t": 1767225600, "v": 12.5}]'
+    )
     rows = []
-    for i, item in enumerate(body):
+    for i, item in enumerate(items):
         where = f"points[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object with t, v and optionally m")
@@ -2953,11 +2961,13 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
             'the body must be a JSON object like {"points": [{"name": "build", "value": 1.5}]}'
         )
     fields = _body_object(body, ("metadata", "points"))
-    items = fields.get("points")
-    if not isinstance(items, list) or not items:
-        raise BadRequest("points must be a non-empty array of {name, value, unit, better}")
-    if len(items) > MAX_RUN_POINTS:
-        raise PayloadTooLarge(f"{len(items)} points; at most {MAX_RUN_POINTS} in one run")
+    items = _points_array(
+        fields.get("points"),
+        MAX_RUN_POINTS,
+        "points must be an array of {name, value, unit, better}",
+    )
+    if not items:
+        raise BadRequest("points is empty: a run has at least one")
     points = []
     for i, item in enumerate(items):
         where = f"points[{i}]"
