@@ -4555,6 +4555,22 @@ def test_ci_metadata_elsewhere_is_the_checkouts_commit_or_nothing(
     assert perfit.ci_metadata({}) == ""
 
 
+def test_a_points_commit_and_job_url_link_to_the_job_in_the_chart_and_the_table(
+    url: str, account: Account, metric: str
+) -> None:
+    meta = "3f2a9c1e7b0d https://ci.example/acme/jobs/7"
+    assert post_point(url, metric, account.post, 1.5, meta)[0] == 200
+    assert perfit.metadata_link(meta) == "https://ci.example/acme/jobs/7"
+    assert perfit.metadata_link("3f2a9c1e7b0d") is None
+    assert perfit.metadata_link("see javascript:alert(1)") is None
+    chart = parse_svg(http("GET", f"{url}/m/{metric}.svg")[2])
+    xlink = "{http://www.w3.org/1999/xlink}href"
+    links = [a.get("href") or a.get(xlink) for a in chart.iter("{http://www.w3.org/2000/svg}a")]
+    assert links == ["https://ci.example/acme/jobs/7"]
+    page = http("GET", f"{url}/m/{metric}")[2].decode()
+    assert '3f2a9c1e7b0d <a href="https://ci.example/acme/jobs/7"' in page
+
+
 def test_account_show_links_the_board_and_new_board_retires_the_link(
     url: str, account: Account
 ) -> None:
