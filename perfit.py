@@ -1576,98 +1576,17 @@ class Sealer:
 # ==============================================================================================
 
 
-class Store:
-    """A data directory, replayed into memory. Use ``Store.open(path)``, which takes the
-    directory's lock: one process owns it."""
+class _Operations:
+    """What the web layer asks of a store: accounts, tokens, boards, metrics (by name too),
+    points and CI runs, each made into records and appended through the log; and who a token
+    speaks for. Store, below, provides what these use."""
 
-    def __init__(self, path: str, seal_bytes: int = SEAL_BYTES) -> None:
-        self.path = path
-        self.index = Index()
-        self.metrics = self.index.metrics  #: by id; each with its points
-        self.root_token_hash: bytes | None = None  #: set by `serve`
-        self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
-        self.zstd, self.zstd_missing = find_zstd()  #: why there is none, when there is none
-        self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
-        self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
-        self._lock_fd: int | None = None
-        self._import_lock = threading.Lock()  #: one import at a time: see import_points
-        self._naming_lock = threading.Lock()  #: one writer of new metrics at a time: see post_run
-
-    @classmethod
-    def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
-        """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
-        store = cls(path, seal_bytes)
-        try:
-            _make_private_dir(path)
-            store._take_lock()
-            if store.zstd is None and DataFiles.list(path).segments:
-                need_zstd()  # segments it cannot read: stop here, with the fix in one line
-            if repair:
-                repair_directory(path)
-            tail = replay(path, store.index)
-            if tail is None:
-                files = DataFiles.list(path)
-                store.log.start(max([*files.logs, *files.segments], default=0) + 1)
-            else:
-                store.torn_bytes_cut = store.log.resume(DataFiles.list(path).active(), tail)
-        except OSError as e:
-            store.close()
-            raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
-        except PerfitError:
-            store.close()
-            raise
-        store.sealer.wake()  # logs a crash (or a run without zstd) left unsealed
-        store._give_boards()
-        return store
-
-    def close(self) -> None:
-        self.sealer.close()
-        self.log.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def exit_on_fatal(self) -> bool:
-        return self.log.exit_on_fatal
-
-    @exit_on_fatal.setter
-    def exit_on_fatal(self, value: bool) -> None:
-        self.log.exit_on_fatal = value
-
-    def writable(self) -> bool:
-        return self.log.failed is None and os.access(self.path, os.W_OK)
-
-    def _take_lock(self) -> None:
-        import fcntl  # POSIX only, and only the server needs it
-
-        fd = _open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise StoreLocked(
-                f"the data directory {self.path} is in use by another perfit server (pid {owner})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _index_durable(self, records: list[tuple[int, bytes]]) -> None:
-        for rtype, payload in records:
-            self.index.apply(rtype, payload)
-
-    def _sealer_wake(self) -> None:
-        self.sealer.wake()
-
-    # -- operations ----------------------------------------------------------------------------
+    log: Log
+    index: Index
+    metrics: dict[bytes, Metric]
+    root_token_hash: bytes | None
+    _import_lock: threading.Lock
+    _naming_lock: threading.Lock
 
     def create_account(self) -> tuple[bytes, str]:
         """A new account, its board, and its first admin token."""
@@ -1804,6 +1723,98 @@ class Store:
             return Principal(None, "root")
         # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
         return self.index.tokens.get(digest)
+
+
+class Store(_Operations):
+    """A data directory, replayed into memory. Use ``Store.open(path)``, which takes the
+    directory's lock: one process owns it."""
+
+    def __init__(self, path: str, seal_bytes: int = SEAL_BYTES) -> None:
+        self.path = path
+        self.index = Index()
+        self.metrics = self.index.metrics  #: by id; each with its points
+        self.root_token_hash: bytes | None = None  #: set by `serve`
+        self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
+        self.zstd, self.zstd_missing = find_zstd()  #: why there is none, when there is none
+        self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
+        self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
+        self._lock_fd: int | None = None
+        self._import_lock = threading.Lock()  #: one import at a time: see import_points
+        self._naming_lock = threading.Lock()  #: one writer of new metrics at a time: see post_run
+
+    @classmethod
+    def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
+        """Open (or create) a data directory; corruption raises StoreCorrupt unless repair."""
+        store = cls(path, seal_bytes)
+        try:
+            _make_private_dir(path)
+            store._take_lock()
+            if store.zstd is None and DataFiles.list(path).segments:
+                need_zstd()  # segments it cannot read: stop here, with the fix in one line
+            if repair:
+                repair_directory(path)
+            tail = replay(path, store.index)
+            if tail is None:
+                files = DataFiles.list(path)
+                store.log.start(max([*files.logs, *files.segments], default=0) + 1)
+            else:
+                store.torn_bytes_cut = store.log.resume(DataFiles.list(path).active(), tail)
+        except OSError as e:
+            store.close()
+            raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
+        except PerfitError:
+            store.close()
+            raise
+        store.sealer.wake()  # logs a crash (or a run without zstd) left unsealed
+        store._give_boards()
+        return store
+
+    def close(self) -> None:
+        self.sealer.close()
+        self.log.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def exit_on_fatal(self) -> bool:
+        return self.log.exit_on_fatal
+
+    @exit_on_fatal.setter
+    def exit_on_fatal(self, value: bool) -> None:
+        self.log.exit_on_fatal = value
+
+    def writable(self) -> bool:
+        return self.log.failed is None and os.access(self.path, os.W_OK)
+
+    def _take_lock(self) -> None:
+        import fcntl  # POSIX only, and only the server needs it
+
+        fd = _open_private(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreLocked(
+                f"the data directory {self.path} is in use by another perfit server (pid {owner})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _index_durable(self, records: list[tuple[int, bytes]]) -> None:
+        for rtype, payload in records:
+            self.index.apply(rtype, payload)
+
+    def _sealer_wake(self) -> None:
+        self.sealer.wake()
 
 
 # ==============================================================================================
@@ -6249,7 +6260,8 @@ class _Command:
     usage: str | None = None
 
 
-_COMMANDS = (
+#: The server's commands, and those that act on its data directory.
+_SERVER_COMMANDS = (
     _Command(
         "serve",
         _cmd_serve,
@@ -6274,6 +6286,9 @@ _COMMANDS = (
         "copy a data directory consistently, even while a server runs",
         (_DATA, _Option("dest", "a new or empty directory", "DEST")),
     ),
+)
+#: Tokens and accounts.
+_ACCOUNT_COMMANDS = (
     _Command("token gen", _cmd_token_gen, "print a new random token (no server)"),
     _Command(
         "token new",
@@ -6307,6 +6322,9 @@ _COMMANDS = (
         "replace the board's id, so its old links stop working (admin token)",
         client=_CLIENT,
     ),
+)
+#: Metrics, and what CI jobs post to them.
+_METRIC_COMMANDS = (
     _Command(
         "metric new",
         _cmd_metric_new,
@@ -6428,6 +6446,8 @@ _COMMANDS = (
         usage="perfit run [options] -- CMD [ARGS...]",
     ),
 )
+#: Every subcommand, in the order --help lists them.
+_COMMANDS = (*_SERVER_COMMANDS, *_ACCOUNT_COMMANDS, *_METRIC_COMMANDS)
 
 
 def _build_parser() -> argparse.ArgumentParser:
