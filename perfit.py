@@ -87,6 +87,8 @@ __all__ = [
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
     # change points and charts
     *"Change detect_changes series_changes QueryOption CHART_OPTIONS ChartOptions".split(),
+    "Verdict",
+    "compare_values",
     *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
@@ -1892,6 +1894,68 @@ def series_changes(series: Series, better: str, threshold: float) -> list[Change
     return [dataclasses.replace(c, index=c.index + skipped) for c in found]
 
 
+_BASELINE_POINTS = 30  #: a comparison's baseline: at most this many newest points of a level
+_BASELINE_MIN = 10  #: ... and at least this many, reaching back over a change just made
+_COMPARE_SIGMAS = 3.0  #: how far beyond the baseline's noise a difference must be to count
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Fresh values against a metric's recent level (PR gating): nothing is stored."""
+
+    median: float | None  #: of the baseline; None: the metric has no points
+    n: int  #: baseline points
+    spread: float  #: robust standard deviation of the baseline (1.4826 MAD), in its unit
+    value: float  #: the median of the fresh values
+    change: float | None  #: relative: value / median - 1; None without a baseline
+    verdict: str  #: "regression", "improvement" or "same"
+
+    def to_json(self) -> dict[str, Any]:
+        change = None if self.change is None or not math.isfinite(self.change) else self.change
+        return {
+            "baseline": {
+                "median": None if self.median is None else _tidy(self.median),
+                "n": self.n,
+                "spread": _tidy(self.spread),
+            },
+            "value": _tidy(self.value),
+            "change": None if change is None else round(change, 6),
+            "verdict": self.verdict,
+        }
+
+
+def compare_values(
+    series: Series,
+    values: Sequence[float],
+    better: str,
+    changes: Sequence[Change],
+    threshold: float = DEFAULT_CHANGE_THRESHOLD,
+) -> Verdict:
+    """Fresh values (a PR's run) against the metric's recent level.
+
+    The baseline is the newest level (the points since its newest change point), its last
+    BASELINE_POINTS, reaching back to BASELINE_MIN points over a change made only just now.
+    A difference counts when it is at least `threshold` (relative) and beyond
+    COMPARE_SIGMAS standard errors of the two medians, the baseline's noise measured robustly
+    (1.4826 MAD), so one slow runner in the history neither hides nor fakes a change.
+    """
+    value = statistics.median(values)
+    start = changes[-1].index if changes else 0
+    start = min(start, len(series) - _BASELINE_MIN)
+    baseline = series.values[max(0, start, len(series) - _BASELINE_POINTS) :].tolist()
+    if not baseline:
+        return Verdict(None, 0, 0.0, value, None, "same")
+    median = statistics.median(baseline)
+    spread = 1.4826 * statistics.median(abs(x - median) for x in baseline)
+    change = _relative(median, value)
+    noise = _COMPARE_SIGMAS * spread * math.sqrt(1 / len(values) + 1 / len(baseline))
+    verdict = "same"
+    if abs(value - median) > noise and abs(change) >= threshold:
+        worse = change > 0 if better == "lower" else change < 0
+        verdict = "regression" if worse else "improvement"
+    return Verdict(median, len(baseline), spread, value, change, verdict)
+
+
 def _relative(before: float, after: float) -> float:
     if before == 0:
         return 0.0 if after == 0 else math.copysign(math.inf, after)
@@ -2996,6 +3060,23 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
         points.append(RunPoint(name, _check_value(item["value"], f"{where}.value"), unit, better))
     metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
     return points, metadata
+
+
+def _parse_compare(body: Any, metric: Metric) -> list[float]:
+    """A comparison's body, `{"values": [n, ...], "unit"}`, as values in the metric's unit."""
+    if body is None:
+        raise BadRequest('the body must be a JSON object like {"values": [12.5]}')
+    fields = _body_object(body, ("values", "unit"))
+    items = _points_array(
+        fields.get("values"), MAX_RUN_POINTS, "values must be an array of numbers"
+    )
+    if not items:
+        raise BadRequest("values is empty: compare at least one")
+    values = [_check_value(v, f"values[{i}]") for i, v in enumerate(items)]
+    if "unit" in fields:
+        unit = _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES)
+        values = [_in_metric_unit(v, unit, metric) for v in values]
+    return values
 
 
 # -- query options ------------------------------------------------------------------------------
@@ -4150,6 +4231,17 @@ def _show_changes(web: _Web, ids: str) -> Any:
     )
 
 
+def _compare(web: _Web, body: Any, metric_id: str) -> Any:
+    """Compare fresh values with the metric's recent level (a PR's run); stores nothing."""
+    metric = _metric_or_404(web, metric_id)
+    values = _parse_compare(body, metric)
+    threshold = _parse_threshold(_request_query().get("threshold", ""))
+    series = metric.series.snapshot()
+    changes = web.changes.get(metric, series, DEFAULT_CHANGE_THRESHOLD)
+    verdict = compare_values(series, values, metric.better, changes, threshold)
+    return json_response(verdict.to_json())
+
+
 def _show_info(web: _Web, ids: str) -> Any:
     """What the metric is, and how many points it holds, from when to when."""
     (metric,), _, query = _view_request(web, ids, "info")
@@ -4236,11 +4328,13 @@ class Route:
     query: tuple[str, ...] = ()  #: its options, by name in _QUERY_OPTIONS
     overlay: bool = False  #: its path may name up to _MAX_OVERLAY metrics, not just one
     also: tuple[int, ...] = ()  #: statuses it answers besides those its declaration implies
+    stores: bool = True  #: a PUT or POST that stores nothing (compare) says False
 
     @property
     def writes(self) -> bool:
-        """Whether it stores something (so a full disk is a 507): every PUT and POST does."""
-        return self.method in ("PUT", "POST")
+        """Whether it stores something (so a full disk is a 507): every PUT and POST but
+        those that say they store nothing."""
+        return self.method in ("PUT", "POST") and self.stores
 
     @property
     def body_required(self) -> bool:
@@ -4302,6 +4396,15 @@ _ADMIN_ROUTES = (
         "PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric", also=(409,)
     ),
     Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), _ANY_TOKEN, "NewPoint"),
+    Route(
+        "POST",
+        f"/m/{_ID}/compare",
+        _compare,
+        _json_answer("Comparison"),
+        body="Compare",
+        query=("threshold",),
+        stores=False,
+    ),
     Route(
         "POST",
         "/r/",
@@ -4568,6 +4671,40 @@ _SCHEMAS = {
         ["account_id", "board_id", "metrics"],
     ),
     "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
+    "Compare": _object(
+        {
+            "values": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_RUN_POINTS,
+                "items": _number("A finite number."),
+                "description": "Fresh results; their median is compared.",
+            },
+            "unit": {
+                "type": "string",
+                "enum": sorted(TIME_UNITS),
+                "description": "The values' unit: durations are converted into the metric's.",
+            },
+        },
+        ["values"],
+        closed=True,
+    ),
+    "Comparison": _object(
+        {
+            "baseline": _object(
+                {
+                    "median": {**_number("Of the metric's recent level."), "nullable": True},
+                    "n": {"type": "integer", "minimum": 0},
+                    "spread": _number("Robust standard deviation (1.4826 MAD), in its unit."),
+                },
+                ["median", "n", "spread"],
+            ),
+            "value": _number("The median of the values sent."),
+            "change": {**_number("Relative: 0.25 is +25 %."), "nullable": True},
+            "verdict": {"type": "string", "enum": ["regression", "improvement", "same"]},
+        },
+        ["baseline", "value", "change", "verdict"],
+    ),
     "BoardData": _object(
         {"board_id": _ref("Id"), "metrics": {"type": "array", "items": _BOARD_METRIC}},
         ["board_id", "metrics"],
@@ -5511,13 +5648,14 @@ examples:
   perfit run --metric "unit tests" -- make test  # in CI: time `make test`, post its duration
   perfit post --format auto results.json   # in CI: post a whole benchmark suite, by name
   perfit account show                      # the link of the account's board
+  perfit compare --format auto results.json  # in a PR: exit 3 if slower than main
 
 Tokens belong in the environment, not on the command line (where `ps` shows them).
 Client settings: PERFIT_SERVER, PERFIT_ACCESS_TOKEN, PERFIT_METRIC, PERFIT_METADATA,
 PERFIT_TIMEOUT; the server's: PERFITD_LISTEN, PERFITD_DATA, PERFITD_ROOT_ACCESS_TOKEN.
 
 exit codes: 0 ok; 1 the server said no (message on stderr); 2 usage error;
-3 regressed (`metric check`); 4 the server could not be reached within --timeout;
+3 regressed (`metric check`, `compare`); 4 the server could not be reached within --timeout;
 `run` exits with the command's own code, whatever happened to the post.
 """
 
@@ -6036,16 +6174,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except UsageError as err:
         unsendable = err
         print(f"perfit: {err.message}; the duration will not be posted", file=sys.stderr)
-    started = time.monotonic()
-    try:
-        code, stopped_by = _run_child(command)
-    except FileNotFoundError:
-        print(f"perfit: error: command not found: {command[0]}", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"perfit: error: permission denied: {command[0]}", file=sys.stderr)
-        return 126
-    elapsed = time.monotonic() - started
+    code, elapsed, stopped_by = _timed(command)
+    if code in (126, 127) and elapsed is None:
+        return code
     if stopped_by:
         print(
             f"perfit: passed {stopped_by} on to {command[0]} (exit {code}); not posting its time",
@@ -6071,6 +6202,138 @@ def _cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return code
+
+
+def _timed(command: list[str]) -> tuple[int, float | None, str]:
+    """Run a command to its end: its exit code, its wall time (None: it never started) and
+    the signal passed on to it, if one was."""
+    started = time.monotonic()
+    try:
+        code, stopped_by = _run_child(command)
+    except FileNotFoundError:
+        print(f"perfit: error: command not found: {command[0]}", file=sys.stderr)
+        return 127, None, ""
+    except PermissionError:
+        print(f"perfit: error: permission denied: {command[0]}", file=sys.stderr)
+        return 126, None, ""
+    return code, time.monotonic() - started, stopped_by
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """compare: fresh results against each metric's recent level; exit 3 on a regression."""
+    rest = args.what
+    values = _numbers(rest)
+    if args.format:
+        if len(rest) != 1:
+            raise UsageError("with --format, give one results file: perfit compare --format F FILE")
+        results = read_results(_read_text(rest[0]), args.format, args.prefix or "")
+        rows = _compare_results(args, results)
+    elif not rest:
+        raise UsageError("nothing to compare: give values, -- CMD, or --format F FILE")
+    elif values is None:  # not numbers: a command to time
+        code, elapsed, stopped_by = _timed(rest)
+        if code or elapsed is None or stopped_by:
+            print(f"perfit: {rest[0]} failed (exit {code}); nothing to compare", file=sys.stderr)
+            return code or EXIT_REFUSED
+        rows = _compare_results(args, [Result(_metric_given(args), round(elapsed, 6), "s")])
+    else:
+        rows = _compare_results(
+            args, [Result(_metric_given(args), statistics.median(values), "")], values
+        )
+    table = _compare_markdown(rows)
+    print(table if args.markdown else _compare_text(rows))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(table + "\n")
+    regressed = [r for r in rows if r["verdict"] == "regression"]
+    return EXIT_REGRESSED if regressed else EXIT_OK
+
+
+def _numbers(texts: Sequence[str]) -> list[float] | None:
+    """The texts as finite numbers, or None if any of them is not one."""
+    try:
+        return [_finite_float(t) for t in texts]
+    except argparse.ArgumentTypeError:
+        return None
+
+
+def _compare_results(
+    args: argparse.Namespace, results: Sequence[Result], values: Sequence[float] = ()
+) -> list[dict[str, Any]]:
+    """Each result compared on the server with its metric (by id, or by name in the token's
+    account); a name without a metric yet is "new"."""
+    known: dict[str, dict[str, Any]] = {}
+    if any(decode_id(r.name) is None for r in results):
+        known = {m["name"]: m for m in _client(args).call("GET", "/a/")["metrics"]}
+    reader = _reader(args)
+    threshold = f"?threshold={args.threshold!r}" if args.threshold is not None else ""
+    rows = []
+    for result in results:
+        metric = known.get(result.name)
+        metric_id = result.name if decode_id(result.name) else metric and metric["metric_id"]
+        row: dict[str, Any] = {"name": result.name, "value": result.value, "unit": result.unit}
+        if not metric_id:
+            rows.append({**row, "verdict": "new", "baseline": None, "change": None})
+            continue
+        info = metric or reader.call("GET", f"/m/{metric_id}/info")
+        body: dict[str, Any] = {"values": list(values) or [result.value]}
+        if result.unit:
+            body["unit"] = result.unit
+        answer = reader.call("POST", f"/m/{metric_id}/compare{threshold}", body)
+        rows.append(
+            {**row, **answer, "unit": info.get("unit", ""), "name": info.get("name") or metric_id}
+        )
+    return rows
+
+
+_VERDICT_MARKS = {"regression": "🔴", "improvement": "🟢", "same": "⚪", "new": "🆕"}
+
+
+def _compare_cells(row: dict[str, Any]) -> list[str]:
+    """name, baseline, this run, change, verdict: as a person reads them."""
+    unit, base = row["unit"], row.get("baseline") or {}
+    shown = (
+        "—"
+        if base.get("median") is None
+        else (
+            f"{format_value(base['median'], unit)} (n={base['n']}, ±{format_value(base['spread'], unit)})"
+        )
+    )
+    change = "—" if row.get("change") is None else _percent(row["change"])
+    return [row["name"], shown, format_value(row["value"], unit), change, row["verdict"]]
+
+
+def _compare_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table, worst first, for a PR's job summary."""
+    order = {"regression": 0, "improvement": 1, "new": 2, "same": 3}
+    regressed = sum(r["verdict"] == "regression" for r in rows)
+    title = f"{regressed} regression(s)" if regressed else "no regression"
+    lines = [
+        f"### PerfIt: {title} in {len(rows)} benchmark(s)",
+        "",
+        "| benchmark | baseline (median) | this run | change | verdict |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in sorted(rows, key=lambda r: order[r["verdict"]]):
+        name, base, value, change, verdict = (c.replace("|", "\\|") for c in _compare_cells(row))
+        lines.append(
+            f"| {name} | {base} | {value} | {change} | {_VERDICT_MARKS[verdict]} {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def _compare_text(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison as a terminal table, then the verdict."""
+    cells = [["benchmark", "baseline", "this run", "change", "verdict"]]
+    cells += [_compare_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    regressed = sum(r["verdict"] == "regression" for r in rows)
+    lines.append(
+        f"perfit: {'REGRESSED: ' if regressed else ''}{regressed} regression(s) in {len(rows)}"
+    )
+    return "\n".join(lines)
 
 
 #: Signals `run` passes on to its command: what CI runners send a job they cancel.
@@ -6444,6 +6707,40 @@ _METRIC_COMMANDS = (
         "exit code. A failed post is reported on stderr but never fails the job, unless "
         "--fail-on-send-failure.",
         usage="perfit run [options] -- CMD [ARGS...]",
+    ),
+    _Command(
+        "compare",
+        _cmd_compare,
+        "compare fresh results with each metric's recent level; exit 3 on a regression",
+        (
+            _Option(
+                "--format",
+                "read FILE as this harness's output (see post --format)",
+                choices=("auto", *_FORMATS),
+            ),
+            _Option("--prefix", "put NAME/ before every result's name", "NAME"),
+            _Option(
+                "--threshold",
+                "smallest relative change that counts (default 0.05, 5 %%)",
+                "X",
+                _non_negative(float),
+            ),
+            _Option("--markdown", "print the Markdown table instead", action="store_true"),
+            _Option(
+                "what",
+                "values, -- CMD [ARGS...], or the results file",
+                "VALUE|FILE",
+                nargs="*",
+            ),
+        ),
+        _ON_METRIC,
+        description="Compare fresh results (a pull request's) with each metric's recent level "
+        "on the server, storing nothing: values for --metric, a command timed like `run`, or "
+        "with --format a whole suite by name. A change counts when it is beyond the level's "
+        "noise and the threshold. Exit 3 on any regression, 0 otherwise. The Markdown table is "
+        "appended to $GITHUB_STEP_SUMMARY when that is set (it works on fork PRs).",
+        usage="perfit compare [options] VALUE...\n       perfit compare [options] -- CMD [ARGS...]"
+        "\n       perfit compare --format FORMAT [options] FILE",
     ),
 )
 #: Every subcommand, in the order --help lists them.

@@ -1955,6 +1955,7 @@ ROUTES = {
     "PUT /m/": ("PUT", "/m/", {"unit": "s"}),
     "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
     "POST /r/": ("POST", "/r/", {"points": [{"name": "auth-run", "value": 0}]}),
+    "POST /m/ID/compare": ("POST", "/m/{metric}/compare", {"values": [1]}),
     "POST /m/ID/points": ("POST", "/m/{metric}/points", [{"t": 0, "v": 0}]),
     "GET /m/ID": ("GET", "/m/{metric}", None),
     "GET /m/ID/svg": ("GET", "/m/{metric}/svg", None),
@@ -1994,6 +1995,8 @@ EXPECTED = {
     **{route: dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200)
        for route in ROUTES if route.startswith("GET") and route not in ("GET /m/?metric-id", "GET /a/")},
     "GET /m/?metric-id": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 303),
+    # Comparing reads the metric and stores nothing: anyone with the id, as for reads.
+    "POST /m/ID/compare": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200),
 }  # fmt: skip
 
 
@@ -2059,7 +2062,7 @@ def test_authorization_table(
             json.loads(answer[2])
     else:
         assert_error(answer, expected)
-    if route.startswith("POST /m/"):
+    if route in ("POST /m/ID", "POST /m/ID/points"):
         assert (value in values(url, auth_metric)) == (expected == 200), "stored iff allowed"
     for secret in (ROOT, *(h.get("Authorization", "")[7:] for h in callers.values())):
         if len(secret) > 20:
@@ -2584,6 +2587,73 @@ def test_an_unknown_board_is_404(url: str) -> None:
             http("GET", f"{url}/b/{perfit.b64encode(perfit.new_id())}{view}"), 404
         )
     assert_error(http("GET", f"{url}/b/nope"), 404)
+
+
+# --------------------------------------------------------------------------------------------
+# Web: comparing (PR gating)
+# Fresh values against a metric's recent level: a verdict, and nothing stored.
+# --------------------------------------------------------------------------------------------
+
+
+def leveled_metric(url: str, account: Account, *levels: tuple[int, float], **fields: str) -> str:
+    """A metric of runs a minute apart: (count, level) pairs, each with ±0.5 % of noise."""
+    metric = new_metric(url, account.admin, **fields)
+    values = [level * (1 + 0.005 * (-1) ** i) for count, level in levels for i in range(count)]
+    start = int(time.time()) - 86400
+    rows = [{"t": start + 60 * i, "v": v} for i, v in enumerate(values)]
+    ok_json("POST", f"{url}/m/{metric}/points", body=rows, token=account.admin)
+    return metric
+
+
+def compare(url: str, metric: str, *values: float, query: str = "", **more: Any) -> dict:
+    return ok_json(
+        "POST", f"{url}/m/{metric}/compare{query}", body={"values": list(values), **more}
+    )
+
+
+def test_compare_tells_a_regression_an_improvement_and_noise_apart(
+    url: str, account: Account
+) -> None:
+    metric = leveled_metric(url, account, (30, 100.0), unit="ms")
+    assert compare(url, metric, 100.5)["verdict"] == "same"
+    slower = compare(url, metric, 130)
+    assert slower["verdict"] == "regression" and slower["change"] == pytest.approx(0.3, abs=0.011)
+    assert slower["baseline"]["n"] == 30 and slower["baseline"]["median"] == pytest.approx(
+        100, abs=1
+    )
+    assert compare(url, metric, 80)["verdict"] == "improvement"
+    assert compare(url, metric, 0.13, unit="s")["verdict"] == "regression", "130 ms"
+    # 4 % slower: beyond the noise, under the default threshold (5 %), over a 3 % one.
+    assert compare(url, metric, 104)["verdict"] == "same"
+    assert compare(url, metric, 104, query="?threshold=0.03")["verdict"] == "regression"
+    assert len(points(url, metric)) == 30, "a comparison stores nothing"
+    faster = leveled_metric(url, account, (30, 100.0), better="higher")
+    assert compare(url, faster, 130)["verdict"] == "improvement"
+
+
+def test_compare_takes_the_newest_level_as_its_baseline(url: str, account: Account) -> None:
+    stepped = leveled_metric(url, account, (40, 100.0), (30, 130.0))
+    now = compare(url, stepped, 131)
+    assert now["verdict"] == "same" and now["baseline"]["median"] == pytest.approx(130, abs=1.5)
+    just = leveled_metric(url, account, (40, 100.0), (3, 130.0))  # a change of three runs ago
+    assert compare(url, just, 100)["baseline"]["n"] == 30
+    empty = new_metric(url, account.admin)
+    assert compare(url, empty, 5) == {
+        "baseline": {"median": None, "n": 0, "spread": 0}, "value": 5, "change": None, "verdict": "same",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, {}, {"values": []}, {"values": [1, "2"]}, {"values": [1], "unit": "parsecs"}, [1]],
+)
+def test_a_bad_comparison_is_400(url: str, account: Account, body: Any) -> None:
+    metric = leveled_metric(url, account, (20, 10.0), unit="s")
+    assert_error(http("POST", f"{url}/m/{metric}/compare", body=body), 400)
+    assert_error(
+        http("POST", f"{url}/m/{perfit.b64encode(perfit.new_id())}/compare", body={"values": [1]}),
+        404,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -4838,6 +4908,58 @@ def test_import_of_a_github_action_benchmark_data_js_is_named_timed_and_idempote
         "metric", "import", "--format", "gab", source, *client_args(url, account.admin)
     )
     assert json.loads(again.stdout) == {**summary, "added": 0, "existing": summary["added"]}
+
+
+def test_compare_exits_3_on_a_regression_and_writes_the_job_summary(
+    url: str, account: Account, tmp_path: Path
+) -> None:
+    leveled_metric(url, account, (30, 100.0), name="api/latency", unit="ms")
+    args = [*client_args(url, account.post), "--metric", "api/latency"]
+    same = perfit_main("compare", *args, "101", "99", "100.5")
+    assert same.returncode == 0, same.stderr
+    assert "api/latency" in same.stdout and "same" in same.stdout
+    summary = tmp_path / "summary.md"
+    slower = perfit_main("compare", *args, "135", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert slower.returncode == 3
+    assert "REGRESSED: 1 regression(s) in 1" in slower.stdout
+    table = summary.read_text()
+    assert table.startswith("### PerfIt: 1 regression(s) in 1 benchmark(s)")
+    row = next(line for line in table.splitlines() if line.startswith("| api/latency |"))
+    assert row.startswith("| api/latency | 100 ms (n=30, ±")
+    assert row.endswith("| 135 ms | +35.0 % | 🔴 regression |")
+    markdown = perfit_main("compare", "--markdown", *args, "135")
+    assert markdown.stdout.strip() == table.strip()
+
+
+def test_compare_times_a_command_or_reads_a_suite_by_name(url: str, account: Account) -> None:
+    leveled_metric(url, account, (30, 0.001), name="step", unit="s")
+    args = [*client_args(url, account.post), "--metric", "step"]
+    slow = perfit_main("compare", *args, "--", sys.executable, "-c", "import time; time.sleep(0.3)")
+    assert slow.returncode == 3, slow.stdout + slow.stderr
+    failed = perfit_main("compare", *args, "--", sys.executable, "-c", "raise SystemExit(4)")
+    assert failed.returncode == 4 and "nothing to compare" in failed.stderr
+    suite = FIXTURES / "hyperfine.json"
+    assert (
+        perfit_main(
+            "post", "--format", "hyperfine", str(suite), *client_args(url, account.post)
+        ).returncode
+        == 0
+    )
+    again = perfit_main(
+        "compare", "--format", "hyperfine", str(suite), *client_args(url, account.post)
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("same") == 3
+    renamed = perfit_main(
+        "compare",
+        "--format",
+        "hyperfine",
+        "--prefix",
+        "other",
+        str(suite),
+        *client_args(url, account.post),
+    )
+    assert renamed.returncode == 0 and renamed.stdout.count(" new") == 3
 
 
 # --------------------------------------------------------------------------------------------
