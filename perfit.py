@@ -86,7 +86,8 @@ __all__ = [
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
     # change points and charts
-    *"Change detect_changes series_changes QueryOption CHART_OPTIONS ChartOptions".split(),
+    *"Change detect_changes series_changes metric_changes Marks".split(),
+    *"QueryOption CHART_OPTIONS ChartOptions".split(),
     "Verdict",
     "compare_values",
     *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
@@ -413,7 +414,8 @@ _REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/m
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
 _REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing any before
 _REC_BATCH = 9  #: records that land together or not at all (a CI run: metrics, points), see BATCHED
-_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD)
+_REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include, "start", "end"}: see Marks
+_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK)
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
     *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH),
@@ -993,6 +995,13 @@ class Series:
                 copy._meta_ends = array("Q", [e - base for e in ends]) if base else ends
         return copy
 
+    @classmethod
+    def of(cls, points: Sequence[tuple[int, float, bytes]]) -> Series:
+        """A series of (time µs, value, metadata) points, already in time order."""
+        series = cls()
+        series._extend(PointBatch.of(points))
+        return series
+
     def not_stored(self, batch: PointBatch) -> PointBatch:
         """The points of `batch` not stored yet (same time, value and metadata), in its order.
 
@@ -1038,6 +1047,39 @@ class Series:
         return range(lo, max(lo, hi))
 
 
+class Marks:
+    """What an admin said of a metric: changes accepted (intended), spans of points excluded
+    (a broken runner). Excluded points are kept and drawn, but detection, badges and
+    comparisons leave them out; a later span says the last word for the points it covers."""
+
+    __slots__ = ("accepted", "spans", "version")
+
+    def __init__(self) -> None:
+        self.accepted: set[int] = set()  #: times (unix seconds) of accepted change points
+        self.spans: list[tuple[bool, int, int]] = []  #: (excluded?, start µs, end µs), in order
+        self.version = 0  #: changes with every mark: what caches of derived results key on
+
+    def apply(self, kind: str, start: int, end: int) -> None:
+        if kind == "accept":
+            self.accepted.add(start // US)
+        else:
+            self.spans.append((kind == "exclude", start, end))
+        self.version += 1
+
+    def excluded(self, times: Sequence[int]) -> list[bool] | None:
+        """For each time (µs), whether its point is excluded; None when none can be."""
+        if not any(excluded for excluded, _, _ in self.spans):
+            return None
+        out = []
+        for t in times:
+            said = False
+            for excluded, start, end in self.spans:
+                if start <= t <= end:
+                    said = excluded
+            out.append(said)
+        return out
+
+
 @dataclasses.dataclass
 class Metric:
     id: bytes
@@ -1048,6 +1090,17 @@ class Metric:
     description: str = ""
     better: str = "lower"
     series: Series = dataclasses.field(default_factory=Series, repr=False)
+    marks: Marks = dataclasses.field(default_factory=Marks, repr=False)
+
+    def kept(self, series: Series) -> Series:
+        """A snapshot of this metric's points without those marked excluded."""
+        mask = self.marks.excluded(series.times)
+        if mask is None:
+            return series
+        rows = [i for i, excluded in enumerate(mask) if not excluded]
+        return Series.of(
+            [(series.times[i], series.values[i], series.metadata_bytes(i)) for i in rows]
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1125,6 +1178,8 @@ class Index:
             self.by_account.setdefault(metric.account, []).append(metric)
             if metric.name:
                 self.names.setdefault((metric.account, metric.name), metric)
+        elif rtype == _REC_MARK:
+            self.metrics[_raw(doc["metric"])].marks.apply(doc["kind"], doc["start"], doc["end"])
         elif rtype == _REC_BOARD:
             account, board = _raw(doc["account"]), _raw(doc["board"])
             self.boards.pop(self.board_of.get(account, b""), None)  # the old link stops working
@@ -1688,6 +1743,11 @@ class _Operations:
             self.log.append(_REC_BATCH, payload)
         return stamp[0], ids
 
+    def mark(self, metric_id: bytes, kind: str, start: int, end: int) -> None:
+        """Accept a change (start: its time, µs), or exclude or include points (µs, inclusive)."""
+        doc = {"metric": b64encode(metric_id), "kind": kind, "start": start, "end": end}
+        self.log.append(_REC_MARK, lambda: json.dumps(doc).encode())
+
     def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
         """Record a point at the server's arrival time; return that time (µs) once durable."""
         meta = metadata.encode("utf-8")
@@ -1842,6 +1902,8 @@ class Change:
     after: float  #: median of the level after
     change: float  #: relative: after / before - 1 (0.25 is +25 %)
     kind: str  #: "regression" or "improvement", by the metric's `better`
+    accepted: bool = False  #: an admin said it was meant (`metric check` passes it)
+    provisional: bool = False  #: the new level is still short (under twice the minimum)
 
     def to_json(self) -> dict[str, Any]:
         # Medians of two points are their mean: 219.62099999999998 reads as 219.621, and a
@@ -1931,7 +1993,8 @@ def compare_values(
     changes: Sequence[Change],
     threshold: float = DEFAULT_CHANGE_THRESHOLD,
 ) -> Verdict:
-    """Fresh values (a PR's run) against the metric's recent level.
+    """Fresh values (a PR's run) against the metric's recent level: `series` without its
+    excluded points, `changes` its change points.
 
     The baseline is the newest level (the points since its newest change point), its last
     BASELINE_POINTS, reaching back to BASELINE_MIN points over a change made only just now.
@@ -1940,7 +2003,7 @@ def compare_values(
     (1.4826 MAD), so one slow runner in the history neither hides nor fakes a change.
     """
     value = statistics.median(values)
-    start = changes[-1].index if changes else 0
+    start = bisect.bisect_left(series.times, changes[-1].t * US) if changes else 0
     start = min(start, len(series) - _BASELINE_MIN)
     baseline = series.values[max(0, start, len(series) - _BASELINE_POINTS) :].tolist()
     if not baseline:
@@ -1954,6 +2017,25 @@ def compare_values(
         worse = change > 0 if better == "lower" else change < 0
         verdict = "regression" if worse else "improvement"
     return Verdict(median, len(baseline), spread, value, change, verdict)
+
+
+def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Change]:
+    """The change points of a snapshot of `metric`: its excluded points left out (indexes
+    still count them), each marked accepted or provisional."""
+    mask = metric.marks.excluded(series.times)
+    kept = range(len(series))
+    if mask is not None:
+        kept = [i for i, excluded in enumerate(mask) if not excluded]
+        series = metric.kept(series)
+    return [
+        dataclasses.replace(
+            c,
+            index=kept[c.index],
+            accepted=c.t in metric.marks.accepted,
+            provisional=len(kept) - c.index < 2 * _CHANGE_MIN_SEGMENT,
+        )
+        for c in series_changes(series, metric.better, threshold)
+    ]
 
 
 def _relative(before: float, after: float) -> float:
@@ -2096,6 +2178,7 @@ svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; fon
 a .point { cursor: pointer; }
 .change line { stroke-width: 1.5; stroke-dasharray: 5 4; }
 .change text { font-size: 11px; font-weight: 600; stroke: none; }
+.change.accepted line { stroke-dasharray: 2 4; opacity: .6; } .change.accepted text { opacity: .7; }
 .regression line { stroke: #c62828; } .regression text { fill: #c62828; }
 .improvement line { stroke: #2e7d32; } .improvement text { fill: #2e7d32; }
 @media (prefers-color-scheme: dark) {
@@ -2131,6 +2214,7 @@ def _series_css() -> str:
         "polyline.line { fill: none; stroke-width: 2; stroke-linejoin: round; }\n"
         "polygon.band { stroke: none; fill-opacity: .28; }\n"
         "circle.ghost { fill-opacity: 0; stroke: none; pointer-events: all; }\n"
+        "circle.excluded { fill-opacity: 0; stroke-width: 1.5; }\n"
     )
     return f"{light}@media (prefers-color-scheme: dark) {{\n{dark}}}\n{shapes}"
 
@@ -2233,6 +2317,7 @@ class ChartSeries:
     columns: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
     #: change points to mark, with the exact time (seconds) where each new level starts
     changes: list[tuple[float, Change]] = dataclasses.field(default_factory=list)
+    excluded: frozenset[float] = frozenset()  #: times (seconds) of points marked excluded
 
 
 # -- numbers, durations and ticks ----------------------------------------------------------------
@@ -2431,7 +2516,10 @@ def _chart_series(metric: Metric, series: Series, t0: float, t1: float) -> Chart
         keep: Sequence[int] = rows
     else:
         keep, stats = _reduce_per_column(series, rows, t0, t1, columns)
+    mask = metric.marks.excluded(series.times)
+    excluded = frozenset(series.times[i] / US for i in keep if mask and mask[i])
     return ChartSeries(
+        excluded=excluded,
         name=metric.name or b64encode(metric.id),
         unit=metric.unit,
         times=[series.times[i] / US for i in keep],
@@ -2635,11 +2723,16 @@ def _draw_series(
     for t, v, meta in zip(s.times, s.values, s.metadata):
         clamped = (opts.min is not None and v < opts.min) or (opts.max is not None and v > opts.max)
         x, y = x_of(t), y_of(v)
-        if not clamped and not reduced:
+        excluded = t in s.excluded
+        if not clamped and not reduced and not excluded:
             line.append((x, y))  # a clamped point is not where the line would put it: skip it
         kind = "point clamped" if clamped else "point ghost" if reduced else "point"
+        if excluded:
+            kind += " excluded"  # drawn hollow: kept, but left out of detection
         marker = dwg.circle((x, y), r=4 if clamped else 2.5, class_=kind)
         tip = (f"{s.name}\n" if named else "") + f"{format_time(t)}\n{format_value(v, s.unit)}"
+        if excluded:
+            tip += " (excluded)"
         if meta:
             tip += f"\n{meta}"
         marker.set_desc(title=tip)
@@ -2668,14 +2761,19 @@ def _draw_change(
     named: bool,
 ) -> None:
     """A dashed line where a new level starts, labelled with its relative change."""
-    group = dwg.g(class_=f"change {colour or change.kind}")
+    accepted = " accepted" if change.accepted else ""
+    group = dwg.g(class_=f"change {colour or change.kind}{accepted}")
     group.attribs["data-kind"] = change.kind
     label = f"{change.change * 100:+.0f} %" if math.isfinite(change.change) else change.kind
+    if change.accepted:
+        label += " accepted"
     unit = s.unit
     group.set_desc(
         title=(
             (f"{s.name}: " if named else "")
-            + f"{change.kind} of {label} from {format_time(change.t)}\n"
+            + f"{change.kind} of {label} from {format_time(change.t)}"
+            + (" (accepted as intended)" if change.accepted else "")
+            + "\n"
             f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"
         )
     )
@@ -2704,7 +2802,7 @@ def chart_document(
     series = [_chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
     for metric, snapshot, drawn in zip(metrics, snapshots, series):
         if changes is None:
-            found = series_changes(snapshot, metric.better, DEFAULT_CHANGE_THRESHOLD)
+            found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         else:
             found = changes.get(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
@@ -3062,6 +3160,29 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
     return points, metadata
 
 
+_MAX_UNIX = 253402300799  #: 9999-12-31T23:59:59Z: the latest time a mark may name
+
+
+def _unix_field(fields: dict, name: str) -> int:
+    """A time field of a body: whole unix seconds."""
+    value = fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_UNIX:
+        raise BadRequest(f"{name} must be whole unix seconds (as /json and /changes give them)")
+    return value
+
+
+def _parse_span(body: Any) -> tuple[int, int]:
+    """The points a mark covers, `{"t"}` (one second) or `{"start", "end"}`, in µs, inclusive."""
+    fields = _body_object(body, ("t", "start", "end"))
+    if "t" in fields and len(fields) == 1:
+        start = end = _unix_field(fields, "t")
+    elif set(fields) == {"start", "end"}:
+        start, end = sorted((_unix_field(fields, "start"), _unix_field(fields, "end")))
+    else:
+        raise BadRequest('the body must be {"t": SECONDS} or {"start": SECONDS, "end": SECONDS}')
+    return start * US, end * US + US - 1
+
+
 def _parse_compare(body: Any, metric: Metric) -> list[float]:
     """A comparison's body, `{"values": [n, ...], "unit"}`, as values in the metric's unit."""
     if body is None:
@@ -3206,7 +3327,7 @@ class _ChangeCache:
 
     def get(self, metric: Metric, series: Series, threshold: float) -> list[Change]:
         edges = (series.times[0], series.times[-1]) if len(series) else ()
-        key = (len(series), edges, threshold)
+        key = (len(series), edges, threshold, metric.marks.version)
         with self._lock:
             metric_lock = self._locks.setdefault(metric.id, threading.Lock())
         with metric_lock:
@@ -3214,7 +3335,7 @@ class _ChangeCache:
             if key not in found:
                 if len(found) >= self.per_metric:
                     found.clear()  # keys of old data and other ranges: start afresh
-                found[key] = series_changes(series, metric.better, threshold)
+                found[key] = metric_changes(metric, series, threshold)
             return found[key]
 
 
@@ -3310,7 +3431,7 @@ def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
     newest = found[-1] if found else None
     if newest is not None:
         newest = dataclasses.replace(newest, index=newest.index + count - len(window))
-    before = values[-_RECENT_LEVEL - 1 : -1]
+    before = metric.kept(window).values[-_RECENT_LEVEL - 1 : -1]
     return BoardRow(
         metric=metric,
         points=count,
@@ -4160,6 +4281,40 @@ def _show_board_metrics(web: _Web, board_id: str) -> Any:
     return _answer(openmetrics_text(rows), headers={"Content-Type": _OPENMETRICS_TYPE})
 
 
+# -- marking: accepted changes, excluded points --------------------------------------------------
+
+
+def _accept_change(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Accept a change point as intended: `metric check` passes it."""
+    metric = _owned_metric(web, metric_id, caller)
+    t = _unix_field(_body_object(body, ("t",)), "t")
+    found = web.changes.get(metric, metric.series.snapshot(), DEFAULT_CHANGE_THRESHOLD)
+    if not any(c.t == t for c in found):
+        raise NotFound(f"the metric has no change point at t={t}; GET /m/ID/changes lists them")
+    web.store.mark(metric.id, "accept", t * US, t * US)
+    found = web.changes.get(metric, metric.series.snapshot(), DEFAULT_CHANGE_THRESHOLD)
+    return json_response(next(c for c in found if c.t == t).to_json())
+
+
+def _exclude_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Mark points as bad (a broken runner): kept and drawn, left out of detection, badge
+    and comparisons."""
+    return _mark_span(web, caller, body, metric_id, "exclude")
+
+
+def _include_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Take points back in that were excluded."""
+    return _mark_span(web, caller, body, metric_id, "include")
+
+
+def _mark_span(web: _Web, caller: Principal, body: Any, metric_id: str, kind: str) -> Any:
+    metric = _owned_metric(web, metric_id, caller)
+    start, end = _parse_span(body)
+    web.store.mark(metric.id, kind, start, end)
+    covered = len(metric.series.snapshot(start / US, end / US))
+    return json_response({"points": covered})
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 
@@ -4213,7 +4368,9 @@ def _show_csv(web: _Web, ids: str) -> Any:
 def _show_badge(web: _Web, ids: str) -> Any:
     """A badge: the metric's name and its latest value, coloured by its trend."""
     (metric,), opts, query = _view_request(web, ids, "badge.svg")
-    recent = metric.series.snapshot(opts.start, opts.end, last=21).values.tolist()
+    # The newest 21 kept points: all of the range only when some points are excluded.
+    last = None if metric.marks.spans else 21
+    recent = metric.kept(metric.series.snapshot(opts.start, opts.end, last)).values[-21:].tolist()
     message = format_value(recent[-1], metric.unit) if recent else "no data"
     state = badge_state(recent, metric.better)
     return _cached(
@@ -4238,7 +4395,7 @@ def _compare(web: _Web, body: Any, metric_id: str) -> Any:
     threshold = _parse_threshold(_request_query().get("threshold", ""))
     series = metric.series.snapshot()
     changes = web.changes.get(metric, series, DEFAULT_CHANGE_THRESHOLD)
-    verdict = compare_values(series, values, metric.better, changes, threshold)
+    verdict = compare_values(metric.kept(series), values, metric.better, changes, threshold)
     return json_response(verdict.to_json())
 
 
@@ -4396,6 +4553,9 @@ _ADMIN_ROUTES = (
         "PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric", also=(409,)
     ),
     Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), _ANY_TOKEN, "NewPoint"),
+    Route("POST", f"/m/{_ID}/accept", _accept_change, _json_answer("Change"), ("admin",), "Accept"),
+    Route("POST", f"/m/{_ID}/exclude", _exclude_points, _json_answer("Marked"), ("admin",), "Span"),
+    Route("POST", f"/m/{_ID}/include", _include_points, _json_answer("Marked"), ("admin",), "Span"),
     Route(
         "POST",
         f"/m/{_ID}/compare",
@@ -4512,8 +4672,10 @@ _CHANGE = _object(
         "after": {"type": "number", "description": "Median of the level after."},
         "change": {**_number("Relative: 0.25 is +25 %; null from a level of 0."), "nullable": True},
         "kind": {"type": "string", "enum": ["regression", "improvement"]},
+        "accepted": {"type": "boolean", "description": "An admin said it was meant."},
+        "provisional": {"type": "boolean", "description": "The new level is still short."},
     },
-    ["t", "index", "before", "after", "change", "kind"],
+    ["t", "index", "before", "after", "change", "kind", "accepted", "provisional"],
 )
 _NEW_POINT = {
     "value": _number("A finite number."),
@@ -4589,6 +4751,8 @@ _BOARD_METRIC = _object(
         "newest_change",
     ],
 )
+
+_MARK_TIME = {"type": "integer", "minimum": 0, "maximum": _MAX_UNIX, "description": "Unix seconds."}
 
 _SCHEMAS = {
     "Error": _object({"message": {"type": "string"}}, ["message"]),
@@ -4671,6 +4835,19 @@ _SCHEMAS = {
         ["account_id", "board_id", "metrics"],
     ),
     "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
+    "Accept": _object({"t": _MARK_TIME}, ["t"], closed=True),
+    "Span": {
+        "oneOf": [
+            _object({"t": _MARK_TIME}, ["t"], closed=True),
+            _object({"start": _MARK_TIME, "end": _MARK_TIME}, ["start", "end"], closed=True),
+        ],
+        "description": "One second's points, or those from start to end (inclusive).",
+    },
+    "Marked": _object(
+        {"points": {"type": "integer", "minimum": 0, "description": "Points in the span."}},
+        ["points"],
+    ),
+    "Change": _CHANGE,
     "Compare": _object(
         {
             "values": {
@@ -4737,7 +4914,7 @@ _ERROR_ANSWERS = {
     401: "Missing or unknown access token.",
     403: "The token's type, or its account, does not allow this; or the account would have "
     f"more than {MAX_ACCOUNT_METRICS:,} metrics.",
-    404: "Unknown metric or board.",
+    404: "Unknown metric or board (or, to accept, change point).",
     409: "The name is taken: metric_id is the metric that has it.",
     413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
     f"/points, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has more than "
@@ -5958,8 +6135,12 @@ def _cmd_metric_check(args: argparse.Namespace) -> int:
     info = client.call("GET", f"{path}/info")
     label = f"{info['name']} ({args.metric})" if info.get("name") else args.metric
     print(_change_report(label, changes, info.get("unit", "")))
-    regressed = bool(changes) and changes[-1]["kind"] == "regression"
-    return EXIT_REGRESSED if regressed else EXIT_OK
+    return EXIT_REGRESSED if _regressed(changes) else EXIT_OK
+
+
+def _regressed(changes: list[dict[str, Any]]) -> bool:
+    """Whether the newest change point is a regression nobody accepted."""
+    return bool(changes) and changes[-1]["kind"] == "regression" and not changes[-1].get("accepted")
 
 
 def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
@@ -5969,17 +6150,64 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
     lines = [f"{metric}: {len(changes)} change point(s), oldest first:"]
     for c in changes:
         before, after = format_value(c["before"], unit), format_value(c["after"], unit)
+        notes = "".join(f", {k}" for k in ("accepted", "provisional") if c.get(k))
         lines.append(
             f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change']):>8}  "
-            f"(median {before} -> {after}, point {c['index']})"
+            f"(median {before} -> {after}, point {c['index']}{notes}, t={c['t']})"
         )
     newest = changes[-1]
-    verdict = "REGRESSED" if newest["kind"] == "regression" else "ok"
+    verdict = "REGRESSED" if _regressed(changes) else "ok"
+    accepted = " (accepted as intended)" if newest.get("accepted") else ""
     lines.append(
         f"{metric}: {verdict}: the newest change is a {newest['kind']} "
-        f"of {_percent(newest['change'])}"
+        f"of {_percent(newest['change'])}{accepted}"
     )
     return "\n".join(lines)
+
+
+def _cmd_metric_accept(args: argparse.Namespace) -> int:
+    """metric accept: accept a change point (the newest, unless --at) as intended."""
+    path = _metric_path(args)
+    if args.at:
+        t = _when(args.at, "--at")
+    else:
+        changes = _reader(args).call("GET", f"{path}/changes")
+        if not changes:
+            raise NotFound("the metric has no change point to accept")
+        t = changes[-1]["t"]
+    _print_json(_client(args).call("POST", f"{path}/accept", {"t": t}))
+    return EXIT_OK
+
+
+def _cmd_metric_mark(args: argparse.Namespace) -> int:
+    """metric exclude / include: mark the points of a second or of a span."""
+    path = _metric_path(args)
+    start, end = getattr(args, "from"), args.to  # "from" is a Python keyword
+    if args.at and not (start or end):
+        body = {"t": _when(args.at, "--at")}
+    elif start and end and not args.at:
+        body = {"start": _when(start, "--from"), "end": _when(end, "--to")}
+    else:
+        raise UsageError("give --at WHEN, or --from WHEN and --to WHEN")
+    verb = args.action
+    answer = _client(args).call("POST", f"{path}/{verb}", body)
+    print(f"perfit: {verb}d {answer['points']} point(s)", file=sys.stderr)
+    _print_json(answer)
+    return EXIT_OK
+
+
+def _when(text: str, flag: str) -> int:
+    """Unix seconds, or an RFC 3339 time, as whole unix seconds."""
+    try:
+        return (
+            int(float(text))
+            if re.fullmatch(r"[0-9]+(\.[0-9]*)?", text)
+            else int(parse_rfc3339(text))
+        )
+    except (ValueError, OverflowError, OSError) as e:
+        raise UsageError(
+            f"{flag}: {text!r} is not unix seconds nor a time like 2026-11-01T12:00:00Z ({e})"
+        ) from None
 
 
 def _cmd_metric_import(args: argparse.Namespace) -> int:
@@ -6523,6 +6751,13 @@ class _Command:
     usage: str | None = None
 
 
+#: The points that `metric exclude` and `include` mark: one second's, or a span's.
+_MARK_OPTIONS = (
+    _Option("--at", "the point's time (unix seconds, as /json gives it, or RFC 3339)", "WHEN"),
+    _Option("--from", "the span's first time", "WHEN"),
+    _Option("--to", "the span's last time", "WHEN"),
+)
+
 #: The server's commands, and those that act on its data directory.
 _SERVER_COMMANDS = (
     _Command(
@@ -6639,6 +6874,31 @@ _METRIC_COMMANDS = (
         "and exit 3 while its newest change point is a regression, 0 otherwise, 1 when the "
         "server says no: `perfit run ... && perfit metric check` fails a job on a "
         "regression.",
+    ),
+    _Command(
+        "metric accept",
+        _cmd_metric_accept,
+        "accept a change point as intended, so `metric check` passes it (admin token)",
+        (
+            _Option(
+                "--at", "the change's time (unix seconds or RFC 3339); default the newest", "WHEN"
+            ),
+        ),
+        _ON_METRIC,
+    ),
+    _Command(
+        "metric exclude",
+        _cmd_metric_mark,
+        "mark points as bad (a broken runner): kept, but left out of detection (admin token)",
+        _MARK_OPTIONS,
+        _ON_METRIC,
+    ),
+    _Command(
+        "metric include",
+        _cmd_metric_mark,
+        "take excluded points back in (admin token)",
+        _MARK_OPTIONS,
+        _ON_METRIC,
     ),
     _Command(
         "metric import",

@@ -966,6 +966,25 @@ def test_an_account_has_at_most_max_account_metrics(tmp_path, monkeypatch):
         store.create_metric(other, name="g")  # the cap is per account
 
 
+def test_marks_replay_and_survive_sealing(tmp_path):
+    with perfit.Store.open(str(tmp_path), seal_bytes=2048) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="m")
+        rows = [(i * perfit.US, float(i), b"") for i in range(1, 101)]
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        store.mark(metric.id, "exclude", 10 * perfit.US, 20 * perfit.US)
+        store.mark(metric.id, "include", 15 * perfit.US, 15 * perfit.US)
+        store.mark(metric.id, "accept", 50 * perfit.US, 50 * perfit.US)
+        for _ in range(30):
+            store.add_point(metric.id, 1.0, "x" * 100)  # fill logs: they are sealed
+        poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
+    with perfit.Store.open(str(tmp_path)) as store:
+        marks = store.metrics[metric.id].marks
+        mask = marks.excluded([t * perfit.US for t in (9, 10, 15, 20, 21)])
+        assert mask == [False, True, False, True, False]
+        assert marks.accepted == {50}
+
+
 def test_a_directory_from_before_boards_gives_each_account_one(tmp_path):
     """PerfIt 0.1 wrote no board records, and let two metrics of an account share a name."""
     account, first, second = (perfit.new_id() for _ in range(3))
@@ -1956,6 +1975,8 @@ ROUTES = {
     "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
     "POST /r/": ("POST", "/r/", {"points": [{"name": "auth-run", "value": 0}]}),
     "POST /m/ID/compare": ("POST", "/m/{metric}/compare", {"values": [1]}),
+    "POST /m/ID/exclude": ("POST", "/m/{metric}/exclude", {"t": 1}),
+    "POST /m/ID/include": ("POST", "/m/{metric}/include", {"t": 1}),
     "POST /m/ID/points": ("POST", "/m/{metric}/points", [{"t": 0, "v": 0}]),
     "GET /m/ID": ("GET", "/m/{metric}", None),
     "GET /m/ID/svg": ("GET", "/m/{metric}/svg", None),
@@ -1995,6 +2016,10 @@ EXPECTED = {
     **{route: dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200)
        for route in ROUTES if route.startswith("GET") and route not in ("GET /m/?metric-id", "GET /a/")},
     "GET /m/?metric-id": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 303),
+    **{
+        route: {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 403, "post-other": 403}
+        for route in ("POST /m/ID/exclude", "POST /m/ID/include")
+    },
     # Comparing reads the metric and stores nothing: anyone with the id, as for reads.
     "POST /m/ID/compare": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200),
 }  # fmt: skip
@@ -2657,6 +2682,83 @@ def test_a_bad_comparison_is_400(url: str, account: Account, body: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Web: accepting changes, excluding points
+# An admin says a change was meant, or that some points are bad: kept, drawn, left out.
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_accepted_regression_no_longer_fails_metric_check(url: str, account: Account) -> None:
+    metric = leveled_metric(url, account, (40, 100.0), (20, 125.0), name="suite", unit="s")
+    check = [*client_args(url, account.admin, metric)]
+    assert perfit_main("metric", "check", *check).returncode == 3
+    (change,) = ok_json("GET", f"{url}/m/{metric}/changes")
+    assert (change["kind"], change["accepted"]) == ("regression", False)
+    refused = http(
+        "POST", f"{url}/m/{metric}/accept", body={"t": change["t"] + 1}, token=account.admin
+    )
+    assert "no change point" in assert_error(refused, 404)
+    assert_error(
+        http("POST", f"{url}/m/{metric}/accept", body={"t": change["t"]}, token=account.post), 403
+    )
+    accepted = perfit_main("metric", "accept", *check)  # the newest, by default
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout) == {**change, "accepted": True}
+    passed = perfit_main("metric", "check", *check)
+    assert passed.returncode == 0 and "accepted as intended" in passed.stdout
+    svg = http("GET", f"{url}/m/{metric}.svg")[2].decode()
+    assert 'class="change regression accepted"' in svg and "+25 % accepted" in svg
+
+
+def test_excluded_points_are_kept_drawn_hollow_and_left_out(url: str, account: Account) -> None:
+    # A broken runner made the last 15 runs twice as slow; they are not the code's fault.
+    metric = leveled_metric(url, account, (40, 100.0), (15, 200.0), name="suite", unit="s")
+    broken = points(url, metric)[40:]
+    assert ok_json("GET", f"{url}/m/{metric}/changes")[0]["kind"] == "regression"
+    span = {"start": broken[0]["t"], "end": broken[-1]["t"]}
+    assert ok_json("POST", f"{url}/m/{metric}/exclude", body=span, token=account.admin) == {
+        "points": 15
+    }
+    assert ok_json("GET", f"{url}/m/{metric}/changes") == []
+    assert len(points(url, metric)) == 55, "kept"
+    chart = http("GET", f"{url}/m/{metric}.svg")[2].decode()
+    assert chart.count('class="point excluded"') == 15
+    assert compare(url, metric, 100)["baseline"] == {"median": 100.0, "n": 30, "spread": 0.7413}
+    badge = http("GET", f"{url}/m/{metric}/badge.svg")[2].decode()
+    assert ">1m 39s<" in badge, "the newest kept value (99.5 s), not a broken run (200 s)"
+    one = {"t": broken[-1]["t"]}
+    assert ok_json("POST", f"{url}/m/{metric}/include", body=one, token=account.admin) == {
+        "points": 1
+    }
+    assert http("GET", f"{url}/m/{metric}.svg")[2].decode().count('class="point excluded"') == 14
+    assert (
+        ok_json("POST", f"{url}/m/{metric}/include", body=span, token=account.admin)["points"] == 15
+    )
+    assert ok_json("GET", f"{url}/m/{metric}/changes")[0]["kind"] == "regression", "reversible"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, {}, {"t": 1.5}, {"t": -1}, {"start": 1}, {"t": 1, "start": 1, "end": 2}, {"t": "1"}],
+)
+def test_a_bad_span_is_400(url: str, account: Account, metric: str, body: Any) -> None:
+    assert_error(http("POST", f"{url}/m/{metric}/exclude", body=body, token=account.admin), 400)
+
+
+def test_metric_exclude_and_include_take_times_people_write(url: str, account: Account) -> None:
+    metric = leveled_metric(url, account, (20, 10.0), name="step", unit="s")
+    first = points(url, metric)[0]["t"]
+    args = client_args(url, account.admin, "step")
+    at = perfit.format_time(first)  # RFC 3339
+    done = perfit_main("metric", "exclude", *args, "--at", at)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"points": 1} and "excluded 1 point(s)" in done.stderr
+    span = perfit_main("metric", "include", *args, "--from", str(first), "--to", str(first + 600))
+    assert json.loads(span.stdout) == {"points": 11}
+    assert_said_no(perfit_main("metric", "exclude", *args, "--at", "yesterday"), 2)
+    assert_said_no(perfit_main("metric", "exclude", *args, "--from", str(first)), 2)
+
+
+# --------------------------------------------------------------------------------------------
 # Web: reading
 # JSON, CSV, SVG, badges, change points, info and pages over HTTP, with their options.
 # --------------------------------------------------------------------------------------------
@@ -2870,7 +2972,17 @@ def test_changes_answer_numbers_as_the_data_carries_them(url: str, account: Acco
 def test_changes_route_reports_the_step_with_its_time(url: str, account: Account) -> None:
     mid, start = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
     (change,) = ok_json("GET", f"{url}/m/{mid}/changes")
-    assert set(change) == {"t", "index", "before", "after", "change", "kind"}
+    assert set(change) == {
+        "t",
+        "index",
+        "before",
+        "after",
+        "change",
+        "kind",
+        "accepted",
+        "provisional",
+    }
+    assert (change["accepted"], change["provisional"]) == (False, False)
     assert abs(change["index"] - 120) <= 3 and change["t"] == start + 3600 * change["index"]
     assert change["kind"] == "regression" and change["change"] == pytest.approx(0.25, abs=0.03)
     # The same time range as the chart: before the step, nothing changed.
@@ -3257,6 +3369,9 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
         ("POST", "/m/{id}"),
         ("POST", "/r/"),
         ("POST", "/m/{id}/points"),
+        ("POST", "/m/{id}/accept"),
+        ("POST", "/m/{id}/exclude"),
+        ("POST", "/m/{id}/include"),
     }
 
 
