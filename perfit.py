@@ -36,6 +36,7 @@ import logging
 import math
 import operator
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -95,7 +96,7 @@ __all__ = [
     # the web
     *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
-    *"BoardRow board_rows openmetrics_text metadata_link".split(),
+    *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
     # the client and the command line
     "Client",
     *"Result read_results detect_format read_gab_data_js ci_metadata".split(),
@@ -414,8 +415,9 @@ _REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/m
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
 _REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing any before
 _REC_BATCH = 9  #: records that land together or not at all (a CI run: metrics, points), see BATCHED
-_REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include, "start", "end"}: see Marks
-_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK)
+_REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include|notified, "start", "end"}
+_REC_WEBHOOK = 11  #: JSON {"account", "url"}: where new regressions are told (null: nowhere)
+_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK)
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
     *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH),
@@ -1052,14 +1054,18 @@ class Marks:
     (a broken runner). Excluded points are kept and drawn, but detection, badges and
     comparisons leave them out; a later span says the last word for the points it covers."""
 
-    __slots__ = ("accepted", "spans", "version")
+    __slots__ = ("accepted", "notified", "spans", "version")
 
     def __init__(self) -> None:
         self.accepted: set[int] = set()  #: times (unix seconds) of accepted change points
+        self.notified: set[int] = set()  #: ... of regressions the account's webhook was told of
         self.spans: list[tuple[bool, int, int]] = []  #: (excluded?, start µs, end µs), in order
         self.version = 0  #: changes with every mark: what caches of derived results key on
 
     def apply(self, kind: str, start: int, end: int) -> None:
+        if kind == "notified":
+            self.notified.add(start // US)
+            return  # changes nothing derived: no version
         if kind == "accept":
             self.accepted.add(start // US)
         else:
@@ -1139,6 +1145,7 @@ class Index:
         self.names: dict[tuple[bytes, str], Metric] = {}
         self.boards: dict[bytes, bytes] = {}  #: board id -> account
         self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
+        self.webhooks: dict[bytes, str] = {}  #: account -> the URL told of new regressions
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
 
     def apply(self, rtype: int, payload: bytes) -> None:
@@ -1178,6 +1185,12 @@ class Index:
             self.by_account.setdefault(metric.account, []).append(metric)
             if metric.name:
                 self.names.setdefault((metric.account, metric.name), metric)
+        elif rtype == _REC_WEBHOOK:
+            account = _raw(doc["account"])
+            if doc["url"]:
+                self.webhooks[account] = doc["url"]
+            else:
+                self.webhooks.pop(account, None)
         elif rtype == _REC_MARK:
             self.metrics[_raw(doc["metric"])].marks.apply(doc["kind"], doc["start"], doc["end"])
         elif rtype == _REC_BOARD:
@@ -1742,6 +1755,10 @@ class _Operations:
 
             self.log.append(_REC_BATCH, payload)
         return stamp[0], ids
+
+    def set_webhook(self, account: bytes, url: str | None) -> None:
+        doc = {"account": b64encode(account), "url": url}
+        self.log.append(_REC_WEBHOOK, lambda: json.dumps(doc).encode())
 
     def mark(self, metric_id: bytes, kind: str, start: int, end: int) -> None:
         """Accept a change (start: its time, µs), or exclude or include points (µs, inclusive)."""
@@ -3480,6 +3497,119 @@ def _openmetrics_escape(text: str) -> str:
 
 
 # ==============================================================================================
+# Web: webhooks
+# Each account may name a URL that hears of every new regression: one JSON POST a change point
+# (Slack-compatible), sent by a background thread with retries, so no post ever waits for it.
+# ==============================================================================================
+
+_WEBHOOK_TIMEOUT = 10.0  #: seconds a webhook has to answer one attempt
+_WEBHOOK_RETRIES = 3  #: attempts after the first, after 1, 4 and 16 seconds
+_MAX_WEBHOOK_BYTES = 2000  #: of a webhook's URL
+#: A webhook: http(s), a host, no space or control character (the same rule in the OpenAPI).
+_WEBHOOK_PATTERN = "^https?://[^\\x00-\\x20/]+[^\\x00-\\x20]*$"
+
+
+class Notifier:
+    """Finds the regressions that writes made, and tells their accounts' webhooks.
+
+    `written(metric_ids, base_url)` queues the metrics a request wrote to (nothing to do for
+    accounts without a webhook); one thread looks for a newest change point that is a
+    regression nobody accepted or was told of, records that it tells (so a restart does not
+    tell again), and POSTs it. A webhook that fails is retried, then logged and let be.
+    """
+
+    def __init__(self, store: Store, backoff: float = 1.0) -> None:
+        self.store = store
+        self.backoff = backoff  #: seconds before the first retry; each next one waits 4x
+        self._queue: queue.Queue[tuple[bytes, str] | None] = queue.Queue()
+        self._pending: set[bytes] = set()  #: queued metrics: many writes, one look
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def written(self, metric_ids: Iterable[bytes], base_url: str) -> None:
+        webhooks = self.store.index.webhooks
+        for metric_id in metric_ids:
+            metric = self.store.metrics.get(metric_id)
+            if metric is None or metric.account not in webhooks:
+                continue
+            with self._lock:
+                if metric_id in self._pending:
+                    continue
+                self._pending.add(metric_id)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="perfit-webhooks", daemon=True
+                    )
+                    self._thread.start()
+            self._queue.put((metric_id, base_url))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            with self._lock:
+                self._pending.discard(item[0])
+            try:
+                self._look(*item)
+            except Exception as e:  # anything: a thread traceback would help nobody
+                _log.error("webhook: %s", e)
+
+    def _look(self, metric_id: bytes, base_url: str) -> None:
+        metric = self.store.metrics[metric_id]
+        url = self.store.index.webhooks.get(metric.account)
+        snapshot = metric.series.snapshot(last=_CHANGE_WINDOW)
+        found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
+        newest = found[-1] if found else None
+        if (
+            url is None
+            or newest is None
+            or newest.kind != "regression"
+            or newest.accepted
+            or newest.t in metric.marks.notified
+        ):
+            return
+        self.store.mark(metric.id, "notified", newest.t * US, newest.t * US)
+        self._send(url, regression_message(metric, newest, base_url))
+
+    def _send(self, url: str, doc: dict[str, Any]) -> None:
+        data = json.dumps(doc).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": f"perfit/{__version__}"}
+        opener = urllib.request.build_opener(_NoRedirects)
+        for attempt in range(_WEBHOOK_RETRIES + 1):
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            try:
+                with opener.open(request, timeout=_WEBHOOK_TIMEOUT) as answer:
+                    answer.read()
+                return
+            except (OSError, http.client.HTTPException, PerfitError) as e:
+                failure = e
+            if attempt < _WEBHOOK_RETRIES:
+                time.sleep(self.backoff * 4**attempt)
+        _log.warning("webhook %s failed %d times: %s", url, _WEBHOOK_RETRIES + 1, failure)
+
+
+def regression_message(metric: Metric, change: Change, base_url: str) -> dict[str, Any]:
+    """What a webhook hears of a regression: Slack's `text`, and the change as /changes has it."""
+    page = f"{base_url}/m/{b64encode(metric.id)}"
+    name = metric.name or b64encode(metric.id)
+    before, after = (
+        format_value(change.before, metric.unit),
+        format_value(change.after, metric.unit),
+    )
+    text = (
+        f"PerfIt: regression in {name}: {_percent(change.to_json()['change'])} "
+        f"(median {before} -> {after}) since {format_time(change.t)}: {page}"
+    )
+    return {
+        "text": text,
+        "metric": {"metric_id": b64encode(metric.id), "name": metric.name, "unit": metric.unit},
+        "change": change.to_json(),
+        "links": {"page": page, "chart": f"{page}.svg", "changes": f"{page}/changes"},
+    }
+
+
+# ==============================================================================================
 # Web: pages
 # The index and metric pages: inline CSS and a few lines of JavaScript, no CDN, so they work
 # offline and behind any firewall.
@@ -4018,6 +4148,7 @@ class _Web:
     limiter: RateLimiter | None  #: None: no rate limit
     auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
     changes: _ChangeCache
+    notifier: Notifier
 
     @classmethod
     def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
@@ -4026,10 +4157,15 @@ class _Web:
         burst = max(1.0, 2 * config.rate_limit)
         limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
         failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-        return cls(store, config, limiter, failures, _ChangeCache())
+        return cls(store, config, limiter, failures, _ChangeCache(), Notifier(store))
 
     def address(self) -> str:
         return client_address(_request().environ, self.config.trust_proxy)
+
+    def written(self, *metric_ids: bytes) -> None:
+        """Tell the notifier what a request wrote to, with the base URL it came in on."""
+        parts = _request().urlparts
+        self.notifier.written(metric_ids, f"{parts.scheme}://{parts.netloc}")
 
 
 def _request() -> Any:
@@ -4208,13 +4344,16 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     if "unit" in fields:
         value = _in_metric_unit(value, _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES), metric)
     metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
-    return json_response({"t": web.store.add_point(metric.id, value, metadata) // US})
+    t = web.store.add_point(metric.id, value, metadata)
+    web.written(metric.id)
+    return json_response({"t": t // US})
 
 
 def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     """Import points with their own times, all or nothing; those already stored are skipped."""
     metric = _owned_metric(web, metric_id, caller)
     added, existing = web.store.import_points(metric.id, _parse_import(body, time.time()))
+    web.written(metric.id)
     return json_response({"added": added, "existing": existing})
 
 
@@ -4226,6 +4365,7 @@ def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
         return _in_metric_unit(point.value, point.unit, metric) if point.unit else point.value
 
     t, ids = web.store.post_run(caller.account, points, metadata, fit)
+    web.written(*ids.values())
     return json_response({"t": t // US, "metrics": {n: b64encode(i) for n, i in ids.items()}})
 
 
@@ -4243,9 +4383,24 @@ def _show_account(web: _Web, caller: Principal) -> Any:
         {
             "account_id": b64encode(caller.account),
             "board_id": b64encode(index.board_of[caller.account]),
+            "webhook": index.webhooks.get(caller.account),
             "metrics": metrics,
         }
     )
+
+
+def _change_account(web: _Web, caller: Principal, body: Any) -> Any:
+    """Set (or, with null, remove) the webhook that hears of each new regression."""
+    fields = _body_object(body, ("webhook",))
+    if "webhook" not in fields:
+        raise BadRequest('the body must be {"webhook": "https://..."} or {"webhook": null}')
+    url = fields["webhook"]
+    if url is not None:
+        url = _check_text(url, "webhook", _MAX_WEBHOOK_BYTES)
+        if not re.fullmatch(_WEBHOOK_PATTERN, url):
+            raise BadRequest("webhook: an http:// or https:// URL, or null")
+    web.store.set_webhook(caller.account, url)
+    return json_response({"account_id": b64encode(caller.account), "webhook": url})
 
 
 def _replace_board(web: _Web, caller: Principal, body: Any) -> Any:
@@ -4491,12 +4646,13 @@ class Route:
     def writes(self) -> bool:
         """Whether it stores something (so a full disk is a 507): every PUT and POST but
         those that say they store nothing."""
-        return self.method in ("PUT", "POST") and self.stores
+        return self.method in ("PUT", "POST", "PATCH") and self.stores
 
     @property
     def body_required(self) -> bool:
-        """A POST posts something; the PUTs of administration may send nothing."""
-        return self.method == "POST"
+        """A POST posts something, a PATCH says what changes; the PUTs of administration may
+        send nothing."""
+        return self.method in ("POST", "PATCH")
 
     @property
     def ids(self) -> str:
@@ -4547,6 +4703,9 @@ _ANY_TOKEN = ("admin", "post")  #: of the account: the root token has none
 _ADMIN_ROUTES = (
     Route("PUT", "/a/", _create_account, _json_answer("Credentials"), ("root",), "Empty"),
     Route("GET", "/a/", _show_account, _json_answer("Account"), _ANY_TOKEN),
+    Route(
+        "PATCH", "/a/", _change_account, _json_answer("AccountChanged"), ("admin",), "AccountChange"
+    ),
     Route("PUT", "/t/", _create_token, _json_answer("Credentials"), ("admin",), "NewToken"),
     Route("PUT", "/b/", _replace_board, _json_answer("NewBoard"), ("admin",), "Empty"),
     Route(
@@ -4752,6 +4911,14 @@ _BOARD_METRIC = _object(
     ],
 )
 
+_WEBHOOK = {
+    "type": "string",
+    "nullable": True,
+    "maxLength": _MAX_WEBHOOK_BYTES,
+    "pattern": _WEBHOOK_PATTERN,
+    "description": "An http(s) URL told of each new regression (one JSON POST, Slack's text "
+    "field and the change); null: none.",
+}
 _MARK_TIME = {"type": "integer", "minimum": 0, "maximum": _MAX_UNIX, "description": "Unix seconds."}
 
 _SCHEMAS = {
@@ -4824,6 +4991,7 @@ _SCHEMAS = {
         {
             "account_id": _ref("Id"),
             "board_id": _ref("Id"),
+            "webhook": _WEBHOOK,
             "metrics": {
                 "type": "array",
                 "items": _object(
@@ -4832,9 +5000,13 @@ _SCHEMAS = {
                 ),
             },
         },
-        ["account_id", "board_id", "metrics"],
+        ["account_id", "board_id", "webhook", "metrics"],
     ),
     "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
+    "AccountChange": _object({"webhook": _WEBHOOK}, ["webhook"], closed=True),
+    "AccountChanged": _object(
+        {"account_id": _ref("Id"), "webhook": _WEBHOOK}, ["account_id", "webhook"]
+    ),
     "Accept": _object({"t": _MARK_TIME}, ["t"], closed=True),
     "Span": {
         "oneOf": [
@@ -6090,6 +6262,13 @@ def _cmd_account_new_board(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_account_webhook(args: argparse.Namespace) -> int:
+    if bool(args.url) == bool(args.remove):
+        raise UsageError("give the webhook's URL, or --remove")
+    _print_json(_client(args).call("PATCH", "/a/", {"webhook": args.url}))
+    return EXIT_OK
+
+
 def _cmd_metric_new(args: argparse.Namespace) -> int:
     fields = ("name", "unit", "description", "better")
     body = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
@@ -6813,6 +6992,16 @@ _ACCOUNT_COMMANDS = (
         _cmd_account_show,
         "the token's account: its board's link and its metrics",
         client=_CLIENT,
+    ),
+    _Command(
+        "account webhook",
+        _cmd_account_webhook,
+        "tell a URL of each new regression (a JSON POST, Slack-compatible) (admin token)",
+        (
+            _Option("url", "an http(s) URL, e.g. a Slack incoming webhook", "URL", nargs="?"),
+            _Option("--remove", "tell no URL any more", action="store_true"),
+        ),
+        _CLIENT,
     ),
     _Command(
         "account new-board",

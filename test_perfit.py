@@ -1971,6 +1971,7 @@ ROUTES = {
     "PUT /t/": ("PUT", "/t/", {"type": "post"}),
     "GET /a/": ("GET", "/a/", None),
     "PUT /b/": ("PUT", "/b/", None),
+    "PATCH /a/": ("PATCH", "/a/", {"webhook": None}),
     "PUT /m/": ("PUT", "/m/", {"unit": "s"}),
     "POST /m/ID": ("POST", "/m/{metric}", {"value": 0}),
     "POST /r/": ("POST", "/r/", {"points": [{"name": "auth-run", "value": 0}]}),
@@ -2007,6 +2008,7 @@ EXPECTED = {
     "PUT /m/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
     "GET /a/": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 200, "post-other": 200},
     "PUT /b/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    "PATCH /a/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
     # A run goes to the token's own account, whichever that is.
     "POST /r/": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 200, "post-other": 200},
     "POST /m/ID": {"root": 403, "admin-own": 200, "post-own": 200, "admin-other": 403, "post-other": 403},
@@ -2759,6 +2761,63 @@ def test_metric_exclude_and_include_take_times_people_write(url: str, account: A
 
 
 # --------------------------------------------------------------------------------------------
+# Web: webhooks
+# A local receiver hears of each new regression once; a slow or failing one delays no post.
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_webhook_hears_of_a_new_regression_once(url: str, account: Account) -> None:
+    with _stub_server(200, b"ok") as (hook, seen):
+        done = perfit_main("account", "webhook", f"{hook}/slack", *client_args(url, account.admin))
+        assert done.returncode == 0, done.stderr
+        assert account_doc(url, account.post)["webhook"] == f"{hook}/slack"
+        metric = leveled_metric(url, account, (40, 100.0), name="suite", unit="s")
+        assert seen == [], "no regression, no message"
+        for _ in range(15):  # the step: fifteen runs 25 % slower
+            assert post_point(url, metric, account.post, 125.0)[0] == 200
+        poll(lambda: len(seen), lambda n: n >= 1)
+        for _ in range(3):
+            assert post_point(url, metric, account.post, 125.0)[0] == 200
+    method, path, headers, body = seen[0]
+    assert (method, path, headers["Content-Type"]) == ("POST", "/slack", "application/json")
+    message = json.loads(body)
+    assert message["text"].startswith("PerfIt: regression in suite: +25.0 %")
+    assert message["text"].endswith(f"/m/{metric}") and message["links"]["page"].endswith(
+        f"/m/{metric}"
+    )
+    assert message["change"]["kind"] == "regression" and message["metric"]["name"] == "suite"
+    assert len(seen) == 1, "told once, however many points follow"
+
+
+def test_a_failing_webhook_is_retried_and_a_silent_one_delays_no_post(tmp_path: Path) -> None:
+    store = perfit.Store.open(str(tmp_path))
+    try:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="m")
+        rows = [(i * perfit.US, 100.0 if i < 40 else 130.0, b"") for i in range(1, 56)]
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        notifier = perfit.Notifier(store, backoff=0.01)
+        with _stub_server(500, b"no") as (hook, seen):
+            store.set_webhook(account, hook)
+            notifier.written([metric.id], "http://perfit.example")
+            poll(lambda: len(seen), lambda n: n == 4)  # the first attempt and three retries
+        assert store.metrics[metric.id].marks.notified == {40}, "and not told again"
+    finally:
+        store.close()
+
+
+def test_a_webhook_must_be_an_http_url(url: str, account: Account) -> None:
+    for bad in ("ftp://x.example/", "javascript:alert(1)", "https://", "https://a b", 5):
+        answer = http("PATCH", f"{url}/a/", body={"webhook": bad}, token=account.admin)
+        assert_error(answer, 400)
+    assert_error(
+        http("PATCH", f"{url}/a/", body={"webhook": "https://x.example"}, token=account.post), 403
+    )
+    done = ok_json("PATCH", f"{url}/a/", body={"webhook": None}, token=account.admin)
+    assert done["webhook"] is None and account_doc(url, account.admin)["webhook"] is None
+
+
+# --------------------------------------------------------------------------------------------
 # Web: reading
 # JSON, CSV, SVG, badges, change points, info and pages over HTTP, with their options.
 # --------------------------------------------------------------------------------------------
@@ -3363,6 +3422,7 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
     assert secured == {
         ("PUT", "/a/"),
         ("GET", "/a/"),
+        ("PATCH", "/a/"),
         ("PUT", "/t/"),
         ("PUT", "/b/"),
         ("PUT", "/m/"),
