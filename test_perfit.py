@@ -1588,6 +1588,25 @@ def _ci_series(n: int, steps: list[tuple[int, float]], noise: float, seed: int =
     return out
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_a_fresh_step_is_named_after_four_runs_and_marked_provisional(seed: int) -> None:
+    """Checked after every run, as CI does: a 15 % step in 2 % noise is a regression once
+    four runs of the new level are in, at the run where it started."""
+    values = _ci_series(64, [(60, 1.15)], 0.02, seed)
+    assert all(c.index != 60 for c in perfit.detect_changes(values[:63])), "three runs: not yet"
+    (change,) = perfit.detect_changes(values)
+    assert (change.index, change.kind) == (60, "regression")
+    metric = perfit.Metric(perfit.new_id(), perfit.new_id(), 0.0)
+    metric.series.add(perfit.PointBatch.of([(i * perfit.US, v, b"") for i, v in enumerate(values)]))
+    (marked,) = perfit.metric_changes(metric, metric.series.snapshot(), 0.05)
+    assert marked.provisional and not marked.accepted
+
+
+def test_three_slow_runs_in_a_row_are_no_change() -> None:
+    values = _ci_series(60, [], 0.02) + [100 * f for f in (1.6, 1.9, 1.4)]
+    assert perfit.detect_changes(values) == []
+
+
 @pytest.mark.parametrize(
     ("steps", "noise", "expected"),
     [
