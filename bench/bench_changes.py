@@ -298,6 +298,72 @@ def contract_problems(series: Sequence[Series], threshold: float) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Online: a check after every run, as CI does it (issue "Verdicts CI can act on")
+
+ONLINE_STEPS = (0.10, 0.30)  #: a fresh step of 10-30 %
+ONLINE_NOISE = (0.01, 0.03)  #: ... in 1-3 % noise
+QUIET_NOISE = (0.01, 0.05)  #: quiet metrics: 1-5 % noise
+BEFORE = 60  #: runs of the old level before the step
+TARGET_RUNS = 4  #: the median of runs to detection may be at most this
+TARGET_FALSE = 0  #: regression verdicts on quiet metrics, at most
+
+
+def online_series(
+    rng: random.Random, step: float, noise: float, before: int, after: int
+) -> list[float]:
+    level, out = math.exp(rng.uniform(math.log(LEVELS[0]), math.log(LEVELS[1]))), []
+    for i in range(before + after):
+        value = level * (1 + step if i >= before else 1) * (1 + rng.gauss(0, noise))
+        if rng.random() < SLOW_SHARE:
+            value *= rng.uniform(*SLOW_FACTOR)
+        out.append(value)
+    return out
+
+
+def online(seed: int, n_steps: int, n_quiet: int) -> tuple[bool, bool]:
+    """Post one run, ask for the change points, repeat: print how many runs a fresh step takes
+    to be named a regression (at its run, within TOLERANCE), and the regression verdicts on
+    quiet metrics; whether the two targets are met."""
+    rng = random.Random(seed)
+    runs, misplaced, missed = [], 0, 0
+    for _ in range(n_steps):
+        values = online_series(
+            rng, rng.uniform(*ONLINE_STEPS), rng.uniform(*ONLINE_NOISE), BEFORE, 30
+        )
+        for n in range(BEFORE + 1, len(values) + 1):
+            found = perfit.detect_changes(values[:n])
+            if found and found[-1].kind == "regression":
+                if abs(found[-1].index - BEFORE) <= TOLERANCE:
+                    runs.append(n - BEFORE)
+                else:
+                    misplaced += 1
+                break
+        else:
+            missed += 1
+    checks = false = 0
+    for _ in range(n_quiet):
+        values = online_series(rng, 0.0, rng.uniform(*QUIET_NOISE), 100, 0)
+        for n in range(2 * MIN_SEGMENT, len(values) + 1):
+            found = perfit.detect_changes(values[:n])
+            checks += 1
+            false += bool(found and found[-1].kind == "regression")
+    median = statistics.median(runs) if runs else math.inf
+    print(
+        f"online, seed {seed}: {n_steps} fresh steps of 10-30 % in 1-3 % noise (5 % of runs 1.3-2x "
+        f"slow), a check after every run:\n  named a regression after a median of {median:g} runs "
+        f"(max {max(runs, default=0)}); at the wrong run {misplaced}, never {missed}\n"
+        f"  quiet metrics (1-5 % noise, same outliers): {false} regression verdicts in {checks} "
+        f"checks ({1000 * false / max(checks, 1):.2f} per 1,000)"
+    )
+    runs_ok, quiet_ok = median <= TARGET_RUNS, false <= TARGET_FALSE
+    print(
+        f"perfit targets: median runs <= {TARGET_RUNS}: {'met' if runs_ok else 'MISSED'}; "
+        f"no verdict on quiet metrics: {'met' if quiet_ok else 'MISSED'}\n"
+    )
+    return runs_ok, quiet_ok
+
+
+# ----------------------------------------------------------------------------------------------
 # Report
 
 
@@ -401,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--examples", type=int, default=0, help="print the first N series perfit gets wrong"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if perfit misses a target")
+    parser.add_argument(
+        "--online",
+        default="300,30",
+        help="fresh-step and quiet series of the online loop, or 'none'",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.methods.split(",") if n]
     unknown = set(names) - set(METHODS)
@@ -409,10 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"{name:<14} {METHODS[name][0]}")
     print()
+    met = True
+    if args.online != "none":
+        n_steps, n_quiet = (int(n) for n in args.online.split(","))
+        met = all(online(args.seed, n_steps, n_quiet))
     mine = bench(names, args.seed, args.series, args.steps, args.examples)
     if args.hard != "none":
         bench(names, args.seed, args.series, parse_range(args.hard), args.examples)
-    return 1 if args.check and mine is not None and not all(mine.met()) else 0
+    met = met and (mine is None or all(mine.met()))
+    return 1 if args.check and not met else 0
 
 
 if __name__ == "__main__":
