@@ -1907,9 +1907,14 @@ _CHANGE_MIN_SEGMENT = 10  #: points a level needs before (and after) a step to c
 _CHANGE_SIGNIFICANCE = 0.001  #: how unlikely a split must be under "no change" (Pettitt's p)
 _CHANGE_REFINE = 12  #: points around a found split searched for its best position
 _CHANGE_WINDOW = 5000  #: change points are sought among this many newest points of a range
+_PARTITION_PENALTY = 2.0  #: the optimal partition's price of a change, times ln(points)
+_PARTITION_CLIP = 3.0  #: a point costs at most this many noise SDs: slow runs buy no level
+_CANDIDATE_FLOOR = 2.0  #: a window step this many noise SDs tall is a candidate change
+_MAX_CANDIDATES = 24  #: the tallest window steps the partition considers
 _TAIL_MIN = 4  #: newest runs that can name a new level before the rank test can (provisional)
 _TAIL_SIGMAS = 2.0  #: how far beyond the level's noise each of them must lie
 _TAIL_BASELINE = 60  #: points of the level before it that set its median and noise
+_TAIL_SPREAD = 3.0  #: ... and their spread (MAD) at most this times the level's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1943,14 +1948,24 @@ def detect_changes(
 ) -> list[Change]:
     """The change points of a series, oldest first.
 
-    Binary segmentation with Pettitt's rank test: a split is kept when the ranks on its two
-    sides differ more than chance allows (p < 0.001), so the noise level of each metric sets
-    its own bar and slow outliers weigh no more than any other point. Each level is then
-    summarised by its median, and steps under `threshold` are merged away, smallest first.
+    Candidates come from binary segmentation with Pettitt's rank test (a split is kept when
+    the ranks on its two sides differ more than chance allows, p < 0.001) and from every place
+    where the medians of the ten points before and after differ by two noise SDs (which finds
+    the short bumps binary segmentation misses). An optimal partition then picks among them:
+    the fewest levels whose points sit closest to their medians, each point's cost clipped at
+    three noise SDs (so slow runs buy no level of their own) and each change priced by the
+    series' length. Each level is summarised by its median, steps under `threshold` are merged
+    away, smallest first, and a new level still too short for all this is named by the newest
+    runs (see _tail_change).
     """
     xs = list(values)
     splits: list[int] = []
     _split(xs, 0, len(xs), splits)
+    if len(xs) >= 2 * _CHANGE_MIN_SEGMENT and len(splits) <= _MAX_CANDIDATES:
+        # (More splits than that: a ramp or a staircase, which binary segmentation cuts well,
+        # and a partition over that many candidates would cost seconds.)
+        sigma = _noise_sigma(xs)
+        splits = _optimal_partition(xs, {*splits, *_window_steps(xs, sigma)}, sigma)
     bounds = _settle(xs, _merge_small_steps(xs, sorted(splits), threshold))
     bounds = _merge_small_steps(xs, bounds, threshold)  # a settled step may have shrunk
     tail = _tail_change(xs, bounds, threshold)
@@ -1970,13 +1985,73 @@ def detect_changes(
     return changes
 
 
+def _mad(xs: Sequence[float]) -> float:
+    """The median absolute deviation from the median."""
+    middle = statistics.median(xs)
+    return statistics.median(abs(x - middle) for x in xs)
+
+
+def _noise_sigma(xs: Sequence[float]) -> float:
+    """The noise's standard deviation: the MAD of first differences (steps barely count)."""
+    diffs = [b - a for a, b in zip(xs, xs[1:])]
+    middle = statistics.median(diffs)
+    return 1.4826 * statistics.median(abs(d - middle) for d in diffs) / math.sqrt(2) or 1e-12
+
+
+def _window_steps(xs: Sequence[float], sigma: float) -> list[int]:
+    """Where the medians of the ten points before and after differ most, by two SDs or more."""
+    w, n = _CHANGE_MIN_SEGMENT, len(xs)
+    height = [0.0] * (n + 1)
+    for t in range(w, n - w + 1):
+        height[t] = abs(statistics.median(xs[t : t + w]) - statistics.median(xs[t - w : t])) / sigma
+    peaks = [
+        t
+        for t in range(w, n - w + 1)
+        if height[t] >= _CANDIDATE_FLOOR and height[t] == max(height[max(w, t - 5) : t + 6])
+    ]
+    # The tallest only: a series with no noise (a ramp, a sawtooth) peaks everywhere, and
+    # the partition's cost grows with the square of its candidates.
+    return sorted(sorted(peaks, key=height.__getitem__, reverse=True)[:_MAX_CANDIDATES])
+
+
+def _optimal_partition(xs: Sequence[float], candidates: set[int], sigma: float) -> list[int]:
+    """The candidates that split xs best: least clipped absolute deviation from each level's
+    median (in noise SDs), plus a price of PARTITION_PENALTY ln(n) a change; exact, by dynamic
+    programming over the candidates (few: the series' own steps, not its points)."""
+    n = len(xs)
+    edges = [
+        0,
+        *sorted(c for c in candidates if _CHANGE_MIN_SEGMENT <= c <= n - _CHANGE_MIN_SEGMENT),
+        n,
+    ]
+    penalty = _PARTITION_PENALTY * math.log(n)
+
+    def cost(a: int, b: int) -> float:
+        level = xs[edges[a] : edges[b]]
+        median = statistics.median(level)
+        return sum(min(abs(x - median) / sigma, _PARTITION_CLIP) for x in level)
+
+    best, previous = [-penalty] + [math.inf] * (len(edges) - 1), [0] * len(edges)
+    for b in range(1, len(edges)):
+        for a in range(b):
+            if edges[b] - edges[a] >= _CHANGE_MIN_SEGMENT and best[a] < math.inf:
+                total = best[a] + cost(a, b) + penalty
+                if total < best[b]:
+                    best[b], previous[b] = total, a
+    chosen, b = [], len(edges) - 1
+    while (b := previous[b]) > 0:
+        chosen.append(edges[b])
+    return sorted(chosen)
+
+
 def _tail_change(xs: list[float], bounds: list[int], threshold: float) -> int | None:
     """Where a new level starts among the newest points, while it is too short for the rank
     test (under twice its minimum): None if nothing has changed there.
 
     A tail of at least TAIL_MIN points counts when every one of them lies on the same side of
     the level before, beyond TAIL_SIGMAS of its noise (1.4826 MAD, robust to the slow
-    outliers in it), and their median differs by the threshold or more. One slow run in
+    outliers in it), their median differs by the threshold or more, and they scatter no more
+    than TAIL_SPREAD times the level does (slow runs scatter; a new level does not). One slow run in
     twenty makes four in a row beyond the noise once in 2.8e5 checks; a real step of 10 % in
     3 % noise shows in four runs two times in three. The longest such tail is taken.
     """
@@ -1985,14 +2060,16 @@ def _tail_change(xs: list[float], bounds: list[int], threshold: float) -> int | 
         min(n - last - _CHANGE_MIN_SEGMENT, 2 * _CHANGE_MIN_SEGMENT - 1), _TAIL_MIN - 1, -1
     ):
         start = n - k
-        baseline = xs[max(last, start - _TAIL_BASELINE) : start]
-        level = statistics.median(baseline)
-        noise = _TAIL_SIGMAS * 1.4826 * statistics.median(abs(x - level) for x in baseline)
-        tail = xs[start:]
+        baseline, tail = xs[max(last, start - _TAIL_BASELINE) : start], xs[start:]
+        level, spread = statistics.median(baseline), _mad(baseline)
+        noise = _TAIL_SIGMAS * 1.4826 * spread
         above = all(x - level > noise for x in tail)
-        if (above or all(level - x > noise for x in tail)) and abs(
-            _relative(level, statistics.median(tail))
-        ) >= threshold:
+        if (
+            (above or all(level - x > noise for x in tail))
+            and abs(_relative(level, statistics.median(tail))) >= threshold
+            # A new level is as steady as the old one; slow runs scatter (1.3-2x).
+            and _mad(tail) <= _TAIL_SPREAD * spread
+        ):
             return start
     return None
 
@@ -3538,6 +3615,7 @@ def _openmetrics_escape(text: str) -> str:
 _WEBHOOK_TIMEOUT = 10.0  #: seconds a webhook has to answer one attempt
 _WEBHOOK_RETRIES = 3  #: attempts after the first, after 1, 4 and 16 seconds
 _MAX_WEBHOOK_BYTES = 2000  #: of a webhook's URL
+_NOTIFIED_SLACK = 5  #: runs a regression told of may move and still be the same one
 #: A webhook: http(s), a host, no space or control character (the same rule in the OpenAPI).
 _WEBHOOK_PATTERN = "^https?://[^\\x00-\\x20/]+[^\\x00-\\x20]*$"
 
@@ -3594,13 +3672,11 @@ class Notifier:
         snapshot = metric.series.snapshot(last=_CHANGE_WINDOW)
         found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         newest = found[-1] if found else None
-        if (
-            url is None
-            or newest is None
-            or newest.kind != "regression"
-            or newest.accepted
-            or newest.t in metric.marks.notified
-        ):
+        if url is None or newest is None or newest.kind != "regression" or newest.accepted:
+            return
+        # Told already: a change found four runs in may settle a few runs off as more come.
+        since = snapshot.times[max(0, newest.index - _NOTIFIED_SLACK)] // US
+        if any(t >= since for t in metric.marks.notified):
             return
         self.store.mark(metric.id, "notified", newest.t * US, newest.t * US)
         self._send(url, regression_message(metric, newest, base_url))

@@ -308,6 +308,44 @@ TARGET_RUNS = 4  #: the median of runs to detection may be at most this
 TARGET_FALSE = 0  #: regression verdicts on quiet metrics, at most
 
 
+HARD_POINTS = (60, 200)  #: the harder set: shorter series ...
+HARD_GAP = 15  #: ... whose steps may be this close, to each other and to the end
+
+
+def hard_generate(seed: int, n_series: int) -> list[Series]:
+    """Series unlike the main set's: 60-200 runs, steps of 3-30 % but at least 1.5 noise
+    standard deviations, two steps as close as 15 runs, a step as late as 15 runs before the
+    end; a third quiet, a third one step, a third two."""
+    out = []
+    for number in range(n_series):
+        rng = random.Random(seed * 7_000_003 + number)
+        n = rng.randint(*HARD_POINTS)
+        level = math.exp(rng.uniform(math.log(LEVELS[0]), math.log(LEVELS[1])))
+        noise = rng.uniform(*NOISE)
+        k = number % 3
+        while True:
+            changes = sorted(rng.randint(HARD_GAP, n - HARD_GAP) for _ in range(k))
+            edges = [0, *changes, n]
+            if all(b - a >= HARD_GAP for a, b in zip(edges, edges[1:])):
+                break
+        low = max(HARD_STEPS[0], 1.5 * noise)
+        steps = tuple(
+            rng.choice((-1, 1)) * rng.uniform(low, max(low, HARD_STEPS[1])) for _ in changes
+        )
+        values, times, current, nxt = [], [], level, 0
+        for i in range(n):
+            if nxt < len(changes) and i == changes[nxt]:
+                current *= 1 + steps[nxt]
+                nxt += 1
+            value = current * (1 + rng.gauss(0, noise))
+            if rng.random() < SLOW_SHARE:
+                value *= rng.uniform(*SLOW_FACTOR)
+            values.append(round(value, 3))
+            times.append(START + i * 1800)
+        out.append(Series(seed, number, values, times, tuple(changes), steps, level, noise))
+    return out
+
+
 def online_series(
     rng: random.Random, step: float, noise: float, before: int, after: int
 ) -> list[float]:
@@ -467,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--examples", type=int, default=0, help="print the first N series perfit gets wrong"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if perfit misses a target")
+    parser.add_argument("--harder", action="store_true", help="also the harder set (item 2)")
     parser.add_argument(
         "--online",
         default="300,30",
@@ -484,6 +523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.online != "none":
         n_steps, n_quiet = (int(n) for n in args.online.split(","))
         met = all(online(args.seed, n_steps, n_quiet))
+    if args.harder:
+        series = hard_generate(args.seed, args.series)
+        found, ms = run(perfit_method(), series)
+        sc = score(series, found, HARD_STEPS[0])
+        print(f"harder series (60-200 runs, steps >= 1.5 noise SDs, as close as {HARD_GAP} runs):")
+        print(table([("perfit", sc, ms)]))
+        print(verdict(sc) + "\n")
+        met = met and all(sc.met())
     mine = bench(names, args.seed, args.series, args.steps, args.examples)
     if args.hard != "none":
         bench(names, args.seed, args.series, parse_range(args.hard), args.examples)
