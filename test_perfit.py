@@ -2825,6 +2825,20 @@ def test_a_failing_webhook_is_retried_and_a_silent_one_delays_no_post(tmp_path: 
         store.close()
 
 
+def test_a_webhook_that_never_answers_delays_no_post(url: str, account: Account) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hook = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        ok_json("PATCH", f"{url}/a/", body={"webhook": hook}, token=account.admin)
+        metric = leveled_metric(url, account, (40, 100.0), name="suite", unit="s")
+        started = time.monotonic()
+        for _ in range(15):  # a regression: the notifier now waits on the silent webhook
+            assert post_point(url, metric, account.post, 125.0)[0] == 200
+        assert time.monotonic() - started < 5, "the posts waited for the webhook"
+        assert ok_json("GET", f"{url}/m/{metric}/changes")[-1]["kind"] == "regression"
+
+
 def test_a_webhook_must_be_an_http_url(url: str, account: Account) -> None:
     for bad in ("ftp://x.example/", "javascript:alert(1)", "https://", "https://a b", 5):
         answer = http("PATCH", f"{url}/a/", body={"webhook": bad}, token=account.admin)

@@ -456,12 +456,18 @@ def examples(series: Sequence[Series], found: Sequence[list[int]], min_change: f
 
 
 def bench(
-    names: Sequence[str], seed: int, n_series: int, step_range: tuple[float, float], limit: int
+    names: Sequence[str],
+    seed: int,
+    n_series: int,
+    step_range: tuple[float, float],
+    limit: int,
+    series: Sequence[Series] | None = None,
 ) -> Score | None:
-    """Print one table; return PerfIt's score, if it ran."""
+    """Print one table (of the generated set, or of `series`); return PerfIt's score."""
     threshold = perfit.DEFAULT_CHANGE_THRESHOLD
-    series = generate(seed, n_series, step_range)
-    print(describe(series, step_range, seed))
+    if series is None:
+        series = generate(seed, n_series, step_range)
+        print(describe(series, step_range, seed))
     rows, mine, mine_found = [], None, None
     for name in names:
         _, build, package = METHODS[name]
@@ -524,13 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_steps, n_quiet = (int(n) for n in args.online.split(","))
         met = all(online(args.seed, n_steps, n_quiet))
     if args.harder:
-        series = hard_generate(args.seed, args.series)
-        found, ms = run(perfit_method(), series)
-        sc = score(series, found, HARD_STEPS[0])
-        print(f"harder series (60-200 runs, steps >= 1.5 noise SDs, as close as {HARD_GAP} runs):")
-        print(table([("perfit", sc, ms)]))
-        print(verdict(sc) + "\n")
-        met = met and all(sc.met())
+        print(
+            f"{args.series} harder series, seed {args.seed} (60-200 runs, steps of 3-30 % but "
+            f">= 1.5 noise SDs, as close as {HARD_GAP} runs to each other and to the end):"
+        )
+        hard = bench(
+            names, args.seed, args.series, HARD_STEPS, 0, hard_generate(args.seed, args.series)
+        )
+        met = met and (hard is None or all(hard.met()))
     mine = bench(names, args.seed, args.series, args.steps, args.examples)
     if args.hard != "none":
         bench(names, args.seed, args.series, parse_range(args.hard), args.examples)
