@@ -1647,14 +1647,13 @@ class Sealer:
 
 
 class _Operations:
-    """What the web layer asks of a store: accounts, tokens, boards, metrics (by name too),
-    points and CI runs, each made into records and appended through the log; and who a token
-    speaks for. Store, below, provides what these use."""
+    """What the web layer asks a store to write: accounts, tokens, boards, metrics (by name
+    too), points, CI runs and marks, each made into records and appended through the log.
+    Store, below, provides what these use."""
 
     log: Log
     index: Index
     metrics: dict[bytes, Metric]
-    root_token_hash: bytes | None
     _import_lock: threading.Lock
     _naming_lock: threading.Lock
 
@@ -1796,13 +1795,6 @@ class _Operations:
             fresh = self.metrics[metric_id].series.not_stored(batch)
             return self.add_points(metric_id, fresh), len(batch) - len(fresh)
 
-    def authenticate(self, token: str) -> Principal | None:
-        digest = hash_token(token)
-        if self.root_token_hash is not None and hmac.compare_digest(digest, self.root_token_hash):
-            return Principal(None, "root")
-        # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
-        return self.index.tokens.get(digest)
-
 
 class Store(_Operations):
     """A data directory, replayed into memory. Use ``Store.open(path)``, which takes the
@@ -1894,6 +1886,13 @@ class Store(_Operations):
 
     def _sealer_wake(self) -> None:
         self.sealer.wake()
+
+    def authenticate(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        if self.root_token_hash is not None and hmac.compare_digest(digest, self.root_token_hash):
+            return Principal(None, "root")
+        # The dict is keyed by SHA-256: timing reveals bytes of a hash, never of a token.
+        return self.index.tokens.get(digest)
 
 
 # ==============================================================================================
@@ -5078,6 +5077,29 @@ _SCHEMAS = {
         [*_METRIC_FIELDS, "points", "first", "last"],
     ),
     "Health": _object(_HEALTH, ["ok", "compression"]),
+    # Times may lie up to _FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
+    # which a document cannot state; the description does.
+    "Import": {
+        "type": "array",
+        "maxItems": MAX_IMPORT_POINTS,
+        "items": _object(
+            {
+                "t": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": f"Unix seconds, at most {_FUTURE_SLACK:g} s from now.",
+                },
+                "v": _number("A finite number."),
+                "m": _text(_MAX_METADATA_BYTES, "Metadata."),
+            },
+            ["t", "v"],
+            closed=True,
+        ),
+    },
+}
+
+#: The schemas of runs, accounts, boards, marks and comparisons (the benchmark-suite routes).
+_SUITE_SCHEMAS = {
     "NewRun": _object(
         {
             "metadata": _text(_MAX_METADATA_BYTES, "Kept with every point of the run."),
@@ -5167,25 +5189,6 @@ _SCHEMAS = {
         {"board_id": _ref("Id"), "metrics": {"type": "array", "items": _BOARD_METRIC}},
         ["board_id", "metrics"],
     ),
-    # Times may lie up to _FUTURE_SLACK seconds beyond the server's clock: a bound that moves,
-    # which a document cannot state; the description does.
-    "Import": {
-        "type": "array",
-        "maxItems": MAX_IMPORT_POINTS,
-        "items": _object(
-            {
-                "t": {
-                    "type": "number",
-                    "minimum": 0,
-                    "description": f"Unix seconds, at most {_FUTURE_SLACK:g} s from now.",
-                },
-                "v": _number("A finite number."),
-                "m": _text(_MAX_METADATA_BYTES, "Metadata."),
-            },
-            ["t", "v"],
-            closed=True,
-        ),
-    },
 }
 
 
@@ -5234,7 +5237,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_SUITE_SCHEMAS},
             "headers": {
                 name: {"description": text, "schema": {"type": "string"}}
                 for name, text in _HEADERS.items()
@@ -7039,6 +7042,16 @@ class _Command:
     usage: str | None = None
 
 
+#: How `post` and `compare` read a results file.
+_FORMAT_OPTIONS = (
+    _Option(
+        "--format",
+        "read FILE as this harness's output; auto tells which by its shape",
+        choices=("auto", *_FORMATS),
+    ),
+    _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
+)
+
 #: The points that `metric exclude` and `include` mark: one second's, or a span's.
 _MARK_OPTIONS = (
     _Option("--at", "the point's time (unix seconds, as /json gives it, or RFC 3339)", "WHEN"),
@@ -7119,7 +7132,7 @@ _ACCOUNT_COMMANDS = (
         client=_CLIENT,
     ),
 )
-#: Metrics, and what CI jobs post to them.
+#: Metrics: made, read, checked, marked, imported.
 _METRIC_COMMANDS = (
     _Command(
         "metric new",
@@ -7220,6 +7233,9 @@ _METRIC_COMMANDS = (
         "data.js becomes a metric per benchmark (SUITE/NAME, created when missing), a point "
         "per commit at its time, the commit as metadata; importing it again adds nothing.",
     ),
+)
+#: What CI jobs post, and how a pull request compares.
+_POSTING_COMMANDS = (
     _Command(
         "post",
         _cmd_post,
@@ -7230,12 +7246,7 @@ _METRIC_COMMANDS = (
                 "the value, e.g. 12.5; with --format, the results file (- for stdin)",
                 "VALUE|FILE",
             ),
-            _Option(
-                "--format",
-                "read FILE as this harness's output; auto tells which by its shape",
-                choices=("auto", *_FORMATS),
-            ),
-            _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
+            *_FORMAT_OPTIONS,
         ),
         _POSTING,
         description="Post one value to --metric (an id, or a name: a metric missing by that name "
@@ -7271,12 +7282,7 @@ _METRIC_COMMANDS = (
         _cmd_compare,
         "compare fresh results with each metric's recent level; exit 3 on a regression",
         (
-            _Option(
-                "--format",
-                "read FILE as this harness's output (see post --format)",
-                choices=("auto", *_FORMATS),
-            ),
-            _Option("--prefix", "put NAME/ before every result's name", "NAME"),
+            *_FORMAT_OPTIONS,
             _Option(
                 "--threshold",
                 "smallest relative change that counts (default 0.05, 5 %%)",
@@ -7302,7 +7308,7 @@ _METRIC_COMMANDS = (
     ),
 )
 #: Every subcommand, in the order --help lists them.
-_COMMANDS = (*_SERVER_COMMANDS, *_ACCOUNT_COMMANDS, *_METRIC_COMMANDS)
+_COMMANDS = (*_SERVER_COMMANDS, *_ACCOUNT_COMMANDS, *_METRIC_COMMANDS, *_POSTING_COMMANDS)
 
 
 def _build_parser() -> argparse.ArgumentParser:
