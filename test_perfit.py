@@ -5010,6 +5010,17 @@ def test_libtest_reads_bench_lines_with_thousands_separators() -> None:
     assert found["bench_sort"].value == pytest.approx(float(line.group(1).replace(",", "")) * 1e-9)
 
 
+def test_criterions_bencher_output_reads_as_libtest() -> None:
+    found = read_fixture("criterion-bencher.txt")
+    assert perfit.detect_format((FIXTURES / "criterion-bencher.txt").read_text()) == "libtest"
+    assert set(found) == {"sort/100", "sort/1000", "join"}
+    line = re.search(
+        r"test join \.\.\. bench:\s+(\d+) ns", (FIXTURES / "criterion-bencher.txt").read_text()
+    )
+    assert (found["join"].unit, found["join"].better) == ("s", "lower")
+    assert found["join"].value == pytest.approx(int(line.group(1)) * 1e-9)
+
+
 def test_pyperf_takes_the_median_of_every_runs_values_not_the_warmups() -> None:
     doc = json.loads((FIXTURES / "pyperf.json").read_text())
     found = read_fixture("pyperf.json")
