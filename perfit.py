@@ -296,6 +296,12 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def token_id(token_hash: bytes) -> bytes:
+    """A token's public name (to list and revoke it by), derived from its hash: tokens made
+    before ids existed have one too, and it tells nothing of the token."""
+    return hashlib.sha256(b"perfit token id\0" + token_hash).digest()[:_ID_BYTES]
+
+
 #: Words of a duration option (`start-rel=2 weeks`), in seconds. Not metric units: here "m"
 #: is a minute and "mo" a month, where a metric's "m" would be metres (see TIME_UNITS).
 _DURATION_WORDS = {
@@ -331,6 +337,25 @@ def parse_duration(text: str) -> float:
     if total > _MAX_DURATION:
         raise ValueError(f"{text!r} is longer than a thousand years")
     return total
+
+
+_MIN_KEEP = 86400.0  #: the shortest retention: a metric keeps at least a day of points
+
+
+def parse_keep(text: str) -> float:
+    """A metric's retention (`keep`) in seconds: a duration of at least a day."""
+    seconds = parse_duration(text)
+    if seconds < _MIN_KEEP:
+        raise ValueError(f"keep {text!r} is shorter than a day")
+    return seconds
+
+
+def keep_text(seconds: float) -> str:
+    """A retention as the duration it was likely given as: 400d, 36h, 90m."""
+    for size, suffix in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{suffix}"
+    return f"{seconds:g}s"
 
 
 #: Metric units that measure time, in nanoseconds: whole numbers, so that a conversion is one
@@ -407,7 +432,7 @@ FRAME = struct.Struct("<IIB")
 _MAX_RECORD_BYTES = 16 << 20  #: no valid record is larger; a bigger length field is garbage
 
 _REC_ACCOUNT = 1  #: JSON {"id", "created"}
-_REC_TOKEN = 2  #: JSON {"account", "type", "hash"}
+_REC_TOKEN = 2  #: JSON {"account", "type", "hash", "created"} (0.1's have no "created")
 _REC_METRIC = 3  #: JSON {"id", "account", "created", "name", "unit", "description", "better"}
 REC_POINT = 4  #: one live data point, see POINT
 _REC_POINTS = 5  #: a batch of imported points, see pack_columns
@@ -417,7 +442,14 @@ _REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing 
 _REC_BATCH = 9  #: records that land together or not at all (a CI run: metrics, points), see BATCHED
 _REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include|notified, "start", "end"}
 _REC_WEBHOOK = 11  #: JSON {"account", "url"}: where new regressions are told (null: nowhere)
-_CONTROL_TYPES = (_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK)
+_REC_EDIT = 12  #: JSON {"id", and what changes of "name", "unit", "description", "better", "keep"}
+_REC_DELETE = 13  #: JSON {"metric"}: a tombstone; the metric and its points are gone
+_REC_EXPIRE = 14  #: JSON {"before": {metric id: µs}}: points older are gone (retention)
+_REC_REVOKE = 15  #: JSON {"token"}: a token id (see token_id); the token stops working
+_CONTROL_TYPES = (
+    *(_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK),
+    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE),
+)
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
     *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH),
@@ -769,38 +801,84 @@ def _reopen_log(scan: Scan) -> tuple[int | None, int]:
     return fd, good_end
 
 
+@dataclasses.dataclass(frozen=True)
+class DataFile:
+    """A log (00000007.log), the segment sealed from it (00000007.seg), or a segment that
+    compaction made of several (00000001-00000007.seg: it holds logs 1 to 7)."""
+
+    first: int  #: the first log it holds
+    number: int  #: the last log it holds: files replay in this order
+    kind: str  #: "log" or "seg"
+    path: str
+
+
+_DATA_NAME_RE = re.compile(r"([0-9]{8,})(?:-([0-9]{8,}))?\.(log|seg)")
+
+
 @dataclasses.dataclass
 class DataFiles:
-    """The numbered files of a data directory: logs, and the segments sealed from them."""
+    """The numbered files of a data directory: logs, the segments sealed from them, and the
+    segments compacted from those. A segment covers every file whose numbers lie in its
+    range: that file is stale (a crash came before compaction or sealing removed it)."""
 
-    logs: dict[int, str]
-    segments: dict[int, str]
+    files: list[DataFile]
 
     @classmethod
     def list(cls, path: str) -> DataFiles:
-        files = cls({}, {})
+        files = []
         for name in os.listdir(path):
-            stem, _, suffix = name.partition(".")
-            if stem.isdigit() and "." + suffix in (_LOG_SUFFIX, _SEG_SUFFIX):
-                kind = files.logs if "." + suffix == _LOG_SUFFIX else files.segments
-                kind[int(stem)] = os.path.join(path, name)
-        return files
+            found = _DATA_NAME_RE.fullmatch(name)
+            if found:
+                first, last, kind = found.groups()
+                number = int(last or first)
+                files.append(DataFile(int(first), number, kind, os.path.join(path, name)))
+        return cls(files)
+
+    @property
+    def logs(self) -> dict[int, str]:
+        return {f.number: f.path for f in self.files if f.kind == "log"}
+
+    @property
+    def segments(self) -> dict[int, str]:
+        return {f.number: f.path for f in self.files if f.kind == "seg"}
 
     def active(self) -> int:
         """The number of the log that is appended to (0: none yet, or the newest is a segment)."""
         newest = max(self.logs, default=0)
         return newest if newest > max(self.segments, default=0) else 0
 
-    def in_order(self) -> list[tuple[int, str, str]]:
-        """(number, kind, path) to replay: a segment replaces the log it was sealed from."""
-        numbers = sorted(set(self.logs) | set(self.segments))
-        return [
-            (n, "seg", self.segments[n]) if n in self.segments else (n, "log", self.logs[n])
-            for n in numbers
-        ]
+    def _split(self) -> tuple[list[DataFile], list[DataFile]]:
+        """(live, stale): a file is stale when a segment covers its range, a log when the
+        segment sealed from it exists."""
+        # By first number, the widest range first and a segment before a log of the same
+        # range: whatever covers a file comes before it.
+        ordered = sorted(self.files, key=lambda f: (f.first, -f.number, f.kind != "seg"))
+        live, stale, reach = [], [], 0
+        for f in ordered:
+            if f.number <= reach:
+                stale.append(f)
+                continue
+            live.append(f)
+            if f.kind == "seg":
+                reach = f.number
+        return sorted(live, key=lambda f: f.number), stale
+
+    def live(self) -> list[DataFile]:
+        """The files to replay, in order."""
+        return self._split()[0]
+
+    def stale(self) -> list[DataFile]:
+        """Files a segment holds all of: removed once that segment has replayed."""
+        return self._split()[1]
+
+    def covering(self, number: int) -> DataFile | None:
+        """The live file that holds log `number` now."""
+        return next((f for f in self.live() if f.first <= number <= f.number), None)
 
 
-def _file_name(number: int, suffix: str) -> str:
+def _file_name(number: int, suffix: str, first: int | None = None) -> str:
+    if first is not None and first != number:
+        return f"{first:08d}-{number:08d}{suffix}"
     return f"{number:08d}{suffix}"
 
 
@@ -904,9 +982,13 @@ class Series:
 
     Writers hold the series' lock; readers take a snapshot() (a copy of a time range, made
     under the lock), so a chart never sees a column that another thread is still changing.
+
+    Retention: points older than `keep` are never served (snapshot and span skip them, by the
+    clock), and expire() drops them for good; points older than the horizon it leaves behind
+    are not added again, so a replay ends where the live index did.
     """
 
-    __slots__ = ("_lock", "_meta_blob", "_meta_ends", "times", "values")
+    __slots__ = ("_lock", "_meta_blob", "_meta_ends", "horizon", "keep", "times", "values")
 
     def __init__(self) -> None:
         self.times = array("q")  #: microseconds since the epoch
@@ -914,23 +996,35 @@ class Series:
         self._meta_ends: array | None = None  #: 'Q' end of each point's metadata; None: none yet
         self._meta_blob = bytearray()
         self._lock = threading.Lock()
+        self.keep = 0  #: µs of points served, counted back from now; 0: all of them
+        self.horizon = 0  #: µs: points before it were expired, and stay gone
 
     def __len__(self) -> int:
         return len(self.times)
 
-    def add(self, batch: PointBatch) -> None:
-        """Add points as if each were inserted after every point with the same or earlier time."""
+    def add(self, batch: PointBatch) -> int:
+        """Add points as if each were inserted after every point with the same or earlier time;
+        return how many were dropped as older than the horizon."""
+        dropped = 0
+        if self.horizon and len(batch) and min(batch.times) < self.horizon:
+            kept = [
+                p for p in zip(batch.times, batch.values, batch.metas()) if p[0] >= self.horizon
+            ]
+            dropped, batch = len(batch) - len(kept), PointBatch.of(kept)
         if not len(batch):
-            return
+            return dropped
         in_order = all(map(operator.le, batch.times, batch.times[1:]))
         with self._lock:
             if in_order and (not self.times or batch.times[0] >= self.times[-1]):
                 self._extend(batch)  # the common case: new points come last
             else:
                 self._merge(batch)
+        return dropped
 
     def add_one(self, t: int, value: float, meta: bytes) -> None:
         """Add one point: the hot path of a live post, which nearly always comes last."""
+        if t < self.horizon:
+            return
         with self._lock:
             if self.times and t < self.times[-1]:
                 self._insert(t, value, meta)
@@ -1027,11 +1121,45 @@ class Series:
         return PointBatch.of(fresh)
 
     def span(self) -> tuple[int, int | None, int | None]:
-        """How many points, and the first and last time (µs), without copying them."""
+        """How many points are served, and the first and last time (µs), without copying them."""
         with self._lock:
-            if not self.times:
+            first = bisect.bisect_left(self.times, self.served_from())
+            if first == len(self.times):
                 return 0, None, None
-            return len(self.times), self.times[0], self.times[-1]
+            return len(self.times) - first, self.times[first], self.times[-1]
+
+    def served_from(self) -> int:
+        """The oldest time (µs) a reader may see: retention counts back from now."""
+        if not self.keep:
+            return self.horizon
+        return max(self.horizon, time.time_ns() // 1000 - self.keep)
+
+    def expire(self, before: int) -> int:
+        """Drop the points older than `before` (µs) for good; return how many went."""
+        with self._lock:
+            if before <= self.horizon:
+                return 0
+            self.horizon = before
+            cut = bisect.bisect_left(self.times, before)
+            if cut:
+                if self._meta_ends is not None:
+                    base = self._meta_ends[cut - 1]
+                    self._meta_blob = self._meta_blob[base:]
+                    self._meta_ends = array("Q", (e - base for e in self._meta_ends[cut:]))
+                self.times, self.values = self.times[cut:], self.values[cut:]
+            return cut
+
+    def batch(self, lo: int, hi: int) -> PointBatch:
+        """Points lo to hi (indexes) as a batch, to write to a file."""
+        if self._meta_ends is None or lo == hi:
+            return PointBatch(
+                self.times[lo:hi], self.values[lo:hi], array("H", bytes(2 * (hi - lo))), b""
+            )
+        base = self._meta_ends[lo - 1] if lo else 0
+        ends = self._meta_ends[lo:hi]
+        lens = array("H", map(operator.sub, ends, itertools.chain((base,), ends)))
+        blob = bytes(self._meta_blob[base : ends[-1]])
+        return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, blob)
 
     def metadata_bytes(self, i: int) -> bytes:
         if self._meta_ends is None:
@@ -1043,8 +1171,11 @@ class Series:
         return self.metadata_bytes(i).decode("utf-8")
 
     def index_range(self, start: float | None, end: float | None) -> range:
-        """Indexes of the points with start <= t <= end, in unix seconds (None: unbounded)."""
-        lo = 0 if start is None else bisect.bisect_left(self.times, math.ceil(start * US))
+        """Indexes of the points served with start <= t <= end, in unix seconds (None:
+        unbounded)."""
+        lo = bisect.bisect_left(self.times, self.served_from())
+        if start is not None:
+            lo = max(lo, bisect.bisect_left(self.times, math.ceil(start * US)))
         hi = len(self) if end is None else bisect.bisect_right(self.times, math.floor(end * US))
         return range(lo, max(lo, hi))
 
@@ -1117,6 +1248,7 @@ class Metric:
             "unit": self.unit,
             "description": self.description,
             "better": self.better,
+            "keep": keep_text(self.series.keep / US) if self.series.keep else None,
         }
 
 
@@ -1126,6 +1258,22 @@ class Principal:
 
     account: bytes | None
     type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenEntry:
+    """What the index keeps of a token: its hash, whose it is, and since when."""
+
+    hash: bytes
+    principal: Principal
+    created: float | None  #: None: made by PerfIt 0.1, which did not record it
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "token_id": b64encode(token_id(self.hash)),
+            "type": self.principal.type,
+            "created": None if self.created is None else int(self.created),
+        }
 
 
 class Index:
@@ -1138,6 +1286,7 @@ class Index:
     def __init__(self) -> None:
         self.accounts: dict[bytes, float] = {}  #: account id -> created
         self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
+        self.token_ids: dict[bytes, TokenEntry] = {}  #: token id -> the token, in creation order
         self.metrics: dict[bytes, Metric] = {}
         self.by_account: dict[bytes, list[Metric]] = {}  #: each account's, oldest first
         #: (account, name) -> metric. PerfIt 0.1 let two metrics share a name: the first
@@ -1147,16 +1296,27 @@ class Index:
         self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
         self.webhooks: dict[bytes, str] = {}  #: account -> the URL told of new regressions
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
+        #: Metrics deleted: records that still name them (in files not yet compacted, or
+        #: written as the delete landed) are passed over.
+        self.deleted: set[bytes] = set()
+        #: Points deleted or expired since the files were last compacted (or found so by a
+        #: replay): what compaction would reclaim.
+        self.garbage = 0
 
     def apply(self, rtype: int, payload: bytes) -> None:
         """Update the index with one record."""
         if rtype == REC_POINT:
             metric_id, t, value = POINT.unpack_from(payload)
-            self.metrics[metric_id].series.add_one(t, value, payload[POINT.size :])
+            metric = self._metric(metric_id)
+            if metric is None:
+                self.garbage += 1
+            else:
+                metric.series.add_one(t, value, payload[POINT.size :])
             self.last_t = max(self.last_t, t)
         elif rtype in (_REC_POINTS, _REC_SEG_POINTS):
             for metric_id, batch in _point_batches(rtype, payload):
-                self.metrics[metric_id].series.add(batch)
+                metric = self._metric(metric_id)
+                self.garbage += len(batch) if metric is None else metric.series.add(batch)
         elif rtype == _REC_SEG_CONTROL:
             for inner_type, inner in _control_records(payload):
                 self.apply(inner_type, inner)
@@ -1166,11 +1326,29 @@ class Index:
         else:
             self._apply_control(rtype, json.loads(payload))
 
+    def _metric(self, metric_id: bytes) -> Metric | None:
+        """The metric a record names; None if it was deleted (a KeyError if it never was)."""
+        metric = self.metrics.get(metric_id)
+        if metric is None and metric_id not in self.deleted:
+            raise KeyError(f"no metric {b64encode(metric_id)}")
+        return metric
+
     def _apply_control(self, rtype: int, doc: dict) -> None:
         if rtype == _REC_ACCOUNT:
             self.accounts[_raw(doc["id"])] = doc["created"]
         elif rtype == _REC_TOKEN:
-            self.tokens[bytes.fromhex(doc["hash"])] = Principal(_raw(doc["account"]), doc["type"])
+            digest, principal = (
+                bytes.fromhex(doc["hash"]),
+                Principal(_raw(doc["account"]), doc["type"]),
+            )
+            self.tokens[digest] = principal
+            self.token_ids[token_id(digest)] = TokenEntry(digest, principal, doc.get("created"))
+        elif rtype == _REC_REVOKE:
+            entry = self.token_ids.pop(_raw(doc["token"]), None)
+            if entry is not None:
+                self.tokens.pop(entry.hash, None)
+        elif rtype in (_REC_EDIT, _REC_DELETE, _REC_EXPIRE):
+            self._apply_lifecycle(rtype, doc)
         elif rtype == _REC_METRIC:
             metric = Metric(
                 id=_raw(doc["id"]),
@@ -1192,11 +1370,61 @@ class Index:
             else:
                 self.webhooks.pop(account, None)
         elif rtype == _REC_MARK:
-            self.metrics[_raw(doc["metric"])].marks.apply(doc["kind"], doc["start"], doc["end"])
+            metric = self._metric(_raw(doc["metric"]))
+            if metric is not None:
+                metric.marks.apply(doc["kind"], doc["start"], doc["end"])
         elif rtype == _REC_BOARD:
             account, board = _raw(doc["account"]), _raw(doc["board"])
             self.boards.pop(self.board_of.get(account, b""), None)  # the old link stops working
             self.boards[board], self.board_of[account] = account, board
+
+    def _apply_lifecycle(self, rtype: int, doc: dict) -> None:
+        """A metric edited, deleted, or its oldest points expired."""
+        if rtype == _REC_EXPIRE:
+            for text, before in doc["before"].items():
+                metric = self._metric(_raw(text))
+                if metric is not None:
+                    self.garbage += metric.series.expire(before)
+            return
+        if rtype == _REC_DELETE:
+            # A metric compaction has left out is known by its tombstone alone.
+            metric_id = _raw(doc["metric"])
+            self.deleted.add(metric_id)
+            metric = self.metrics.pop(metric_id, None)
+            if metric is not None:
+                self.by_account[metric.account].remove(metric)
+                self._unname(metric)
+                self.garbage += len(metric.series)
+            return
+        metric = self._metric(_raw(doc["id"]))
+        if metric is None:
+            return  # an edit that landed as the metric was deleted
+        if "name" in doc:
+            self._unname(metric)
+            metric.name = doc["name"]
+            if metric.name:
+                self.names.setdefault((metric.account, metric.name), metric)
+        for field in ("unit", "description", "better"):
+            if field in doc:
+                setattr(metric, field, doc[field])
+        if "keep" in doc:
+            metric.series.keep = round((doc["keep"] or 0) * US)
+
+    def _unname(self, metric: Metric) -> None:
+        """Free the metric's name; a 0.1 metric that shared it (see names) takes it over."""
+        key = (metric.account, metric.name)
+        if self.names.get(key) is metric:
+            del self.names[key]
+            twin = next(
+                (
+                    m
+                    for m in self.by_account.get(metric.account, ())
+                    if m.name == metric.name and m is not metric
+                ),
+                None,
+            )
+            if twin is not None:
+                self.names[key] = twin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1220,6 +1448,7 @@ def _token_doc(account: bytes, token_type: str) -> tuple[str, dict[str, str]]:
         "account": b64encode(account),
         "type": token_type,
         "hash": hash_token(token).hex(),
+        "created": int(time.time()),
     }
 
 
@@ -1266,16 +1495,22 @@ class _FileScan:
 def scan_directory(path: str) -> Iterator[_FileScan]:
     """Every data file in replay order, read; safe while a server writes to the directory."""
     files = DataFiles.list(path)
-    active = files.active()
-    for number, kind, file_path in files.in_order():
+    active, done = files.active(), 0
+    for file in files.live():
+        if file.number <= done:
+            continue  # read already, inside a segment compacted while we looked
         try:
-            scan = _scan_data_file(kind, file_path)
+            scan = _scan_data_file(file.kind, file.path)
         except FileNotFoundError:
-            # Sealed (log gone, segment made) while we looked: read the segment instead.
-            kind, file_path = "seg", os.path.join(path, _file_name(number, _SEG_SUFFIX))
-            scan = _scan_data_file(kind, file_path)
-        is_active = kind == "log" and number == active
-        yield _FileScan(number, kind, scan, scan.corruption(tail_may_tear=is_active), is_active)
+            # Sealed or compacted while we looked: read the segment that holds it now.
+            now = DataFiles.list(path).covering(file.number)
+            if now is None:
+                raise
+            file, scan = now, _scan_data_file(now.kind, now.path)
+        done = file.number
+        is_active = file.kind == "log" and file.number == active
+        corrupt = scan.corruption(tail_may_tear=is_active)
+        yield _FileScan(file.number, file.kind, scan, corrupt, is_active)
 
 
 def replay(path: str, index: Index) -> Scan | None:
@@ -1287,10 +1522,9 @@ def replay(path: str, index: Index) -> Scan | None:
     for name in os.listdir(path):
         if name.endswith(_TMP_SUFFIX):  # a segment whose sealing a crash cut short
             os.unlink(os.path.join(path, name))
-    files = DataFiles.list(path)
-    # Sealed, then a crash before the log was removed: the segment holds it all (the log goes
-    # once the segment has replayed cleanly, not before).
-    sealed_twice = set(files.logs) & set(files.segments)
+    # Sealed or compacted, then a crash before the files it holds were removed: they go once
+    # the segment that holds them has replayed cleanly, not before.
+    stale = DataFiles.list(path).stale()
     tail = None
     for found in scan_directory(path):
         where = found.scan.path
@@ -1304,10 +1538,12 @@ def replay(path: str, index: Index) -> Scan | None:
                 index.apply(rtype, payload)
             except (ValueError, KeyError, struct.error) as e:
                 raise StoreCorrupt(f"{where}: unreadable record at offset {offset}: {e}") from e
-        if found.number in sealed_twice:
-            os.unlink(files.logs[found.number])
         if found.active:
             tail = found.scan
+    for file in stale:
+        os.unlink(file.path)
+    if stale:
+        _fsync_dir(path)
     return tail
 
 
@@ -1367,7 +1603,11 @@ class CheckReport:
 
 def check_directory(path: str) -> list[CheckReport]:
     """Verify every record of a data directory, read-only: safe while a server writes to it."""
-    return [_check_file(found) for found in scan_directory(path)]
+    reports = [_check_file(found) for found in scan_directory(path)]
+    for file in DataFiles.list(path).stale():
+        why = "a newer segment holds all of it (sealing or compaction was cut short, or is at work)"
+        reports.append(CheckReport(file.path, 0, [], [f"{why}: removed when a server opens it"]))
+    return reports
 
 
 def _check_file(found: _FileScan) -> CheckReport:
@@ -1407,15 +1647,15 @@ def backup_directory(path: str, dest: str, attempts: int = 20) -> int:
 
 def _copy_once(path: str, dest: str) -> int:
     copied = 0
-    for number, kind, src in DataFiles.list(path).in_order():
-        with open(src, "rb") as f:
+    for file in DataFiles.list(path).live():
+        with open(file.path, "rb") as f:
             data = f.read()
-        if kind == "log":
+        if file.kind == "log":
             # The active log may be mid-append as we read it: keep its whole records only.
-            scan = scan_bytes(src, data, LOG_MAGIC)
+            scan = scan_bytes(file.path, data, LOG_MAGIC)
             good_end = scan.torn_tail if scan.torn_tail is not None else scan.size
             data = data[:good_end] if good_end >= len(LOG_MAGIC) else LOG_MAGIC
-        _write_durably(os.path.join(dest, _file_name(number, "." + kind)), data)
+        _write_durably(os.path.join(dest, os.path.basename(file.path)), data)
         copied += 1
     token = os.path.join(path, ROOT_TOKEN_FILE)
     if os.path.exists(token):
@@ -1490,6 +1730,17 @@ class Log:
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = None
+
+    def roll(self) -> None:
+        """Start a new log now, if this one holds any record, so that it can be sealed."""
+        with self._durable:
+            while self._syncing:
+                self._durable.wait()
+            self._check_writable()
+            if self._queue:
+                self._write_queue()
+            if self._size > len(LOG_MAGIC):
+                self._rotate()
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -1588,46 +1839,86 @@ class Log:
 
 class Sealer:
     """Seals every log older than the active one (normally one; more after a crash, or after
-    running without zstd), one pass at a time, in a background thread."""
+    running without zstd), then compacts the segments if that is due (see compaction_runs),
+    one pass at a time, in a background thread."""
 
-    def __init__(self, directory: str, zstd: Zstd | None, active: Callable[[], int]) -> None:
+    def __init__(
+        self, directory: str, zstd: Zstd | None, active: Callable[[], int], index: Index
+    ) -> None:
         self.directory = directory
         self.zstd = zstd  #: None: no zstd, and full logs stay as they are
         self._active = active  #: the active log's number, which is never sealed
+        self._index = index  #: what is deleted and expired, which compaction leaves out
         self._running = threading.Lock()  #: held by the pass at work
+        #: Guards _closing and starting a thread: once close() has said so, none starts, and
+        #: one made before has been started (a thread not started yet is not "alive").
+        self._state = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
 
     def wake(self) -> None:
         """Start a pass, unless one is at work (it looks again before it ends)."""
-        if self.zstd is None or self._closing or not self._running.acquire(blocking=False):
-            return
-        self._thread = threading.Thread(target=self._run, name="perfit-sealer", daemon=True)
-        self._thread.start()
+        with self._state:
+            if self.zstd is None or self._closing or not self._running.acquire(blocking=False):
+                return
+            self._thread = threading.Thread(target=self._run, name="perfit-sealer", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         """Let the pass at work finish; start no more."""
-        self._closing = True
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join()
+        with self._state:
+            self._closing = True
+        while (thread := self._thread) is not None and thread.is_alive():
+            thread.join()
 
     def _pending(self) -> list[int]:
         active = self._active()
-        return sorted(n for n in DataFiles.list(self.directory).logs if n < active)
+        live = DataFiles.list(self.directory).live()
+        return [f.number for f in live if f.kind == "log" and f.number < active]
+
+    def run_now(self, everything: bool = True) -> list[tuple[list[DataFile], DataFile]]:
+        """Seal, then compact (everything: every segment, dropping all that is deleted and
+        expired), in this thread, once a pass at work has finished; what was compacted."""
+        need_zstd()
+        with self._running:
+            while pending := self._pending():
+                self._seal(pending[0])
+            return self._compact(everything)
 
     def _run(self) -> None:
         finished = False
         try:
             while pending := self._pending():
                 self._seal(pending[0])
+            self._compact(self._garbage_due())
             finished = True
         except Exception as e:  # anything: a thread traceback on stderr would help nobody
-            # The log stays as it is and replays fine; sealing is tried again at the next one.
-            _log.error("sealing failed: %s; the log stays as it is and will be sealed later", e)
+            # The files stay as they are and replay fine; the next pass tries again.
+            _log.error("sealing or compaction failed: %s; the files stay as they are", e)
         finally:
             self._running.release()
         if finished and self._pending():
             self.wake()  # a log filled up as we finished, and found us still at work
+
+    def _garbage_due(self) -> bool:
+        """Whether deleted and expired points are worth rewriting every segment for."""
+        total = sum(len(m.series) for m in list(self._index.metrics.values()))
+        return self._index.garbage >= max(_COMPACT_GARBAGE_MIN, _COMPACT_GARBAGE * total)
+
+    def _compact(self, everything: bool) -> list[tuple[list[DataFile], DataFile]]:
+        if everything:
+            self._index.garbage = 0  # counted afresh: what is deleted from now on
+        segments = [f for f in DataFiles.list(self.directory).live() if f.kind == "seg"]
+        done = []
+        for run in compaction_runs(segments, everything):
+            if self._closing:
+                break  # what is left stays as it is: every file replays as well as before
+            started = time.monotonic()
+            made = compact_segments(self.directory, run, self._index)
+            done.append((run, made))
+            took = time.monotonic() - started
+            _log.info("compacted %d segment(s) into %s in %.2fs", len(run), made.path, took)
+        return done
 
     def _seal(self, number: int) -> None:
         log_path = os.path.join(self.directory, _file_name(number, _LOG_SUFFIX))
@@ -1637,6 +1928,120 @@ class Sealer:
         os.unlink(log_path)
         _fsync_dir(self.directory)
         _log.info("sealed %s in %.2fs", os.path.basename(seg_path), time.monotonic() - started)
+
+
+# ==============================================================================================
+# Store: compaction
+# Sealed segments merged into fewer, bigger ones without the points of deleted metrics and
+# those past a metric's keep. The new segment is durable before the files it holds go, and
+# replay skips files a segment covers, so a crash at any step loses and doubles nothing.
+# ==============================================================================================
+
+_COMPACT_BYTES = 16 << 20  #: compaction writes segments of about this size at most
+_COMPACT_FILES = 4  #: this many small segments (under half that size) in a row are merged
+_COMPACT_GARBAGE = 0.05  #: every segment is rewritten once deleted and expired points are this
+_COMPACT_GARBAGE_MIN = 1000  #: ... share of all points, and at least this many
+_MAINTENANCE_SECONDS = 3600.0  #: how often a server expires old points and looks at compaction
+
+
+def compaction_runs(segments: Sequence[DataFile], everything: bool) -> list[list[DataFile]]:
+    """Runs of consecutive segments that each become one segment: small ones in a row,
+    or (everything) every segment, so that what is deleted and expired goes."""
+    runs: list[list[DataFile]] = []
+    run: list[DataFile] = []
+    size = 0
+    for segment in segments:
+        n = os.path.getsize(segment.path)
+        takes = everything or n < _COMPACT_BYTES // 2
+        if run and (size + n > _COMPACT_BYTES or not takes):
+            runs.append(run)
+            run, size = [], 0
+        if takes:
+            run.append(segment)
+            size += n
+    if run:
+        runs.append(run)
+    return runs if everything else [r for r in runs if len(r) >= _COMPACT_FILES]
+
+
+def _record_metric(rtype: int, doc: dict) -> bytes | None:
+    """The metric a control record is about, if it is about one."""
+    field = {_REC_METRIC: "id", _REC_EDIT: "id", _REC_MARK: "metric", _REC_DELETE: "metric"}
+    return _raw(doc[field[rtype]]) if rtype in field else None
+
+
+def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> DataFile:
+    """Write one segment holding what the run's segments hold, less the points of deleted
+    metrics and those past each metric's horizon; then remove the run's files.
+
+    What `index` says is newer than the run, and that is sound: a delete is for ever, a
+    horizon only moves forward. Their records come along (the tombstones and the horizons,
+    at the front), so files after the run replay the same: a point for a deleted metric is
+    passed over, an expired one not added.
+    """
+    compress = need_zstd().compress
+    deleted = frozenset(index.deleted)
+    control: list[tuple[int, bytes]] = []
+    points: dict[bytes, Series] = {}
+    gone: set[bytes] = set()  #: deleted metrics the run names
+    named: set[bytes] = set()  #: metrics it names that are not deleted
+    for segment in run:
+        scan = _scan_data_file("seg", segment.path)
+        if scan.bad:
+            raise StoreCorrupt(
+                f"{segment.path}: bad bytes at offset {scan.bad[0][0]}; not compacting it"
+            )
+        for _, rtype, payload in scan.records:
+            if rtype == _REC_SEG_CONTROL:
+                for inner_type, inner in _control_records(payload):
+                    doc = json.loads(inner)
+                    if inner_type == _REC_EXPIRE:
+                        # The horizons of now are written below, for all the run names.
+                        named.update(_raw(m) for m in doc["before"])
+                        continue
+                    about = _record_metric(inner_type, doc)
+                    if about in deleted:
+                        gone.add(about)
+                        continue
+                    control.append((inner_type, inner))
+                    if about is not None:
+                        named.add(about)
+                continue
+            for metric_id, batch in _point_batches(rtype, payload):
+                if metric_id in deleted:
+                    gone.add(metric_id)
+                else:
+                    points.setdefault(metric_id, Series()).add(batch)
+                    named.add(metric_id)
+    control += [_json_record(_REC_DELETE, {"metric": b64encode(m)}) for m in sorted(gone)]
+    horizons = {}
+    for metric_id in sorted(named - deleted):
+        metric = index.metrics.get(metric_id)
+        if metric is not None and metric.series.horizon:
+            horizons[b64encode(metric_id)] = metric.series.horizon
+            if metric_id in points:
+                points[metric_id].expire(metric.series.horizon)
+    if horizons:
+        control.append(_json_record(_REC_EXPIRE, {"before": horizons}))
+    blocks = [
+        encode_record(_REC_SEG_CONTROL, compress(b"".join(encode_record(t, p) for t, p in control)))
+    ]
+    for metric_id, series in points.items():
+        for lo in range(0, len(series), _SEG_BLOCK_POINTS):
+            batch = series.batch(lo, min(lo + _SEG_BLOCK_POINTS, len(series)))
+            blocks.append(
+                encode_record(
+                    _REC_SEG_POINTS, compress(pack_columns(metric_id, batch, compact=True))
+                )
+            )
+    first, last = run[0].first, run[-1].number
+    path = os.path.join(directory, _file_name(last, _SEG_SUFFIX, first))
+    _write_durably(path, SEG_MAGIC + b"".join(blocks))
+    for segment in run:
+        if segment.path != path:
+            os.unlink(segment.path)
+    _fsync_dir(directory)
+    return DataFile(first, last, "seg", path)
 
 
 # ==============================================================================================
@@ -1674,6 +2079,26 @@ class _Operations:
         token, doc = _token_doc(account, token_type)
         self.log.append(_REC_TOKEN, lambda: json.dumps(doc).encode())
         return token
+
+    def tokens_of(self, account: bytes) -> list[TokenEntry]:
+        """The account's tokens that work, oldest first."""
+        return [e for e in self.index.token_ids.values() if e.principal.account == account]
+
+    def revoke_token(self, account: bytes, raw_id: bytes) -> None:
+        """Make one of the account's tokens stop working; never its last admin token, which
+        would leave nobody able to manage it."""
+        with self._naming_lock:
+            entry = self.index.token_ids.get(raw_id)
+            if entry is None or entry.principal.account != account:
+                raise NotFound(f"the account has no token with id {b64encode(raw_id)!r}")
+            admins = [e for e in self.tokens_of(account) if e.principal.type == "admin"]
+            if admins == [entry]:
+                raise Forbidden(
+                    "this is the account's last admin token; make another one "
+                    "(PUT /t/ with type admin) before revoking it"
+                )
+            doc = {"token": b64encode(raw_id)}
+            self.log.append(_REC_REVOKE, lambda: json.dumps(doc).encode())
 
     def replace_board(self, account: bytes) -> bytes:
         """A new board id for the account; links with the old one stop working."""
@@ -1725,10 +2150,12 @@ class _Operations:
         names = self.index.names
         creates = any((account, p.name) not in names for p in points)
         with self._naming_lock if creates else contextlib.nullcontext():
+            # Looked up once: a metric deleted from now on just loses the run's point.
+            existing = {p.name: names.get((account, p.name)) for p in points}
             docs = {
                 p.name: _metric_doc(account, name=p.name, unit=p.unit, better=p.better)
                 for p in points
-                if (account, p.name) not in names
+                if existing[p.name] is None
             }
             self._check_room(account, len(docs))
             ids, values = {}, []
@@ -1737,7 +2164,7 @@ class _Operations:
                     ids[p.name] = _raw(docs[p.name]["id"])
                     values.append(p.value)
                 else:
-                    metric = names[(account, p.name)]
+                    metric = existing[p.name]
                     ids[p.name] = metric.id
                     values.append(fit(metric, p))
             creations = [_json_record(_REC_METRIC, d) for d in docs.values()]
@@ -1754,6 +2181,44 @@ class _Operations:
 
             self.log.append(_REC_BATCH, payload)
         return stamp[0], ids
+
+    def edit_metric(self, metric: Metric, changes: dict[str, Any]) -> None:
+        """Change a metric's name, unit, description, better or keep (seconds; None: all).
+        A new keep expires the older points at once, in the same record."""
+        with self._naming_lock:
+            name = changes.get("name")
+            taken = self.index.names.get((metric.account, name)) if name else None
+            if taken is not None and taken is not metric:
+                raise Conflict(f"the name {name!r} is taken", b64encode(taken.id))
+            records = [_json_record(_REC_EDIT, {"id": b64encode(metric.id), **changes})]
+            if changes.get("keep"):
+                before = time.time_ns() // 1000 - round(changes["keep"] * US)
+                records.append(
+                    _json_record(_REC_EXPIRE, {"before": {b64encode(metric.id): before}})
+                )
+            self.log.append(_REC_BATCH, lambda: pack_batch(records))
+
+    def delete_metric(self, metric: Metric) -> int:
+        """Delete a metric and its points (their space comes back when the files holding them
+        are compacted); return how many points went."""
+        count = len(metric.series)
+        with self._naming_lock:  # no run may be creating a metric of this name meanwhile
+            doc = {"metric": b64encode(metric.id)}
+            self.log.append(_REC_DELETE, lambda: json.dumps(doc).encode())
+        return count
+
+    def expire_points(self) -> int:
+        """Write the expiry of every point past its metric's keep; return how many went."""
+        now = time.time_ns() // 1000
+        before, count = {}, 0
+        for metric in list(self.metrics.values()):
+            keep, times = metric.series.keep, metric.series.times
+            if keep and times and times[0] < now - keep:
+                before[b64encode(metric.id)] = now - keep
+                count += bisect.bisect_left(times, now - keep)
+        if before:
+            self.log.append(_REC_EXPIRE, lambda: json.dumps({"before": before}).encode())
+        return count
 
     def set_webhook(self, account: bytes, url: str | None) -> None:
         doc = {"account": b64encode(account), "url": url}
@@ -1788,12 +2253,19 @@ class _Operations:
             self.log.append(_REC_POINTS, lambda: pack_columns(metric_id, batch))
         return len(batch)
 
-    def import_points(self, metric_id: bytes, batch: PointBatch) -> tuple[int, int]:
-        """Add the points not stored yet; (added, already there). Importing a file twice adds
-        it once. One import at a time, so two of the same file cannot both find it missing."""
+    def import_points(self, metric_id: bytes, batch: PointBatch) -> tuple[int, int, int]:
+        """Add the points not stored yet; (added, already there, older than the metric keeps).
+        Importing a file twice adds it once. One import at a time, so two of the same file
+        cannot both find it missing."""
         with self._import_lock:
-            fresh = self.metrics[metric_id].series.not_stored(batch)
-            return self.add_points(metric_id, fresh), len(batch) - len(fresh)
+            series = self.metrics[metric_id].series
+            fresh = series.not_stored(batch)
+            existing, oldest = len(batch) - len(fresh), series.served_from()
+            if len(fresh) and min(fresh.times) < oldest:
+                rows = zip(fresh.times, fresh.values, fresh.metas())
+                fresh = PointBatch.of([p for p in rows if p[0] >= oldest])
+            added = self.add_points(metric_id, fresh)
+            return added, existing, len(batch) - existing - added
 
 
 class Store(_Operations):
@@ -1808,10 +2280,14 @@ class Store(_Operations):
         self.torn_bytes_cut = 0  #: bytes of torn tail cut off when opening
         self.zstd, self.zstd_missing = find_zstd()  #: why there is none, when there is none
         self.log = Log(path, seal_bytes, self._index_durable, self._sealer_wake)
-        self.sealer = Sealer(path, self.zstd, lambda: self.log.number)
+        self.sealer = Sealer(path, self.zstd, lambda: self.log.number, self.index)
         self._lock_fd: int | None = None
         self._import_lock = threading.Lock()  #: one import at a time: see import_points
-        self._naming_lock = threading.Lock()  #: one writer of new metrics at a time: see post_run
+        #: One writer at a time of what must be checked against the index: new metrics and
+        #: names (see post_run), deletes, revocations.
+        self._naming_lock = threading.Lock()
+        self._stopping = threading.Event()  #: set by close: the maintenance thread ends
+        self._maintenance: threading.Thread | None = None
 
     @classmethod
     def open(cls, path: str, repair: bool = False, seal_bytes: int = SEAL_BYTES) -> Store:
@@ -1841,6 +2317,9 @@ class Store(_Operations):
         return store
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._maintenance is not None:
+            self._maintenance.join()
         self.sealer.close()
         self.log.close()
         if self._lock_fd is not None:
@@ -1879,6 +2358,29 @@ class Store(_Operations):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+
+    def start_maintenance(self, every: float = _MAINTENANCE_SECONDS) -> None:
+        """Expire points past their metric's keep, then seal and compact what is due: now,
+        and every `every` seconds, in a background thread (the server's)."""
+
+        def run() -> None:
+            while not self._stopping.is_set():
+                try:
+                    self.expire_points()
+                except StoreError as e:
+                    _log.error("expiring old points failed: %s; will try again", e)
+                self.sealer.wake()
+                self._stopping.wait(every)
+
+        self._maintenance = threading.Thread(target=run, name="perfit-maintenance", daemon=True)
+        self._maintenance.start()
+
+    def compact(self) -> list[tuple[list[DataFile], DataFile]]:
+        """Expire, seal (the active log too) and compact every segment now, leaving out all
+        that is deleted and expired; what became what."""
+        self.expire_points()
+        self.log.roll()
+        return self.sealer.run_now(everything=True)
 
     def _index_durable(self, records: list[tuple[int, bytes]]) -> None:
         for rtype, payload in records:
@@ -4460,9 +4962,13 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
 def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     """Import points with their own times, all or nothing; those already stored are skipped."""
     metric = _owned_metric(web, metric_id, caller)
-    added, existing = web.store.import_points(metric.id, _parse_import(body, time.time()))
+    batch = _parse_import(body, time.time())
+    added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
-    return json_response({"added": added, "existing": existing})
+    answer = {"added": added, "existing": existing}
+    if expired:
+        answer["expired"] = expired  # older than the metric keeps: not stored
+    return json_response(answer)
 
 
 def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
@@ -5061,7 +5567,15 @@ _SCHEMAS = {
     "NewPoint": _object(_NEW_POINT, ["value"], closed=True),
     "Posted": _object({"t": _UNIX}, ["t"]),
     "Added": _object(
-        {"added": {"type": "integer", "minimum": 0}, "existing": {"type": "integer", "minimum": 0}},
+        {
+            "added": {"type": "integer", "minimum": 0},
+            "existing": {"type": "integer", "minimum": 0},
+            "expired": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Points older than the metric keeps (see keep): not stored.",
+            },
+        },
         ["added", "existing"],
     ),
     "Points": {"type": "array", "items": _POINT, "description": "Time order, ties by arrival."},
