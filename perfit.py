@@ -4168,7 +4168,9 @@ class Notifier:
                 _log.error("webhook: %s", e)
 
     def _look(self, metric_id: bytes, base_url: str) -> None:
-        metric = self.store.metrics[metric_id]
+        metric = self.store.metrics.get(metric_id)
+        if metric is None:
+            return  # deleted since
         url = self.store.index.webhooks.get(metric.account)
         snapshot = metric.series.snapshot(last=_CHANGE_WINDOW)
         found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
@@ -4915,7 +4917,16 @@ def _create_account(web: _Web, caller: Principal, body: Any) -> Any:
     """Create an account and its first admin token (shown this once)."""
     _body_object(body, ())
     account, token = web.store.create_account()
-    return json_response({"account_id": b64encode(account), "access_token": token})
+    return json_response(_credentials(account, token))
+
+
+def _credentials(account: bytes, token: str) -> dict[str, str]:
+    """A new token as it is shown, this once: with its id, to list and revoke it by."""
+    return {
+        "account_id": b64encode(account),
+        "access_token": token,
+        "token_id": b64encode(token_id(hash_token(token))),
+    }
 
 
 def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
@@ -4924,7 +4935,23 @@ def _create_token(web: _Web, caller: Principal, body: Any) -> Any:
     if token_type not in ("post", "admin"):
         raise BadRequest("type must be 'post' or 'admin'")
     token = web.store.create_token(caller.account, token_type)
-    return json_response({"account_id": b64encode(caller.account), "access_token": token})
+    return json_response(_credentials(caller.account, token))
+
+
+def _list_tokens(web: _Web, caller: Principal) -> Any:
+    """The account's tokens that work: id, type, when made (never the tokens themselves)."""
+    entries = web.store.tokens_of(caller.account)
+    doc = {"account_id": b64encode(caller.account), "tokens": [e.to_json() for e in entries]}
+    return json_response(doc)
+
+
+def _revoke_token(web: _Web, caller: Principal, token_id: str) -> Any:
+    """Revoke one of the account's tokens: it stops working at once (not the last admin)."""
+    raw = decode_id(token_id)
+    if raw is None:
+        raise NotFound(f"the account has no token with id {token_id!r}")
+    web.store.revoke_token(caller.account, raw)
+    return json_response({"token_id": token_id, "revoked": True})
 
 
 def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
@@ -4937,6 +4964,44 @@ def _create_metric(web: _Web, caller: Principal, body: Any) -> Any:
     if better not in _BETTER_CHOICES:
         raise BadRequest("better must be 'lower' or 'higher'")
     return json_response(web.store.create_metric(caller.account, better=better, **texts).to_json())
+
+
+def _change_metric(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Change a metric's name, unit (a label: values stay), description, better, or keep:
+    points older than keep (400d) are no longer served, and go at the next compaction."""
+    metric = _owned_metric(web, metric_id, caller)
+    fields = _body_object(body, (*_METRIC_TEXT_FIELDS, "better", "keep"))
+    if not fields:
+        raise BadRequest("say what changes: name, unit, description, better or keep")
+    changes: dict[str, Any] = {
+        k: _check_text(fields[k], k, n) for k, n in _METRIC_TEXT_FIELDS.items() if k in fields
+    }
+    if "name" in changes:
+        changes["name"] = _check_name(changes["name"])
+    if "better" in fields:
+        if fields["better"] not in _BETTER_CHOICES:
+            raise BadRequest("better must be 'lower' or 'higher'")
+        changes["better"] = fields["better"]
+    if "keep" in fields:
+        changes["keep"] = _parse_keep_field(fields["keep"])
+    web.store.edit_metric(metric, changes)
+    return json_response(metric.to_json())
+
+
+def _parse_keep_field(value: object) -> float | None:
+    if value is None:
+        return None  # keep every point again (those expired already stay gone)
+    try:
+        return parse_keep(_check_text(value, "keep", 64))
+    except ValueError as e:
+        raise BadRequest(f"keep: {e}") from None
+
+
+def _delete_metric(web: _Web, caller: Principal, metric_id: str) -> Any:
+    """Delete a metric and all its points, for good; its name is free again."""
+    metric = _owned_metric(web, metric_id, caller)
+    points = web.store.delete_metric(metric)
+    return json_response({"metric_id": b64encode(metric.id), "deleted": points})
 
 
 # -- writing points -----------------------------------------------------------------------------
@@ -5047,6 +5112,12 @@ def _show_board_json(web: _Web, board_id: str) -> Any:
 def _show_board_metrics(web: _Web, board_id: str) -> Any:
     """The board as OpenMetrics text, for Prometheus to scrape."""
     rows = board_rows(_board_or_404(web, board_id), web.changes)
+    return _answer(openmetrics_text(rows), headers={"Content-Type": _OPENMETRICS_TYPE})
+
+
+def _show_metric_metrics(web: _Web, ids: str) -> Any:
+    """The metric as OpenMetrics text, as the board's /metrics has it."""
+    rows = board_rows([_metric_or_404(web, ids)], web.changes)
     return _answer(openmetrics_text(rows), headers={"Content-Type": _OPENMETRICS_TYPE})
 
 
@@ -5238,6 +5309,7 @@ def _json_answer(*schemas: str, cached: bool = False) -> _Answer:
 
 _SVG_ANSWER = _Answer({"image/svg+xml": _STRING}, headers=_CACHING)
 _HTML_ANSWER = _Answer({"text/html": _STRING})
+_OPENMETRICS_ANSWER = _Answer({"application/openmetrics-text": _STRING})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5245,7 +5317,7 @@ class Route:
     """One route of the app. Its summary is its handler's docstring."""
 
     method: str
-    rule: str  #: bottle's; <board_id> is a board's id, any other <...> a metric's ("{id}")
+    rule: str  #: bottle's; <board_id> a board's id, <token_id> a token's, any other a metric's
     handler: Callable[..., Any]  #: handler(web, [caller=], [body=], **path params)
     answer: _Answer
     auth: tuple[str, ...] = ()  #: the token types that may call it; () is anyone
@@ -5258,9 +5330,9 @@ class Route:
 
     @property
     def writes(self) -> bool:
-        """Whether it stores something (so a full disk is a 507): every PUT and POST but
-        those that say they store nothing."""
-        return self.method in ("PUT", "POST", "PATCH") and self.stores
+        """Whether it stores something (so a full disk is a 507): every PUT, POST, PATCH and
+        DELETE but those that say they store nothing."""
+        return self.method in ("PUT", "POST", "PATCH", "DELETE") and self.stores
 
     @property
     def body_required(self) -> bool:
@@ -5270,11 +5342,14 @@ class Route:
 
     @property
     def ids(self) -> str:
-        """What its path names: "" nothing, "one" metric, an "overlay" of several, a "board"."""
+        """What its path names: "" nothing, "one" metric, an "overlay" of several, a "board",
+        a "token"."""
         if "<" not in self.rule:
             return ""
         if "<board_id>" in self.rule:
             return "board"
+        if "<token_id>" in self.rule:
+            return "token"
         return "overlay" if self.overlay else "one"
 
     @property
@@ -5321,11 +5396,23 @@ _ADMIN_ROUTES = (
         "PATCH", "/a/", _change_account, _json_answer("AccountChanged"), ("admin",), "AccountChange"
     ),
     Route("PUT", "/t/", _create_token, _json_answer("Credentials"), ("admin",), "NewToken"),
+    Route("GET", "/t/", _list_tokens, _json_answer("Tokens"), ("admin",)),
+    Route("DELETE", "/t/<token_id>", _revoke_token, _json_answer("Revoked"), ("admin",)),
     Route("PUT", "/b/", _replace_board, _json_answer("NewBoard"), ("admin",), "Empty"),
     Route(
         "PUT", "/m/", _create_metric, _json_answer("Metric"), ("admin",), "NewMetric", also=(409,)
     ),
     Route("POST", f"/m/{_ID}", _post_point, _json_answer("Posted"), _ANY_TOKEN, "NewPoint"),
+    Route(
+        "PATCH",
+        f"/m/{_ID}",
+        _change_metric,
+        _json_answer("Metric"),
+        ("admin",),
+        "MetricChange",
+        also=(409,),
+    ),
+    Route("DELETE", f"/m/{_ID}", _delete_metric, _json_answer("Deleted"), ("admin",)),
     Route("POST", f"/m/{_ID}/accept", _accept_change, _json_answer("Change"), ("admin",), "Accept"),
     Route("POST", f"/m/{_ID}/exclude", _exclude_points, _json_answer("Marked"), ("admin",), "Span"),
     Route("POST", f"/m/{_ID}/include", _include_points, _json_answer("Marked"), ("admin",), "Span"),
@@ -5371,16 +5458,12 @@ _VIEW_ROUTES = (
         "/m/<ids>/changes", _show_changes, _json_answer("Changes", cached=True), "threshold"
     ),
     _view_route("/m/<ids>/info", _show_info, _json_answer("Info", cached=True)),
+    Route("GET", "/m/<ids>/metrics", _show_metric_metrics, _OPENMETRICS_ANSWER),
 )
 _BOARD_ROUTES = (
     Route("GET", "/b/<board_id>", _show_board, _HTML_ANSWER),
     Route("GET", "/b/<board_id>/json", _show_board_json, _json_answer("BoardData", cached=True)),
-    Route(
-        "GET",
-        "/b/<board_id>/metrics",
-        _show_board_metrics,
-        _Answer({"application/openmetrics-text": _STRING}),
-    ),
+    Route("GET", "/b/<board_id>/metrics", _show_board_metrics, _OPENMETRICS_ANSWER),
 )
 _SITE_ROUTES = (
     Route("GET", "/", _show_index, _HTML_ANSWER),
@@ -5432,6 +5515,11 @@ _METRIC_FIELDS = {
     "description": {"type": "string"},
     "better": _BETTER,
     "created": _UNIX,
+    "keep": {
+        "type": "string",
+        "nullable": True,
+        "description": "Retention: points older are not served (400d); null: all are kept.",
+    },
 }
 _POINT = _object(
     {"t": _UNIX, "v": {"type": "number"}, "m": {"type": "string", "description": "Metadata."}},
@@ -5550,7 +5638,8 @@ _SCHEMAS = {
     "Empty": _object({}, closed=True, maxProperties=0, description="Nothing, or {}."),
     "NewToken": _object({"type": {"type": "string", "enum": ["post", "admin"]}}, closed=True),
     "Credentials": _object(
-        {"account_id": _ref("Id"), "access_token": _ref("Token")}, ["account_id", "access_token"]
+        {"account_id": _ref("Id"), "access_token": _ref("Token"), "token_id": _ref("Id")},
+        ["account_id", "access_token", "token_id"],
     ),
     "NewMetric": _object(
         {
@@ -5707,12 +5796,58 @@ _SUITE_SCHEMAS = {
 
 
 #: Every error answer, by status: what it means. The body is always Error.
+#: The schemas of tokens listed and revoked, metrics changed and deleted.
+_LIFECYCLE_SCHEMAS = {
+    "Tokens": _object(
+        {
+            "account_id": _ref("Id"),
+            "tokens": {
+                "type": "array",
+                "description": "Oldest first.",
+                "items": _object(
+                    {
+                        "token_id": _ref("Id"),
+                        "type": {"type": "string", "enum": ["admin", "post"]},
+                        "created": {**_UNIX, "nullable": True, "description": "null: before 0.2."},
+                    },
+                    ["token_id", "type", "created"],
+                ),
+            },
+        },
+        ["account_id", "tokens"],
+    ),
+    "Revoked": _object(
+        {"token_id": _ref("Id"), "revoked": {"type": "boolean", "enum": [True]}},
+        ["token_id", "revoked"],
+    ),
+    "MetricChange": _object(
+        {
+            "name": _NAME,
+            "unit": _text(_MAX_UNIT_BYTES, "A new label: the values stay as they are."),
+            "description": _text(_MAX_DESCRIPTION_BYTES),
+            "better": _BETTER,
+            "keep": {
+                "type": "string",
+                "nullable": True,
+                "pattern": _DURATION_PATTERN,
+                "description": "Retention, at least a day (400d, 2y); null: keep every point.",
+            },
+        },
+        closed=True,
+        minProperties=1,
+    ),
+    "Deleted": _object(
+        {"metric_id": _ref("Id"), "deleted": {"type": "integer", "minimum": 0}},
+        ["metric_id", "deleted"],
+    ),
+}
+
 _ERROR_ANSWERS = {
     400: "Malformed input: the message names what is wrong.",
     401: "Missing or unknown access token.",
     403: "The token's type, or its account, does not allow this; or the account would have "
-    f"more than {MAX_ACCOUNT_METRICS:,} metrics.",
-    404: "Unknown metric or board (or, to accept, change point).",
+    f"more than {MAX_ACCOUNT_METRICS:,} metrics, or no admin token left.",
+    404: "Unknown metric, board or token (or, to accept, change point).",
     409: "The name is taken: metric_id is the metric that has it.",
     413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
     f"/points, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has more than "
@@ -5730,8 +5865,10 @@ _HEADERS = {
 
 
 def _openapi_path(rule: str) -> str:
-    """A bottle rule as an OpenAPI path: {board_id}, or {id} for a metric's id (or ids)."""
-    return re.sub(r"<[^>]+>", "{id}", rule.replace("<board_id>", "{board_id}"))
+    """A bottle rule as an OpenAPI path: {board_id}, {token_id}, or {id} for a metric's id
+    (or ids)."""
+    named = rule.replace("<board_id>", "{board_id}").replace("<token_id>", "{token_id}")
+    return re.sub(r"<[^>]+>", "{id}", named)
 
 
 @functools.cache
@@ -5751,7 +5888,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**_SCHEMAS, **_SUITE_SCHEMAS},
+            "schemas": {**_SCHEMAS, **_SUITE_SCHEMAS, **_LIFECYCLE_SCHEMAS},
             "headers": {
                 name: {"description": text, "schema": {"type": "string"}}
                 for name, text in _HEADERS.items()
@@ -5820,6 +5957,8 @@ def _id_parameter(ids: str) -> dict[str, Any]:
         about = f"A metric's id, or up to {_MAX_OVERLAY} separated by commas."
     elif ids == "board":
         name, about = "board_id", "A board's id (see GET /a/)."
+    elif ids == "token":
+        name, about = "token_id", "A token's id (see GET /t/): not the token."
     schema = {"type": "string", "pattern": f"^{pattern}$"}
     return {"name": name, "in": "path", "required": True, "schema": schema, "description": about}
 
@@ -6869,6 +7008,18 @@ def _cmd_token_new(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    _print_json(_client(args).call("GET", "/t/"))
+    return EXIT_OK
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    if decode_id(args.token_id) is None:
+        raise UsageError(f"{args.token_id!r} is no token id (22 characters; `perfit token list`)")
+    _print_json(_client(args).call("DELETE", f"/t/{args.token_id}"))
+    return EXIT_OK
+
+
 def _cmd_account_new(args: argparse.Namespace) -> int:
     _print_json(_client(args).call("PUT", "/a/"))
     return EXIT_OK
@@ -6968,6 +7119,35 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
         f"of {_percent(newest['change'])}{accepted}"
     )
     return "\n".join(lines)
+
+
+def _cmd_metric_edit(args: argparse.Namespace) -> int:
+    """metric edit: change what is given of name, unit, description, better, keep."""
+    body = {f: getattr(args, f) for f in ("name", "unit", "description", "better", "keep")}
+    body = {f: v for f, v in body.items() if v is not None}
+    if args.keep_all:
+        if "keep" in body:
+            raise UsageError("give --keep or --keep-all, not both")
+        body["keep"] = None
+    if not body:
+        raise UsageError(
+            "nothing to change: give --name, --unit, --description, --better or --keep"
+        )
+    _print_json(_client(args).call("PATCH", _metric_path(args), body))
+    return EXIT_OK
+
+
+def _cmd_metric_delete(args: argparse.Namespace) -> int:
+    """metric delete: the metric and its points, for good, once --yes says so."""
+    path = _metric_path(args)
+    if not args.yes:
+        info = _reader(args).call("GET", f"{path}/info")
+        raise UsageError(
+            f"this deletes the metric {info['name'] or info['metric_id']!r} and its "
+            f"{info['points']} point(s) for good; add --yes to do it"
+        )
+    _print_json(_client(args).call("DELETE", path))
+    return EXIT_OK
 
 
 def _cmd_metric_accept(args: argparse.Namespace) -> int:
@@ -7123,6 +7303,18 @@ def _cmd_store_check(args: argparse.Namespace) -> int:
     verdict = "clean" if not problems else f"{problems} problem(s) found"
     print(f"perfit: checked {len(reports)} file(s), {records} record(s): {verdict}")
     return EXIT_OK if not problems else EXIT_REFUSED
+
+
+def _cmd_store_compact(args: argparse.Namespace) -> int:
+    with Store.open(_data_to_read(args)) as store:
+        need_zstd()
+        done = store.compact()
+    before = sum(len(run) for run, _ in done)
+    after = sum(os.path.getsize(made.path) for _, made in done)
+    print(
+        f"perfit: compacted {before} segment(s) into {len(done)} ({after:,} bytes) in {args.data}"
+    )
+    return EXIT_OK
 
 
 def _cmd_store_backup(args: argparse.Namespace) -> int:
@@ -7429,6 +7621,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
+    store.start_maintenance()
     try:
         config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
         try:
@@ -7537,10 +7730,10 @@ def _write_private(path: str, text: str) -> None:
 
 #: The subcommands, in the order --help lists them; a two-word one is an action of a group.
 _GROUPS = {
-    "store": "check and back up a data directory",
-    "token": "make access tokens",
+    "store": "check, compact and back up a data directory",
+    "token": "make, list and revoke access tokens",
     "account": "manage accounts and their boards",
-    "metric": "create, read, check and import metrics",
+    "metric": "create, change, delete, read, check and import metrics",
 }
 
 
@@ -7594,6 +7787,16 @@ _SERVER_COMMANDS = (
         (_DATA,),
     ),
     _Command(
+        "store compact",
+        _cmd_store_compact,
+        "seal and compact every segment now, reclaiming deleted and expired points (server stopped)",
+        (_DATA,),
+        description="Seal the logs and rewrite every segment without the points of deleted "
+        "metrics and those past a metric's keep. A running server does this by itself, in the "
+        "background, once such points are 5 %% of all; this command is for a stopped server "
+        "(it takes the data directory's lock). A crash at any moment loses nothing.",
+    ),
+    _Command(
         "store backup",
         _cmd_store_backup,
         "copy a data directory consistently, even while a server runs",
@@ -7615,6 +7818,19 @@ _ACCOUNT_COMMANDS = (
                 choices=("post", "admin"),
             ),
         ),
+        _CLIENT,
+    ),
+    _Command(
+        "token list",
+        _cmd_token_list,
+        "the account's tokens: id, type, when made; never the tokens (admin token)",
+        client=_CLIENT,
+    ),
+    _Command(
+        "token revoke",
+        _cmd_token_revoke,
+        "make one of the account's tokens stop working, at once (admin token)",
+        (_Option("token_id", "the token's id, from `token list` or `token new`", "TOKEN_ID"),),
         _CLIENT,
     ),
     _Command(
@@ -7663,6 +7879,30 @@ _METRIC_COMMANDS = (
             ),
         ),
         _CLIENT,
+    ),
+    _Command(
+        "metric edit",
+        _cmd_metric_edit,
+        "rename a metric, or change its unit label, description, better or keep (admin token)",
+        (
+            _Option("--name", "a new name, unique in the account ('' removes it)"),
+            _Option("--unit", "a new unit label (the values stay as they are)"),
+            _Option("--description", "a sentence shown on the metric's page"),
+            _Option("--better", "which way is an improvement", choices=_BETTER_CHOICES),
+            _Option("--keep", "retention: serve only points younger than this (400d, 2y)", "AGE"),
+            _Option("--keep-all", "keep every point from now on", action="store_true"),
+        ),
+        _ON_METRIC,
+        description="Change what is given of the metric's name, unit, description, better "
+        "and keep (admin token); prints the metric. With --keep, points older than that are no "
+        "longer served from this moment, and their space comes back when the server compacts.",
+    ),
+    _Command(
+        "metric delete",
+        _cmd_metric_delete,
+        "delete a metric and all its points, for good (admin token; --yes)",
+        (_Option("--yes", "yes, delete it", action="store_true"),),
+        _ON_METRIC,
     ),
     _Command(
         "metric get",

@@ -2058,6 +2058,12 @@ ROUTES = {
     "GET /b/BOARD_ID": ("GET", "/b/{board}", None),
     "GET /b/BOARD_ID/json": ("GET", "/b/{board}/json", None),
     "GET /b/BOARD_ID/metrics": ("GET", "/b/{board}/metrics", None),
+    "GET /m/ID/metrics": ("GET", "/m/{metric}/metrics", None),
+    "GET /t/": ("GET", "/t/", None),
+    # A token and a metric of their own, made for the case: an allowed one removes them.
+    "DELETE /t/TOKEN_ID": ("DELETE", "/t/{token_id}", None),
+    "PATCH /m/ID": ("PATCH", "/m/{metric}", {"description": "patched"}),
+    "DELETE /m/ID": ("DELETE", "/m/{doomed}", None),
 }
 
 
@@ -2081,11 +2087,15 @@ EXPECTED = {
                           "post-other": 403},
     # A metric id is a read capability: reads ignore whatever token comes along, even a bad one.
     **{route: dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200)
-       for route in ROUTES if route.startswith("GET") and route not in ("GET /m/?metric-id", "GET /a/")},
+       for route in ROUTES if route.startswith("GET") and route not in ("GET /m/?metric-id", "GET /a/", "GET /t/")},
+    # Listing an account's tokens, and revoking one: its admins only.
+    "GET /t/": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 200, "post-other": 403},
+    "DELETE /t/TOKEN_ID": {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 404,
+                           "post-other": 403},
     "GET /m/?metric-id": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 303),
     **{
         route: {"root": 403, "admin-own": 200, "post-own": 403, "admin-other": 403, "post-other": 403}
-        for route in ("POST /m/ID/exclude", "POST /m/ID/include")
+        for route in ("POST /m/ID/exclude", "POST /m/ID/include", "PATCH /m/ID", "DELETE /m/ID")
     },
     # Comparing reads the metric and stores nothing: anyone with the id, as for reads.
     "POST /m/ID/compare": dict.fromkeys([*CALLERS, *UNAUTHENTICATED], 200),
@@ -2142,12 +2152,16 @@ def test_authorization_table(
     # Each case comes from its own address (see the `server` fixture).
     n = AUTH_CASES.index((route, caller, expected))
     headers = {**callers[caller], "X-Forwarded-For": f"10.1.{n // 200}.{n % 200 + 1}"}
-    board = ""
+    board = doomed = token_id = ""
     if "{board}" in path:  # looked up now: the PUT /b/ cases replace it
         board = ok_json("GET", f"{url}/a/", token=shared_account.admin)["board_id"]
-    answer = http(
-        method, url + path.format(metric=auth_metric, board=board), body=body, headers=headers
-    )
+    if "{doomed}" in path:
+        doomed = new_metric(url, shared_account.admin)
+    if "{token_id}" in path:
+        made = ok_json("PUT", f"{url}/t/", body={"type": "post"}, token=shared_account.admin)
+        token_id = made["token_id"]
+    filled = path.format(metric=auth_metric, board=board, doomed=doomed, token_id=token_id)
+    answer = http(method, url + filled, body=body, headers=headers)
     if expected in (200, 303):
         assert answer[0] == expected, answer
         if answer[1].get("Content-Type", "").startswith("application/json"):
@@ -2168,7 +2182,9 @@ def test_the_readmes_api_table_says_who_may_call_each_route_as_the_route_table_d
     said = {}  # (method, OpenAPI path) -> the words of the "who" column
     for row in re.findall(r"^\| (`[A-Z]+ /.*?) \| (.*?) \|", api, flags=re.M):
         for method, path in re.findall(r"`([A-Z]+) (/[^`?]*)", row[0]):
-            path = re.sub(r"/m/(ID|A,B,C)", "/m/{id}", path).replace("/b/BOARD_ID", "/b/{id}")
+            path = re.sub(
+                r"/(m/(ID|A,B,C)|b/BOARD_ID|t/TOKEN_ID)", lambda m: m[0][:3] + "{id}", path
+            )
             said[(method, path)] = set(re.findall(r"\b(root|admin|post|anyone)\b", row[1]))
     for route in perfit.ROUTES:
         key = (route.method, re.sub(r"<[^>]+>", "{id}", route.rule))
@@ -2679,6 +2695,263 @@ def test_an_unknown_board_is_404(url: str) -> None:
             http("GET", f"{url}/b/{perfit.b64encode(perfit.new_id())}{view}"), 404
         )
     assert_error(http("GET", f"{url}/b/nope"), 404)
+
+
+# --------------------------------------------------------------------------------------------
+# Web: lifecycle
+# Tokens listed and revoked, metrics renamed, kept for a while, deleted; across restarts, an
+# offline compaction, and a compaction killed with SIGKILL.
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_revoked_token_stops_working_and_stays_revoked_across_a_restart(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        made = ok_json("PUT", f"{srv.url}/t/", body={"type": "post"}, token=acc.admin)
+        listed = ok_json("GET", f"{srv.url}/t/", token=acc.admin)
+        assert listed["account_id"] == acc.id
+        assert [t["type"] for t in listed["tokens"]] == ["admin", "post", "post"]
+        assert made["token_id"] == listed["tokens"][-1]["token_id"]
+        assert abs(listed["tokens"][-1]["created"] - time.time()) < 60
+        assert made["access_token"] not in json.dumps(listed), "a listing gave a token away"
+        mid = new_metric(srv.url, acc.admin)
+        assert post_point(srv.url, mid, made["access_token"], 1)[0] == 200
+        revoked = ok_json("DELETE", f"{srv.url}/t/{made['token_id']}", token=acc.admin)
+        assert revoked == {"token_id": made["token_id"], "revoked": True}
+        assert_error(post_point(srv.url, mid, made["access_token"], 2), 401)
+        assert_error(http("DELETE", f"{srv.url}/t/{made['token_id']}", token=acc.admin), 404)
+        assert post_point(srv.url, mid, acc.post, 3)[0] == 200, "the other post token works"
+    with running_server(tmp_path) as srv:
+        assert_error(post_point(srv.url, mid, made["access_token"], 4), 401)
+        left = ok_json("GET", f"{srv.url}/t/", token=acc.admin)["tokens"]
+        assert made["token_id"] not in [t["token_id"] for t in left] and len(left) == 2
+        assert values(srv.url, mid) == [1, 3]
+
+
+def test_the_last_admin_token_cannot_be_revoked_until_there_is_another(url: str) -> None:
+    acc = new_account(url)
+    (admin,) = [
+        t for t in ok_json("GET", f"{url}/t/", token=acc.admin)["tokens"] if t["type"] == "admin"
+    ]
+    message = assert_error(http("DELETE", f"{url}/t/{admin['token_id']}", token=acc.admin), 403)
+    assert "last admin token" in message
+    second = ok_json("PUT", f"{url}/t/", body={"type": "admin"}, token=acc.admin)
+    assert ok_json("DELETE", f"{url}/t/{admin['token_id']}", token=second["access_token"])[
+        "revoked"
+    ]
+    assert_error(http("GET", f"{url}/t/", token=acc.admin), 401)
+    assert_error(http("DELETE", f"{url}/t/not-an-id", token=second["access_token"]), 404)
+
+
+def test_a_metric_renamed_and_kept_for_a_while_stays_so_across_a_restart(tmp_path: Path) -> None:
+    day, now = 86400, int(time.time())
+    with running_server(tmp_path) as srv:
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin, name="old name", unit="ms")
+        other = new_metric(srv.url, acc.admin, name="taken")
+        rows = [{"t": now - age * day, "v": age} for age in (100, 40, 20, 10, 1)]
+        ok_json("POST", f"{srv.url}/m/{mid}/points", body=rows, token=acc.admin)
+        change = {
+            "name": "new name",
+            "unit": "s",
+            "description": "d",
+            "better": "higher",
+            "keep": "30d",
+        }
+        changed = ok_json("PATCH", f"{srv.url}/m/{mid}", body=change, token=acc.admin)
+        assert {k: changed[k] for k in change} == change
+        assert values(srv.url, mid) == [20, 10, 1], "points past keep are served no more"
+        assert ok_json("GET", f"{srv.url}/m/{mid}/info")["points"] == 3
+        # An import of points older than keep stores none of them, and says so.
+        again = [{"t": now - 50 * day, "v": 50}, {"t": now - 2 * day, "v": 2}]
+        answer = ok_json("POST", f"{srv.url}/m/{mid}/points", body=again, token=acc.admin)
+        assert answer == {"added": 1, "existing": 0, "expired": 1}
+        taken = http("PATCH", f"{srv.url}/m/{mid}", body={"name": "taken"}, token=acc.admin)
+        assert_error(taken, 409)
+        assert json.loads(taken[2])["metric_id"] == other
+        for bad in ({}, {"keep": "5m"}, {"keep": "soon"}, {"better": "up"}, {"colour": "red"}):
+            assert_error(http("PATCH", f"{srv.url}/m/{mid}", body=bad, token=acc.admin), 400)
+        # The old name is free: a run under it makes a new metric.
+        run = ok_json(
+            "POST",
+            f"{srv.url}/r/",
+            body={"points": [{"name": "old name", "value": 7}]},
+            token=acc.post,
+        )
+        assert run["metrics"]["old name"] != mid
+        assert (
+            ok_json("PATCH", f"{srv.url}/m/{mid}", body={"keep": None}, token=acc.admin)["keep"]
+            is None
+        )
+    with running_server(tmp_path) as srv:
+        info = ok_json("GET", f"{srv.url}/m/{mid}/info")
+        assert (info["name"], info["unit"], info["better"], info["keep"]) == (
+            "new name",
+            "s",
+            "higher",
+            None,
+        )
+        assert values(srv.url, mid) == [20, 10, 2, 1], "expired points stay gone"
+        names = {
+            m["name"]: m["metric_id"]
+            for m in ok_json("GET", f"{srv.url}/a/", token=acc.admin)["metrics"]
+        }
+        assert names["new name"] == mid and names["old name"] == run["metrics"]["old name"]
+
+
+def test_a_deleted_metric_is_gone_for_good_and_compaction_reclaims_its_space(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path, "--seal-bytes", "4096") as srv:
+        acc = new_account(srv.url)
+        body = {
+            "points": [{"name": "doomed", "value": 1.5}, {"name": "kept", "value": 2.5}],
+            "metadata": "x" * 200,
+        }
+        for _ in range(150):  # many small sealed segments: the server compacts them meanwhile
+            ids = ok_json("POST", f"{srv.url}/r/", body=body, token=acc.post)["metrics"]
+        doomed, kept = ids["doomed"], ids["kept"]
+        assert_error(http("DELETE", f"{srv.url}/m/{doomed}", token=acc.post), 403)
+        gone = ok_json("DELETE", f"{srv.url}/m/{doomed}", token=acc.admin)
+        assert gone == {"metric_id": doomed, "deleted": 150}
+        for view in ("", "/json", "/svg", "/info", "/metrics"):
+            assert_error(http("GET", f"{srv.url}/m/{doomed}{view}"), 404)
+        assert [m["name"] for m in ok_json("GET", f"{srv.url}/a/", token=acc.admin)["metrics"]] == [
+            "kept"
+        ]
+        assert values(srv.url, kept) == [2.5] * 150
+    compacted_online = any("-" in p.name for p in _files(tmp_path, ".seg"))
+    assert compacted_online, "the server did not compact its small segments"
+    before = sum(p.stat().st_size for p in tmp_path.iterdir() if p.suffix in (".seg", ".log"))
+    done = cli("store", "compact", "--data", str(tmp_path))
+    assert done.returncode == 0 and "compacted" in done.stdout, done.stderr
+    after = sum(p.stat().st_size for p in tmp_path.iterdir() if p.suffix in (".seg", ".log"))
+    assert after < before * 0.7, (before, after)
+    checked = cli("store", "check", "--data", str(tmp_path))
+    assert checked.returncode == 0 and "clean" in checked.stdout, checked.stdout
+    with running_server(tmp_path) as srv:
+        assert_error(http("GET", f"{srv.url}/m/{doomed}/json"), 404)
+        assert values(srv.url, kept) == [2.5] * 150
+        again = ok_json("POST", f"{srv.url}/r/", body=body, token=acc.post)["metrics"]
+        assert again["kept"] == kept and again["doomed"] != doomed, "the name is free again"
+
+
+def _store_of_segments(data: Path, runs: int, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """A closed store of many small segments, none compacted yet: a metric kept, one deleted
+    (its points still in the segments); returns (their ids, the points kept)."""
+    with monkeypatch.context() as later:
+        later.setattr(perfit, "_COMPACT_FILES", 10**9)  # no compaction in the background
+        later.setattr(perfit, "_COMPACT_GARBAGE_MIN", 10**9)
+        return _fill_store(data, runs)
+
+
+def _fill_store(data: Path, runs: int) -> tuple:
+    with perfit.Store.open(str(data), seal_bytes=2048) as store:
+        account, _ = store.create_account()
+        kept, doomed = store.create_metric(account, name="kept"), store.create_metric(account)
+        for i in range(runs):
+            store.add_point(kept.id, float(i), f"sha{i:05d}")
+            store.add_point(doomed.id, float(i), "x" * 100)
+        store.delete_metric(doomed)
+        expected = _series(store, kept.id)
+        store.sealer.run_now(everything=False)  # seal what is full; no compaction yet
+    return kept.id, doomed.id, expected
+
+
+def test_a_crash_between_writing_a_compacted_segment_and_removing_its_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, doomed, expected = _store_of_segments(tmp_path, 400, monkeypatch)
+    sources = {p.name: p.read_bytes() for p in _files(tmp_path, ".seg")}
+    assert len(sources) >= 20
+    with perfit.Store.open(str(tmp_path)) as store:
+        (_, made), *_ = store.sealer.run_now(everything=True)
+    # The crash: the sources are all still there beside what was made of them, and a temp file.
+    for name, blob in sources.items():
+        (tmp_path / name).write_bytes(blob)
+    (tmp_path / (Path(made.path).name + ".tmp")).write_bytes(b"PERFITS1 half written")
+    notes = [n for r in perfit.check_directory(str(tmp_path)) for n in r.notes]
+    assert len(notes) >= len(sources) - 1 and all(
+        "newer segment holds all of it" in n for n in notes
+    )
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert _series(store, kept) == expected, "a point was lost or doubled"
+        assert doomed not in store.metrics
+    left = {p.name for p in tmp_path.iterdir() if p.suffix in (".seg", ".tmp")}
+    assert left == {Path(made.path).name}, "the stale sources were not removed"
+
+
+#: When to kill a compaction: as it writes its segment, as it removes the segments that went
+#: into it, and never (it ends).
+_COMPACTION_MOMENTS = {
+    "writing": lambda names: any("-" in n and n.endswith(".tmp") for n in names),
+    "removing": lambda names: any("-" in n and n.endswith(".seg") for n in names),
+    "done": lambda names: False,
+}
+
+
+def test_sigkill_during_compaction_loses_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "source"
+    kept, doomed, expected = _store_of_segments(source, 3000, monkeypatch)
+    assert len(_files(source, ".seg")) >= 100
+    for moment, now in _COMPACTION_MOMENTS.items():
+        data = tmp_path / moment
+        shutil.copytree(source, data)
+        child = subprocess.Popen([*perfit_command(), "store", "compact", "--data", str(data)],
+                                 env=clean_env(), cwd=str(HERE), stdout=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while child.poll() is None and time.monotonic() < deadline:
+            if now(os.listdir(data)):
+                break
+        child.kill()
+        child.wait(10)
+        with perfit.Store.open(str(data)) as store:
+            assert _series(store, kept) == expected, f"killed {moment}: lost or doubled points"
+            assert doomed not in store.metrics
+        assert not [p for r in perfit.check_directory(str(data)) for p in r.problems]
+
+
+def test_the_client_lists_and_revokes_tokens_and_edits_and_deletes_metrics(url: str) -> None:
+    acc = new_account(url)
+    env = {"PERFIT_SERVER": url, "PERFIT_ACCESS_TOKEN": acc.admin}
+    listed = json.loads(perfit_main("token", "list", env=env).stdout)
+    post_id = next(t["token_id"] for t in listed["tokens"] if t["type"] == "post")
+    revoked = perfit_main("token", "revoke", post_id, env=env)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
+    assert_error(post_point(url, new_metric(url, acc.admin), acc.post, 1), 401)
+    bad = perfit_main("token", "revoke", "nope", env=env)
+    assert bad.returncode == 2 and "token list" in bad.stderr
+    mid = new_metric(url, acc.admin, name="before")
+    edited = perfit_main(
+        "metric", "edit", "--metric", "before", "--name", "after", "--keep", "400d", env=env
+    )
+    assert edited.returncode == 0, edited.stderr
+    assert (json.loads(edited.stdout)["name"], json.loads(edited.stdout)["keep"]) == (
+        "after",
+        "400d",
+    )
+    nothing = perfit_main("metric", "edit", "--metric", mid, env=env)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    unsure = perfit_main("metric", "delete", "--metric", "after", env=env)
+    assert unsure.returncode == 2 and "--yes" in unsure.stderr and "0 point(s)" in unsure.stderr
+    assert ok_json("GET", f"{url}/m/{mid}/info")["name"] == "after", "deleted without --yes"
+    deleted = perfit_main("metric", "delete", "--metric", "after", "--yes", env=env)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout)["metric_id"] == mid
+    assert_error(http("GET", f"{url}/m/{mid}/info"), 404)
+
+
+def test_a_metrics_openmetrics_parse(url: str, account: Account) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    mid = new_metric(url, account.admin, name="one/metric", unit="s")
+    assert post_point(url, mid, account.post, 4.25)[0] == 200
+    status, headers, body = http("GET", f"{url}/m/{mid}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    (sample,) = families["perfit_value"].samples
+    assert (sample.value, sample.labels["name"], sample.labels["unit"]) == (4.25, "one/metric", "s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -3436,7 +3709,7 @@ def test_unknown_route_is_404_json(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("DELETE", "/m/{}"), ("DELETE", "/a/"), ("GET", "/t/")]
+    ("method", "path"), [("PUT", "/m/{}"), ("DELETE", "/a/"), ("PATCH", "/t/")]
 )
 def test_wrong_method_is_405_json(url: str, metric: str, method: str, path: str) -> None:
     assert_error(http(method, url + path.format(metric)), 405)
@@ -3454,8 +3727,9 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 def openapi_paths(method: str, rule: str) -> set[str]:
     """The OpenAPI paths that document one bottle route."""
-    # <board_id> is a board's id; every other parameter of a route is a metric id (or ids)
-    return {re.sub(r"<[^>]+>", "{id}", rule.replace("<board_id>", "{board_id}"))}
+    # <board_id> and <token_id> are what they say; every other parameter is a metric id (or ids)
+    named = rule.replace("<board_id>", "{board_id}").replace("<token_id>", "{token_id}")
+    return {re.sub(r"<[^>]+>", "{id}", named)}
 
 
 def test_openapi_json_is_a_valid_openapi_3_document(url: str) -> None:
@@ -3511,6 +3785,10 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
         ("POST", "/m/{id}/accept"),
         ("POST", "/m/{id}/exclude"),
         ("POST", "/m/{id}/include"),
+        ("GET", "/t/"),
+        ("DELETE", "/t/{token_id}"),
+        ("PATCH", "/m/{id}"),
+        ("DELETE", "/m/{id}"),
     }
 
 
