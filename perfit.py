@@ -6745,6 +6745,97 @@ def _git_head() -> str:
 
 
 # ==============================================================================================
+# The executable
+# `perfit bundle`: this module and the pure-Python server dependencies in one zipapp, so that
+# `python3 perfit.pyz serve` runs on a machine that has nothing but Python.
+# ==============================================================================================
+
+#: What goes into the zipapp beside this module: pure Python, taken from the running
+#: environment. zstd is compiled code, which can't be imported from a zip: it comes from the
+#: standard library (3.14+) or an installed zstandard where the file runs, or sealing is off.
+_BUNDLED = ("bottle", "svgwrite")
+
+
+def write_bundle(target: str) -> list[str]:
+    """Write the zipapp; return what it holds ("bottle 0.13.4", ...)."""
+    import importlib.metadata
+    import tempfile
+    import zipapp
+
+    with tempfile.TemporaryDirectory() as staging:
+        _stage_module(sys.modules[__name__], "perfit.py", staging)
+        held = [f"perfit {__version__}"]
+        for name in _BUNDLED:
+            try:
+                module = importlib.import_module(name)
+            except ImportError as e:
+                raise MissingDependency(
+                    f"cannot bundle {name}: {e}; pip install {name} where you run `bundle`"
+                ) from None
+            version = importlib.metadata.version(name)
+            if hasattr(module, "__path__"):
+                _stage_package(importlib.resources.files(name), os.path.join(staging, name))
+            else:
+                _stage_module(module, f"{name}.py", staging)
+            _stage_licence(name, staging)
+            held.append(f"{name} {version}")
+        _compile_staged(staging)
+        zipapp.create_archive(
+            staging, target, interpreter="/usr/bin/env python3", main="perfit:main", compressed=True
+        )
+    return held
+
+
+def _stage_module(module: Any, name: str, staging: str) -> None:
+    """A module's source (from a file, or from inside a zipapp) into the staging directory."""
+    source = module.__loader__.get_data(module.__file__)
+    with open(os.path.join(staging, name), "wb") as f:
+        f.write(source)
+
+
+def _stage_package(files: Any, dest: str) -> None:
+    """A package's Python files, sub-packages included (a Traversable: a directory or a zip)."""
+    os.makedirs(dest, exist_ok=True)
+    for item in files.iterdir():
+        if item.is_dir() and item.name != "__pycache__":
+            _stage_package(item, os.path.join(dest, item.name))
+        elif item.name.endswith(".py"):
+            with open(os.path.join(dest, item.name), "wb") as f:
+                f.write(item.read_bytes())
+
+
+def _stage_licence(name: str, staging: str) -> None:
+    """The dependency's licence text, which its licence (MIT) asks to travel with it."""
+    import importlib.metadata
+
+    for file in importlib.metadata.files(name) or ():
+        if "LICEN" in file.name.upper():
+            os.makedirs(os.path.join(staging, "LICENSES"), exist_ok=True)
+            with open(os.path.join(staging, "LICENSES", f"{name}.txt"), "wb") as f:
+                f.write(file.read_binary())
+            return
+
+
+def _compile_staged(staging: str) -> None:
+    """Byte code beside each source, for this Python: a zipapp's imports never write any, so
+    without it every start compiles everything again. Another Python's byte code is passed
+    over by the import system, which compiles the source instead."""
+    import py_compile
+
+    for folder, _, names in os.walk(staging):
+        for name in names:
+            if name.endswith(".py") and name != "__main__.py":
+                source = os.path.join(folder, name)
+                py_compile.compile(
+                    source,
+                    cfile=source + "c",
+                    doraise=True,
+                    # No timestamp to check: inside a zip the byte code and the source are one.
+                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                )
+
+
+# ==============================================================================================
 # CLI
 # One subcommand per user task, all in one table (_COMMANDS) with their options (_Option); a
 # client option comes from its flag or its PERFIT_* variable. Each _cmd_<name>(args) returns an
@@ -6823,6 +6914,7 @@ class _Option:
     action: str | None = None
     choices: tuple[str, ...] | None = None
     nargs: str | None = None
+    short: str = ""  #: "-o": a short flag as well
 
     def add_to(self, parser: Any) -> None:
         notes = [f"${self.env}"] if self.env else []
@@ -6839,7 +6931,7 @@ class _Option:
         default = (os.environ.get(self.env) if self.env else None) or self.default
         kwargs = {"type": self.type, "choices": self.choices, "nargs": self.nargs}
         parser.add_argument(
-            self.flag,
+            *filter(None, (self.short, self.flag)),
             metavar=self.metavar,
             default=default,
             help=help,
@@ -7303,6 +7395,20 @@ def _cmd_store_check(args: argparse.Namespace) -> int:
     verdict = "clean" if not problems else f"{problems} problem(s) found"
     print(f"perfit: checked {len(reports)} file(s), {records} record(s): {verdict}")
     return EXIT_OK if not problems else EXIT_REFUSED
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    held = write_bundle(args.output)
+    size = os.path.getsize(args.output)
+    zstd, _ = find_zstd()
+    print(f"perfit: wrote {args.output} ({size / 1024:.0f} KiB): {', '.join(held)}")
+    print(
+        "perfit: run it with `python3 "
+        f"{args.output} serve`; zstd is not in it (compiled code): Python 3.14+ has it built "
+        f"in, elsewhere `pip install zstandard` or logs stay uncompressed (here: "
+        f"{zstd.name if zstd else 'none'})"
+    )
+    return EXIT_OK
 
 
 def _cmd_store_compact(args: argparse.Namespace) -> int:
@@ -7779,6 +7885,17 @@ _SERVER_COMMANDS = (
             f"kept, in <data>/{ROOT_TOKEN_FILE} (delete it and restart for a new one). Needs bottle "
             "and svgwrite; zstd (Python 3.14+, or zstandard) to compress full logs."
         ),
+    ),
+    _Command(
+        "bundle",
+        _cmd_bundle,
+        "write one executable file: this module, bottle and svgwrite in a zipapp",
+        (_Option("--output", "the file to write", "FILE", default="perfit.pyz", short="-o"),),
+        description="Write a zipapp holding PerfIt and its pure-Python server dependencies "
+        "(bottle, svgwrite) from this environment, so that `python3 perfit.pyz serve` runs on a "
+        "machine with nothing but Python 3.9+. zstd, which compresses full logs, is compiled "
+        "code and can't be imported from a zip: Python 3.14+ has it built in; elsewhere an "
+        "installed zstandard is used, or logs stay uncompressed (the server says so).",
     ),
     _Command(
         "store check",

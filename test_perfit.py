@@ -37,8 +37,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.client import HTTPException, HTTPMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
@@ -219,15 +220,19 @@ def start_server(
     root: str | None = ROOT,
     flags: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    command: Sequence[str] = (),
+    environ: dict[str, str] | None = None,
 ) -> Server:
     """Starts a server on a free loopback port and waits for its 'listening on' line.
 
-    `flags` go to the interpreter (`-S`: no site-packages), `env` adds to the environment.
+    `flags` go to the interpreter (`-S`: no site-packages), `env` adds to the environment;
+    `command` runs instead of `python -m perfit` (a zipapp), `environ` is all the environment.
     """
-    env = clean_env(**(env or {}))
+    env = dict(environ) if environ is not None else clean_env(**(env or {}))
     if root is not None:
         env["PERFITD_ROOT_ACCESS_TOKEN"] = root
-    cmd = [*perfit_command(*flags), "serve", "--listen", "127.0.0.1:0", "--data", str(data)]
+    cmd = [*(command or perfit_command(*flags)), "serve", "--listen", "127.0.0.1:0"]
+    cmd += ["--data", str(data)]
     if "--rate-limit" not in args:
         cmd += ["--rate-limit", "0"]
     proc = subprocess.Popen(
@@ -4778,6 +4783,73 @@ def test_serve_without_its_modules_names_the_fix_and_makes_nothing(tmp_path: Pat
     assert_said_no(proc, 2)
     assert "bottle" in proc.stderr and "pip install" in proc.stderr
     assert not data.exists(), "nothing is made before the server can start"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: bundle
+# The zipapp, built and run as an operator would: with nothing but Python (`env -i python -S`),
+# and where zstd is installed, sealing and reading segments across a restart.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("bundle") / "perfit.pyz"
+    made = cli("bundle", "-o", str(target))
+    assert made.returncode == 0, made.stderr
+    assert "bottle" in made.stdout and "svgwrite" in made.stdout
+    return target
+
+
+def test_the_bundle_holds_perfit_bottle_svgwrite_their_licences_and_no_compiled_code(
+    pyz: Path,
+) -> None:
+    with zipfile.ZipFile(pyz) as z:
+        names = set(z.namelist())
+    assert {"__main__.py", "perfit.py", "bottle.py", "svgwrite/__init__.py"} <= names
+    assert {"LICENSES/bottle.txt", "LICENSES/svgwrite.txt"} <= names
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+    assert pyz.stat().st_size < 2 << 20, "a zipapp of a few hundred KiB, not the 25 MB of wheels"
+
+
+def test_the_bundle_serves_with_nothing_but_python(pyz: Path, tmp_path: Path) -> None:
+    """`env -i python -S perfit.pyz serve`: no site-packages, no environment, no zstd (before
+    3.14): the server runs, says logs stay uncompressed, and keeps every point across a
+    restart; the client in the same file posts to it."""
+    bare = (sys.executable, "-S", str(pyz))
+    with running_server(tmp_path, command=bare, environ={}) as srv:
+        health = ok_json("GET", f"{srv.url}/healthz")
+        if sys.version_info < (3, 14):
+            assert health["compression"] is None and "uncompressed" in health["message"]
+        acc = new_account(srv.url)
+        mid = new_metric(srv.url, acc.admin, name="from the zipapp", unit="s")
+        env = {"PERFIT_SERVER": srv.url, "PERFIT_ACCESS_TOKEN": acc.post, "PERFIT_METRIC": mid}
+        posted = subprocess.run(
+            [*bare, "post", "1.5"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert posted.returncode == 0, posted.stderr
+        assert http("GET", f"{srv.url}/m/{mid}.svg")[0] == 200
+    with running_server(tmp_path, command=bare, environ={}) as srv:
+        assert values(srv.url, mid) == [1.5]
+    assert "Traceback" not in "".join(srv.err)
+
+
+def test_the_bundle_seals_and_reads_segments_where_zstd_is_installed(
+    pyz: Path, tmp_path: Path
+) -> None:
+    with_zstd = (sys.executable, str(pyz))  # this venv's site-packages has zstandard
+    with running_server(tmp_path, "--seal-bytes", "2048", command=with_zstd) as srv:
+        assert ok_json("GET", f"{srv.url}/healthz")["compression"]
+        acc = new_account(srv.url)
+        body = {
+            "points": [{"name": f"bench/{i}", "value": i} for i in range(20)],
+            "metadata": "x" * 100,
+        }
+        for _ in range(20):
+            ids = ok_json("POST", f"{srv.url}/r/", body=body, token=acc.post)["metrics"]
+    assert _sealed_logs(tmp_path) >= 3
+    with running_server(tmp_path, command=with_zstd) as srv:
+        assert values(srv.url, ids["bench/7"]) == [7] * 20
 
 
 # --------------------------------------------------------------------------------------------
