@@ -1194,7 +1194,10 @@ def _flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(blob))
 
 
-def test_a_flipped_byte_in_a_segment_is_named_checked_and_repaired(tmp_path: Path) -> None:
+def test_a_flipped_byte_in_a_segment_is_named_checked_and_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(perfit, "_COMPACT_FILES", 10**9)  # segments of a fifth of it each
     metric_id, expected = _store_with_log(tmp_path, 3000, seal_bytes=8192, batch=30)
     segment = _files(tmp_path, ".seg")[1]
     scan = perfit.scan_file(str(segment), perfit.SEG_MAGIC)
