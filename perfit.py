@@ -5829,7 +5829,7 @@ _LIFECYCLE_SCHEMAS = {
             "keep": {
                 "type": "string",
                 "nullable": True,
-                "pattern": _DURATION_PATTERN,
+                "pattern": _DURATION_PATTERN.removesuffix("*$") + "+$",  # not empty
                 "description": "Retention, at least a day (400d, 2y); null: keep every point.",
             },
         },

@@ -3805,6 +3805,7 @@ class FuzzWorld:
 
     def __init__(self, url: str) -> None:
         self.cases = 0
+        self.url = url
         made = ok_json("PUT", f"{url}/a/", token=ROOT)
         self.admin = made["access_token"]
         stranger = ok_json("PUT", f"{url}/a/", token=ROOT)["access_token"]
@@ -3873,6 +3874,7 @@ UNSTATABLE_RULES = (
     "bytes long; at most",
     "longer than a thousand years",
     "between 1970 and now",
+    "shorter than a day",
 )
 
 
@@ -3884,8 +3886,16 @@ def positive_data_accepted_unless_unstatable(ctx: Any, response: Any, case: Any)
 
 
 def _fuzz_case(case: Any, world: FuzzWorld) -> None:
-    if "id" in (case.path_parameters or {}):
-        case.path_parameters["id"] = world.real_ids(str(case.path_parameters["id"]))
+    params = case.path_parameters or {}
+    well_formed = re.fullmatch(r"[A-Za-z0-9_-]{22}", str(params.get("id", "")))
+    if case.method in ("DELETE", "PATCH") and well_formed:
+        params["id"] = new_metric(world.url, world.admin)  # one of its own to change or delete
+    elif "id" in params:
+        params["id"] = world.real_ids(str(params["id"]))
+    token_id = str(params.get("token_id", ""))
+    if re.fullmatch(r"[A-Za-z0-9_-]{21}[AQgw]", token_id) and zlib.crc32(token_id.encode()) % 2:
+        made = ok_json("PUT", f"{world.url}/t/", body={"type": "post"}, token=world.admin)
+        params["token_id"] = made["token_id"]  # half the time, one that exists
     world.cases += 1
     case.call_and_validate(
         # An address of its own, so that the unauthenticated requests of one case (schemathesis
