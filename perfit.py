@@ -4495,6 +4495,8 @@ def _render_metric_page(
     if len(metrics) == 1:
         metric = metrics[0]
         details = [f"unit: {metric.unit}" if metric.unit else "", f"{metric.better} is better"]
+        keep = metric.to_json()["keep"]
+        details.append(f"keeps {keep} of points" if keep else "")
         subtitle = " · ".join(d for d in [metric.description, *details] if d)
     else:
         subtitle = f"{len(metrics)} metrics in one chart"

@@ -2769,6 +2769,7 @@ def test_a_metric_renamed_and_kept_for_a_while_stays_so_across_a_restart(tmp_pat
         changed = ok_json("PATCH", f"{srv.url}/m/{mid}", body=change, token=acc.admin)
         assert {k: changed[k] for k in change} == change
         assert values(srv.url, mid) == [20, 10, 1], "points past keep are served no more"
+        assert b"keeps 30d of points" in http("GET", f"{srv.url}/m/{mid}")[2]
         assert ok_json("GET", f"{srv.url}/m/{mid}/info")["points"] == 3
         # An import of points older than keep stores none of them, and says so.
         again = [{"t": now - 50 * day, "v": 50}, {"t": now - 2 * day, "v": 2}]
