@@ -716,6 +716,25 @@ def _zstd_decompress(data: bytes) -> bytes:
 # ==============================================================================================
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _give_memory_back() -> None:
+    """Return the heap's free pages to the system, after a request that used many."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _fsync_dir(path: str) -> None:
     """Make a directory's entries (a created or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -896,23 +915,30 @@ def seal_log(log_path: str, seg_path: str) -> None:
     scan = scan_file(log_path, LOG_MAGIC)
     if scan.bad:
         raise StoreCorrupt(f"{log_path}: bad bytes at offset {scan.bad[0][0]}; not sealing it")
-    control: list[bytes] = []
-    points: dict[bytes, list[tuple[int, float, bytes]]] = {}
+    control: list[tuple[int, bytes]] = []
+    points: dict[bytes, Series] = {}  # in columns, in the order replay would put them
     for rtype, payload in _flat_records((t, p) for _, t, p in scan.records):
         if rtype in _CONTROL_TYPES:
-            control.append(encode_record(rtype, payload))
+            control.append((rtype, payload))
         else:
             for metric_id, batch in _point_batches(rtype, payload):
-                points.setdefault(metric_id, []).extend(
-                    zip(batch.times, batch.values, batch.metas())
-                )
-    blocks = [encode_record(_REC_SEG_CONTROL, compress(b"".join(control)))]
-    for metric_id, rows in points.items():
-        for i in range(0, len(rows), _SEG_BLOCK_POINTS):
-            batch = PointBatch.of(rows[i : i + _SEG_BLOCK_POINTS])
+                points.setdefault(metric_id, Series()).add(batch)
+    _write_durably(seg_path, _segment_bytes(control, points, compress))
+
+
+def _segment_bytes(
+    control: Sequence[tuple[int, bytes]], points: dict[bytes, Series], compress: Callable
+) -> bytes:
+    """A segment: its control records in one compressed block, then each metric's points in
+    blocks of at most _SEG_BLOCK_POINTS."""
+    framed = b"".join(encode_record(rtype, payload) for rtype, payload in control)
+    blocks = [SEG_MAGIC, encode_record(_REC_SEG_CONTROL, compress(framed))]
+    for metric_id, series in points.items():
+        for lo in range(0, len(series), _SEG_BLOCK_POINTS):
+            batch = series.batch(lo, min(lo + _SEG_BLOCK_POINTS, len(series)))
             packed = pack_columns(metric_id, batch, compact=True)
             blocks.append(encode_record(_REC_SEG_POINTS, compress(packed)))
-    _write_durably(seg_path, SEG_MAGIC + b"".join(blocks))
+    return b"".join(blocks)
 
 
 def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]:
@@ -1897,6 +1923,7 @@ class Sealer:
             _log.error("sealing or compaction failed: %s; the files stay as they are", e)
         finally:
             self._running.release()
+            _give_memory_back()  # a pass holds a log's points in memory at once
         if finished and self._pending():
             self.wake()  # a log filled up as we finished, and found us still at work
 
@@ -2023,20 +2050,9 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
                 points[metric_id].expire(metric.series.horizon)
     if horizons:
         control.append(_json_record(_REC_EXPIRE, {"before": horizons}))
-    blocks = [
-        encode_record(_REC_SEG_CONTROL, compress(b"".join(encode_record(t, p) for t, p in control)))
-    ]
-    for metric_id, series in points.items():
-        for lo in range(0, len(series), _SEG_BLOCK_POINTS):
-            batch = series.batch(lo, min(lo + _SEG_BLOCK_POINTS, len(series)))
-            blocks.append(
-                encode_record(
-                    _REC_SEG_POINTS, compress(pack_columns(metric_id, batch, compact=True))
-                )
-            )
     first, last = run[0].first, run[-1].number
     path = os.path.join(directory, _file_name(last, _SEG_SUFFIX, first))
-    _write_durably(path, SEG_MAGIC + b"".join(blocks))
+    _write_durably(path, _segment_bytes(control, points, compress))
     for segment in run:
         if segment.path != path:
             os.unlink(segment.path)
@@ -5032,6 +5048,8 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
     batch = _parse_import(body, time.time())
     added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
+    # Its body took megabytes, which the allocator would keep for good (a thread's arena).
+    _request().environ.get("perfit.after", []).append(_give_memory_back)
     answer = {"added": added, "existing": existing}
     if expired:
         answer["expired"] = expired  # older than the metric keeps: not stored
@@ -6104,7 +6122,14 @@ class _RequestHandler(WSGIRequestHandler):
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
+        environ["perfit.after"] = self.after = []  # run once the answer is sent
         return environ
+
+    def handle(self) -> None:
+        self.after: list[Callable[[], None]] = []
+        super().handle()
+        for task in self.after:
+            task()
 
     def address_string(self) -> str:
         return self.client_address[0]  # no reverse DNS per request
