@@ -20,47 +20,34 @@ import base64
 import bisect
 import collections
 import contextlib
-import csv
 import dataclasses
-import datetime
 import functools
-import hashlib
-import hmac
 import html
-import http.client
+import http
 import importlib
 import io
 import itertools
 import json
-import logging
 import math
 import operator
 import os
-import queue
 import re
-import secrets
-import shutil
-import signal
-import socket
-import socketserver
-import ssl
-import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+# Modules that only some commands use are imported in the functions that use them: every CI
+# job pays for this module's start, and `python -X importtime` says where it goes.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # pragma: no cover - names for type hints only
+    import urllib.error
+    from typing import Any, Callable
+
     import bottle
 
 __version__ = "0.1.0"
@@ -103,7 +90,18 @@ __all__ = [
     "main",
 ]
 
-_log = logging.getLogger("perfit")
+
+class _LazyLog:
+    """The "perfit" logger, made when first used: logging is an import that only the server
+    needs (a client command starts without it)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("perfit"), name)
+
+
+_log = _LazyLog()
 
 
 # ==============================================================================================
@@ -257,12 +255,23 @@ class SendFailed(PerfitError):
 # ==============================================================================================
 
 
+class _Regex:
+    """A regular expression compiled when first used (re's cache keeps it): a dozen compiled
+    at import would cost every CI job's start several milliseconds."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern, self.flags = pattern, flags
+
+    def __getattr__(self, name: str) -> Any:  # match, fullmatch, search, sub, finditer...
+        return getattr(re.compile(self.pattern, self.flags), name)
+
+
 def b64encode(raw: bytes) -> str:
     """Url-safe base64 without padding, the encoding of every id and token."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
+_ID_RE = _Regex(r"[A-Za-z0-9_-]{22}")
 
 
 def decode_id(text: str) -> bytes | None:
@@ -278,7 +287,7 @@ def _random_b64(size: int) -> bytes:
     # Draw again when the text would start with "-": argparse would take `--metric -x...` for
     # an option. That costs 0.02 bits of the 128 or 256, and saves every user that puzzle.
     while True:
-        raw = secrets.token_bytes(size)
+        raw = os.urandom(size)  # what secrets.token_bytes does, without its imports
         if not b64encode(raw).startswith("-"):
             return raw
 
@@ -293,12 +302,16 @@ def new_token() -> str:
 
 def hash_token(token: str) -> bytes:
     """What the server keeps of a token: SHA-256 of its text, never the text itself."""
+    import hashlib
+
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def token_id(token_hash: bytes) -> bytes:
     """A token's public name (to list and revoke it by), derived from its hash: tokens made
     before ids existed have one too, and it tells nothing of the token."""
+    import hashlib
+
     return hashlib.sha256(b"perfit token id\0" + token_hash).digest()[:_ID_BYTES]
 
 
@@ -315,7 +328,7 @@ _DURATION_WORDS = {
 }
 #: The grammar of a duration: parts like "90s" or "2 weeks", spaces anywhere between. ASCII
 #: digits and lower-case words only, so that the OpenAPI document can state it exactly.
-_DURATION_PART_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([a-z]+) *")
+_DURATION_PART_RE = _Regex(r" *([0-9]+(?:\.[0-9]+)?) *([a-z]+) *")
 _DURATION_PATTERN = (
     "^ *([0-9]+(\\.[0-9]+)? *("
     + "|".join(sorted(_DURATION_WORDS, key=len, reverse=True))
@@ -385,8 +398,19 @@ def _tidy(value: float, digits: int = 12) -> float:
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
 
+def _median(values: Iterable[float]) -> float:
+    """statistics.median, without its import (fractions, decimal) at every start."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no median of no values")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def parse_rfc3339(text: str) -> float:
     """Unix seconds of an RFC 3339 time (``2026-11-01T00:00:00Z``); no offset means UTC."""
+    import datetime
+
     cleaned = text.strip()
     if cleaned[-1:] in ("Z", "z"):
         cleaned = cleaned[:-1] + "+00:00"
@@ -401,6 +425,8 @@ def parse_rfc3339(text: str) -> float:
 
 def format_time(t: float) -> str:
     """RFC 3339 in UTC, to the second: how times are shown to people."""
+    import datetime
+
     moment = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -831,7 +857,7 @@ class DataFile:
     path: str
 
 
-_DATA_NAME_RE = re.compile(r"([0-9]{8,})(?:-([0-9]{8,}))?\.(log|seg)")
+_DATA_NAME_RE = _Regex(r"([0-9]{8,})(?:-([0-9]{8,}))?\.(log|seg)")
 
 
 @dataclasses.dataclass
@@ -1583,6 +1609,8 @@ def repair_directory(path: str) -> None:
         _make_private_dir(damaged)
         original = found.scan.path
         kept = os.path.join(damaged, f"{os.path.basename(original)}.{int(time.time())}")
+        import shutil
+
         shutil.copy2(original, kept)
         os.chmod(kept, 0o600)
         magic = SEG_MAGIC if found.kind == "seg" else LOG_MAGIC
@@ -2406,6 +2434,8 @@ class Store(_Operations):
         self.sealer.wake()
 
     def authenticate(self, token: str) -> Principal | None:
+        import hmac
+
         digest = hash_token(token)
         if self.root_token_hash is not None and hmac.compare_digest(digest, self.root_token_hash):
             return Principal(None, "root")
@@ -2492,7 +2522,7 @@ def detect_changes(
     for k, index in enumerate(bounds):
         lo = bounds[k - 1] if k else 0
         hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
-        before, after = statistics.median(xs[lo:index]), statistics.median(xs[index:hi])
+        before, after = _median(xs[lo:index]), _median(xs[index:hi])
         relative = _relative(before, after)
         worse = relative > 0 if better == "lower" else relative < 0
         t = int(times[index]) if times is not None else index
@@ -2504,15 +2534,15 @@ def detect_changes(
 
 def _mad(xs: Sequence[float]) -> float:
     """The median absolute deviation from the median."""
-    middle = statistics.median(xs)
-    return statistics.median(abs(x - middle) for x in xs)
+    middle = _median(xs)
+    return _median(abs(x - middle) for x in xs)
 
 
 def _noise_sigma(xs: Sequence[float]) -> float:
     """The noise's standard deviation: the MAD of first differences (steps barely count)."""
     diffs = [b - a for a, b in zip(xs, xs[1:])]
-    middle = statistics.median(diffs)
-    return 1.4826 * statistics.median(abs(d - middle) for d in diffs) / math.sqrt(2) or 1e-12
+    middle = _median(diffs)
+    return 1.4826 * _median(abs(d - middle) for d in diffs) / math.sqrt(2) or 1e-12
 
 
 def _window_steps(xs: Sequence[float], sigma: float) -> list[int]:
@@ -2520,7 +2550,7 @@ def _window_steps(xs: Sequence[float], sigma: float) -> list[int]:
     w, n = _CHANGE_MIN_SEGMENT, len(xs)
     height = [0.0] * (n + 1)
     for t in range(w, n - w + 1):
-        height[t] = abs(statistics.median(xs[t : t + w]) - statistics.median(xs[t - w : t])) / sigma
+        height[t] = abs(_median(xs[t : t + w]) - _median(xs[t - w : t])) / sigma
     peaks = [
         t
         for t in range(w, n - w + 1)
@@ -2545,7 +2575,7 @@ def _optimal_partition(xs: Sequence[float], candidates: set[int], sigma: float) 
 
     def cost(a: int, b: int) -> float:
         level = xs[edges[a] : edges[b]]
-        median = statistics.median(level)
+        median = _median(level)
         return sum(min(abs(x - median) / sigma, _PARTITION_CLIP) for x in level)
 
     best, previous = [-penalty] + [math.inf] * (len(edges) - 1), [0] * len(edges)
@@ -2578,12 +2608,12 @@ def _tail_change(xs: list[float], bounds: list[int], threshold: float) -> int | 
     ):
         start = n - k
         baseline, tail = xs[max(last, start - _TAIL_BASELINE) : start], xs[start:]
-        level, spread = statistics.median(baseline), _mad(baseline)
+        level, spread = _median(baseline), _mad(baseline)
         noise = _TAIL_SIGMAS * 1.4826 * spread
         above = all(x - level > noise for x in tail)
         if (
             (above or all(level - x > noise for x in tail))
-            and abs(_relative(level, statistics.median(tail))) >= threshold
+            and abs(_relative(level, _median(tail))) >= threshold
             # A new level is as steady as the old one; slow runs scatter (1.3-2x).
             and _mad(tail) <= _TAIL_SPREAD * spread
         ):
@@ -2646,14 +2676,14 @@ def compare_values(
     COMPARE_SIGMAS standard errors of the two medians, the baseline's noise measured robustly
     (1.4826 MAD), so one slow runner in the history neither hides nor fakes a change.
     """
-    value = statistics.median(values)
+    value = _median(values)
     start = bisect.bisect_left(series.times, changes[-1].t * US) if changes else 0
     start = min(start, len(series) - _BASELINE_MIN)
     baseline = series.values[max(0, start, len(series) - _BASELINE_POINTS) :].tolist()
     if not baseline:
         return Verdict(None, 0, 0.0, value, None, "same")
-    median = statistics.median(baseline)
-    spread = 1.4826 * statistics.median(abs(x - median) for x in baseline)
+    median = _median(baseline)
+    spread = 1.4826 * _median(abs(x - median) for x in baseline)
     change = _relative(median, value)
     noise = _COMPARE_SIGMAS * spread * math.sqrt(1 / len(values) + 1 / len(baseline))
     verdict = "same"
@@ -2744,7 +2774,7 @@ def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
     """
     first = max(lo + _CHANGE_MIN_SEGMENT, at - _CHANGE_REFINE)
     last = min(hi - _CHANGE_MIN_SEGMENT, at + _CHANGE_REFINE)
-    left, right = statistics.median(xs[lo:at]), statistics.median(xs[at:hi])
+    left, right = _median(xs[lo:at]), _median(xs[at:hi])
     best, best_key, cost = first, (0.0, abs(first - at)), 0.0
     for t in range(first + 1, last + 1):
         x = xs[t - 1]  # moves from the right side to the left as the split passes it
@@ -2775,7 +2805,7 @@ def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> 
     """Drop the smallest step while it is under the threshold; the levels around it merge."""
     while bounds:
         edges = [0, *bounds, len(xs)]
-        medians = [statistics.median(xs[a:b]) for a, b in zip(edges, edges[1:])]
+        medians = [_median(xs[a:b]) for a, b in zip(edges, edges[1:])]
         steps = [abs(_relative(a, b)) for a, b in zip(medians, medians[1:])]
         smallest = min(range(len(steps)), key=steps.__getitem__)
         if steps[smallest] >= threshold:
@@ -2941,7 +2971,7 @@ CHART_OPTIONS = (
 ChartOptions = dataclasses.make_dataclass(
     "ChartOptions",
     [
-        (o.field, Any, dataclasses.field(default="" if o.kind == "text" else None))
+        (o.field, object, dataclasses.field(default="" if o.kind == "text" else None))
         for o in {o.field: o for o in CHART_OPTIONS}.values()
     ],
 )
@@ -2966,7 +2996,7 @@ class ChartSeries:
 
 # -- numbers, durations and ticks ----------------------------------------------------------------
 
-_XML_ILLEGAL = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ud800-\\udfff\\ufffe\\uffff]")
+_XML_ILLEGAL = _Regex("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ud800-\\udfff\\ufffe\\uffff]")
 
 
 def _xml_safe(text: str) -> str:
@@ -3118,6 +3148,8 @@ def _time_ticks(start: float, end: float, count: int) -> list[tuple[float, str]]
 
 
 def _time_label(t: float, fmt: str, step: float) -> str:
+    import datetime
+
     moment = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     if step < 86400 and moment.hour == 0 and moment.minute == 0 and moment.second == 0:
         return moment.strftime("%b %d")  # midnight ticks name the day, so days can be told apart
@@ -3125,6 +3157,8 @@ def _time_label(t: float, fmt: str, step: float) -> str:
 
 
 def _month_ticks(start: float, end: float, count: int) -> list[tuple[float, str]]:
+    import datetime
+
     utc = datetime.timezone.utc
     first = datetime.datetime.fromtimestamp(start, utc)
     months_span = max((end - start) / 2_629_746, 1)
@@ -3191,7 +3225,7 @@ def _reduce_per_column(
             low, high = lo + chunk.index(min(chunk)), lo + chunk.index(max(chunk))
             keep.extend(sorted({low, high}))
             middle = t0 + (t1 - t0) * (column - 0.5) / columns
-            stats.append((middle, min(chunk), statistics.median(chunk), max(chunk)))
+            stats.append((middle, min(chunk), _median(chunk), max(chunk)))
         lo = hi
     return keep, stats
 
@@ -3225,7 +3259,7 @@ def _value_range(values: Sequence[float], opts: ChartOptions) -> tuple[float, fl
 
 #: A link in a point's metadata: all of it, or its last word ("3f2a9c1e7b0d https://ci/job/7",
 #: as `perfit run` writes in CI).
-_URL_RE = re.compile(r"(?:\A|.*\s)(https?://[^\s<>\"']+)\Z", re.DOTALL)
+_URL_RE = _Regex(r"(?:\A|.*\s)(https?://[^\s<>\"']+)\Z", re.DOTALL)
 
 
 def metadata_link(meta: str) -> str | None:
@@ -3480,7 +3514,7 @@ def badge_state(values: Sequence[float], better: str) -> str:
     recent = values[-21:-1]
     if not recent:
         return "neutral"
-    median = statistics.median(recent)
+    median = _median(recent)
     if median <= 0:
         return "neutral"
     ratio = values[-1] / median
@@ -3759,7 +3793,7 @@ def _in_metric_unit(value: float, unit: str, metric: Metric) -> float:
 
 #: A metric's name: no control characters (C0, DEL, C1), no space at either end; "" is none.
 _NAME_PATTERN = "^([^\x00-\x1f\x7f-\x9f ]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f ])?)?$"
-_NAME_RE = re.compile(_NAME_PATTERN)
+_NAME_RE = _Regex(_NAME_PATTERN)
 
 
 def _check_name(value: object, what: str = "name") -> str:
@@ -3896,7 +3930,7 @@ def _option_value(option: QueryOption, text: str, now: float) -> Any:
 
 #: A number in a query option, as JSON writes one (what the OpenAPI document's "number" means):
 #: no "1_000", no "nan", no spaces, which Python's float() would take.
-_NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_NUMBER_RE = _Regex(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def _query_number(name: str, text: str) -> float:
@@ -3919,7 +3953,7 @@ def _parse_threshold(text: str) -> float:
     return value
 
 
-_LINKED_IDS_RE = re.compile(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
+_LINKED_IDS_RE = _Regex(r"/m/([A-Za-z0-9_-]{22}(?:,[A-Za-z0-9_-]{22})*)(?:[./?#]|$)")
 
 
 def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
@@ -3928,6 +3962,8 @@ def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
     That is an id, or any PerfIt link to a metric: its page, chart, badge or data, with or
     without options (https://perfit.example/m/ID.svg?start-rel=30d keeps its 30 days).
     """
+    import urllib.parse
+
     text = text.strip()
     if decode_id(text) is not None:
         return [text], {}
@@ -3953,7 +3989,7 @@ _BOARD_WINDOW = 250  #: a board looks for change points among this many newest p
 _SPARK_POINTS = 48  #: points a sparkline draws
 _RECENT_LEVEL = 20  #: the latest value is compared with the median of this many before it
 _OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-_MEASURE_SUFFIX_RE = re.compile(r" \([^()]*\)$")  #: " (B/op)": what a harness measured besides time
+_MEASURE_SUFFIX_RE = _Regex(r" \([^()]*\)$")  #: " (B/op)": what a harness measured besides time
 
 
 class _ChangeCache:
@@ -4082,7 +4118,7 @@ def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
         recent=values[-_SPARK_POINTS:].tolist(),
         latest_t=window.times[-1] // US if len(window) else None,
         latest_meta=window.metadata(len(window) - 1) if len(window) else "",
-        level=statistics.median(before) if before else None,
+        level=_median(before) if before else None,
         newest=newest,
     )
 
@@ -4149,6 +4185,8 @@ class Notifier:
     def __init__(self, store: Store, backoff: float = 1.0) -> None:
         self.store = store
         self.backoff = backoff  #: seconds before the first retry; each next one waits 4x
+        import queue
+
         self._queue: queue.Queue[tuple[bytes, str] | None] = queue.Queue()
         self._pending: set[bytes] = set()  #: queued metrics: many writes, one look
         self._lock = threading.Lock()
@@ -4203,7 +4241,10 @@ class Notifier:
     def _send(self, url: str, doc: dict[str, Any]) -> None:
         data = json.dumps(doc).encode()
         headers = {"Content-Type": "application/json", "User-Agent": f"perfit/{__version__}"}
-        opener = urllib.request.build_opener(_NoRedirects)
+        import http.client
+        import urllib.request
+
+        opener = _opener()
         for attempt in range(_WEBHOOK_RETRIES + 1):
             request = urllib.request.Request(url, data=data, headers=headers, method="POST")
             try:
@@ -4496,6 +4537,8 @@ def _render_metric_page(
     metrics: Sequence[Metric], query: dict[str, str], svg: str, nested: bool
 ) -> str:
     """The page of one metric, or of an overlay; `nested` when served at /m/ID/html."""
+    import urllib.parse
+
     esc = html.escape
     fields = []
     for option in CHART_OPTIONS:
@@ -4670,6 +4713,8 @@ def _render_error_page(
     A bad chart option links to the same view without options; an unknown metric asked for
     through the open form gets the form again, holding what was typed.
     """
+    import urllib.parse
+
     esc = html.escape
     home = "../" * (path.count("/") - 1) or "./"
     # "./" first and quoted: a path segment such as "javascript:..." stays a relative link.
@@ -4711,7 +4756,7 @@ def _prefers_html(accept: str) -> bool:
 #: Where a long URL may wrap: after a slash (not inside //) or a hyphen (where a browser wraps
 #: anyway), before ? & # = . _ ; never inside a word. Also used by the page's script.
 _URL_BREAKS = r"(?<=[/-])(?!/)|(?=[?&#=._])"
-_URL_BREAKS_RE = re.compile(_URL_BREAKS)
+_URL_BREAKS_RE = _Regex(_URL_BREAKS)
 
 
 def _breakable(url: str) -> str:
@@ -4898,6 +4943,8 @@ def _view_request(
 
 def _cached(body: str, content_type: str, query: dict[str, str]) -> Any:
     """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
+    import hashlib
+
     data = body.encode("utf-8")
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": _cache_control(query, time.time())}
@@ -5180,6 +5227,8 @@ def _mark_span(web: _Web, caller: Principal, body: Any, metric_id: str, kind: st
 
 def _find_metric(web: _Web) -> Any:
     """Open a metric by its id, or by any link to it (the index page's form)."""
+    import urllib.parse
+
     ids, options = _metric_link(_request_query().get("metric-id", ""))
     for text in ids:
         _metric_or_404(web, text)
@@ -5217,6 +5266,8 @@ def _show_csv(web: _Web, ids: str) -> Any:
     """The points as CSV: t,v,m after a header line."""
     (metric,), opts, _ = _view_request(web, ids, "csv")
     out = io.StringIO()
+    import csv
+
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(("t", "v", "m"))
     series = metric.series.snapshot(opts.start, opts.end)
@@ -6104,123 +6155,145 @@ _BUSY_ANSWER = (
 )
 
 
-class _RequestHandler(WSGIRequestHandler):
-    """One connection: the header deadline is watched, malformed requests answered in JSON."""
+@functools.cache
+def _http_server_class() -> type:
+    """The server's class, made when first used: wsgiref and socketserver are imports that
+    only the server pays for, so a client command starts without them."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-    timeout = _SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
-    server: HTTPServer
+    class _RequestHandler(WSGIRequestHandler):
+        """One connection: the header deadline is watched, malformed requests answered in JSON."""
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.watch(self.connection)
+        timeout = _SOCKET_TIMEOUT  # a stalled client loses its connection, not a thread forever
+        # Buffered: wsgiref writes the status line, each header line and the body separately;
+        # unbuffered, each is a system call of its own (and a GIL hand-off). The body's write
+        # flushes them all as one, and a body larger than the buffer goes straight through.
+        wbufsize = 1 << 16
+        server: Any  # the HTTPServer below
 
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        self.server.unwatch(self.connection)  # headers are in: the deadline is met
-        return ok
+        def setup(self) -> None:
+            super().setup()
+            self.server.watch(self.connection)
 
-    def get_environ(self) -> dict:
-        environ = super().get_environ()
-        environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
-        environ["perfit.after"] = self.after = []  # run once the answer is sent
-        return environ
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            self.server.unwatch(self.connection)  # headers are in: the deadline is met
+            return ok
 
-    def handle(self) -> None:
-        self.after: list[Callable[[], None]] = []
-        super().handle()
-        for task in self.after:
-            task()
+        def get_environ(self) -> dict:
+            environ = super().get_environ()
+            environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
+            environ["perfit.after"] = self.after = []  # run once the answer is sent
+            return environ
 
-    def address_string(self) -> str:
-        return self.client_address[0]  # no reverse DNS per request
+        def handle(self) -> None:
+            self.after: list[Callable[[], None]] = []
+            super().handle()
+            for task in self.after:
+                task()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # The request line and status only: headers (Authorization) are never logged.
-        _log.info("%s %s", self.address_string(), format % args)
+        def address_string(self) -> str:
+            return self.client_address[0]  # no reverse DNS per request
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server answers malformed requests with an HTML page; ours are JSON.
-        body = json.dumps({"message": message or http.HTTPStatus(code).phrase}).encode()
-        if self.request_version == "HTTP/0.9":
-            self.request_version = "HTTP/1.0"  # nobody speaks 0.9: answer with a status line
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        def log_message(self, format: str, *args: Any) -> None:
+            # The request line and status only: headers (Authorization) are never logged.
+            _log.info("%s %s", self.address_string(), format % args)
 
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            # http.server answers malformed requests with an HTML page; ours are JSON.
+            body = json.dumps({"message": message or http.HTTPStatus(code).phrase}).encode()
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"  # nobody speaks 0.9: answer with a status line
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most `max_connections` at once (more get a 503 straight
-    away), and `header_timeout` seconds for a request's headers (a slowloris is cut off)."""
+    class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+        """A thread per connection, at most `max_connections` at once (more get a 503 straight
+        away), and `header_timeout` seconds for a request's headers (a slowloris is cut off)."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 128
 
-    def __init__(
-        self, host: str, port: int, app: Callable, max_connections: int, header_timeout: float
-    ) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.header_timeout = header_timeout
-        self._slots = threading.BoundedSemaphore(max(1, max_connections))
-        self._deadlines: dict[socket.socket, float] = {}
-        self._deadlines_lock = threading.Lock()
-        self._closed = threading.Event()
-        super().__init__((host, port), _RequestHandler)
-        self.set_app(app)
-        threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
+        def __init__(
+            self, host: str, port: int, app: Callable, max_connections: int, header_timeout: float
+        ) -> None:
+            self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.header_timeout = header_timeout
+            self._slots = threading.BoundedSemaphore(max(1, max_connections))
+            self._deadlines: dict[socket.socket, float] = {}
+            self._deadlines_lock = threading.Lock()
+            self._closed = threading.Event()
+            super().__init__((host, port), _RequestHandler)
+            self.set_app(app)
+            threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-        self.setup_environ()
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+            self.setup_environ()
 
-    def server_close(self) -> None:
-        self._closed.set()  # the reaper stops with the server
-        super().server_close()
+        def server_close(self) -> None:
+            self._closed.set()  # the reaper stops with the server
+            super().server_close()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.settimeout(1)
-                request.sendall(_BUSY_ANSWER)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.unwatch(request)
-            self._slots.release()
-
-    def watch(self, connection: socket.socket) -> None:
-        with self._deadlines_lock:
-            self._deadlines[connection] = time.monotonic() + self.header_timeout
-
-    def unwatch(self, connection: socket.socket) -> None:
-        with self._deadlines_lock:
-            self._deadlines.pop(connection, None)
-
-    def _reap(self) -> None:
-        """Cut off connections whose headers did not arrive in time (slowloris)."""
-        while not self._closed.wait(min(0.5, self.header_timeout / 4)):
-            now = time.monotonic()
-            with self._deadlines_lock:
-                late = [c for c, deadline in self._deadlines.items() if deadline < now]
-                for connection in late:
-                    del self._deadlines[connection]
-            for connection in late:
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
                 with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
+                    request.settimeout(1)
+                    request.sendall(_BUSY_ANSWER)
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.unwatch(request)
+                self._slots.release()
+
+        def watch(self, connection: socket.socket) -> None:
+            with self._deadlines_lock:
+                self._deadlines[connection] = time.monotonic() + self.header_timeout
+
+        def unwatch(self, connection: socket.socket) -> None:
+            with self._deadlines_lock:
+                self._deadlines.pop(connection, None)
+
+        def _reap(self) -> None:
+            """Cut off connections whose headers did not arrive in time (slowloris)."""
+            while not self._closed.wait(min(0.5, self.header_timeout / 4)):
+                now = time.monotonic()
+                with self._deadlines_lock:
+                    late = [c for c, deadline in self._deadlines.items() if deadline < now]
+                    for connection in late:
+                        del self._deadlines[connection]
+                for connection in late:
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RDWR)
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            _log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+    return HTTPServer
+
+
+def __getattr__(name: str) -> Any:
+    """`perfit.HTTPServer`, made when first asked for (see _http_server_class)."""
+    if name == "HTTPServer":
+        return _http_server_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_server(
@@ -6229,9 +6302,9 @@ def make_server(
     app: Callable,
     max_connections: int = _DEFAULT_MAX_CONNECTIONS,
     header_timeout: float = _HEADER_TIMEOUT,
-) -> HTTPServer:
-    """A threaded WSGI server bound to host:port (port 0 picks a free one)."""
-    return HTTPServer(host, port, app, max_connections, header_timeout)
+) -> Any:
+    """A threaded WSGI server (HTTPServer) bound to host:port (port 0 picks a free one)."""
+    return _http_server_class()(host, port, app, max_connections, header_timeout)
 
 
 # ==============================================================================================
@@ -6241,13 +6314,21 @@ def make_server(
 # ==============================================================================================
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would turn a POST into a GET and take the token to any host."""
+def _opener() -> Any:
+    """A urllib opener that refuses redirects: urllib would turn a POST into a GET and take
+    the token to any host. (urllib.request is imported here: a command that sends nothing
+    starts without it.)"""
+    import urllib.request
 
-    def redirect_request(
-        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> None:
-        raise ServerSaidNo(f"{req.get_full_url()} redirects to {newurl}: set --server to that URL")
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+        ) -> None:
+            raise ServerSaidNo(
+                f"{req.get_full_url()} redirects to {newurl}: set --server to that URL"
+            )
+
+    return urllib.request.build_opener(NoRedirects)
 
 
 #: Statuses after which a request that writes can be sent again: it was not stored.
@@ -6271,6 +6352,10 @@ class Client:
         timeout). What cannot heal fails at once: a 4xx, a name that does not resolve, a
         certificate that does not verify, a write that may have been stored.
         """
+        import http.client
+        import urllib.error
+        import urllib.request
+
         url = self.server.rstrip("/") + path
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Accept": "application/json", "User-Agent": f"perfit/{__version__}"}
@@ -6278,7 +6363,7 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        opener = urllib.request.build_opener(_NoRedirects)
+        opener = _opener()
         deadline = time.monotonic() + self.timeout
         for attempt in range(1000):
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
@@ -6322,6 +6407,10 @@ class Client:
 
 def _fail_if_hopeless(server: str, reason: object) -> None:
     """Fail at once where waiting cannot help: a typo in the host, a certificate that lies."""
+    import socket
+    import ssl
+    import urllib.parse
+
     host = urllib.parse.urlsplit(server).hostname
     if isinstance(reason, socket.gaierror):
         raise SendFailed(
@@ -6343,6 +6432,8 @@ def _decode_answer(url: str, raw: bytes) -> Any:
 
 
 def _server_message(e: urllib.error.HTTPError) -> str:
+    import http.client  # imported already by urllib, which raised e
+
     try:
         return str(json.loads(e.read())["message"])
     except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
@@ -6367,6 +6458,8 @@ def _safe_to_retry(method: str, reason: object) -> bool:
 
 def _server_url(text: str) -> str:
     """The --server value as a base URL (http:// added when missing), or a UsageError."""
+    import urllib.parse
+
     url = text if "://" in text else f"http://{text}"
     try:
         parts = urllib.parse.urlsplit(url)
@@ -6469,8 +6562,8 @@ def _read_hyperfine(text: str) -> list[Result]:
     return [_measured(r["command"], r["median"], "s") for r in doc["results"]]
 
 
-_GO_LINE_RE = re.compile(r"^(Benchmark\S*?)(?:-\d+)?\s+(\d+)\s+(\d.*)$")
-_GO_MEASURE_RE = re.compile(r"([-+0-9.eE]+)\s+(\S+)")
+_GO_LINE_RE = _Regex(r"^(Benchmark\S*?)(?:-\d+)?\s+(\d+)\s+(\d.*)$")
+_GO_MEASURE_RE = _Regex(r"([-+0-9.eE]+)\s+(\S+)")
 
 
 def _read_go(text: str) -> list[Result]:
@@ -6499,7 +6592,7 @@ def _read_go(text: str) -> list[Result]:
         name = f"{package}/{bench}" if len(packages) > 1 and package else bench
         if unit != "ns/op":
             name = f"{name} ({unit})"
-        results.append(_measured(name, statistics.median(values), unit))
+        results.append(_measured(name, _median(values), unit))
     return results
 
 
@@ -6538,15 +6631,15 @@ def _read_google_benchmark(text: str) -> list[Result]:
     results = []
     for name, runs in grouped.items():
         unit = runs[0].get("time_unit", "ns")
-        results.append(_measured(name, statistics.median(r["real_time"] for r in runs), unit))
+        results.append(_measured(name, _median(r["real_time"] for r in runs), unit))
         for field, unit in (("items_per_second", "items/s"), ("bytes_per_second", "bytes/s")):
             if field in runs[0]:
-                value = statistics.median(r[field] for r in runs)
+                value = _median(r[field] for r in runs)
                 results.append(_measured(f"{name} ({unit})", value, unit, "higher"))
     return results
 
 
-_LIBTEST_RE = re.compile(r"^test (\S+)\s+\.\.\.\s+bench:\s+([\d,.]+) (\S+)/iter")
+_LIBTEST_RE = _Regex(r"^test (\S+)\s+\.\.\.\s+bench:\s+([\d,.]+) (\S+)/iter")
 
 
 def _read_libtest(text: str) -> list[Result]:
@@ -6616,7 +6709,7 @@ def _read_pyperf(text: str) -> list[Result]:
         values = [v for run in bench.get("runs", []) for v in run.get("values", [])]
         if values:
             unit = _PYPERF_UNITS.get(meta.get("unit", "second"), meta.get("unit", ""))
-            results.append(_measured(meta.get("name", "pyperf"), statistics.median(values), unit))
+            results.append(_measured(meta.get("name", "pyperf"), _median(values), unit))
     return results
 
 
@@ -6711,6 +6804,8 @@ _GAB_HIGHER_TOOLS = ("pytest", "benchmarkjs", "customBiggerIsBetter", "benchmark
 
 def _commit_time(stamp: object, date_ms: object) -> float:
     """Unix seconds of a data.js entry: its commit's timestamp, else when it was stored."""
+    import datetime
+
     if isinstance(stamp, str):
         with contextlib.suppress(ValueError):  # 3.9's fromisoformat() takes no "Z"
             return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -6762,6 +6857,8 @@ def ci_metadata(env: dict[str, str] | None = None) -> str:
 
 
 def _git_head() -> str:
+    import subprocess
+
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
@@ -7069,6 +7166,8 @@ _SERVE_OPTIONS = (
 
 def _range_query(args: argparse.Namespace, **more: str) -> str:
     """The query string of the range options given (and `more`), "" when there are none."""
+    import urllib.parse
+
     options = {o.flag[2:]: getattr(args, o.flag[2:].replace("-", "_")) for o in _RANGE}
     options.update(more)
     given = {k: v for k, v in options.items() if v}
@@ -7385,6 +7484,8 @@ def _read_points_file(path: str) -> list[dict[str, Any]]:
 
 
 def _csv_points(text: str) -> list[dict[str, Any]]:
+    import csv
+
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"t", "v"} <= set(reader.fieldnames):
         raise ValueError("a CSV file needs a header line naming t, v and optionally m")
@@ -7595,9 +7696,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             return code or EXIT_REFUSED
         rows = _compare_results(args, [Result(_metric_given(args), round(elapsed, 6), "s")])
     else:
-        rows = _compare_results(
-            args, [Result(_metric_given(args), statistics.median(values), "")], values
-        )
+        rows = _compare_results(args, [Result(_metric_given(args), _median(values), "")], values)
     table = _compare_markdown(rows)
     print(table if args.markdown else _compare_text(rows))
     summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
@@ -7695,9 +7794,11 @@ def _compare_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 #: Signals `run` passes on to its command: what CI runners send a job they cancel.
-_FORWARDED_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
-)  # Windows has no SIGHUP
+_FORWARDED_SIGNALS = (
+    "SIGTERM",
+    "SIGINT",
+    "SIGHUP",
+)  #: what `run` passes on (Windows has no SIGHUP)
 
 
 def _run_child(command: list[str]) -> tuple[int, str]:
@@ -7707,6 +7808,9 @@ def _run_child(command: list[str]) -> tuple[int, str]:
     signal passed on, if one was. A Ctrl-C in a terminal reaches the command by itself (the
     whole foreground group gets it), so that one is not passed on a second time.
     """
+    import signal
+    import subprocess
+
     in_terminal = _in_terminal_foreground()
     child: list[subprocess.Popen] = []
     received: list[int] = []
@@ -7717,7 +7821,8 @@ def _run_child(command: list[str]) -> tuple[int, str]:
             with contextlib.suppress(ProcessLookupError):
                 child[0].send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in _FORWARDED_SIGNALS}
+    forwarded = [getattr(signal, name) for name in _FORWARDED_SIGNALS if hasattr(signal, name)]
+    previous = {s: signal.signal(s, forward) for s in forwarded}
     try:
         child.append(subprocess.Popen(command))
         if received:  # a signal came while the command was starting: it gets it now
@@ -7742,6 +7847,9 @@ def _in_terminal_foreground() -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
     # Everything that can fail comes before a root token is made: one printed by a start that
     # then fails (port in use, a module missing) would be lost, and the next start makes none.
     host, port = _parse_listen(args.listen)
@@ -8209,7 +8317,11 @@ _POSTING_COMMANDS = (
 _COMMANDS = (*_SERVER_COMMANDS, *_ACCOUNT_COMMANDS, *_METRIC_COMMANDS, *_POSTING_COMMANDS)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. Given the arguments, only the command they name gets its
+    options (every command is listed, for help and errors): building all of them would cost
+    every CI job's start as much again as importing this module."""
+    chosen = _command_words(argv)
     parser = _Parser(
         prog="perfit",
         description="PerfIt: record and plot CI performance metrics. "
@@ -8231,6 +8343,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     dest="action", metavar="ACTION", required=True
                 )
             where = groups[group[0]]
+        if chosen is not None and command.words != chosen:
+            where.add_parser(name, help=command.help)
+            continue
         parents = [_options("client options", command.client)] if command.client else []
         if command.reads_range:
             parents.append(_options("range (as on a chart; a relative bound wins)", _RANGE))
@@ -8247,6 +8362,15 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_words(argv: Sequence[str] | None) -> str | None:
+    """The command the arguments name ("metric get"), or None: not one of ours (or none)."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")][:2]
+    for command in _COMMANDS:
+        if command.words.split() == words[: len(command.words.split())]:
+            return command.words
+    return None
+
+
 # ==============================================================================================
 # Entry point
 # main() is the only place that exits: it maps PerfitError to one line on stderr and its code.
@@ -8254,7 +8378,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = _build_parser(argv)
     args = parser.parse_args(argv)
     try:
         code = args.func(args)

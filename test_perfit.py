@@ -510,6 +510,26 @@ def test_import_does_not_pull_in_server_dependencies() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+#: What a command that sends nothing (`token gen`, `--help`, a usage error) starts without:
+#: the server's modules, and the client's network stack until it sends something.
+LAZY_MODULES = {
+    *("bottle", "svgwrite", "zstandard", "wsgiref.simple_server", "socketserver"),
+    *("urllib.request", "http.client", "ssl", "subprocess", "logging", "statistics", "typing"),
+}
+
+
+def test_a_command_that_sends_nothing_starts_without_the_network_and_server_modules() -> None:
+    code = (
+        "import sys, perfit; perfit.main(['token', 'gen']); "
+        f"print(sorted(set({sorted(LAZY_MODULES)!r}) & set(sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=str(HERE), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]", "imported at start: see bench/bench_startup.py"
+
+
 def test_the_tests_run_on_pinned_versions_that_ci_and_the_readme_install() -> None:
     """Every package the test extra pulls in, however deep, is pinned in .ci/constraints.txt
     and installed at that version; CI and the README install with those pins."""
