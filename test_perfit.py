@@ -2446,6 +2446,33 @@ def test_bulk_import_comes_back_in_time_order_ties_in_sent_order(
     assert got[0] == {"t": now - 7200, "v": 1.0, "m": "first"}
 
 
+def test_an_import_as_columns_is_the_same_points(url: str, account: Account) -> None:
+    now = int(time.time())
+    as_rows, as_columns = new_metric(url, account.admin), new_metric(url, account.admin)
+    rows = [
+        {"t": now - 60, "v": 2.5, "m": "b"},
+        {"t": now - 120, "v": 1, "m": "a"},
+        {"t": now - 60, "v": 3},
+    ]
+    columns = {
+        "t": [r["t"] for r in rows],
+        "v": [r["v"] for r in rows],
+        "m": [r.get("m", "") for r in rows],
+    }
+    for mid, body in ((as_rows, rows), (as_columns, columns)):
+        assert (
+            ok_json("POST", f"{url}/m/{mid}/points", body=body, token=account.admin)["added"] == 3
+        )
+    assert points(url, as_columns) == points(url, as_rows)
+    assert [p["v"] for p in points(url, as_columns)] == [1, 2.5, 3], "time order, ties as sent"
+    again = ok_json("POST", f"{url}/m/{as_columns}/points", body=columns, token=account.admin)
+    assert again == {"added": 0, "existing": 3}
+    many = {"t": [now] * 10_001, "v": [1.0] * 10_001}
+    assert "10000" in assert_error(
+        http("POST", f"{url}/m/{as_columns}/points", body=many, token=account.admin), 413
+    )
+
+
 BAD_IMPORTS = {
     "not a list": {"t": 1, "v": 1},
     "bad value": [{"t": 1_700_000_000, "v": 1}, {"t": 1_700_000_000, "v": "x"}],
@@ -2454,6 +2481,11 @@ BAD_IMPORTS = {
     "negative t": [{"t": -5, "v": 1}],
     "unknown field": [{"t": 1_700_000_000, "v": 1, "x": 1}],
     "long metadata": [{"t": 1_700_000_000, "v": 1, "m": "é" * 129}],
+    "columns of two lengths": {"t": [1_700_000_000, 1_700_000_001], "v": [1]},
+    "bad value in a column": {"t": [1_700_000_000, 1_700_000_001], "v": [1, True]},
+    "long metadata in a column": {"t": [1_700_000_000], "v": [1], "m": ["é" * 129]},
+    "a column that is no list": {"t": [1_700_000_000], "v": 1},
+    "an unknown column": {"t": [1_700_000_000], "v": [1], "x": [1]},
 }
 
 
@@ -2463,7 +2495,7 @@ def test_a_bad_import_is_400_and_stores_none_of_its_points(
 ) -> None:
     answer = http("POST", f"{url}/m/{metric}/points", body=BAD_IMPORTS[case], token=account.admin)
     message = assert_error(answer, 400)
-    if case == "bad value":
+    if case.startswith("bad value"):
         assert "points[1].v" in message
     assert points(url, metric) == []
 
@@ -3896,6 +3928,7 @@ UNSTATABLE_RULES = (
     "longer than a thousand years",
     "between 1970 and now",
     "shorter than a day",
+    "must have the same length",
 )
 
 
