@@ -73,6 +73,7 @@ __all__ = [
     *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
+    *"DataFile compaction_runs compact_segments TokenEntry token_id parse_keep keep_text".split(),
     # change points and charts
     *"Change detect_changes series_changes metric_changes Marks".split(),
     *"QueryOption CHART_OPTIONS ChartOptions".split(),
@@ -84,8 +85,9 @@ __all__ = [
     *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
-    # the client and the command line
+    # the client, the executable and the command line
     "Client",
+    "write_bundle",
     *"Result read_results detect_format read_gab_data_js ci_metadata".split(),
     "main",
 ]

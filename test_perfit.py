@@ -16,6 +16,7 @@ import contextlib
 import csv
 import html
 import importlib
+import inspect
 import io
 import json
 import os
@@ -508,6 +509,18 @@ def test_import_does_not_pull_in_server_dependencies() -> None:
     code = "import perfit, sys; assert not {'bottle','svgwrite','zstandard'} & set(sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(HERE), capture_output=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_all_names_every_public_function_and_class_and_nothing_that_is_not_there() -> None:
+    public = {
+        name
+        for name, value in vars(perfit).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == "perfit"
+    }
+    assert public <= set(perfit.__all__), "public but not in __all__ (or make it _private)"
+    assert all(hasattr(perfit, name) for name in perfit.__all__)
 
 
 #: What a command that sends nothing (`token gen`, `--help`, a usage error) starts without:
