@@ -2009,8 +2009,9 @@ def compaction_runs(segments: Sequence[DataFile], everything: bool) -> list[list
     runs: list[list[DataFile]] = []
     run: list[DataFile] = []
     size = 0
+    sizes = {segment.path: os.path.getsize(segment.path) for segment in segments}
     for segment in segments:
-        n = os.path.getsize(segment.path)
+        n = sizes[segment.path]
         takes = everything or n < _COMPACT_BYTES // 2
         if run and (size + n > _COMPACT_BYTES or not takes):
             runs.append(run)
@@ -2020,7 +2021,19 @@ def compaction_runs(segments: Sequence[DataFile], everything: bool) -> list[list
             size += n
     if run:
         runs.append(run)
-    return runs if everything else [r for r in runs if len(r) >= _COMPACT_FILES]
+    if everything:
+        return runs
+    tiered = [_without_big_head(r, sizes) for r in runs]
+    return [r for r in tiered if len(r) >= _COMPACT_FILES]
+
+
+def _without_big_head(run: list[DataFile], sizes: dict[str, int]) -> list[DataFile]:
+    """The run less its first segments while each is as big as all after it: merging four
+    of a size at a time (size-tiered) rewrites each point a few times, where merging every
+    new segment into one ever-growing segment would rewrite it again and again."""
+    while len(run) > 1 and sizes[run[0].path] >= sum(sizes[f.path] for f in run[1:]):
+        run = run[1:]
+    return run
 
 
 def _record_metric(rtype: int, doc: dict) -> bytes | None:

@@ -2932,6 +2932,27 @@ def _fill_store(data: Path, runs: int) -> tuple:
     return kept.id, doomed.id, expected
 
 
+@pytest.mark.parametrize(
+    ("segments", "merged"),
+    [
+        ([(1, 1), (2, 2), (3, 3), (4, 4)], [(1, 4)]),  # four small ones become one
+        ([(1, 1), (2, 2), (3, 3)], []),  # three wait for a fourth
+        ([(1, 4), (5, 5), (6, 6), (7, 7), (8, 8)], [(5, 8)]),  # four of a size, not the big one
+        ([(1, 4), (5, 8), (9, 12), (13, 16)], [(1, 16)]),  # then four of the next size
+    ],
+)
+def test_compaction_merges_four_segments_of_a_size_at_a_time(
+    tmp_path: Path, segments: list, merged: list
+) -> None:
+    """Size-tiered: a point is rewritten a few times, not once for every new segment."""
+    for first, last in segments:
+        (tmp_path / perfit._file_name(last, ".seg", first)).write_bytes(
+            b"x" * 1000 * (last - first + 1)
+        )
+    runs = perfit.compaction_runs(perfit.DataFiles.list(str(tmp_path)).live(), everything=False)
+    assert [(run[0].first, run[-1].number) for run in runs] == merged
+
+
 def test_a_crash_between_writing_a_compacted_segment_and_removing_its_sources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
