@@ -4912,6 +4912,28 @@ _METRIC_TEXT_FIELDS = {
 }
 
 
+class _MemoryGiver:
+    """Gives the heap's free pages back to the system a second after a request that used many
+    (an import): once for a burst of them, as a trim costs milliseconds on a big heap."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        self.delay = delay
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def give_back_soon(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.delay, self._give_back)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._timer = None
+        _give_memory_back()
+
+
 @dataclasses.dataclass
 class _Web:
     """What the handlers share: the store, the server's settings and limiters, the caches."""
@@ -4922,6 +4944,7 @@ class _Web:
     auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
     changes: _ChangeCache
     notifier: Notifier
+    memory: _MemoryGiver
 
     @classmethod
     def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
@@ -4930,7 +4953,8 @@ class _Web:
         burst = max(1.0, 2 * config.rate_limit)
         limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
         failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-        return cls(store, config, limiter, failures, _ChangeCache(), Notifier(store))
+        notifier = Notifier(store)
+        return cls(store, config, limiter, failures, _ChangeCache(), notifier, _MemoryGiver())
 
     def address(self) -> str:
         return client_address(_request().environ, self.config.trust_proxy)
@@ -5193,8 +5217,7 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
     batch = _parse_import(body, time.time())
     added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
-    # Its body took megabytes, which the allocator would keep for good (a thread's arena).
-    _request().environ.get("perfit.after", []).append(_give_memory_back)
+    web.memory.give_back_soon()  # its body took megabytes, which the allocator would keep
     answer = {"added": added, "existing": existing}
     if expired:
         answer["expired"] = expired  # older than the metric keeps: not stored
@@ -6297,14 +6320,7 @@ def _http_server_class() -> type:
         def get_environ(self) -> dict:
             environ = super().get_environ()
             environ["perfit.connection"] = self.connection  # to bound reads of refused bodies
-            environ["perfit.after"] = self.after = []  # run once the answer is sent
             return environ
-
-        def handle(self) -> None:
-            self.after: list[Callable[[], None]] = []
-            super().handle()
-            for task in self.after:
-                task()
 
         def address_string(self) -> str:
             return self.client_address[0]  # no reverse DNS per request
