@@ -2920,16 +2920,26 @@ def _store_of_segments(data: Path, runs: int, monkeypatch: pytest.MonkeyPatch) -
 
 
 def _fill_store(data: Path, runs: int) -> tuple:
+    """...with, besides, points of a year ago expired by a keep of 30 days, the kept metric
+    renamed, and a token revoked: what a compaction must carry over."""
     with perfit.Store.open(str(data), seal_bytes=2048) as store:
         account, _ = store.create_account()
         kept, doomed = store.create_metric(account, name="kept"), store.create_metric(account)
+        a_year_ago = (int(time.time()) - 365 * 86400) * perfit.US
+        store.add_points(
+            kept.id, perfit.PointBatch.of([(a_year_ago + i, 1.0, b"") for i in range(50)])
+        )
+        revoked = store.create_token(account, "post")
         for i in range(runs):
             store.add_point(kept.id, float(i), f"sha{i:05d}")
             store.add_point(doomed.id, float(i), "x" * 100)
         store.delete_metric(doomed)
+        store.revoke_token(account, perfit.token_id(perfit.hash_token(revoked)))
+        store.edit_metric(kept, {"name": "renamed", "keep": 30 * 86400.0})
         expected = _series(store, kept.id)
+        assert len(expected) == runs, "the year-old points were not expired"
         store.sealer.run_now(everything=False)  # seal what is full; no compaction yet
-    return kept.id, doomed.id, expected
+    return kept.id, doomed.id, expected, revoked
 
 
 @pytest.mark.parametrize(
@@ -2956,7 +2966,7 @@ def test_compaction_merges_four_segments_of_a_size_at_a_time(
 def test_a_crash_between_writing_a_compacted_segment_and_removing_its_sources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kept, doomed, expected = _store_of_segments(tmp_path, 400, monkeypatch)
+    kept, doomed, expected, _ = _store_of_segments(tmp_path, 400, monkeypatch)
     sources = {p.name: p.read_bytes() for p in _files(tmp_path, ".seg")}
     assert len(sources) >= 20
     with perfit.Store.open(str(tmp_path)) as store:
@@ -2989,7 +2999,7 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tmp_path / "source"
-    kept, doomed, expected = _store_of_segments(source, 1200, monkeypatch)
+    kept, doomed, expected, revoked = _store_of_segments(source, 1200, monkeypatch)
     assert len(_files(source, ".seg")) >= 40
     for moment, now in _COMPACTION_MOMENTS.items():
         data = tmp_path / moment
@@ -3005,6 +3015,9 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
         with perfit.Store.open(str(data)) as store:
             assert _series(store, kept) == expected, f"killed {moment}: lost or doubled points"
             assert doomed not in store.metrics
+            metric = store.metrics[kept]
+            assert (metric.name, metric.to_json()["keep"]) == ("renamed", "30d")
+            assert store.authenticate(revoked) is None, "a revoked token works again"
         assert not [p for r in perfit.check_directory(str(data)) for p in r.problems]
 
 
