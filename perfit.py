@@ -1165,6 +1165,12 @@ class Series:
             rows = range(lo, bisect.bisect_right(self.times, max(batch.times), lo))
             if not rows:
                 return batch  # the usual import: all of it later (or earlier) than what is here
+            if (  # the same points again (a file imported twice), compared a column at a time
+                self.times[rows.start : rows.stop] == batch.times
+                and self.values[rows.start : rows.stop] == batch.values
+                and [self.metadata_bytes(i) for i in rows] == batch.metas()
+            ):
+                return PointBatch(array("q"), array("d"), array("H"), b"")
             stored = collections.Counter(
                 (self.times[i], self.values[i], self.metadata_bytes(i)) for i in rows
             )
@@ -3825,12 +3831,12 @@ def _checked_columns(t: list, v: list, m: list | None, now: float) -> PointBatch
         return None
     if times and not (min(times) >= 0 and max(times) <= now + _FUTURE_SLACK):
         return None
-    blobs = [b""] * len(t)
+    blobs = None  # no metadata
     if m is not None:
-        if {type(x) for x in m} - {str}:
+        if {*map(type, m)} - {str}:
             return None
         try:
-            blobs = [text.encode("utf-8") for text in m]
+            blobs = list(map(str.encode, m))  # UTF-8
         except UnicodeEncodeError:
             return None
         if blobs and max(map(len, blobs)) > _MAX_METADATA_BYTES:
@@ -3840,7 +3846,9 @@ def _checked_columns(t: list, v: list, m: list | None, now: float) -> PointBatch
         order = sorted(range(len(micros)), key=micros.__getitem__)  # stable
         micros = array("q", [micros[i] for i in order])
         values = array("d", [values[i] for i in order])
-        blobs = [blobs[i] for i in order]
+        blobs = blobs and [blobs[i] for i in order]
+    if blobs is None:
+        return PointBatch(micros, values, array("H", bytes(2 * len(micros))), b"")
     return PointBatch(micros, values, array("H", map(len, blobs)), b"".join(blobs))
 
 
