@@ -5300,6 +5300,46 @@ def test_metric_import_names_a_bad_csv_line_and_accepts_a_bom(
     assert values(url, metric) == [2.5]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "t,v\n1767225600,1.5\n1767225660,-2e-3\n",
+        "v,m,t\n1.5,,1767225600\n2,a b,1767225660",
+        "t,v,m\n1767225600,0,\n",
+        "t,v\n",
+        # not JSON numbers, though float() reads them: the csv module's path does
+        "t,v\n1767225600,1.\n1767225660,+2\n1767225720,.5\n1767225780, 7\n1767225840,01\n",
+        "t,v\n1767225600,NaN\n1767225660,Infinity\n1767225720,1e400\n",
+        'x,t,v,m\n,1767225600,1.5,"a,b"\n',  # quoted: the csv module's path
+        "t,v,m\n1767225600,1.5\n1767225660,2.5,sha,more\n",  # ragged: the same
+    ],
+)
+def test_reading_a_plain_csv_file_a_column_at_a_time_reads_what_the_csv_module_does(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def numbers(columns: dict[str, list]) -> dict[str, list]:
+        return {k: [float(x) for x in c] if k in "tv" else c for k, c in columns.items()}
+
+    fast = numbers(perfit._csv_columns(text))
+    monkeypatch.setattr(perfit, "_plain_csv_columns", lambda text: None)
+    assert repr(fast) == repr(perfit._csv_columns(text))  # repr: nan is not nan
+
+
+def test_an_import_is_sent_a_batch_at_a_time_and_a_refused_one_stops_it(
+    url: str, account: Account, metric: str, tmp_path: Path
+) -> None:
+    start = int(time.time()) - 86400
+    rows = [f"{start + i},{i % 7}" for i in range(25_000)]
+    rows[15_000] = f"{start + 10**9},1"  # in the future: its batch is refused
+    source = tmp_path / "points.csv"
+    source.write_text("t,v\n" + "\n".join(rows) + "\n")
+    done = perfit_main("metric", "import", str(source), *client_args(url, account.admin, metric))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "imported 10000/25000 points" in done.stderr
+    assert "after 10000 of 25000 points: 10000 added" in done.stderr
+    assert len(points(url, metric)) == 10_000
+
+
 GITHUB = {
     "GITHUB_ACTIONS": "true",
     "GITHUB_SHA": "3f2a9c1e7b0d5a6c8e9f00112233445566778899",
