@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import html
-import http
 import importlib
 import io
 import itertools
@@ -4819,6 +4818,7 @@ def _render_error_page(
     A bad chart option links to the same view without options; an unknown metric asked for
     through the open form gets the form again, holding what was typed.
     """
+    import http
     import urllib.parse
 
     esc = html.escape
@@ -6302,6 +6302,7 @@ _BUSY_ANSWER = (
 def _http_server_class() -> type:
     """The server's class, made when first used: wsgiref and socketserver are imports that
     only the server pays for, so a client command starts without them."""
+    import http
     import socket
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
