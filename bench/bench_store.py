@@ -262,28 +262,47 @@ def http_import_memory(tmp: str, data) -> tuple[int, int]:
     try:
         admin = perfit.Client(url, root).call("PUT", "/a/")["access_token"]
         client = perfit.Client(url, admin)
+        threads = _threads_at_rest(server.pid)  # the request threads so far have ended
         before, total = _rss(server.pid), 0
         for rows in data:
             metric = client.call("PUT", "/m/", {"unit": "s"})["metric_id"]
             for i in range(0, len(rows), BATCH):
                 body = [{"t": t / perfit.US, "v": v} for t, v, _ in rows[i : i + BATCH]]
                 total += client.call("POST", f"/m/{metric}/points", body)["added"]
-        _wait_for_sealing(os.path.join(tmp, "import-data"))
+        _wait_for_rest(server.pid, threads, os.path.join(tmp, "import-data"))
         return _rss(server.pid) - before, total
     finally:
         server.terminate()
         server.wait()
 
 
-def _wait_for_sealing(data: str, timeout: float = 30) -> None:
-    """Until the server has sealed every full log: memory is measured at rest."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_for_rest(pid: int, threads: int, data: str, timeout: float = 60) -> None:
+    """Until the server has sealed every full log and finished the pass that sealed them
+    (compaction comes after sealing, and holds a run's points in memory while it works):
+    one log, no temporary file, and no thread beyond those it had before the import, for a
+    few looks in a row. Memory is measured at rest."""
+    deadline, calm = time.monotonic() + timeout, 0
+    while calm < 5:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not come to rest")
         names = os.listdir(data)
-        if sum(n.endswith(".log") for n in names) == 1 and not any(".tmp" in n for n in names):
-            return
+        sealed = sum(n.endswith(".log") for n in names) == 1 and not any(".tmp" in n for n in names)
+        calm = calm + 1 if sealed and _threads(pid) <= threads else 0
         time.sleep(0.05)
-    raise RuntimeError("the server did not seal its logs")
+
+
+def _threads_at_rest(pid: int) -> int:
+    """The server's threads once their number has not changed for a few looks in a row."""
+    seen = [_threads(pid)]
+    while len(seen) < 5 or len(set(seen[-5:])) > 1:
+        time.sleep(0.05)
+        seen.append(_threads(pid))
+    return seen[-1]
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads"))
 
 
 def _rss(pid: int) -> int:
