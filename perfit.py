@@ -4969,6 +4969,8 @@ class _Web:
 
     def written(self, *metric_ids: bytes) -> None:
         """Tell the notifier what a request wrote to, with the base URL it came in on."""
+        if not self.store.index.webhooks:
+            return  # nobody to tell: spare every post the parsing of its URL
         parts = _request().urlparts
         self.notifier.written(metric_ids, f"{parts.scheme}://{parts.netloc}")
 
