@@ -1030,7 +1030,80 @@ def _framed_records(raw: bytes) -> list[tuple[int, bytes]]:
 # ==============================================================================================
 
 
-class Series:
+class _SeriesReading:
+    """What reads a Series without changing its points: spans, ranges, metadata, batches for
+    the files; and retention (what is served, what expires). Series holds the columns."""
+
+    __slots__ = ()
+    times: array
+    values: array
+    horizon: int
+    keep: int
+    _lock: threading.Lock
+    _meta_ends: array | None
+    _meta_blob: bytearray
+
+    def span(self) -> tuple[int, int | None, int | None]:
+        """How many points are served, and the first and last time (µs), without copying them."""
+        with self._lock:
+            first = bisect.bisect_left(self.times, self.served_from())
+            if first == len(self.times):
+                return 0, None, None
+            return len(self.times) - first, self.times[first], self.times[-1]
+
+    def served_from(self) -> int:
+        """The oldest time (µs) a reader may see: retention counts back from now."""
+        if not self.keep:
+            return self.horizon
+        return max(self.horizon, time.time_ns() // 1000 - self.keep)
+
+    def expire(self, before: int) -> int:
+        """Drop the points older than `before` (µs) for good; return how many went."""
+        with self._lock:
+            if before <= self.horizon:
+                return 0
+            self.horizon = before
+            cut = bisect.bisect_left(self.times, before)
+            if cut:
+                if self._meta_ends is not None:
+                    base = self._meta_ends[cut - 1]
+                    self._meta_blob = self._meta_blob[base:]
+                    self._meta_ends = array("Q", (e - base for e in self._meta_ends[cut:]))
+                self.times, self.values = self.times[cut:], self.values[cut:]
+            return cut
+
+    def batch(self, lo: int, hi: int) -> PointBatch:
+        """Points lo to hi (indexes) as a batch, to write to a file."""
+        if self._meta_ends is None or lo == hi:
+            return PointBatch(
+                self.times[lo:hi], self.values[lo:hi], array("H", bytes(2 * (hi - lo))), b""
+            )
+        base = self._meta_ends[lo - 1] if lo else 0
+        ends = self._meta_ends[lo:hi]
+        lens = array("H", map(operator.sub, ends, itertools.chain((base,), ends)))
+        blob = bytes(self._meta_blob[base : ends[-1]])
+        return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, blob)
+
+    def metadata_bytes(self, i: int) -> bytes:
+        if self._meta_ends is None:
+            return b""
+        start = self._meta_ends[i - 1] if i else 0
+        return bytes(self._meta_blob[start : self._meta_ends[i]])
+
+    def metadata(self, i: int) -> str:
+        return self.metadata_bytes(i).decode("utf-8")
+
+    def index_range(self, start: float | None, end: float | None) -> range:
+        """Indexes of the points served with start <= t <= end, in unix seconds (None:
+        unbounded)."""
+        lo = bisect.bisect_left(self.times, self.served_from())
+        if start is not None:
+            lo = max(lo, bisect.bisect_left(self.times, math.ceil(start * US)))
+        hi = len(self) if end is None else bisect.bisect_right(self.times, math.floor(end * US))
+        return range(lo, max(lo, hi))
+
+
+class Series(_SeriesReading):
     """The points of one metric in time order (ties in arrival order), column by column.
 
     Writers hold the series' lock; readers take a snapshot() (a copy of a time range, made
@@ -1180,65 +1253,6 @@ class Series:
             else:
                 fresh.append(point)
         return batch if len(fresh) == len(batch) else PointBatch.of(fresh)
-
-    def span(self) -> tuple[int, int | None, int | None]:
-        """How many points are served, and the first and last time (µs), without copying them."""
-        with self._lock:
-            first = bisect.bisect_left(self.times, self.served_from())
-            if first == len(self.times):
-                return 0, None, None
-            return len(self.times) - first, self.times[first], self.times[-1]
-
-    def served_from(self) -> int:
-        """The oldest time (µs) a reader may see: retention counts back from now."""
-        if not self.keep:
-            return self.horizon
-        return max(self.horizon, time.time_ns() // 1000 - self.keep)
-
-    def expire(self, before: int) -> int:
-        """Drop the points older than `before` (µs) for good; return how many went."""
-        with self._lock:
-            if before <= self.horizon:
-                return 0
-            self.horizon = before
-            cut = bisect.bisect_left(self.times, before)
-            if cut:
-                if self._meta_ends is not None:
-                    base = self._meta_ends[cut - 1]
-                    self._meta_blob = self._meta_blob[base:]
-                    self._meta_ends = array("Q", (e - base for e in self._meta_ends[cut:]))
-                self.times, self.values = self.times[cut:], self.values[cut:]
-            return cut
-
-    def batch(self, lo: int, hi: int) -> PointBatch:
-        """Points lo to hi (indexes) as a batch, to write to a file."""
-        if self._meta_ends is None or lo == hi:
-            return PointBatch(
-                self.times[lo:hi], self.values[lo:hi], array("H", bytes(2 * (hi - lo))), b""
-            )
-        base = self._meta_ends[lo - 1] if lo else 0
-        ends = self._meta_ends[lo:hi]
-        lens = array("H", map(operator.sub, ends, itertools.chain((base,), ends)))
-        blob = bytes(self._meta_blob[base : ends[-1]])
-        return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, blob)
-
-    def metadata_bytes(self, i: int) -> bytes:
-        if self._meta_ends is None:
-            return b""
-        start = self._meta_ends[i - 1] if i else 0
-        return bytes(self._meta_blob[start : self._meta_ends[i]])
-
-    def metadata(self, i: int) -> str:
-        return self.metadata_bytes(i).decode("utf-8")
-
-    def index_range(self, start: float | None, end: float | None) -> range:
-        """Indexes of the points served with start <= t <= end, in unix seconds (None:
-        unbounded)."""
-        lo = bisect.bisect_left(self.times, self.served_from())
-        if start is not None:
-            lo = max(lo, bisect.bisect_left(self.times, math.ceil(start * US)))
-        hi = len(self) if end is None else bisect.bisect_right(self.times, math.floor(end * US))
-        return range(lo, max(lo, hi))
 
 
 class Marks:
@@ -1735,7 +1749,45 @@ def _copy_once(path: str, dest: str) -> int:
 # ==============================================================================================
 
 
-class Log:
+class _LogFile:
+    """The active log's file: started, resumed after a crash (its torn tail cut off), and
+    fsynced, never again after a failure."""
+
+    directory: str
+    number: int
+    exit_on_fatal: bool
+    failed: str | None
+    _fd: int | None
+    _size: int
+
+    def start(self, number: int) -> None:
+        """Append to a new, empty log file with this number."""
+        self._fd, self.number = _create_log(self.directory, number), number
+        self._size = len(LOG_MAGIC)
+
+    def resume(self, number: int, scan: Scan) -> int:
+        """Append to an existing log, cutting off its torn tail; the bytes cut off."""
+        fd, good_end = _reopen_log(scan)
+        if fd is None:
+            self.start(number)  # torn while being created: nothing in it was acknowledged
+        else:
+            self._fd, self.number, self._size = fd, number, good_end
+        return scan.size - good_end
+
+    def _fsync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            # After a failed fsync the kernel may have dropped the dirty pages: retrying could
+            # "succeed" on data that is gone. Stop; replay on restart tells what is durable.
+            self.failed = f"fsync failed: {e.strerror}"
+            _log.critical("store failed: %s", self.failed)
+            if self.exit_on_fatal:
+                os._exit(EXIT_STORE_FATAL)
+            raise StoreError("the data could not be made durable") from e
+
+
+class Log(_LogFile):
     """The active log. It knows nothing of what its records mean.
 
     `on_durable(records)` runs for each batch once it is on disk (the store indexes it there,
@@ -1768,20 +1820,6 @@ class Log:
         self._fd: int | None = None
         self._size = 0
         self._next_rotation = seal_bytes
-
-    def start(self, number: int) -> None:
-        """Append to a new, empty log file with this number."""
-        self._fd, self.number = _create_log(self.directory, number), number
-        self._size = len(LOG_MAGIC)
-
-    def resume(self, number: int, scan: Scan) -> int:
-        """Append to an existing log, cutting off its torn tail; the bytes cut off."""
-        fd, good_end = _reopen_log(scan)
-        if fd is None:
-            self.start(number)  # torn while being created: nothing in it was acknowledged
-        else:
-            self._fd, self.number, self._size = fd, number, good_end
-        return scan.size - good_end
 
     def close(self) -> None:
         """Write what writers still wait for, then close the file."""
@@ -1865,18 +1903,6 @@ class Log:
         self._synced = last
         if self._size >= self._next_rotation:
             self._rotate()
-
-    def _fsync(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            # After a failed fsync the kernel may have dropped the dirty pages: retrying could
-            # "succeed" on data that is gone. Stop; replay on restart tells what is durable.
-            self.failed = f"fsync failed: {e.strerror}"
-            _log.critical("store failed: %s", self.failed)
-            if self.exit_on_fatal:
-                os._exit(EXIT_STORE_FATAL)
-            raise StoreError("the data could not be made durable") from e
 
     def _rotate(self) -> None:
         """Start the next log file (lock held, as leader, all written is durable)."""
@@ -2128,56 +2154,9 @@ class _Operations:
     _import_lock: threading.Lock
     _naming_lock: threading.Lock
 
-    def create_account(self) -> tuple[bytes, str]:
-        """A new account, its board, and its first admin token."""
-        account = new_id()
-        doc = {"id": b64encode(account), "created": time.time()}
-        token, token_doc = _token_doc(account, "admin")
-        records = (
-            _json_record(_REC_ACCOUNT, doc),
-            _json_record(_REC_BOARD, _board_doc(account)),
-            _json_record(_REC_TOKEN, token_doc),
-        )
-        self.log.append(_REC_BATCH, lambda: pack_batch(records))
-        return account, token
 
-    def create_token(self, account: bytes, token_type: str) -> str:
-        token, doc = _token_doc(account, token_type)
-        self.log.append(_REC_TOKEN, lambda: json.dumps(doc).encode())
-        return token
-
-    def tokens_of(self, account: bytes) -> list[TokenEntry]:
-        """The account's tokens that work, oldest first."""
-        return [e for e in self.index.token_ids.values() if e.principal.account == account]
-
-    def revoke_token(self, account: bytes, raw_id: bytes) -> None:
-        """Make one of the account's tokens stop working; never its last admin token, which
-        would leave nobody able to manage it."""
-        with self._naming_lock:
-            entry = self.index.token_ids.get(raw_id)
-            if entry is None or entry.principal.account != account:
-                raise NotFound(f"the account has no token with id {b64encode(raw_id)!r}")
-            admins = [e for e in self.tokens_of(account) if e.principal.type == "admin"]
-            if admins == [entry]:
-                raise Forbidden(
-                    "this is the account's last admin token; make another one "
-                    "(PUT /t/ with type admin) before revoking it"
-                )
-            doc = {"token": b64encode(raw_id)}
-            self.log.append(_REC_REVOKE, lambda: json.dumps(doc).encode())
-
-    def replace_board(self, account: bytes) -> bytes:
-        """A new board id for the account; links with the old one stop working."""
-        doc = _board_doc(account)
-        self.log.append(_REC_BOARD, lambda: json.dumps(doc).encode())
-        return _raw(doc["board"])
-
-    def _give_boards(self) -> None:
-        """A board for each account of a data directory from before boards (PerfIt 0.1)."""
-        boardless = [a for a in self.index.accounts if a not in self.index.board_of]
-        if boardless:
-            records = [_json_record(_REC_BOARD, _board_doc(a)) for a in boardless]
-            self.log.append(_REC_BATCH, lambda: pack_batch(records))
+class _MetricOperations(_Operations):
+    """Metrics: made (by name too, and by a CI run), changed, deleted, expired, marked."""
 
     def create_metric(self, account: bytes, **fields: str) -> Metric:
         """A new metric; a name its account already uses is a Conflict naming that metric."""
@@ -2286,14 +2265,73 @@ class _Operations:
             self.log.append(_REC_EXPIRE, lambda: json.dumps({"before": before}).encode())
         return count
 
-    def set_webhook(self, account: bytes, url: str | None) -> None:
-        doc = {"account": b64encode(account), "url": url}
-        self.log.append(_REC_WEBHOOK, lambda: json.dumps(doc).encode())
-
     def mark(self, metric_id: bytes, kind: str, start: int, end: int) -> None:
         """Accept a change (start: its time, µs), or exclude or include points (µs, inclusive)."""
         doc = {"metric": b64encode(metric_id), "kind": kind, "start": start, "end": end}
         self.log.append(_REC_MARK, lambda: json.dumps(doc).encode())
+
+
+class _AccountOperations(_Operations):
+    """Accounts, their tokens (made, listed, revoked), boards and webhooks."""
+
+    def create_account(self) -> tuple[bytes, str]:
+        """A new account, its board, and its first admin token."""
+        account = new_id()
+        doc = {"id": b64encode(account), "created": time.time()}
+        token, token_doc = _token_doc(account, "admin")
+        records = (
+            _json_record(_REC_ACCOUNT, doc),
+            _json_record(_REC_BOARD, _board_doc(account)),
+            _json_record(_REC_TOKEN, token_doc),
+        )
+        self.log.append(_REC_BATCH, lambda: pack_batch(records))
+        return account, token
+
+    def create_token(self, account: bytes, token_type: str) -> str:
+        token, doc = _token_doc(account, token_type)
+        self.log.append(_REC_TOKEN, lambda: json.dumps(doc).encode())
+        return token
+
+    def tokens_of(self, account: bytes) -> list[TokenEntry]:
+        """The account's tokens that work, oldest first."""
+        return [e for e in self.index.token_ids.values() if e.principal.account == account]
+
+    def revoke_token(self, account: bytes, raw_id: bytes) -> None:
+        """Make one of the account's tokens stop working; never its last admin token, which
+        would leave nobody able to manage it."""
+        with self._naming_lock:
+            entry = self.index.token_ids.get(raw_id)
+            if entry is None or entry.principal.account != account:
+                raise NotFound(f"the account has no token with id {b64encode(raw_id)!r}")
+            admins = [e for e in self.tokens_of(account) if e.principal.type == "admin"]
+            if admins == [entry]:
+                raise Forbidden(
+                    "this is the account's last admin token; make another one "
+                    "(PUT /t/ with type admin) before revoking it"
+                )
+            doc = {"token": b64encode(raw_id)}
+            self.log.append(_REC_REVOKE, lambda: json.dumps(doc).encode())
+
+    def replace_board(self, account: bytes) -> bytes:
+        """A new board id for the account; links with the old one stop working."""
+        doc = _board_doc(account)
+        self.log.append(_REC_BOARD, lambda: json.dumps(doc).encode())
+        return _raw(doc["board"])
+
+    def _give_boards(self) -> None:
+        """A board for each account of a data directory from before boards (PerfIt 0.1)."""
+        boardless = [a for a in self.index.accounts if a not in self.index.board_of]
+        if boardless:
+            records = [_json_record(_REC_BOARD, _board_doc(a)) for a in boardless]
+            self.log.append(_REC_BATCH, lambda: pack_batch(records))
+
+    def set_webhook(self, account: bytes, url: str | None) -> None:
+        doc = {"account": b64encode(account), "url": url}
+        self.log.append(_REC_WEBHOOK, lambda: json.dumps(doc).encode())
+
+
+class _PointOperations(_Operations):
+    """Points: posted live (timed by the server), added and imported with their own times."""
 
     def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
         """Record a point at the server's arrival time; return that time (µs) once durable."""
@@ -2334,7 +2372,7 @@ class _Operations:
             return added, existing, len(batch) - existing - added
 
 
-class Store(_Operations):
+class Store(_AccountOperations, _MetricOperations, _PointOperations):
     """A data directory, replayed into memory. Use ``Store.open(path)``, which takes the
     directory's lock: one process owns it."""
 
