@@ -68,7 +68,8 @@ __all__ = [
     *"EXIT_UNREACHABLE EXIT_INTERRUPTED EXIT_STORE_FATAL".split(),
     # the store
     *"FRAME POINT REC_POINT LOG_MAGIC SEG_MAGIC Scan encode_record scan_file scan_bytes".split(),
-    *"BATCHED pack_batch unpack_batch RunPoint".split(),
+    *"BATCHED pack_batch unpack_batch RunPoint RUN REC_RUN pack_run unpack_run Row".split(),
+    *"Origin Origins origin_table pack_origin unpack_origin DEFAULT_MAIN_BRANCH".split(),
     *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
@@ -83,6 +84,7 @@ __all__ = [
     # the web
     *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
+    "branch_points",
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
     # the client, the executable and the command line
     "Client",
@@ -471,15 +473,19 @@ _REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include|notified, "sta
 _REC_WEBHOOK = 11  #: JSON {"account", "url"}: where new regressions are told (null: nowhere)
 _REC_EDIT = 12  #: JSON {"id", and what changes of "name", "unit", "description", "better", "keep"}
 _REC_DELETE = 13  #: JSON {"metric"}: a tombstone; the metric and its points are gone
-_REC_EXPIRE = 14  #: JSON {"before": {metric id: µs}}: points older are gone (retention)
+#: JSON {"before": {metric id: µs}, "branches": {metric id: µs}}: points older are gone
+#: (retention); "branches" is for the points of branches other than main (see Metric.branches)
+_REC_EXPIRE = 14
 _REC_REVOKE = 15  #: JSON {"token"}: a token id (see token_id); the token stops working
+REC_RUN = 16  #: a CI run's points: one time, one origin, a value per metric; see RUN
+_REC_SETTINGS = 17  #: JSON {"account", and what changes: "main_branch"}
 _CONTROL_TYPES = (
     *(_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK),
-    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE),
+    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE, _REC_SETTINGS),
 )
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
-    *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH),
+    *(REC_POINT, _REC_POINTS, _REC_SEG_CONTROL, _REC_SEG_POINTS, _REC_BATCH, REC_RUN),
 )
 
 US = 1_000_000  #: times are kept as integer microseconds since the epoch
@@ -492,11 +498,35 @@ US = 1_000_000  #: times are kept as integer microseconds since the epoch
 #                        microseconds
 POINT = struct.Struct("<16sqd")
 
+# Where points came from (see Origins): the commit and branch of a CI run, and its metadata,
+# little-endian; main is 1 when the points count as their account's main branch's:
+#
+#   +----------+-----------------+-------------+-----------------+--------------+---------------+------+
+#   | main: u8 | commit len: u8  | commit: hex | branch len: u8  | branch: UTF-8 | meta len: u16 | meta |
+#   +----------+-----------------+-------------+-----------------+--------------+---------------+------+
+_META_LEN = struct.Struct("<H")
+
+# A CI run (POST /r/, and POST /m/ID, a run of one): one time and one origin for all of its
+# points, so they are stored once a run, not once a point:
+#
+#   +-----------------+----------------+--------------+-------------------------------------+
+#   | time: i64, µs   | origin (above) | count n: u32 | n x (metric id: 16 B, value: f64)   |
+#   +-----------------+----------------+--------------+-------------------------------------+
+RUN = struct.Struct("<q")
+_RUN_COUNT = struct.Struct("<I")
+_RUN_POINT = struct.Struct("<16sd")
+
 # Many points of one metric, column by column (_REC_POINTS, and inside _REC_SEG_POINTS):
 #
 #   +-----------------+-------------+-----------------+----------------+------------------+------+
 #   | metric id: 16 B | count n: u32 | times: n x i64 | values: n x f64 | meta lens: n x u16 | meta |
 #   +-----------------+-------------+-----------------+----------------+------------------+------+
+#
+# then, only when some of the points have an origin (PerfIt 0.3), their origins:
+#
+#   +------------+-----------------------+----------------------------------------------+
+#   | k: u16     | k origins (above)     | refs: n x u16 (0: none; j: the j-th origin) |
+#   +------------+-----------------------+----------------------------------------------+
 #
 # In segments the times are deltas from the previous time (the first from 0) and each column
 # is byte-shuffled (all first bytes, then all second bytes...), so zstd sees long runs.
@@ -614,7 +644,13 @@ def pack_columns(metric_id: bytes, batch: PointBatch, compact: bool = False) -> 
     columns = [times.tobytes(), batch.values.tobytes(), batch.lens.tobytes()]
     if compact:
         columns = [_shuffle(c, w) for c, w in zip(columns, (8, 8, 2))]
-    return _COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
+    packed = _COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
+    if batch.origins is None or not any(batch.origins):
+        return packed
+    table, refs = _local_origins(batch.origins)
+    origins = b"".join(map(pack_origin, table))
+    refs_raw = _shuffle(refs.tobytes(), 2) if compact else refs.tobytes()
+    return packed + _META_LEN.pack(len(table)) + origins + refs_raw
 
 
 def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointBatch]:
@@ -627,9 +663,143 @@ def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointB
     times, values, lens = array("q", raw[0]), array("d", raw[1]), array("H", raw[2])
     if compact:
         times = array("q", itertools.accumulate(times))
-    if len(times) != n or len(lens) != n or sum(lens) != len(payload) - d:
+    end = d + sum(lens)
+    if len(times) != n or len(lens) != n or end > len(payload):
         raise ValueError("point columns do not add up")
-    return metric_id, PointBatch(times, values, lens, payload[d:])
+    origins = _unpack_origin_refs(payload, end, n, compact) if end < len(payload) else None
+    return metric_id, PointBatch(times, values, lens, payload[d:end], origins)
+
+
+def pack_origin(origin: Origin) -> bytes:
+    """An origin as records carry it (see the layout above)."""
+    commit, branch, main, meta = origin
+    name = branch.encode("utf-8")
+    return (
+        bytes((int(main), len(commit)))
+        + commit.encode("ascii")
+        + bytes((len(name),))
+        + name
+        + _META_LEN.pack(len(meta))
+        + meta
+    )
+
+
+def unpack_origin(payload: bytes, offset: int) -> tuple[Origin, int]:
+    """The origin at offset, and where what follows it starts."""
+    try:
+        main, size = payload[offset], payload[offset + 1]
+        offset += 2
+        commit = payload[offset : offset + size].decode("ascii")
+        offset += size
+        size = payload[offset]
+        branch = payload[offset + 1 : offset + 1 + size].decode("utf-8")
+        offset += 1 + size
+        (size,) = _META_LEN.unpack_from(payload, offset)
+    except (IndexError, struct.error):
+        raise ValueError("an origin runs past its record") from None
+    meta = bytes(payload[offset + 2 : offset + 2 + size])
+    if offset + 2 + size > len(payload) or main > 1:
+        raise ValueError("an origin runs past its record")
+    return Origin(commit, branch, bool(main), meta), offset + 2 + size
+
+
+def _local_origins(origins: array) -> tuple[list[Origin], array]:
+    """The distinct origins of a batch's points (of the process-wide table), and each point's
+    place among them (0: none): what a columns record holds."""
+    table = origin_table()
+    local: dict[int, int] = {}
+    refs = array("H", (local.setdefault(g, len(local) + 1) if g else 0 for g in origins))
+    if len(local) > 0xFFFF:
+        raise ValueError("more origins than a record holds")  # a block holds at most 16,384
+    return [table[g] for g in local], refs
+
+
+def _unpack_origin_refs(payload: bytes, offset: int, n: int, compact: bool) -> array:
+    """The origins of a columns record's points, as numbers of the process-wide table."""
+    (k,) = _META_LEN.unpack_from(payload, offset)
+    offset += 2
+    table, ids = origin_table(), [0]
+    for _ in range(k):
+        origin, offset = unpack_origin(payload, offset)
+        ids.append(table.intern(origin))
+    raw = payload[offset:]
+    if len(raw) != 2 * n:
+        raise ValueError("point origins do not add up")
+    refs = array("H", _unshuffle(raw, 2) if compact else raw)
+    if max(refs, default=0) > k:
+        raise ValueError("a point names an origin that is not there")
+    return array("I", map(ids.__getitem__, refs))
+
+
+def pack_run(t: int, origin: Origin, points: Sequence[tuple[bytes, float]]) -> bytes:
+    """A CI run's record payload: its time (µs), its origin, and a value for each metric."""
+    head = RUN.pack(t) + pack_origin(origin) + _RUN_COUNT.pack(len(points))
+    return head + b"".join(_RUN_POINT.pack(metric_id, value) for metric_id, value in points)
+
+
+def unpack_run(payload: bytes) -> tuple[int, Origin, list[tuple[bytes, float]]]:
+    (t,) = RUN.unpack_from(payload)
+    origin, offset = unpack_origin(payload, RUN.size)
+    (n,) = _RUN_COUNT.unpack_from(payload, offset)
+    offset += _RUN_COUNT.size
+    if len(payload) - offset != n * _RUN_POINT.size:
+        raise ValueError("a run's points do not add up")
+    return t, origin, list(_RUN_POINT.iter_unpack(payload[offset:]))
+
+
+class Origin(tuple):
+    """Where points came from: a CI run's commit (7-40 hex digits) and branch, whether they
+    count as their account's main branch's (no branch, or the main one when they came), and
+    the run's metadata (a job URL). Every point of a run shares one."""
+
+    __slots__ = ()
+
+    def __new__(cls, commit: str = "", branch: str = "", main: bool = True, meta: bytes = b""):
+        return tuple.__new__(cls, (commit, branch, main, meta))
+
+    commit = property(operator.itemgetter(0))
+    branch = property(operator.itemgetter(1))
+    main = property(operator.itemgetter(2))
+    meta = property(operator.itemgetter(3))
+
+
+class Origins:
+    """Every origin in use, interned process-wide: a point holds its origin's number in a
+    4-byte column (0: none), and the 500 points of a CI run share one entry, not 500 copies
+    of its commit, branch and job URL. Entries are never dropped: one a CI run, a few hundred
+    bytes each."""
+
+    def __init__(self) -> None:
+        self._table: list[Origin] = [Origin()]
+        self._ids: dict[Origin, int] = {Origin(): 0}
+        self._lock = threading.Lock()
+
+    def intern(self, origin: Origin) -> int:
+        found = self._ids.get(origin)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._ids.get(origin)
+            if found is None:
+                self._table.append(origin)  # before its number is handed out: readers index it
+                found = self._ids[origin] = len(self._table) - 1
+            return found
+
+    def __getitem__(self, number: int) -> Origin:
+        return self._table[number]
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+@functools.cache
+def origin_table() -> Origins:
+    """The process's table of origins, made when first needed (a client never needs it)."""
+    return Origins()
+
+
+#: A point as a tuple: (time µs, value, its own metadata, its origin's number).
+Row = tuple
 
 
 @dataclasses.dataclass
@@ -640,23 +810,42 @@ class PointBatch:
     values: array  #: 'd'
     lens: array  #: 'H', metadata length of each point, in bytes
     blob: bytes  #: the metadata, concatenated
+    origins: array | None = None  #: 'I', each point's origin's number; None: none has one
 
     def __len__(self) -> int:
         return len(self.times)
 
     @classmethod
-    def of(cls, points: Sequence[tuple[int, float, bytes]]) -> PointBatch:
-        """A batch of (time µs, value, metadata) tuples, in the order given."""
+    def of(cls, points: Sequence[Row]) -> PointBatch:
+        """A batch of (time µs, value, metadata[, origin number]) tuples, in the order given."""
+        origins = array("I", [p[3] if len(p) > 3 else 0 for p in points])
         return cls(
             array("q", [p[0] for p in points]),
             array("d", [p[1] for p in points]),
             array("H", [len(p[2]) for p in points]),
             b"".join(p[2] for p in points),
+            origins if any(origins) else None,
         )
 
     def metas(self) -> list[bytes]:
         ends = list(itertools.accumulate(self.lens))
         return [self.blob[e - n : e] for e, n in zip(ends, self.lens)]
+
+    def rows(self) -> list[Row]:
+        """The points as (time µs, value, metadata, origin number) tuples."""
+        origins = self.origins if self.origins is not None else itertools.repeat(0)
+        return list(zip(self.times, self.values, self.metas(), origins))
+
+    def split(self, main: Callable[[int], bool]) -> tuple[PointBatch, PointBatch | None]:
+        """(the points whose origin is main's, the others or None): a branch's points are
+        kept apart from main's (see Metric.branches)."""
+        if self.origins is None or all(map(main, set(self.origins))):
+            return self, None
+        rows = self.rows()
+        return (
+            PointBatch.of([r for r in rows if main(r[3])]),
+            PointBatch.of([r for r in rows if not main(r[3])]),
+        )
 
 
 # ==============================================================================================
@@ -948,19 +1137,32 @@ def seal_log(log_path: str, seg_path: str) -> None:
         if rtype in _CONTROL_TYPES:
             control.append((rtype, payload))
         else:
-            for metric_id, batch in _point_batches(rtype, payload):
-                points.setdefault(metric_id, Series()).add(batch)
-    _write_durably(seg_path, _segment_bytes(control, points, compress))
+            _gather_points(points, rtype, payload)
+    _write_durably(seg_path, _segment_bytes(control, points.items(), compress))
+
+
+def _gather_points(points: dict[bytes, Series], rtype: int, payload: bytes) -> None:
+    """Add a record's points to each metric's series in `points`, in the order of replay."""
+    if rtype == REC_RUN:  # the usual record of a log, point by point: no batch for each
+        t, origin, run = unpack_run(payload)
+        number = origin_table().intern(origin)
+        for metric_id, value in run:
+            points.setdefault(metric_id, Series()).add_one(t, value, b"", number)
+        return
+    for metric_id, batch in _point_batches(rtype, payload):
+        points.setdefault(metric_id, Series()).add(batch)
 
 
 def _segment_bytes(
-    control: Sequence[tuple[int, bytes]], points: dict[bytes, Series], compress: Callable
+    control: Sequence[tuple[int, bytes]],
+    points: Iterable[tuple[bytes, Series]],
+    compress: Callable,
 ) -> bytes:
     """A segment: its control records in one compressed block, then each metric's points in
     blocks of at most _SEG_BLOCK_POINTS."""
     framed = b"".join(encode_record(rtype, payload) for rtype, payload in control)
     blocks = [SEG_MAGIC, encode_record(_REC_SEG_CONTROL, compress(framed))]
-    for metric_id, series in points.items():
+    for metric_id, series in points:
         for lo in range(0, len(series), _SEG_BLOCK_POINTS):
             batch = series.batch(lo, min(lo + _SEG_BLOCK_POINTS, len(series)))
             packed = pack_columns(metric_id, batch, compact=True)
@@ -974,6 +1176,10 @@ def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]
         metric_id, t, value = POINT.unpack_from(payload)
         meta = payload[POINT.size :]
         return [(metric_id, PointBatch.of([(t, value, meta)]))]
+    if rtype == REC_RUN:
+        t, origin, points = unpack_run(payload)
+        number = origin_table().intern(origin)
+        return [(m, PointBatch.of([(t, value, b"", number)])) for m, value in points]
     if rtype == _REC_POINTS:
         return [unpack_columns(payload)]
     if rtype == _REC_SEG_POINTS:
@@ -1031,12 +1237,14 @@ def _framed_records(raw: bytes) -> list[tuple[int, bytes]]:
 
 
 class _SeriesReading:
-    """What reads a Series without changing its points: spans, ranges, metadata, batches for
-    the files; and retention (what is served, what expires). Series holds the columns."""
+    """What reads a Series without changing its points: spans, ranges, metadata, origins,
+    batches for the files; and retention (what is served, what expires). Series holds the
+    columns."""
 
     __slots__ = ()
     times: array
     values: array
+    origins: array | None
     horizon: int
     keep: int
     _lock: threading.Lock
@@ -1069,29 +1277,46 @@ class _SeriesReading:
                     base = self._meta_ends[cut - 1]
                     self._meta_blob = self._meta_blob[base:]
                     self._meta_ends = array("Q", (e - base for e in self._meta_ends[cut:]))
+                if self.origins is not None:
+                    self.origins = self.origins[cut:]
                 self.times, self.values = self.times[cut:], self.values[cut:]
             return cut
 
     def batch(self, lo: int, hi: int) -> PointBatch:
         """Points lo to hi (indexes) as a batch, to write to a file."""
+        origins = self.origins[lo:hi] if self.origins is not None else None
         if self._meta_ends is None or lo == hi:
-            return PointBatch(
-                self.times[lo:hi], self.values[lo:hi], array("H", bytes(2 * (hi - lo))), b""
-            )
+            lens = array("H", bytes(2 * (hi - lo)))
+            return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, b"", origins)
         base = self._meta_ends[lo - 1] if lo else 0
         ends = self._meta_ends[lo:hi]
         lens = array("H", map(operator.sub, ends, itertools.chain((base,), ends)))
         blob = bytes(self._meta_blob[base : ends[-1]])
-        return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, blob)
+        return PointBatch(self.times[lo:hi], self.values[lo:hi], lens, blob, origins)
 
-    def metadata_bytes(self, i: int) -> bytes:
+    def own_metadata(self, i: int) -> bytes:
+        """The point's own metadata (an imported point's), not its origin's."""
         if self._meta_ends is None:
             return b""
         start = self._meta_ends[i - 1] if i else 0
         return bytes(self._meta_blob[start : self._meta_ends[i]])
 
+    def origin(self, i: int) -> Origin:
+        """Where the point came from: its run's commit, branch and metadata."""
+        return origin_table()[self.origins[i]] if self.origins is not None else _NO_ORIGIN
+
+    def metadata_bytes(self, i: int) -> bytes:
+        """The point's metadata: its own, else its run's."""
+        return self.own_metadata(i) or self.origin(i).meta
+
     def metadata(self, i: int) -> str:
         return self.metadata_bytes(i).decode("utf-8")
+
+    def row(self, i: int) -> Row:
+        return (self.times[i], self.values[i], self.own_metadata(i), self.origin_number(i))
+
+    def origin_number(self, i: int) -> int:
+        return self.origins[i] if self.origins is not None else 0
 
     def index_range(self, start: float | None, end: float | None) -> range:
         """Indexes of the points served with start <= t <= end, in unix seconds (None:
@@ -1101,6 +1326,9 @@ class _SeriesReading:
             lo = max(lo, bisect.bisect_left(self.times, math.ceil(start * US)))
         hi = len(self) if end is None else bisect.bisect_right(self.times, math.floor(end * US))
         return range(lo, max(lo, hi))
+
+
+_NO_ORIGIN = Origin()
 
 
 class Series(_SeriesReading):
@@ -1114,13 +1342,19 @@ class Series(_SeriesReading):
     are not added again, so a replay ends where the live index did.
     """
 
-    __slots__ = ("_lock", "_meta_blob", "_meta_ends", "horizon", "keep", "times", "values")
+    __slots__ = (
+        *("_lock", "_meta_blob", "_meta_ends", "horizon", "keep", "origins", "times"),
+        "values",
+    )
 
     def __init__(self) -> None:
         self.times = array("q")  #: microseconds since the epoch
         self.values = array("d")
         self._meta_ends: array | None = None  #: 'Q' end of each point's metadata; None: none yet
         self._meta_blob = bytearray()
+        #: 'I' each point's origin (see Origins): its CI run's commit, branch and metadata, 4
+        #: bytes a point; None until a point has one
+        self.origins: array | None = None
         self._lock = threading.Lock()
         self.keep = 0  #: µs of points served, counted back from now; 0: all of them
         self.horizon = 0  #: µs: points before it were expired, and stay gone
@@ -1133,9 +1367,7 @@ class Series(_SeriesReading):
         return how many were dropped as older than the horizon."""
         dropped = 0
         if self.horizon and len(batch) and min(batch.times) < self.horizon:
-            kept = [
-                p for p in zip(batch.times, batch.values, batch.metas()) if p[0] >= self.horizon
-            ]
+            kept = [p for p in batch.rows() if p[0] >= self.horizon]
             dropped, batch = len(batch) - len(kept), PointBatch.of(kept)
         if not len(batch):
             return dropped
@@ -1147,21 +1379,23 @@ class Series(_SeriesReading):
                 self._merge(batch)
         return dropped
 
-    def add_one(self, t: int, value: float, meta: bytes) -> None:
+    def add_one(self, t: int, value: float, meta: bytes = b"", origin: int = 0) -> None:
         """Add one point: the hot path of a live post, which nearly always comes last."""
         if t < self.horizon:
             return
         with self._lock:
             if self.times and t < self.times[-1]:
-                self._insert(t, value, meta)
+                self._insert(t, value, meta, origin)
                 return
             if self._has_metadata(meta):
                 self._meta_blob += meta
                 self._meta_ends.append(len(self._meta_blob))
+            if self._has_origins(origin):
+                self.origins.append(origin)
             self.values.append(value)
             self.times.append(t)
 
-    def _insert(self, t: int, value: float, meta: bytes) -> None:
+    def _insert(self, t: int, value: float, meta: bytes, origin: int) -> None:
         """One point among the others (after those with the same time): no full rebuild."""
         i = bisect.bisect_right(self.times, t)
         if self._has_metadata(meta):
@@ -1169,6 +1403,8 @@ class Series(_SeriesReading):
             self._meta_blob[offset:offset] = meta
             shifted = array("Q", (end + len(meta) for end in self._meta_ends[i:]))
             self._meta_ends[i:] = array("Q", [offset + len(meta)]) + shifted
+        if self._has_origins(origin):
+            self.origins.insert(i, origin)
         self.values.insert(i, value)
         self.times.insert(i, t)
 
@@ -1178,22 +1414,32 @@ class Series(_SeriesReading):
             self._meta_ends = array("Q", bytes(8 * len(self.times)))
         return self._meta_ends is not None
 
+    def _has_origins(self, any_origin: int) -> bool:
+        """Whether origins are kept; the column starts (0 for earlier points) on first use."""
+        if self.origins is None and any_origin:
+            self.origins = array("I", bytes(4 * len(self.times)))
+        return self.origins is not None
+
     def _extend(self, batch: PointBatch) -> None:
         if self._has_metadata(batch.blob):
             ends = itertools.accumulate(batch.lens, initial=len(self._meta_blob))
             self._meta_ends.extend(itertools.islice(ends, 1, None))
             self._meta_blob += batch.blob
+        if self._has_origins(batch.origins is not None and any(batch.origins)):
+            if batch.origins is None:
+                self.origins.extend(array("I", bytes(4 * len(batch))))
+            else:
+                self.origins.extend(batch.origins)
         self.values.extend(batch.values)
         self.times.extend(batch.times)
 
     def _merge(self, batch: PointBatch) -> None:
         # Rare (a backfill into the past): rebuild with a stable sort, so equal times keep
         # arrival order, exactly as inserting each point after its equals would.
-        old = [(self.times[i], self.values[i], self.metadata_bytes(i)) for i in range(len(self))]
-        new = list(zip(batch.times, batch.values, batch.metas()))
-        merged = sorted(old + new, key=operator.itemgetter(0))
+        old = [self.row(i) for i in range(len(self))]
+        merged = sorted(old + batch.rows(), key=operator.itemgetter(0))
         self.times, self.values = array("q"), array("d")
-        self._meta_ends, self._meta_blob = None, bytearray()
+        self._meta_ends, self._meta_blob, self.origins = None, bytearray(), None
         self._extend(PointBatch.of(merged))
 
     def snapshot(
@@ -1210,6 +1456,8 @@ class Series(_SeriesReading):
                 rows = rows[max(0, len(rows) - last) :]
             copy.times = self.times[rows.start : rows.stop]
             copy.values = self.values[rows.start : rows.stop]
+            if self.origins is not None:
+                copy.origins = self.origins[rows.start : rows.stop]
             if self._meta_ends is not None and rows:
                 base = self._meta_ends[rows.start - 1] if rows.start else 0
                 ends = self._meta_ends[rows.start : rows.stop]
@@ -1218,14 +1466,20 @@ class Series(_SeriesReading):
         return copy
 
     @classmethod
-    def of(cls, points: Sequence[tuple[int, float, bytes]]) -> Series:
-        """A series of (time µs, value, metadata) points, already in time order."""
+    def of(cls, points: Sequence[Row]) -> Series:
+        """A series of (time µs, value, metadata[, origin]) points, already in time order."""
         series = cls()
         series._extend(PointBatch.of(points))
         return series
 
+    def where(self, keep: Callable[[int], bool]) -> Series:
+        """A copy of the points whose index `keep` likes."""
+        return Series.of([self.row(i) for i in range(len(self)) if keep(i)])
+
     def not_stored(self, batch: PointBatch) -> PointBatch:
-        """The points of `batch` not stored yet (same time, value and metadata), in its order.
+        """The points of `batch` not stored yet, in its order: the same time, value, metadata
+        (its own or its run's), commit and branch as a stored one (an exported file imported
+        again is the same points).
 
         Counted as a multiset: a point sent twice and stored once is missing once.
         """
@@ -1237,22 +1491,28 @@ class Series(_SeriesReading):
             rows = range(lo, bisect.bisect_right(self.times, max(batch.times), lo))
             if not rows:
                 return batch  # the usual import: all of it later (or earlier) than what is here
+            fresh = batch.rows()
             if (  # the same points again (a file imported twice), compared a column at a time
                 self.times[rows.start : rows.stop] == batch.times
                 and self.values[rows.start : rows.stop] == batch.values
-                and [self.metadata_bytes(i) for i in rows] == batch.metas()
+                and [self._identity(self.row(i)) for i in rows] == list(map(self._identity, fresh))
             ):
                 return PointBatch(array("q"), array("d"), array("H"), b"")
-            stored = collections.Counter(
-                (self.times[i], self.values[i], self.metadata_bytes(i)) for i in rows
-            )
-        fresh = []
-        for point in zip(batch.times, batch.values, batch.metas()):
-            if stored[point]:
-                stored[point] -= 1
+            stored = collections.Counter(self._identity(self.row(i)) for i in rows)
+        new = []
+        for point in fresh:
+            key = self._identity(point)
+            if stored[key]:
+                stored[key] -= 1
             else:
-                fresh.append(point)
-        return batch if len(fresh) == len(batch) else PointBatch.of(fresh)
+                new.append(point)
+        return batch if len(new) == len(batch) else PointBatch.of(new)
+
+    @staticmethod
+    def _identity(row: Row) -> tuple:
+        """What makes two points the same point: (time, value, metadata, commit, branch)."""
+        origin = origin_table()[row[3]]
+        return row[0], row[1], row[2] or origin.meta, origin.commit, origin.branch
 
 
 class Marks:
@@ -1292,6 +1552,16 @@ class Marks:
         return out
 
 
+_BRANCH_KEEP = 30 * 86400 * US  #: a branch's points are kept this long (µs)
+DEFAULT_MAIN_BRANCH = "main"  #: an account's main branch until it says otherwise
+
+
+def _branch_series() -> Series:
+    series = Series()
+    series.keep = _BRANCH_KEEP
+    return series
+
+
 @dataclasses.dataclass
 class Metric:
     id: bytes
@@ -1301,18 +1571,21 @@ class Metric:
     unit: str = ""
     description: str = ""
     better: str = "lower"
-    series: Series = dataclasses.field(default_factory=Series, repr=False)
+    series: Series = dataclasses.field(default_factory=Series, repr=False)  #: main's points
+    #: The points of other branches (a pull request's, a feature branch's), all of them in one
+    #: series, told apart by their origins: kept BRANCH_KEEP, drawn over main's line when asked
+    #: for, and never part of main's change points, checks, badge, board or baselines.
+    branches: Series = dataclasses.field(default_factory=_branch_series, repr=False)
     marks: Marks = dataclasses.field(default_factory=Marks, repr=False)
 
     def kept(self, series: Series) -> Series:
         """A snapshot of this metric's points without those marked excluded."""
         mask = self.marks.excluded(series.times)
-        if mask is None:
-            return series
-        rows = [i for i, excluded in enumerate(mask) if not excluded]
-        return Series.of(
-            [(series.times[i], series.values[i], series.metadata_bytes(i)) for i in rows]
-        )
+        return series if mask is None else series.where(lambda i: not mask[i])
+
+    def series_of(self, origin: int) -> Series:
+        """Where a point of this origin goes: main's series, or the branches'."""
+        return self.series if origin_table()[origin].main else self.branches
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1370,6 +1643,8 @@ class Index:
         self.boards: dict[bytes, bytes] = {}  #: board id -> account
         self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
         self.webhooks: dict[bytes, str] = {}  #: account -> the URL told of new regressions
+        #: account -> the branch whose points are main's, when it is not DEFAULT_MAIN_BRANCH
+        self.main_branches: dict[bytes, str] = {}
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
         #: Metrics deleted: records that still name them (in files not yet compacted, or
         #: written as the delete landed) are passed over.
@@ -1388,10 +1663,26 @@ class Index:
             else:
                 metric.series.add_one(t, value, payload[POINT.size :])
             self.last_t = max(self.last_t, t)
+        elif rtype == REC_RUN:
+            t, origin, points = unpack_run(payload)
+            number = origin_table().intern(origin)
+            for metric_id, value in points:
+                metric = self._metric(metric_id)
+                if metric is None:
+                    self.garbage += 1
+                else:
+                    metric.series_of(number).add_one(t, value, b"", number)
+            self.last_t = max(self.last_t, t)
         elif rtype in (_REC_POINTS, _REC_SEG_POINTS):
             for metric_id, batch in _point_batches(rtype, payload):
                 metric = self._metric(metric_id)
-                self.garbage += len(batch) if metric is None else metric.series.add(batch)
+                if metric is None:
+                    self.garbage += len(batch)
+                    continue
+                main, others = batch.split(lambda number: origin_table()[number].main)
+                self.garbage += metric.series.add(main)
+                if others is not None:
+                    self.garbage += metric.branches.add(others)
         elif rtype == _REC_SEG_CONTROL:
             for inner_type, inner in _control_records(payload):
                 self.apply(inner_type, inner)
@@ -1438,6 +1729,10 @@ class Index:
             self.by_account.setdefault(metric.account, []).append(metric)
             if metric.name:
                 self.names.setdefault((metric.account, metric.name), metric)
+        elif rtype == _REC_SETTINGS:
+            account = _raw(doc["account"])
+            if "main_branch" in doc:
+                self.main_branches[account] = doc["main_branch"]
         elif rtype == _REC_WEBHOOK:
             account = _raw(doc["account"])
             if doc["url"]:
@@ -1456,10 +1751,11 @@ class Index:
     def _apply_lifecycle(self, rtype: int, doc: dict) -> None:
         """A metric edited, deleted, or its oldest points expired."""
         if rtype == _REC_EXPIRE:
-            for text, before in doc["before"].items():
-                metric = self._metric(_raw(text))
-                if metric is not None:
-                    self.garbage += metric.series.expire(before)
+            for key, which in (("before", "series"), ("branches", "branches")):
+                for text, before in doc.get(key, {}).items():
+                    metric = self._metric(_raw(text))
+                    if metric is not None:
+                        self.garbage += getattr(metric, which).expire(before)
             return
         if rtype == _REC_DELETE:
             # A metric compaction has left out is known by its tombstone alone.
@@ -1469,7 +1765,7 @@ class Index:
             if metric is not None:
                 self.by_account[metric.account].remove(metric)
                 self._unname(metric)
-                self.garbage += len(metric.series)
+                self.garbage += len(metric.series) + len(metric.branches)
             return
         metric = self._metric(_raw(doc["id"]))
         if metric is None:
@@ -1484,6 +1780,10 @@ class Index:
                 setattr(metric, field, doc[field])
         if "keep" in doc:
             metric.series.keep = round((doc["keep"] or 0) * US)
+
+    def main_branch(self, account: bytes) -> str:
+        """The branch whose points are the account's main line (and baselines)."""
+        return self.main_branches.get(account, DEFAULT_MAIN_BRANCH)
 
     def _unname(self, metric: Metric) -> None:
         """Free the metric's name; a 0.1 metric that shared it (see names) takes it over."""
@@ -2067,6 +2367,16 @@ def _without_big_head(run: list[DataFile], sizes: dict[str, int]) -> list[DataFi
     return run
 
 
+def _main_and_branches(series: Series) -> tuple[Series, Series]:
+    """A metric's points as a segment holds them, split into main's and the branches' (which
+    expire apart)."""
+    main, others = series.batch(0, len(series)).split(lambda n: origin_table()[n].main)
+    branches = Series()
+    if others is not None:
+        branches.add(others)
+    return (series if others is None else Series.of(main.rows())), branches
+
+
 def _record_metric(rtype: int, doc: dict) -> bytes | None:
     """The metric a control record is about, if it is about one."""
     field = {_REC_METRIC: "id", _REC_EDIT: "id", _REC_MARK: "metric", _REC_DELETE: "metric"}
@@ -2100,7 +2410,8 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
                     doc = json.loads(inner)
                     if inner_type == _REC_EXPIRE:
                         # The horizons of now are written below, for all the run names.
-                        named.update(_raw(m) for m in doc["before"])
+                        for key in ("before", "branches"):
+                            named.update(_raw(m) for m in doc.get(key, ()))
                         continue
                     about = _record_metric(inner_type, doc)
                     if about in deleted:
@@ -2117,18 +2428,24 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
                     points.setdefault(metric_id, Series()).add(batch)
                     named.add(metric_id)
     control += [_json_record(_REC_DELETE, {"metric": b64encode(m)}) for m in sorted(gone)]
-    horizons = {}
+    horizons: dict[str, dict[str, int]] = {"before": {}, "branches": {}}
+    kept: list[tuple[bytes, Series]] = []
     for metric_id in sorted(named - deleted):
         metric = index.metrics.get(metric_id)
-        if metric is not None and metric.series.horizon:
-            horizons[b64encode(metric_id)] = metric.series.horizon
-            if metric_id in points:
-                points[metric_id].expire(metric.series.horizon)
-    if horizons:
-        control.append(_json_record(_REC_EXPIRE, {"before": horizons}))
+        parts = _main_and_branches(points.get(metric_id, Series()))
+        for key, part, now in zip(
+            horizons, parts, (metric.series, metric.branches) if metric else ()
+        ):
+            if now.horizon:
+                horizons[key][b64encode(metric_id)] = now.horizon
+                part.expire(now.horizon)
+        kept += [(metric_id, part) for part in parts if len(part)]
+    if horizons["before"] or horizons["branches"]:
+        doc = {key: found for key, found in horizons.items() if found}
+        control.append(_json_record(_REC_EXPIRE, doc))
     first, last = run[0].first, run[-1].number
     path = os.path.join(directory, _file_name(last, _SEG_SUFFIX, first))
-    _write_durably(path, _segment_bytes(control, points, compress))
+    _write_durably(path, _segment_bytes(control, kept, compress))
     for segment in run:
         if segment.path != path:
             os.unlink(segment.path)
@@ -2153,6 +2470,12 @@ class _Operations:
     metrics: dict[bytes, Metric]
     _import_lock: threading.Lock
     _naming_lock: threading.Lock
+
+    def origin(self, account: bytes, commit: str = "", branch: str = "", meta: str = "") -> Origin:
+        """Where points posted to the account now come from; main's when they have no branch
+        or the account's main branch (decided now, and kept with them)."""
+        main = not branch or branch == self.index.main_branch(account)
+        return Origin(commit, branch, main, meta.encode("utf-8"))
 
 
 class _MetricOperations(_Operations):
@@ -2183,6 +2506,8 @@ class _MetricOperations(_Operations):
         points: Sequence[RunPoint],
         metadata: str,
         fit: Callable[[Metric, RunPoint], float],
+        commit: str = "",
+        branch: str = "",
     ) -> tuple[int, dict[str, bytes]]:
         """Store a CI run: its points all at one arrival time, metrics missing by name
         created in `account`; one record, so all of it or none. Returns the time (µs) and the
@@ -2213,18 +2538,15 @@ class _MetricOperations(_Operations):
                     ids[p.name] = metric.id
                     values.append(fit(metric, p))
             creations = [_json_record(_REC_METRIC, d) for d in docs.values()]
-            meta = metadata.encode("utf-8")
+            origin = self.origin(account, commit, branch, metadata)
             stamp = [0]
 
             def payload() -> bytes:
                 stamp[0] = t = self._arrival_time()
-                posts = (
-                    (REC_POINT, POINT.pack(ids[p.name], t, v) + meta)
-                    for p, v in zip(points, values)
-                )
-                return pack_batch(itertools.chain(creations, posts))
+                run = pack_run(t, origin, [(ids[p.name], v) for p, v in zip(points, values)])
+                return pack_batch([*creations, (REC_RUN, run)]) if creations else run
 
-            self.log.append(_REC_BATCH, payload)
+            self.log.append(_REC_BATCH if creations else REC_RUN, payload)
         return stamp[0], ids
 
     def edit_metric(self, metric: Metric, changes: dict[str, Any]) -> None:
@@ -2253,16 +2575,20 @@ class _MetricOperations(_Operations):
         return count
 
     def expire_points(self) -> int:
-        """Write the expiry of every point past its metric's keep; return how many went."""
+        """Write the expiry of every point past its metric's keep, and of branches' points
+        past BRANCH_KEEP; return how many went."""
         now = time.time_ns() // 1000
-        before, count = {}, 0
+        doc: dict[str, dict[str, int]] = {"before": {}, "branches": {}}
+        count = 0
         for metric in list(self.metrics.values()):
-            keep, times = metric.series.keep, metric.series.times
-            if keep and times and times[0] < now - keep:
-                before[b64encode(metric.id)] = now - keep
-                count += bisect.bisect_left(times, now - keep)
-        if before:
-            self.log.append(_REC_EXPIRE, lambda: json.dumps({"before": before}).encode())
+            for key, series in zip(doc, (metric.series, metric.branches)):
+                keep, times = series.keep, series.times
+                if keep and times and times[0] < now - keep:
+                    doc[key][b64encode(metric.id)] = now - keep
+                    count += bisect.bisect_left(times, now - keep)
+        if count:
+            doc = {key: found for key, found in doc.items() if found}
+            self.log.append(_REC_EXPIRE, lambda: json.dumps(doc).encode())
         return count
 
     def mark(self, metric_id: bytes, kind: str, start: int, end: int) -> None:
@@ -2325,6 +2651,11 @@ class _AccountOperations(_Operations):
             records = [_json_record(_REC_BOARD, _board_doc(a)) for a in boardless]
             self.log.append(_REC_BATCH, lambda: pack_batch(records))
 
+    def set_main_branch(self, account: bytes, branch: str) -> None:
+        """Name the account's main branch: points posted from now on with it are main's."""
+        doc = {"account": b64encode(account), "main_branch": branch}
+        self.log.append(_REC_SETTINGS, lambda: json.dumps(doc).encode())
+
     def set_webhook(self, account: bytes, url: str | None) -> None:
         doc = {"account": b64encode(account), "url": url}
         self.log.append(_REC_WEBHOOK, lambda: json.dumps(doc).encode())
@@ -2333,16 +2664,19 @@ class _AccountOperations(_Operations):
 class _PointOperations(_Operations):
     """Points: posted live (timed by the server), added and imported with their own times."""
 
-    def add_point(self, metric_id: bytes, value: float, metadata: str = "") -> int:
-        """Record a point at the server's arrival time; return that time (µs) once durable."""
-        meta = metadata.encode("utf-8")
+    def add_point(
+        self, metric_id: bytes, value: float, metadata: str = "", commit: str = "", branch: str = ""
+    ) -> int:
+        """Record a point at the server's arrival time (a run of one); return that time (µs)
+        once durable."""
+        origin = self.origin(self.metrics[metric_id].account, commit, branch, metadata)
         stamp = [0]
 
         def payload() -> bytes:
             stamp[0] = self._arrival_time()
-            return POINT.pack(metric_id, stamp[0], value) + meta
+            return pack_run(stamp[0], origin, [(metric_id, value)])
 
-        self.log.append(REC_POINT, payload)
+        self.log.append(REC_RUN, payload)
         return stamp[0]
 
     def _arrival_time(self) -> int:
@@ -2362,13 +2696,17 @@ class _PointOperations(_Operations):
         Importing a file twice adds it once. One import at a time, so two of the same file
         cannot both find it missing."""
         with self._import_lock:
-            series = self.metrics[metric_id].series
-            fresh = series.not_stored(batch)
-            existing, oldest = len(batch) - len(fresh), series.served_from()
-            if len(fresh) and min(fresh.times) < oldest:
-                rows = zip(fresh.times, fresh.values, fresh.metas())
-                fresh = PointBatch.of([p for p in rows if p[0] >= oldest])
-            added = self.add_points(metric_id, fresh)
+            metric, rows = self.metrics[metric_id], []
+            existing = 0
+            for part in batch.split(lambda n: origin_table()[n].main):
+                if part is None:
+                    continue
+                series = metric.series_of(part.origins[0]) if part.origins else metric.series
+                fresh = series.not_stored(part)
+                existing += len(part) - len(fresh)
+                rows += [p for p in fresh.rows() if p[0] >= series.served_from()]
+            rows.sort(key=operator.itemgetter(0))  # stable: ties keep the order they came in
+            added = self.add_points(metric_id, PointBatch.of(rows))
             return added, existing, len(batch) - existing - added
 
 
@@ -2946,6 +3284,7 @@ def _series_css() -> str:
     # After the colours, and more specific, so a line is never filled in.
     shapes = (
         "polyline.line { fill: none; stroke-width: 2; stroke-linejoin: round; }\n"
+        "polyline.line.branch { stroke-dasharray: 6 4; }\n"
         "polygon.band { stroke: none; fill-opacity: .28; }\n"
         "circle.ghost { fill-opacity: 0; stroke: none; pointer-events: all; }\n"
         "circle.excluded { fill-opacity: 0; stroke-width: 1.5; }\n"
@@ -3052,6 +3391,12 @@ class ChartSeries:
     #: change points to mark, with the exact time (seconds) where each new level starts
     changes: list[tuple[float, Change]] = dataclasses.field(default_factory=list)
     excluded: frozenset[float] = frozenset()  #: times (seconds) of points marked excluded
+    colour: int | None = None  #: its slot of SERIES_COLOURS; None: its place in the chart
+    branch: str = ""  #: a branch's points, drawn dashed over main's line
+
+    def css(self, place: int) -> str:
+        """Its colour's class."""
+        return f"s{(place if self.colour is None else self.colour) % len(_SERIES_COLOURS)}"
 
 
 # -- numbers, durations and ticks ----------------------------------------------------------------
@@ -3413,12 +3758,12 @@ def render_chart(
     for i, s in enumerate(series):
         # Alone, a change is coloured by its kind; in an overlay, by its metric (the label and
         # the tooltip still say which kind), its label a line lower than the metric's before.
-        colour = f"s{i % len(_SERIES_COLOURS)}" if overlay else ""
+        colour = s.css(i) if overlay else ""
         for at, change in s.changes:
             label_y = top + 14 + (20 * (i % 4) if overlay else 0)
             _draw_change(dwg, change, s, x_of(at), top, bottom, colour, label_y, overlay)
     for i, s in enumerate(series):
-        _draw_series(dwg, s, f"s{i % len(_SERIES_COLOURS)}", opts, len(series) > 1, x_of, y_of)
+        _draw_series(dwg, s, s.css(i), opts, len(series) > 1, x_of, y_of)
     reduced = [s for s in series if s.total > len(s.times)]
     if reduced:
         shown = sum(len(s.times) for s in series)
@@ -3483,7 +3828,7 @@ def _draw_series(
         else:
             markers.add(marker)
     if len(line) > 1:
-        dwg.add(dwg.polyline(line, class_=f"line {colour}"))
+        dwg.add(dwg.polyline(line, class_=f"line {colour}" + (" branch" if s.branch else "")))
     dwg.add(markers)
 
 
@@ -3523,7 +3868,7 @@ def _draw_change(
 def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float) -> None:
     x = left
     for i, s in enumerate(series):
-        colour = f"s{i % len(_SERIES_COLOURS)}"
+        colour = s.css(i)
         dwg.add(dwg.rect((x, y - 9), (14, 4), class_=colour))
         name = s.name[:40]
         dwg.add(dwg.text(name, insert=(x + 18, y - 4), class_="legend"))
@@ -3531,12 +3876,17 @@ def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float)
 
 
 def chart_document(
-    metrics: Sequence[Metric], opts: ChartOptions, changes: _ChangeCache | None = None
+    metrics: Sequence[Metric],
+    opts: ChartOptions,
+    changes: _ChangeCache | None = None,
+    branch: str = "",
 ) -> str:
     """The SVG chart of one or more metrics over the options' range, with their changes
-    (found again, or taken from `changes`, the web layer's cache)."""
+    (found again, or taken from `changes`, the web layer's cache); with `branch`, that
+    branch's points of the (one) metric drawn over main's line in a colour of their own."""
     snapshots = [m.series.snapshot(opts.start, opts.end) for m in metrics]
-    t0, t1 = _chart_range(snapshots, opts)
+    others = [branch_points(m, branch, opts.start, opts.end) for m in metrics if branch]
+    t0, t1 = _chart_range([*snapshots, *others], opts)
     series = [_chart_series(m, s, t0, t1) for m, s in zip(metrics, snapshots)]
     for metric, snapshot, drawn in zip(metrics, snapshots, series):
         if changes is None:
@@ -3544,7 +3894,21 @@ def chart_document(
         else:
             found = changes.get(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
+    for place, (metric, points) in enumerate(zip(metrics, others)):
+        drawn = _chart_series(metric, points, t0, t1)
+        # Alone, in the next colour; over several, in its metric's colour (and dashed).
+        drawn.name, drawn.branch = f"{drawn.name} @ {branch}", branch
+        drawn.colour, drawn.excluded = (1 if len(metrics) == 1 else place), frozenset()
+        series.append(drawn)
     return render_chart(series, opts, t0, t1)
+
+
+def branch_points(
+    metric: Metric, branch: str, start: float | None = None, end: float | None = None
+) -> Series:
+    """A branch's points of the metric (those of the last BRANCH_KEEP), in a time range."""
+    found = metric.branches.snapshot(start, end)
+    return found.where(lambda i: found.origin(i).branch == branch)
 
 
 # -- badges -------------------------------------------------------------------------------------
@@ -3807,57 +4171,62 @@ _IMPORT_SHAPE = (
     'the body must be a JSON array like [{"t": 1767225600, "v": 12.5}], or columns like '
     '{"t": [1767225600], "v": [12.5], "m": ["sha"]}'
 )
+_IMPORT_TEXTS = ("m", "commit", "branch")  #: a point's text fields, besides its t and v
 
 
-def _parse_import(body: Any, now: float) -> PointBatch:
-    """A bulk import body as a batch sorted by time (stable): rows `[{"t", "v", "m"}, ...]`,
-    or the same as columns `{"t": [...], "v": [...], "m": [...]}` (what `metric import`
-    sends: a tenth of the objects to decode). Whole columns are checked at once; only a body
-    that fails that is gone through point by point, to say which point is wrong."""
+def _parse_import(body: Any, now: float, origin_of: Callable[[str, str], int]) -> PointBatch:
+    """A bulk import body as a batch sorted by time (stable): rows `[{"t", "v", "m", "commit",
+    "branch"}, ...]`, or the same as columns `{"t": [...], "v": [...], "m": [...]}` (what
+    `metric import` sends: a tenth of the objects to decode). Whole columns are checked at
+    once; only a body that fails that is gone through point by point, to say which point is
+    wrong. `origin_of(commit, branch)` numbers a point's origin."""
     if isinstance(body, dict):
-        columns = _import_columns(body)
-        rows = None
+        columns, rows = _import_columns(body), None
     else:
         rows = _points_array(body, MAX_IMPORT_POINTS, _IMPORT_SHAPE)
         columns = _columns_of_rows(rows)
-    batch = _checked_columns(*columns, now) if columns is not None else None
+    batch = _checked_columns(columns, now, origin_of) if columns is not None else None
     if batch is not None:
         return batch
     if rows is None:  # columns that failed: as rows, to name the point that is wrong
-        t, v, m = columns
-        rows = [{"t": a, "v": b} for a, b in zip(t, v)]
-        for row, text in zip(rows, m or ()):
-            row["m"] = text
-    return _parse_import_rows(rows, now)
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return _parse_import_rows(rows, now, origin_of)
 
 
-def _import_columns(body: dict) -> tuple[list, list, list | None]:
+def _import_columns(body: dict) -> dict[str, list]:
     """The columns of a columnar import body, their shape checked (not their values)."""
-    _body_object(body, ("t", "v", "m"))
-    t, v, m = body.get("t"), body.get("v"), body.get("m")
-    if not isinstance(t, list) or not isinstance(v, list) or not isinstance(m, (list, type(None))):
+    _body_object(body, ("t", "v", *_IMPORT_TEXTS))
+    columns = {k: body[k] for k in ("t", "v", *_IMPORT_TEXTS) if body.get(k) is not None}
+    if not {"t", "v"} <= set(columns) or not all(isinstance(c, list) for c in columns.values()):
         raise BadRequest(_IMPORT_SHAPE)
-    if len(t) != len(v) or (m is not None and len(m) != len(t)):
-        raise BadRequest("columns t, v and m must have the same length")
-    if len(t) > MAX_IMPORT_POINTS:
-        raise PayloadTooLarge(f"{len(t)} points; at most {MAX_IMPORT_POINTS} in one request")
-    return t, v, m
+    if len({len(c) for c in columns.values()}) > 1:
+        raise BadRequest(f"columns {', '.join(columns)} must have the same length")
+    if len(columns["t"]) > MAX_IMPORT_POINTS:
+        count = len(columns["t"])
+        raise PayloadTooLarge(f"{count} points; at most {MAX_IMPORT_POINTS} in one request")
+    return columns
 
 
-def _columns_of_rows(rows: list) -> tuple[list, list, list] | None:
+def _columns_of_rows(rows: list) -> dict[str, list] | None:
     """Rows `[{"t", "v", "m"}]` as columns, or None if any row is not such an object."""
     try:
-        t = [row["t"] for row in rows]
-        v = [row["v"] for row in rows]
+        columns = {"t": [row["t"] for row in rows], "v": [row["v"] for row in rows]}
     except (TypeError, KeyError):
         return None
-    if any(type(row) is not dict or len(row) != 2 + ("m" in row) for row in rows):
+    fields = {"t", "v", *_IMPORT_TEXTS}
+    if any(type(row) is not dict or not row.keys() <= fields for row in rows):
         return None
-    return t, v, [row.get("m", "") for row in rows]
+    for name in _IMPORT_TEXTS:
+        if any(name in row for row in rows):
+            columns[name] = [row.get(name, "") for row in rows]
+    return columns
 
 
-def _checked_columns(t: list, v: list, m: list | None, now: float) -> PointBatch | None:
+def _checked_columns(
+    columns: dict[str, list], now: float, origin_of: Callable[[str, str], int]
+) -> PointBatch | None:
     """The batch of valid columns, sorted by time (stable); None if any value is not."""
+    t, v, m = columns["t"], columns["v"], columns.get("m")
     if not {type(x) for x in t} | {type(x) for x in v} <= {int, float}:
         return None  # a bool, a string, null...
     try:
@@ -3868,7 +4237,7 @@ def _checked_columns(t: list, v: list, m: list | None, now: float) -> PointBatch
         return None
     if times and not (min(times) >= 0 and max(times) <= now + _FUTURE_SLACK):
         return None
-    blobs = None  # no metadata
+    blobs = [b""] * len(t)  # no metadata
     if m is not None:
         if {*map(type, m)} - {str}:
             return None
@@ -3878,25 +4247,45 @@ def _checked_columns(t: list, v: list, m: list | None, now: float) -> PointBatch
             return None
         if blobs and max(map(len, blobs)) > _MAX_METADATA_BYTES:
             return None
+    try:
+        origins = _origin_column(columns, origin_of)
+    except BadRequest:
+        return None
     micros = array("q", [round(x * US) for x in times])
     if not all(map(operator.le, micros, micros[1:])):
         order = sorted(range(len(micros)), key=micros.__getitem__)  # stable
         micros = array("q", [micros[i] for i in order])
         values = array("d", [values[i] for i in order])
-        blobs = blobs and [blobs[i] for i in order]
-    if blobs is None:
-        return PointBatch(micros, values, array("H", bytes(2 * len(micros))), b"")
-    return PointBatch(micros, values, array("H", map(len, blobs)), b"".join(blobs))
+        blobs = [blobs[i] for i in order]
+        origins = origins and array("I", [origins[i] for i in order])
+    return PointBatch(micros, values, array("H", map(len, blobs)), b"".join(blobs), origins)
 
 
-def _parse_import_rows(items: list, now: float) -> PointBatch:
+def _origin_column(columns: dict[str, list], origin_of: Callable[[str, str], int]) -> array | None:
+    """Each point's origin number, from its commit and branch (None: no point has either)."""
+    if "commit" not in columns and "branch" not in columns:
+        return None
+    blank = [""] * len(columns["t"])
+    if any({*map(type, columns.get(name, ()))} - {str} for name in ("commit", "branch")):
+        raise BadRequest("commit and branch must be strings")
+    found: dict[tuple[str, str], int] = {}
+    numbers = array("I")
+    for commit, branch in zip(columns.get("commit", blank), columns.get("branch", blank)):
+        key = (commit, branch)
+        if key not in found:
+            found[key] = origin_of(_check_commit(commit), _check_branch(branch))
+        numbers.append(found[key])
+    return numbers
+
+
+def _parse_import_rows(items: list, now: float, origin_of: Callable[[str, str], int]) -> PointBatch:
     """Rows, point by point: the first wrong one is named in the 400."""
     rows = []
     for i, item in enumerate(items):
         where = f"points[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object with t, v and optionally m")
-        _body_object(item, ("t", "v", "m"), where)
+        _body_object(item, ("t", "v", *_IMPORT_TEXTS), where)
         for field in ("t", "v"):
             if field not in item:
                 raise BadRequest(f"{where}: missing field {field!r}")
@@ -3905,9 +4294,38 @@ def _parse_import_rows(items: list, now: float) -> PointBatch:
             raise BadRequest(f"{where}.t must be unix seconds between 1970 and now")
         value = _check_value(item["v"], f"{where}.v")
         meta = _check_text(item.get("m", ""), f"{where}.m", _MAX_METADATA_BYTES)
-        rows.append((round(t * US), value, meta.encode("utf-8")))
+        commit = _check_commit(item.get("commit", ""), f"{where}.commit")
+        branch = _check_branch(item.get("branch", ""), f"{where}.branch")
+        rows.append((round(t * US), value, meta.encode("utf-8"), origin_of(commit, branch)))
     rows.sort(key=operator.itemgetter(0))  # stable: equal times keep the order they were sent in
     return PointBatch.of(rows)
+
+
+#: A commit: 7 to 40 hex digits (an abbreviated or a full SHA-1); "" is none.
+_COMMIT_PATTERN = "^([0-9a-fA-F]{7,40})?$"
+_COMMIT_RE = _Regex(_COMMIT_PATTERN)
+
+
+def _check_commit(value: object, what: str = "commit") -> str:
+    """A commit id: 7 to 40 hex digits, kept in lower case; "" is none."""
+    if not isinstance(value, str) or not _COMMIT_RE.fullmatch(value):
+        shown = repr(value)[:60]
+        raise BadRequest(f"{what} {shown} is not a commit id: 7 to 40 hex digits")
+    return value.lower()
+
+
+def _check_branch(value: object, what: str = "branch") -> str:
+    """A branch's name: at most 200 bytes, no control characters, no space at either end;
+    "" is none."""
+    return _check_name(value, what)
+
+
+def _origin_fields(fields: dict, where: str = "") -> tuple[str, str, str]:
+    """The metadata, commit and branch a post or a run carries for all of its points."""
+    metadata = _check_text(fields.get("metadata", ""), f"{where}metadata", _MAX_METADATA_BYTES)
+    commit = _check_commit(fields.get("commit", ""), f"{where}commit")
+    branch = _check_branch(fields.get("branch", ""), f"{where}branch")
+    return metadata, commit, branch
 
 
 def _in_metric_unit(value: float, unit: str, metric: Metric) -> float:
@@ -3948,13 +4366,14 @@ def _check_name(value: object, what: str = "name") -> str:
     return name
 
 
-def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
-    """A CI run's body, `{"metadata", "points": [{"name", "value", "unit", "better"}]}`."""
+def _parse_run(body: Any) -> tuple[list[RunPoint], tuple[str, str, str]]:
+    """A CI run's body, `{"metadata", "commit", "branch", "points": [{"name", "value", "unit",
+    "better"}]}`: its points, and the metadata, commit and branch they share."""
     if body is None:
         raise BadRequest(
             'the body must be a JSON object like {"points": [{"name": "build", "value": 1.5}]}'
         )
-    fields = _body_object(body, ("metadata", "points"))
+    fields = _body_object(body, ("metadata", "commit", "branch", "points"))
     items = _points_array(
         fields.get("points"),
         MAX_RUN_POINTS,
@@ -3977,8 +4396,7 @@ def _parse_run(body: Any) -> tuple[list[RunPoint], str]:
             raise BadRequest(f"{where}.better must be 'lower' or 'higher'")
         unit = _check_text(item.get("unit", ""), f"{where}.unit", _MAX_UNIT_BYTES)
         points.append(RunPoint(name, _check_value(item["value"], f"{where}.value"), unit, better))
-    metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
-    return points, metadata
+    return points, _origin_fields(fields)
 
 
 _MAX_UNIX = 253402300799  #: 9999-12-31T23:59:59Z: the latest time a mark may name
@@ -4036,7 +4454,15 @@ _METRIC_ID = QueryOption(
     "(its page, chart, badge or data); the link's chart options are kept.",
     required=True,
 )
-_QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, _THRESHOLD, _METRIC_ID)}
+#: The option of the views that draw or list points: a branch's, over main's.
+_BRANCH = QueryOption(
+    "branch",
+    "branch",
+    "A branch whose points (of the last 30 days) are drawn over main's line, dashed, or "
+    "listed with main's points.",
+    example="my-feature",
+)
+_QUERY_OPTIONS = {o.name: o for o in (*CHART_OPTIONS, _THRESHOLD, _METRIC_ID, _BRANCH)}
 
 
 def parse_chart_options(query: dict[str, str], now: float) -> ChartOptions:
@@ -5111,6 +5537,11 @@ def _view_request(
     return metrics, parse_chart_options(query, time.time()), query
 
 
+def _view_branch(metrics: Sequence[Metric], query: dict[str, str]) -> str:
+    """The `branch` option of a view: its points drawn (and listed) with main's."""
+    return _check_branch(query.get("branch", "").strip(), "branch")
+
+
 def _cached(body: str, content_type: str, query: dict[str, str]) -> Any:
     """An answer with an ETag and a Cache-Control fitting its range; 304 if unchanged."""
     import hashlib
@@ -5133,16 +5564,32 @@ def _cache_control(query: dict[str, str], now: float) -> str:
     return "public, max-age=60"
 
 
-def points_json(metric: Metric, opts: ChartOptions) -> list[dict[str, Any]]:
-    series = metric.series.snapshot(opts.start, opts.end)
+def points_json(metric: Metric, opts: ChartOptions, branch: str = "") -> list[dict[str, Any]]:
+    """Main's points in the options' range (and a branch's, when asked for), oldest first:
+    {"t", "v"} and, where they are set, "m", "commit" and "branch"."""
     points = []
-    for i in range(len(series)):
+    for series, i in _points_read(metric, opts, branch):
         point: dict[str, Any] = {"t": series.times[i] // US, "v": series.values[i]}
-        meta = series.metadata(i)
+        meta, origin = series.metadata(i), series.origin(i)
         if meta:
             point["m"] = meta
+        if origin.commit:
+            point["commit"] = origin.commit
+        if origin.branch:
+            point["branch"] = origin.branch
         points.append(point)
     return points
+
+
+def _points_read(metric: Metric, opts: ChartOptions, branch: str) -> list[tuple[Series, int]]:
+    """(series, index) of each point a read gives: main's in the range, and the branch's."""
+    parts = [metric.series.snapshot(opts.start, opts.end)]
+    if branch:
+        parts.append(branch_points(metric, branch, opts.start, opts.end))
+    found = [(part, i) for part in parts for i in range(len(part))]
+    if branch:
+        found.sort(key=lambda p: p[0].times[p[1]])  # stable: main's first at the same time
+    return found
 
 
 # -- administration -----------------------------------------------------------------------------
@@ -5247,14 +5694,14 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     metric = _owned_metric(web, metric_id, caller)
     if body is None:
         raise BadRequest('the body must be a JSON object like {"value": 12.5}')
-    fields = _body_object(body, ("value", "metadata", "unit"))
+    fields = _body_object(body, ("value", "metadata", "unit", "commit", "branch"))
     if "value" not in fields:
         raise BadRequest("missing field 'value'")
     value = _check_value(fields["value"])
     if "unit" in fields:
         value = _in_metric_unit(value, _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES), metric)
-    metadata = _check_text(fields.get("metadata", ""), "metadata", _MAX_METADATA_BYTES)
-    t = web.store.add_point(metric.id, value, metadata)
+    metadata, commit, branch = _origin_fields(fields)
+    t = web.store.add_point(metric.id, value, metadata, commit, branch)
     web.written(metric.id)
     return json_response({"t": t // US})
 
@@ -5262,7 +5709,11 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
 def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     """Import points with their own times, all or nothing; those already stored are skipped."""
     metric = _owned_metric(web, metric_id, caller)
-    batch = _parse_import(body, time.time())
+
+    def origin_of(commit: str, branch: str) -> int:
+        return origin_table().intern(web.store.origin(metric.account, commit, branch))
+
+    batch = _parse_import(body, time.time(), origin_of)
     added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
     web.memory.give_back_soon()  # its body took megabytes, which the allocator would keep
@@ -5274,12 +5725,12 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
 
 def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
     """Post a CI run: a point for each name, one time, metrics missing by name created."""
-    points, metadata = _parse_run(body)
+    points, (metadata, commit, branch) = _parse_run(body)
 
     def fit(metric: Metric, point: RunPoint) -> float:
         return _in_metric_unit(point.value, point.unit, metric) if point.unit else point.value
 
-    t, ids = web.store.post_run(caller.account, points, metadata, fit)
+    t, ids = web.store.post_run(caller.account, points, metadata, fit, commit, branch)
     web.written(*ids.values())
     return json_response({"t": t // US, "metrics": {n: b64encode(i) for n, i in ids.items()}})
 
@@ -5299,23 +5750,40 @@ def _show_account(web: _Web, caller: Principal) -> Any:
             "account_id": b64encode(caller.account),
             "board_id": b64encode(index.board_of[caller.account]),
             "webhook": index.webhooks.get(caller.account),
+            "main_branch": index.main_branch(caller.account),
             "metrics": metrics,
         }
     )
 
 
 def _change_account(web: _Web, caller: Principal, body: Any) -> Any:
-    """Set (or, with null, remove) the webhook that hears of each new regression."""
-    fields = _body_object(body, ("webhook",))
-    if "webhook" not in fields:
-        raise BadRequest('the body must be {"webhook": "https://..."} or {"webhook": null}')
-    url = fields["webhook"]
-    if url is not None:
-        url = _check_text(url, "webhook", _MAX_WEBHOOK_BYTES)
-        if not re.fullmatch(_WEBHOOK_PATTERN, url):
-            raise BadRequest("webhook: an http:// or https:// URL, or null")
-    web.store.set_webhook(caller.account, url)
-    return json_response({"account_id": b64encode(caller.account), "webhook": url})
+    """Set the account's webhook (null: none) or its main branch."""
+    fields = _body_object(body, ("webhook", "main_branch"))
+    if not fields:
+        raise BadRequest(
+            'the body must say what changes: {"webhook": "https://..."} (or null), '
+            '{"main_branch": "main"}'
+        )
+    if "main_branch" in fields:
+        branch = _check_branch(fields["main_branch"], "main_branch")
+        if not branch:
+            raise BadRequest("main_branch is empty: name the branch whose points are main's")
+        web.store.set_main_branch(caller.account, branch)
+    if "webhook" in fields:
+        url = fields["webhook"]
+        if url is not None:
+            url = _check_text(url, "webhook", _MAX_WEBHOOK_BYTES)
+            if not re.fullmatch(_WEBHOOK_PATTERN, url):
+                raise BadRequest("webhook: an http:// or https:// URL, or null")
+        web.store.set_webhook(caller.account, url)
+    index = web.store.index
+    return json_response(
+        {
+            "account_id": b64encode(caller.account),
+            "webhook": index.webhooks.get(caller.account),
+            "main_branch": index.main_branch(caller.account),
+        }
+    )
 
 
 def _replace_board(web: _Web, caller: Principal, body: Any) -> Any:
@@ -5409,7 +5877,7 @@ def _show_page(web: _Web, ids: str) -> Any:
     """The page of a metric, or of several overlaid: the chart, a form for its options."""
     metrics, opts, query = _view_request(web, ids, "html")
     nested = _request().path.endswith("/html")
-    svg = chart_document(metrics, opts, web.changes)
+    svg = chart_document(metrics, opts, web.changes, _view_branch(metrics, query))
     return _answer(
         _render_metric_page(metrics, query, svg, nested), headers={"Content-Type": _HTML_TYPE}
     )
@@ -5418,30 +5886,37 @@ def _show_page(web: _Web, ids: str) -> Any:
 def _show_chart(web: _Web, ids: str) -> Any:
     """The chart of a metric, or of several overlaid (the link READMEs embed)."""
     metrics, opts, query = _view_request(web, ids, "svg")
-    return _cached(chart_document(metrics, opts, web.changes), _SVG_TYPE, query)
+    branch = _view_branch(metrics, query)
+    return _cached(chart_document(metrics, opts, web.changes, branch), _SVG_TYPE, query)
 
 
 def _show_points(web: _Web, ids: str) -> Any:
     """The points: of one metric, or of each of several, by id."""
     metrics, opts, query = _view_request(web, ids, "json")
+    branch = _view_branch(metrics, query)
     if len(metrics) == 1:
-        doc: Any = points_json(metrics[0], opts)
+        doc: Any = points_json(metrics[0], opts, branch)
     else:
-        doc = {b64encode(m.id): points_json(m, opts) for m in metrics}
+        doc = {b64encode(m.id): points_json(m, opts, branch) for m in metrics}
     return _cached(json.dumps(doc, separators=(",", ":")), "application/json", query)
 
 
 def _show_csv(web: _Web, ids: str) -> Any:
     """The points as CSV: t,v,m after a header line."""
-    (metric,), opts, _ = _view_request(web, ids, "csv")
+    (metric,), opts, query = _view_request(web, ids, "csv")
     out = io.StringIO()
     import csv
 
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(("t", "v", "m"))
-    series = metric.series.snapshot(opts.start, opts.end)
-    for i in range(len(series)):
-        writer.writerow((series.times[i] // US, repr(series.values[i]), series.metadata(i)))
+    found = _points_read(metric, opts, _view_branch([metric], query))
+    origins = [series.origin(i) for series, i in found]
+    where = any(
+        o.commit or o.branch for o in origins
+    )  # the columns of 0.3, where they say something
+    writer.writerow(("t", "v", "m", "commit", "branch") if where else ("t", "v", "m"))
+    for (series, i), origin in zip(found, origins):
+        row = (series.times[i] // US, repr(series.values[i]), series.metadata(i))
+        writer.writerow((*row, origin.commit, origin.branch) if where else row)
     return _answer(out.getvalue(), headers={"Content-Type": "text/csv; charset=utf-8"})
 
 
@@ -5618,8 +6093,9 @@ def _view_route(rule: str, handler: Callable, answer: _Answer, *query: str) -> R
 
 
 def _overlay_route(rule: str, handler: Callable, answer: _Answer) -> Route:
-    """A view that also draws several metrics at once (GET /m/A,B,C...)."""
-    return Route("GET", rule, handler, answer, query=_VIEW_QUERY, overlay=True)
+    """A view that also draws several metrics at once (GET /m/A,B,C...), and a branch's
+    points over one metric's."""
+    return Route("GET", rule, handler, answer, query=(*_VIEW_QUERY, "branch"), overlay=True)
 
 
 _VIEW_QUERY = tuple(o.name for o in CHART_OPTIONS)
@@ -5692,7 +6168,7 @@ _VIEW_ROUTES = (
     _overlay_route("/m/<ids>/html", _show_page, _HTML_ANSWER),
     _overlay_route("/m/<ids>/svg", _show_chart, _SVG_ANSWER),
     _overlay_route("/m/<ids>/json", _show_points, _POINTS_ANSWER),
-    _view_route("/m/<ids>/csv", _show_csv, _Answer({"text/csv": _STRING})),
+    _view_route("/m/<ids>/csv", _show_csv, _Answer({"text/csv": _STRING}), "branch"),
     _view_route("/m/<ids>/badge.svg", _show_badge, _SVG_ANSWER),
     _view_route(
         "/m/<ids>/changes", _show_changes, _json_answer("Changes", cached=True), "threshold"
@@ -5761,8 +6237,33 @@ _METRIC_FIELDS = {
         "description": "Retention: points older are not served (400d); null: all are kept.",
     },
 }
+_NAME = {
+    **_text(
+        _MAX_NAME_BYTES,
+        "Unique within the account; '/' groups names (pytest/test_sort). No control characters, "
+        "no space at either end.",
+    ),
+    "pattern": _NAME_PATTERN,
+}
+_COMMIT = {
+    "type": "string",
+    "pattern": _COMMIT_PATTERN,
+    "description": "The commit measured: 7 to 40 hex digits (kept in lower case); '' is none.",
+}
+_BRANCH_FIELD = {
+    **_NAME,
+    "description": "The branch measured; none, or the account's main_branch, is main's line. "
+    "Another branch's points are kept 30 days, drawn over main's when asked for (?branch=), "
+    "and never move main's change points, checks, badge, board or baselines.",
+}
 _POINT = _object(
-    {"t": _UNIX, "v": {"type": "number"}, "m": {"type": "string", "description": "Metadata."}},
+    {
+        "t": _UNIX,
+        "v": {"type": "number"},
+        "m": {"type": "string", "description": "Metadata."},
+        "commit": {"type": "string", "description": "The commit measured, when it was said."},
+        "branch": {"type": "string", "description": "The branch measured, when it was said."},
+    },
     ["t", "v"],
 )
 _CHANGE = _object(
@@ -5780,7 +6281,9 @@ _CHANGE = _object(
 )
 _NEW_POINT = {
     "value": _number("A finite number."),
-    "metadata": _text(_MAX_METADATA_BYTES, "Typically a git sha or a job URL."),
+    "metadata": _text(_MAX_METADATA_BYTES, "Typically a job URL."),
+    "commit": _COMMIT,
+    "branch": _BRANCH_FIELD,
     "unit": {
         "type": "string",
         "enum": sorted(TIME_UNITS),
@@ -5798,14 +6301,6 @@ _HEALTH = {
     "message": {"type": "string", "description": "What is wrong, if anything."},
 }
 
-_NAME = {
-    **_text(
-        _MAX_NAME_BYTES,
-        "Unique within the account; '/' groups names (pytest/test_sort). No control characters, "
-        "no space at either end.",
-    ),
-    "pattern": _NAME_PATTERN,
-}
 _NEW_RUN_POINT = _object(
     {
         "name": {**_NAME, "minLength": 1},
@@ -5862,6 +6357,12 @@ _WEBHOOK = {
     "field and the change); null: none.",
 }
 _MARK_TIME = {"type": "integer", "minimum": 0, "maximum": _MAX_UNIX, "description": "Unix seconds."}
+_MAIN_BRANCH = {
+    **_NAME,
+    "description": "The branch whose points are main's (points with no branch are too): the "
+    "others' are kept 30 days and never move main's change points, checks, badge, board or "
+    "baselines. Points posted from the moment it changes follow it.",
+}
 
 _IMPORT_TIME = {
     "type": "number",
@@ -5935,7 +6436,13 @@ _SCHEMAS = {
                 "type": "array",
                 "maxItems": MAX_IMPORT_POINTS,
                 "items": _object(
-                    {"t": _IMPORT_TIME, "v": _number("A finite number."), "m": _IMPORT_META},
+                    {
+                        "t": _IMPORT_TIME,
+                        "v": _number("A finite number."),
+                        "m": _IMPORT_META,
+                        "commit": _COMMIT,
+                        "branch": _BRANCH_FIELD,
+                    },
                     ["t", "v"],
                     closed=True,
                 ),
@@ -5945,6 +6452,12 @@ _SCHEMAS = {
                     "t": {"type": "array", "maxItems": MAX_IMPORT_POINTS, "items": _IMPORT_TIME},
                     "v": {"type": "array", "maxItems": MAX_IMPORT_POINTS, "items": _number()},
                     "m": {"type": "array", "maxItems": MAX_IMPORT_POINTS, "items": _IMPORT_META},
+                    "commit": {"type": "array", "maxItems": MAX_IMPORT_POINTS, "items": _COMMIT},
+                    "branch": {
+                        "type": "array",
+                        "maxItems": MAX_IMPORT_POINTS,
+                        "items": _BRANCH_FIELD,
+                    },
                 },
                 ["t", "v"],
                 closed=True,
@@ -5960,6 +6473,8 @@ _SUITE_SCHEMAS = {
     "NewRun": _object(
         {
             "metadata": _text(_MAX_METADATA_BYTES, "Kept with every point of the run."),
+            "commit": _COMMIT,
+            "branch": _BRANCH_FIELD,
             "points": {
                 "type": "array",
                 "minItems": 1,
@@ -5980,6 +6495,7 @@ _SUITE_SCHEMAS = {
             "account_id": _ref("Id"),
             "board_id": _ref("Id"),
             "webhook": _WEBHOOK,
+            "main_branch": _MAIN_BRANCH,
             "metrics": {
                 "type": "array",
                 "items": _object(
@@ -5988,12 +6504,17 @@ _SUITE_SCHEMAS = {
                 ),
             },
         },
-        ["account_id", "board_id", "webhook", "metrics"],
+        ["account_id", "board_id", "webhook", "main_branch", "metrics"],
     ),
     "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
-    "AccountChange": _object({"webhook": _WEBHOOK}, ["webhook"], closed=True),
+    "AccountChange": _object(
+        {"webhook": _WEBHOOK, "main_branch": {**_MAIN_BRANCH, "minLength": 1}},
+        closed=True,
+        minProperties=1,
+    ),
     "AccountChanged": _object(
-        {"account_id": _ref("Id"), "webhook": _WEBHOOK}, ["account_id", "webhook"]
+        {"account_id": _ref("Id"), "webhook": _WEBHOOK, "main_branch": _MAIN_BRANCH},
+        ["account_id", "webhook", "main_branch"],
     ),
     "Accept": _object({"t": _MARK_TIME}, ["t"], closed=True),
     "Span": {
@@ -6243,6 +6764,7 @@ _KIND_SCHEMAS = {
     "number": {"anyOf": [{"type": "number"}, _UNSET]},
     "threshold": {"anyOf": [{"type": "number", "minimum": 0, "maximum": _MAX_THRESHOLD}, _UNSET]},
     "link": {"type": "string"},
+    "branch": {"type": "string", "maxLength": _MAX_NAME_BYTES, "pattern": _NAME_PATTERN},
 }
 
 

@@ -722,8 +722,7 @@ def test_torn_tail_is_cut_at_every_byte_offset_and_the_next_append_survives(tmp_
     data = tmp_path / "data"
     metric_id = _store_with_points(data, [1.0, 2.0, 3.0])
     whole = Path(_log_path(data)).read_bytes()
-    last = perfit.encode_record(perfit.REC_POINT, perfit.POINT.pack(metric_id, 0, 3.0) + b"sha-3.0")
-    start = len(whole) - len(last)
+    start = perfit.scan_file(_log_path(data), perfit.LOG_MAGIC).records[-1][0]  # the last point
     for cut in range(start, len(whole)):
         Path(_log_path(data)).write_bytes(whole[:cut])
         with perfit.Store.open(str(data)) as store:
@@ -747,8 +746,8 @@ def test_a_flipped_byte_before_good_records_is_corruption_named_with_its_offset(
     path = _log_path(tmp_path)
     blob = bytearray(Path(path).read_bytes())
     scan = perfit.scan_file(path, perfit.LOG_MAGIC)
-    offset = next(off for off, rtype, payload in scan.records if rtype == perfit.REC_POINT)
-    blob[offset + perfit.FRAME.size + 20] ^= 0xFF  # inside the first point's value
+    offset, payload = next((o, p) for o, rtype, p in scan.records if rtype == perfit.REC_RUN)
+    blob[offset + perfit.FRAME.size + len(payload) - 3] ^= 0xFF  # inside the first point's value
     Path(path).write_bytes(bytes(blob))
     with pytest.raises(perfit.StoreCorrupt, match=f"offset {offset}"):
         perfit.Store.open(str(tmp_path))
@@ -980,6 +979,82 @@ def test_names_runs_and_boards_replay_from_logs_and_segments(tmp_path):
     assert perfit.main(["store", "check", "--data", str(tmp_path)]) == 0
 
 
+def _origins(series: perfit.Series) -> list[tuple[str, str, str]]:
+    return [(series.origin(i).commit, series.origin(i).branch, series.metadata(i))
+            for i in range(len(series))]  # fmt: skip
+
+
+def test_a_runs_commit_branch_and_metadata_are_stored_once_and_replay_everywhere(tmp_path):
+    """Through the log, a sealed segment and a compaction, a run's commit, branch and
+    metadata come back with each of its points; one origin serves all 50 of them."""
+    with perfit.Store.open(str(tmp_path), seal_bytes=4096) as store:
+        account, _ = store.create_account()
+        names = [f"suite/b{i}" for i in range(50)]
+        origins = len(perfit.origin_table())
+        for k in range(12):
+            points = [perfit.RunPoint(n, float(k), "s") for n in names]
+            branch = "main" if k % 3 else ""
+            store.post_run(account, points, f"job {k}", _keep, f"{k:07x}abc", branch)
+        assert len(perfit.origin_table()) - origins <= 12, "one origin a run, not a point"
+        ids = {m.name: m.id for m in store.index.by_account[account]}
+        series = store.metrics[ids["suite/b7"]].series
+        assert series.origins is not None and series.origins.itemsize == 4
+        expected = [(f"{k:07x}abc", "main" if k % 3 else "", f"job {k}") for k in range(12)]
+        assert _origins(series) == expected
+        poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
+    assert _files(tmp_path, ".seg"), "the logs were sealed"
+    for _ in range(2):  # from the segments, then from what compaction made of them
+        with perfit.Store.open(str(tmp_path)) as store:
+            assert _origins(store.metrics[ids["suite/b7"]].series) == expected
+            store.compact()
+    assert perfit.main(["store", "check", "--data", str(tmp_path)]) == 0
+
+
+def test_a_branchs_points_are_kept_apart_from_mains_and_follow_the_main_branch_of_their_day(
+    tmp_path,
+):
+    with perfit.Store.open(str(tmp_path), seal_bytes=2048) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="build")
+        store.add_point(metric.id, 1.0, "", "aaaaaaa", "main")
+        store.add_point(metric.id, 2.0, "", "bbbbbbb", "feature")
+        store.add_point(metric.id, 3.0)  # no branch: main's
+        store.set_main_branch(account, "trunk")
+        store.add_point(metric.id, 4.0, "", "ccccccc", "trunk")
+        store.add_point(metric.id, 5.0, "", "ddddddd", "main")  # main is not main any more
+        then = int(time.time() - 3600) * perfit.US  # imported: an hour ago
+        rows = [(then, 6.0, b"", 0)]
+        rows.append((then + 1, 7.0, b"", perfit.origin_table().intern(
+            store.origin(account, "eeeeeee", "feature"))))  # fmt: skip
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        for k in range(30):  # fill logs, so the points above are sealed and compacted
+            store.add_point(store.create_metric(account).id, float(k), "x" * 200)
+        store.compact()
+    with perfit.Store.open(str(tmp_path)) as store:
+        got = store.metrics[metric.id]
+        assert store.index.main_branch(account) == "trunk"
+        assert list(got.series.values) == [6.0, 1.0, 3.0, 4.0]
+        assert list(got.branches.values) == [7.0, 2.0, 5.0]
+        assert [o[1] for o in _origins(got.branches)] == ["feature", "feature", "main"]
+        assert list(perfit.branch_points(got, "feature").values) == [7.0, 2.0]
+
+
+def test_a_branchs_points_expire_after_thirty_days_and_mains_stay(tmp_path, monkeypatch):
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account)
+        old = int(time.time() - 40 * 86400) * perfit.US
+        feature = perfit.origin_table().intern(store.origin(account, "", "feature"))
+        store.add_points(metric.id, perfit.PointBatch.of([(old, 1.0, b"", feature), (old, 2.0, b"")]))
+        store.add_point(metric.id, 3.0, "", "", "feature")
+        assert len(perfit.branch_points(metric, "feature")) == 1, "older than 30 days: not served"
+        assert store.expire_points() == 1
+        store.compact()
+    with perfit.Store.open(str(tmp_path)) as store:
+        again = store.metrics[metric.id]
+        assert list(again.branches.values) == [3.0] and list(again.series.values) == [2.0]
+
+
 def test_two_runs_racing_to_create_a_name_make_one_metric(tmp_path):
     with perfit.Store.open(str(tmp_path)) as store:
         account, _ = store.create_account()
@@ -1061,7 +1136,10 @@ def test_a_directory_from_before_boards_gives_each_account_one(tmp_path):
 
 
 def _series(store: perfit.Store, metric_id: bytes) -> list[tuple[int, float, str]]:
-    series = store.metrics[metric_id].series
+    return _series_of(store.metrics[metric_id].series)
+
+
+def _series_of(series: perfit.Series) -> list[tuple[int, float, str]]:
     return [(series.times[i], series.values[i], series.metadata(i)) for i in range(len(series))]
 
 
@@ -1542,6 +1620,8 @@ _VALUES = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
 _META = st.text(max_size=8)
+#: A post's commit and branch: none, main's, another branch's (kept apart from main's).
+_WHERE = st.sampled_from([("", ""), ("abcdef0", "main"), ("abcdef1", "feature")])
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -1552,7 +1632,9 @@ class StoreMachine(RuleBasedStateMachine):
         account, _ = self.store.create_account()
         self.account = account
         self.metrics = [self.store.create_metric(account).id for _ in range(2)]
-        self.model: dict[bytes, list[tuple[int, float, str]]] = {m: [] for m in self.metrics}
+        #: main's points, as (t, value, metadata, commit, branch); and the other branches'
+        self.model: dict[bytes, list[tuple]] = {m: [] for m in self.metrics}
+        self.branches: dict[bytes, list[tuple]] = {m: [] for m in self.metrics}
         self.horizon = dict.fromkeys(self.metrics, 0)  #: points before it were expired
         self.deleted: list[bytes] = []
 
@@ -1560,11 +1642,14 @@ class StoreMachine(RuleBasedStateMachine):
         kept = [r for r in rows if r[0] >= self.horizon[metric]]
         self.model[metric] = sorted(self.model[metric] + kept, key=lambda r: r[0])
 
-    @rule(which=st.integers(0, 1), value=_VALUES, meta=_META)
-    def post(self, which: int, value: float, meta: str) -> None:
+    @rule(which=st.integers(0, 1), value=_VALUES, meta=_META, where=_WHERE)
+    def post(self, which: int, value: float, meta: str, where: tuple[str, str]) -> None:
         metric = self.metrics[which]
-        t = self.store.add_point(metric, value, meta)
-        self._add(metric, [(t, value, meta)])
+        t = self.store.add_point(metric, value, meta, *where)
+        if where[1] == "feature":
+            self.branches[metric].append((t, value, meta, *where))
+        else:
+            self._add(metric, [(t, value, meta, *where)])
 
     @rule(which=st.integers(0, 1),
           rows=st.lists(st.tuples(st.integers(0, 2_000_000_000 * perfit.US), _VALUES, _META),
@@ -1575,7 +1660,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.add_points(
             metric, perfit.PointBatch.of([(t, v, m.encode()) for t, v, m in batch])
         )
-        self._add(metric, batch)
+        self._add(metric, [(*row, "", "") for row in batch])
 
     @rule(which=st.integers(0, 1), data=st.data())
     def import_again(self, which: int, data: st.DataObject) -> None:
@@ -1584,9 +1669,10 @@ class StoreMachine(RuleBasedStateMachine):
         stored = self.model[metric]
         again = data.draw(st.lists(st.sampled_from(stored), max_size=10)) if stored else []
         new = data.draw(st.lists(st.tuples(st.integers(0, 2_000_000_000 * perfit.US), _VALUES,
-                                           _META), max_size=5))  # fmt: skip
+                                           _META, st.just(""), st.just("")), max_size=5))  # fmt: skip
         rows = sorted([*again, *new], key=lambda r: r[0])
-        batch = perfit.PointBatch.of([(t, v, m.encode()) for t, v, m in rows])
+        number = self._origin_number
+        batch = perfit.PointBatch.of([(t, v, m.encode(), number(c, b)) for t, v, m, c, b in rows])
         answer = self.store.import_points(metric, batch)
         # As a multiset: each row finds a stored twin at most once.
         have = collections.Counter(stored)
@@ -1599,6 +1685,9 @@ class StoreMachine(RuleBasedStateMachine):
         kept = [r for r in fresh if r[0] >= self.horizon[metric]]
         assert answer == (len(kept), len(rows) - len(fresh), len(fresh) - len(kept))
         self._add(metric, kept)
+
+    def _origin_number(self, commit: str, branch: str) -> int:
+        return perfit.origin_table().intern(self.store.origin(self.account, commit, branch))
 
     @rule(which=st.integers(0, 1), cutoff=st.integers(0, 1_700_000_000))
     def expire(self, which: int, cutoff: int) -> None:
@@ -1641,7 +1730,12 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def matches_the_model(self) -> None:
         for metric in self.metrics:
-            assert _series(self.store, metric) == self.model[metric]
+            main, branches = self.store.metrics[metric].series, self.store.metrics[metric].branches
+            assert _series(self.store, metric) == [r[:3] for r in self.model[metric]]
+            assert _origins(main) == [r[3:] + r[2:3] for r in self.model[metric]]
+            assert [(*r, *o) for r, o in zip(_series_of(branches), _origins(branches))] == [
+                (t, v, m, c, b, m) for t, v, m, c, b in self.branches[metric]
+            ]
         assert not set(self.deleted) & set(self.store.metrics)
         assert set(self.store.index.names) == {(self.account, "")} - {(self.account, "")}
 
@@ -2545,6 +2639,110 @@ def test_importing_the_same_points_again_adds_only_what_is_new(
     assert len(points(url, metric)) == 43
 
 
+def test_a_points_commit_and_branch_come_back_from_json_and_csv(
+    url: str, account: Account, metric: str
+) -> None:
+    body = {"value": 1.5, "metadata": "https://ci/1", "commit": "ABCDEF12345", "branch": "main"}
+    ok_json("POST", f"{url}/m/{metric}", body=body, token=account.post)
+    ok_json("POST", f"{url}/m/{metric}", body={"value": 2.5}, token=account.post)
+    (first, second) = points(url, metric)
+    assert {k: first[k] for k in ("v", "m", "commit", "branch")} == {
+        "v": 1.5, "m": "https://ci/1", "commit": "abcdef12345", "branch": "main"
+    }  # fmt: skip
+    assert set(second) == {"t", "v"}, "commit and branch only where set"
+    status, _, csv_body = http("GET", f"{url}/m/{metric}/csv")
+    lines = csv_body.decode().splitlines()
+    assert lines[0] == "t,v,m,commit,branch"
+    assert lines[1].endswith(",1.5,https://ci/1,abcdef12345,main") and lines[2].endswith(",2.5,,,")
+
+
+def test_a_run_and_an_import_carry_commits_and_branches(url: str, account: Account) -> None:
+    run = {"commit": "1234567", "branch": "main", "metadata": "job 7",
+           "points": [{"name": "origins/a", "value": 1.0}, {"name": "origins/b", "value": 2.0}]}  # fmt: skip
+    ids = ok_json("POST", f"{url}/r/", body=run, token=account.post)["metrics"]
+    for name in ("origins/a", "origins/b"):
+        (point,) = points(url, ids[name])
+        assert (point["commit"], point["branch"], point["m"]) == ("1234567", "main", "job 7")
+    mid = new_metric(url, account.admin)
+    now = int(time.time())
+    rows = [{"t": now - 60, "v": 1.0, "commit": "aaaaaaa", "branch": "main"},
+            {"t": now - 50, "v": 2.0, "commit": "bbbbbbb"}]  # fmt: skip
+    columns = {"t": [now - 40], "v": [3.0], "commit": ["ccccccc"], "branch": ["main"]}
+    for body in (rows, columns, rows):  # the rows again: the same points, nothing added
+        ok_json("POST", f"{url}/m/{mid}/points", body=body, token=account.admin)
+    assert [(p["v"], p["commit"], p.get("branch")) for p in points(url, mid)] == [
+        (1.0, "aaaaaaa", "main"), (2.0, "bbbbbbb", None), (3.0, "ccccccc", "main")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"commit": "abc12"},  # too short
+        {"commit": "g" * 7},
+        {"commit": "a" * 41},
+        {"commit": 1234567},
+        {"branch": "a\nb"},
+        {"branch": " main"},
+        {"branch": "b" * 201},
+        {"branch": ["main"]},
+    ],
+)
+def test_a_bad_commit_or_branch_is_400_and_stores_nothing(
+    url: str, account: Account, metric: str, fields: dict
+) -> None:
+    name = next(iter(fields))
+    for path, body in (
+        (f"/m/{metric}", {"value": 1.0, **fields}),
+        ("/r/", {"points": [{"name": "bad origin", "value": 1.0}], **fields}),
+        (f"/m/{metric}/points", [{"t": 1767225600, "v": 1.0, **fields}]),
+        (f"/m/{metric}/points", {"t": [1767225600], "v": [1.0], name: [fields[name]]}),
+    ):
+        token = account.admin
+        assert name in assert_error(http("POST", url + path, body=body, token=token), 400)
+    assert points(url, metric) == []
+    assert "bad origin" not in [m["name"] for m in account_doc(url, account.admin)["metrics"]]
+
+
+def test_a_branchs_points_are_drawn_over_mains_and_move_nothing_of_mains(
+    url: str, account: Account
+) -> None:
+    mid, start = _import_series(url, account, [1.0 + 0.01 * (i % 3) for i in range(30)])
+    slow = [{"t": start + 3600 * i + 60, "v": 2.0, "commit": f"{i:07x}", "branch": "slow-pr"}
+            for i in range(20, 30)]  # fmt: skip
+    ok_json("POST", f"{url}/m/{mid}/points", body=slow, token=account.admin)
+    assert len(points(url, mid)) == 30, "main's points only, unless a branch is asked for"
+    both = points(url, mid, branch="slow-pr")
+    assert len(both) == 40 and [p["t"] for p in both] == sorted(p["t"] for p in both)
+    assert {p["branch"] for p in both if p["v"] == 2.0} == {"slow-pr"}
+    assert ok_json("GET", f"{url}/m/{mid}/changes") == [], "a branch moves no change point"
+    badge = http("GET", f"{url}/m/{mid}/badge.svg")[2].decode()
+    assert "1.01 s" in badge or "1 s" in badge or "1.02 s" in badge
+    row = next(r for r in board_json(url, account)["metrics"] if r["metric_id"] == mid)
+    assert row["state"] == "steady" and row["points"] == 30 and row["latest"]["v"] < 1.5
+    svg = parse_svg(http("GET", f"{url}/m/{mid}.svg?branch=slow-pr")[2])
+    texts = [t.text or "" for t in svg.iter() if t.tag.endswith("text")]
+    assert any(t.endswith("@ slow-pr") for t in texts), "the legend names the branch"
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    assert any("branch" in e.get("class", "") for e in lines), "its line is dashed"
+    assert len(parse_svg(http("GET", f"{url}/m/{mid}.svg")[2]).findall(".//{*}polyline")) == 1
+
+
+def test_an_accounts_main_branch_decides_where_new_points_go(url: str, account: Account) -> None:
+    assert account_doc(url, account.admin)["main_branch"] == "main"
+    for body in ({}, {"main_branch": ""}, {"main_branch": "a\tb"}, {"other": 1}):
+        assert_error(http("PATCH", f"{url}/a/", body=body, token=account.admin), 400)
+    assert_error(http("PATCH", f"{url}/a/", body={"main_branch": "x"}, token=account.post), 403)
+    changed = ok_json("PATCH", f"{url}/a/", body={"main_branch": "trunk"}, token=account.admin)
+    assert changed["main_branch"] == "trunk" and changed["webhook"] is None
+    mid = new_metric(url, account.admin)
+    for branch, value in (("trunk", 1.0), ("main", 2.0), ("", 3.0)):
+        body = {"value": value, "branch": branch}
+        ok_json("POST", f"{url}/m/{mid}", body=body, token=account.post)
+    assert values(url, mid) == [1.0, 3.0]
+    assert [p["v"] for p in points(url, mid, branch="main")] == [1.0, 2.0, 3.0]
+
+
 # --------------------------------------------------------------------------------------------
 # Web: names, runs and boards
 # A name is unique in its account; a CI run posts many named points at once; a board shows an
@@ -2561,6 +2759,10 @@ def post_run(url: str, token: str, *points: dict, metadata: str = "") -> Answer:
 
 def account_doc(url: str, token: str) -> dict:
     return ok_json("GET", f"{url}/a/", token=token)
+
+
+def board_json(url: str, account: Account) -> dict:
+    return ok_json("GET", f"{url}/b/{account_doc(url, account.admin)['board_id']}/json")
 
 
 def test_a_taken_name_is_409_naming_the_metric_that_has_it(
