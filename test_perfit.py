@@ -1045,7 +1045,9 @@ def test_a_branchs_points_expire_after_thirty_days_and_mains_stay(tmp_path, monk
         metric = store.create_metric(account)
         old = int(time.time() - 40 * 86400) * perfit.US
         feature = perfit.origin_table().intern(store.origin(account, "", "feature"))
-        store.add_points(metric.id, perfit.PointBatch.of([(old, 1.0, b"", feature), (old, 2.0, b"")]))
+        store.add_points(
+            metric.id, perfit.PointBatch.of([(old, 1.0, b"", feature), (old, 2.0, b"")])
+        )
         store.add_point(metric.id, 3.0, "", "", "feature")
         assert len(perfit.branch_points(metric, "feature")) == 1, "older than 30 days: not served"
         assert store.expire_points() == 1
@@ -2650,7 +2652,7 @@ def test_a_points_commit_and_branch_come_back_from_json_and_csv(
         "v": 1.5, "m": "https://ci/1", "commit": "abcdef12345", "branch": "main"
     }  # fmt: skip
     assert set(second) == {"t", "v"}, "commit and branch only where set"
-    status, _, csv_body = http("GET", f"{url}/m/{metric}/csv")
+    csv_body = http("GET", f"{url}/m/{metric}/csv")[2]
     lines = csv_body.decode().splitlines()
     assert lines[0] == "t,v,m,commit,branch"
     assert lines[1].endswith(",1.5,https://ci/1,abcdef12345,main") and lines[2].endswith(",2.5,,,")
