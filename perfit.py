@@ -77,8 +77,7 @@ __all__ = [
     # change points and charts
     *"Change detect_changes series_changes metric_changes Marks".split(),
     *"QueryOption CHART_OPTIONS ChartOptions".split(),
-    "Verdict",
-    "compare_values",
+    *"Verdict Shift Baseline compare_results base_time MAX_COMPARE_RESULTS".split(),
     *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
@@ -129,6 +128,9 @@ _MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this i
 _MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
 MAX_RUN_POINTS = 1_000  #: points in one CI run (POST /r/)
 MAX_ACCOUNT_METRICS = 10_000  #: metrics an account may have
+MAX_COMPARE_RESULTS = 10_000  #: results of one suite comparison (POST /b/ID/compare)
+_MAX_COMPARE_BODY_BYTES = 4 << 20  #: ... and its body's size, samples and all
+_MAX_BASE_COMMITS = 100  #: commits of a comparison's base (a PR's base and its ancestors)
 
 _BETTER_CHOICES = ("lower", "higher")
 
@@ -3028,69 +3030,6 @@ def series_changes(series: Series, better: str, threshold: float) -> list[Change
     return [dataclasses.replace(c, index=c.index + skipped) for c in found]
 
 
-_BASELINE_POINTS = 30  #: a comparison's baseline: at most this many newest points of a level
-_BASELINE_MIN = 10  #: ... and at least this many, reaching back over a change just made
-_COMPARE_SIGMAS = 3.0  #: how far beyond the baseline's noise a difference must be to count
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """Fresh values against a metric's recent level (PR gating): nothing is stored."""
-
-    median: float | None  #: of the baseline; None: the metric has no points
-    n: int  #: baseline points
-    spread: float  #: robust standard deviation of the baseline (1.4826 MAD), in its unit
-    value: float  #: the median of the fresh values
-    change: float | None  #: relative: value / median - 1; None without a baseline
-    verdict: str  #: "regression", "improvement" or "same"
-
-    def to_json(self) -> dict[str, Any]:
-        change = None if self.change is None or not math.isfinite(self.change) else self.change
-        return {
-            "baseline": {
-                "median": None if self.median is None else _tidy(self.median),
-                "n": self.n,
-                "spread": _tidy(self.spread),
-            },
-            "value": _tidy(self.value),
-            "change": None if change is None else round(change, 6),
-            "verdict": self.verdict,
-        }
-
-
-def compare_values(
-    series: Series,
-    values: Sequence[float],
-    better: str,
-    changes: Sequence[Change],
-    threshold: float = DEFAULT_CHANGE_THRESHOLD,
-) -> Verdict:
-    """Fresh values (a PR's run) against the metric's recent level: `series` without its
-    excluded points, `changes` its change points.
-
-    The baseline is the newest level (the points since its newest change point), its last
-    BASELINE_POINTS, reaching back to BASELINE_MIN points over a change made only just now.
-    A difference counts when it is at least `threshold` (relative) and beyond
-    COMPARE_SIGMAS standard errors of the two medians, the baseline's noise measured robustly
-    (1.4826 MAD), so one slow runner in the history neither hides nor fakes a change.
-    """
-    value = _median(values)
-    start = bisect.bisect_left(series.times, changes[-1].t * US) if changes else 0
-    start = min(start, len(series) - _BASELINE_MIN)
-    baseline = series.values[max(0, start, len(series) - _BASELINE_POINTS) :].tolist()
-    if not baseline:
-        return Verdict(None, 0, 0.0, value, None, "same")
-    median = _median(baseline)
-    spread = 1.4826 * _median(abs(x - median) for x in baseline)
-    change = _relative(median, value)
-    noise = _COMPARE_SIGMAS * spread * math.sqrt(1 / len(values) + 1 / len(baseline))
-    verdict = "same"
-    if abs(value - median) > noise and abs(change) >= threshold:
-        worse = change > 0 if better == "lower" else change < 0
-        verdict = "regression" if worse else "improvement"
-    return Verdict(median, len(baseline), spread, value, change, verdict)
-
-
 def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Change]:
     """The change points of a snapshot of `metric`: its excluded points left out (indexes
     still count them), each marked accepted or provisional."""
@@ -3210,6 +3149,299 @@ def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> 
             break
         del bounds[smallest]
     return bounds
+
+
+# ==============================================================================================
+# Comparisons
+# A pull request's results against main's level where the PR branched: a change with its 95 %
+# interval, and a verdict that can say "unsure"; a suite's shared shift (the runner's) taken out.
+# ==============================================================================================
+
+_BASELINE_POINTS = 30  #: a comparison's baseline: at most this many of main's points
+_BASELINE_MIN = 10  #: ... and a step among its newest this many makes them the baseline
+_SUITE_MIN = 5  #: results compared at once that make a suite, whose shared shift is taken out
+_RUN_MIN = 3  #: points of one main run (one time) that measure that run's shift
+_SUITE_FALSE_ALARMS = 0.02  #: the chance that a suite that changed nothing gets a verdict
+_VERDICT_SIGMAS = 3.0  #: ... and at least this many standard errors, however small the suite
+_WINSOR_SIGMAS = 3.0  #: a baseline point's residual counts at most this many robust SDs
+_BASE_SCAN = 1000  #: main's newest points searched for a base commit, per metric
+_BASE_SCAN_METRICS = 20  #: ... in at most this many of the metrics compared
+_HEX_WORD_RE = _Regex(r"([0-9a-fA-F]{7,40})(?:\s|$)")  #: a commit at the start of old metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """Main's points a comparison measures against: at most BASELINE_POINTS up to the base
+    (excluded points left out), and the commit of the newest, when it is known."""
+
+    values: list[float]
+    times: list[int]  #: µs: the points of one CI run share their time
+    commit: str | None = None
+
+    @classmethod
+    def of(cls, metric: Metric, before: int | None, threshold: float) -> Baseline:
+        """Main's level at `before` (µs; None: now): the newest BASELINE_POINTS points up to it,
+        or only the newest BASELINE_MIN of them when they stepped away from the rest by the
+        threshold and beyond the noise (a change just before the base)."""
+        end = None if before is None else before / US
+        found = metric.kept(metric.series.snapshot(end=end, last=2 * _BASELINE_POINTS))
+        values = found.values[-_BASELINE_POINTS:].tolist()
+        cut = len(found) - len(values)
+        if len(values) >= 2 * _BASELINE_MIN and _stepped(values, threshold):
+            cut = len(found) - _BASELINE_MIN
+            values = values[-_BASELINE_MIN:]
+        commit = _point_commit(found, len(found) - 1) if len(found) else None
+        return cls(values, found.times[cut:].tolist(), commit or None)
+
+
+def _stepped(values: list[float], threshold: float) -> bool:
+    """Whether the newest BASELINE_MIN values sit on a level of their own."""
+    old, new = values[:-_BASELINE_MIN], values[-_BASELINE_MIN:]
+    before, after = _median(old), _median(new)
+    noise = 1.4826 * _mad(old) * math.sqrt(1 / len(new) + 1 / len(old))
+    return abs(_relative(before, after)) >= threshold and abs(after - before) > 3 * noise
+
+
+def _point_commit(series: Series, i: int) -> str:
+    """The commit a point measured: its origin's, else a commit that starts its metadata (as
+    PerfIt 0.2 stored it: "3f2a9c1e7b0d https://ci/job/7")."""
+    commit = series.origin(i).commit
+    if commit:
+        return commit
+    found = _HEX_WORD_RE.match(series.metadata(i))
+    return found.group(1).lower() if found else ""
+
+
+def base_time(metrics: Sequence[Metric], commits: Sequence[str]) -> tuple[int, str] | None:
+    """When main measured the first of `commits` (newest first: a PR's base, then its
+    ancestors) that any of the metrics has a point of: (that point's time in µs, the commit).
+    None: none of them is stored (among the newest BASE_SCAN points of BASE_SCAN_METRICS of
+    the metrics: a suite's runs are shared by its metrics)."""
+    seen: dict[str, list[tuple[str, int]]] = {}  # by its first 7 digits: (commit, newest time)
+    for metric in [m for m in metrics if len(m.series)][:_BASE_SCAN_METRICS]:
+        recent = metric.series.snapshot(last=_BASE_SCAN)
+        for i in range(len(recent)):
+            commit = _point_commit(recent, i)
+            if commit:
+                seen.setdefault(commit[:7], []).append((commit, recent.times[i]))
+    for wanted in commits:
+        wanted = wanted.lower()
+        times = [
+            t for c, t in seen.get(wanted[:7], ()) if c.startswith(wanted) or wanted.startswith(c)
+        ]
+        if times:
+            return max(times), wanted
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Fresh results (a PR's) against main's baseline: nothing is stored."""
+
+    median: float | None  #: of the baseline; None: main has no points
+    n: int  #: baseline points
+    spread: float  #: the baseline's noise, a standard deviation in its unit
+    value: float  #: the median of the fresh values
+    change: float | None  #: relative (0.25 is +25 %), the suite's shift taken out
+    interval: tuple[float, float] | None  #: the 95 % interval of the change
+    verdict: str  #: regression, improvement, same, inconclusive; new without a baseline
+    commit: str | None = None  #: the commit of the baseline's newest point
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "baseline": {
+                "median": None if self.median is None else _tidy(self.median),
+                "n": self.n,
+                "spread": _tidy(self.spread),
+                "commit": self.commit,
+            },
+            "value": _tidy(self.value),
+            "change": _finite_round(self.change),
+            "interval": None if self.interval is None else [*map(_finite_round, self.interval)],
+            "verdict": self.verdict,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Shift:
+    """What a whole suite's run shares: its median change against main (a slower runner, or
+    a change every benchmark feels), taken out of each benchmark's before it is judged."""
+
+    change: float  #: relative
+    interval: tuple[float, float]
+    verdict: str  #: same, or inconclusive: a runner and a change everything shares look alike
+    results: int  #: the results it was measured on
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "change": _finite_round(self.change),
+            "interval": [*map(_finite_round, self.interval)],
+            "verdict": self.verdict,
+            "results": self.results,
+        }
+
+
+def _finite_round(x: float | None) -> float | None:
+    """A relative change for JSON: six decimals, and None where it is not finite."""
+    return round(x, 6) if x is not None and math.isfinite(x) else None
+
+
+@dataclasses.dataclass
+class _Scaled:
+    """One result in the scale it is judged on: logarithms of positive values (a change is
+    a ratio), else values relative to the baseline's median."""
+
+    baseline: list[float]
+    fresh: list[float]
+    times: list[int]
+    log: bool
+    level: float = 0.0  #: the baseline's level, in the scale
+    noise: float = 0.0  #: the baseline's standard deviation around it, in the scale
+
+
+def compare_results(
+    fresh: Sequence[tuple[Sequence[float], Baseline | None, str]],
+    threshold: float = DEFAULT_CHANGE_THRESHOLD,
+) -> tuple[list[Verdict], Shift | None]:
+    """Each result's fresh values (a PR run's samples) against its baseline, `better` lower
+    or higher; and, for a suite (SUITE_MIN results or more), the run's shared shift.
+
+    In the log scale (a change is a ratio): each baseline's noise is the winsorized standard
+    deviation of its points, each main run's shift (the median over the suite of its points'
+    offsets from their levels) taken out first, so a slow runner in main's history does not
+    count as noise. The fresh run's own shift is taken out the same way. The change's 95 %
+    interval is Student's t on the difference of levels: the baseline's noise (and the fresh
+    samples' own scatter when larger), the uncertainty of the baseline's median and of the
+    run's shift. A change counts (regression, improvement) when it is at least the threshold
+    and beyond the noise of a suite of its size: t above the quantile that leaves
+    SUITE_FALSE_ALARMS for the whole suite, and at least VERDICT_SIGMAS; a change at least the
+    threshold that is not is "inconclusive"; one under the threshold is "same".
+    """
+    scaled = [_scale(values, base) for values, base, _ in fresh]
+    judged = [s for s in scaled if s is not None]
+    _take_out_main_runs(judged)
+    offsets = [_median(s.fresh) - s.level for s in judged]
+    shift = shift_se = 0.0
+    if len(judged) >= _SUITE_MIN:
+        shift = _median(offsets)
+        shift_se = 1.2533 * _median(s.noise for s in judged) / math.sqrt(len(judged))
+    limit = math.log1p(threshold)
+    verdicts = []
+    for (values, base, better), s in zip(fresh, scaled):
+        value = _median(values)
+        if s is None or base is None:
+            median = _median(base.values) if base and base.values else None
+            verdicts.append(Verdict(median, 0, 0.0, value, None, None, "new", None))
+            continue
+        verdicts.append(
+            _judge(s, value, base, better, shift if s.log else 0.0, shift_se, limit, len(judged))
+        )
+    if len(judged) < _SUITE_MIN:
+        return verdicts, None
+    t95 = _t_quantile(0.975, len(judged) - 1)
+    low, high = shift - t95 * shift_se, shift + t95 * shift_se
+    kind = "same" if abs(shift) < limit else "inconclusive"
+    return verdicts, Shift(
+        math.expm1(shift), (math.expm1(low), math.expm1(high)), kind, len(judged)
+    )
+
+
+def _scale(values: Sequence[float], base: Baseline | None) -> _Scaled | None:
+    """A result in the scale it is judged on; None when main has nothing to compare it with."""
+    if base is None or not base.values or not values:
+        return None
+    if min(values) > 0 and min(base.values) > 0:
+        return _Scaled([*map(math.log, base.values)], [*map(math.log, values)], base.times, True)
+    middle = abs(_median(base.values))
+    if middle == 0:
+        return None  # a level of zero: no relative change to speak of
+    scale = [x / middle for x in base.values], [x / middle for x in values]
+    return _Scaled(*scale, base.times, False)
+
+
+def _take_out_main_runs(judged: list[_Scaled]) -> None:
+    """Set each result's level and noise, each of main's runs' shared shift taken out first
+    where a run (one time) has RUN_MIN points among them."""
+    for s in judged:
+        s.level = _median(s.baseline)
+    offsets: dict[int, list[float]] = {}
+    if len(judged) >= _SUITE_MIN:
+        for s in judged:
+            for t, x in zip(s.times, s.baseline):
+                offsets.setdefault(t, []).append(x - s.level)
+    shifts = {t: _median(found) for t, found in offsets.items() if len(found) >= _RUN_MIN}
+    for s in judged:
+        residuals = [x - shifts.get(t, 0.0) for t, x in zip(s.times, s.baseline)]
+        s.level = _median(residuals)
+        s.noise = _winsorized_sd([r - s.level for r in residuals])
+
+
+def _winsorized_sd(residuals: list[float]) -> float:
+    """A standard deviation that a wild point moves little: residuals clipped at WINSOR_SIGMAS
+    robust SDs (1.4826 MAD) first. Nearly as exact as the plain one on clean noise."""
+    if len(residuals) < 2:
+        return 0.0
+    bound = _WINSOR_SIGMAS * 1.4826 * _mad(residuals) or math.inf
+    clipped = [min(max(r, -bound), bound) for r in residuals]
+    mean = sum(clipped) / len(clipped)
+    return math.sqrt(sum((r - mean) ** 2 for r in clipped) / (len(clipped) - 1))
+
+
+def _judge(
+    s: _Scaled,
+    value: float,
+    base: Baseline,
+    better: str,
+    shift: float,
+    shift_se: float,
+    limit: float,
+    suite: int,
+) -> Verdict:
+    """One result's change, interval and verdict (see compare_results)."""
+    n, k = len(s.baseline), len(s.fresh)
+    own = 1.2533 * 1.4826 * _mad(s.fresh) / math.sqrt(k) if k >= 3 else 0.0
+    change = _median(s.fresh) - s.level - shift
+    se = math.sqrt(max(s.noise, own) ** 2 + math.pi / 2 * s.noise**2 / n + shift_se**2) or 1e-12
+    freedom = max(n - 1, 1)
+    half = _t_quantile(0.975, freedom) * se
+    needed = max(_VERDICT_SIGMAS, _t_quantile(1 - _SUITE_FALSE_ALARMS / max(suite, 1), freedom))
+    if abs(change) >= limit and abs(change) >= needed * se:
+        worse = change > 0 if better == "lower" else change < 0
+        verdict = "regression" if worse else "improvement"
+    else:
+        verdict = "same" if abs(change) < limit else "inconclusive"
+    back = math.expm1 if s.log else float
+    median = _median(base.values)
+    spread = median * math.expm1(s.noise) if s.log else abs(median) * s.noise
+    return Verdict(
+        median,
+        n,
+        spread,
+        value,
+        back(change),
+        (back(change - half), back(change + half)),
+        verdict,
+        base.commit,
+    )
+
+
+def _t_quantile(p: float, freedom: int) -> float:
+    """Student's t quantile: exact for 1 and 2 degrees of freedom, the Cornish-Fisher
+    expansion from the normal quantile beyond (within 0.5 % from 3 on)."""
+    if freedom == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if freedom == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    import statistics  # server side: fractions and decimal are no cost at every client start
+
+    z = statistics.NormalDist().inv_cdf(p)
+    v = float(freedom)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
 
 
 # ==============================================================================================
@@ -4422,21 +4654,73 @@ def _parse_span(body: Any) -> tuple[int, int]:
     return start * US, end * US + US - 1
 
 
-def _parse_compare(body: Any, metric: Metric) -> list[float]:
-    """A comparison's body, `{"values": [n, ...], "unit"}`, as values in the metric's unit."""
+def _parse_compare(body: Any, metric: Metric) -> tuple[list[float], list[str]]:
+    """A comparison's body, `{"values": [n, ...], "unit", "base"}`: the values in the
+    metric's unit, and the base commits (newest first)."""
     if body is None:
         raise BadRequest('the body must be a JSON object like {"values": [12.5]}')
-    fields = _body_object(body, ("values", "unit"))
-    items = _points_array(
-        fields.get("values"), MAX_RUN_POINTS, "values must be an array of numbers"
-    )
-    if not items:
-        raise BadRequest("values is empty: compare at least one")
-    values = [_check_value(v, f"values[{i}]") for i, v in enumerate(items)]
+    fields = _body_object(body, ("values", "unit", "base"))
+    return _fresh_values(fields, "", metric), _parse_base(fields.get("base"))
+
+
+def _fresh_values(fields: dict, where: str, metric: Metric | None) -> list[float]:
+    """A result's `value` or `values` (a run's samples), in the metric's unit when it has one."""
+    if "value" in fields and "values" not in fields:
+        items = [fields["value"]]
+        what = f"{where}value"
+    else:
+        what = f"{where}values"
+        items = _points_array(
+            fields.get("values"), MAX_RUN_POINTS, f"{what} must be an array of numbers"
+        )
+        if not items:
+            raise BadRequest(f"{what} is empty: compare at least one")
+    values = [_check_value(v, f"{what}[{i}]") for i, v in enumerate(items)]
     if "unit" in fields:
-        unit = _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES)
-        values = [_in_metric_unit(v, unit, metric) for v in values]
+        unit = _check_text(fields["unit"], f"{where}unit", _MAX_UNIT_BYTES)
+        if metric is not None:
+            values = [_in_metric_unit(v, unit, metric) for v in values]
     return values
+
+
+def _parse_base(value: object) -> list[str]:
+    """`base`: a commit, or commits newest first (a PR's base and its ancestors)."""
+    if value is None:
+        return []
+    commits = [value] if isinstance(value, str) else value
+    if not isinstance(commits, list) or len(commits) > _MAX_BASE_COMMITS:
+        raise BadRequest(f"base must be a commit or a list of at most {_MAX_BASE_COMMITS} commits")
+    checked = [_check_commit(c, f"base[{i}]") for i, c in enumerate(commits)]
+    if "" in checked:
+        raise BadRequest("base: a commit is empty")
+    return checked
+
+
+def _parse_suite_compare(body: Any) -> tuple[list[dict], list[str]]:
+    """A suite comparison's body, `{"results": [{"name", "value" or "values", "unit"}], "base"}`:
+    the results (their values checked, not yet converted) and the base commits."""
+    if body is None:
+        raise BadRequest(
+            'the body must be a JSON object like {"results": [{"name": "x", "value": 1.5}]}'
+        )
+    fields = _body_object(body, ("results", "base"))
+    items = fields.get("results")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("results must be a non-empty array of {name, value or values, unit}")
+    if len(items) > MAX_COMPARE_RESULTS:
+        raise PayloadTooLarge(f"{len(items)} results; at most {MAX_COMPARE_RESULTS} in one request")
+    results = []
+    for i, item in enumerate(items):
+        where = f"results[{i}]"
+        item = _body_object(item, ("name", "value", "values", "unit"), where)
+        if "name" not in item or ("value" in item) == ("values" in item):
+            raise BadRequest(f"{where}: give name, and value or values")
+        name = _check_name(item["name"], f"{where}.name")
+        if not name:
+            raise BadRequest(f"{where}.name is empty")
+        _fresh_values(item, f"{where}.", None)  # checked now: a 400 names the result
+        results.append({**item, "name": name, "where": f"{where}."})
+    return results, _parse_base(fields.get("base"))
 
 
 # -- query options ------------------------------------------------------------------------------
@@ -5944,14 +6228,68 @@ def _show_changes(web: _Web, ids: str) -> Any:
 
 
 def _compare(web: _Web, body: Any, metric_id: str) -> Any:
-    """Compare fresh values with the metric's recent level (a PR's run); stores nothing."""
+    """Compare fresh values with main's level where a PR branched (or its newest); stores
+    nothing."""
     metric = _metric_or_404(web, metric_id)
-    values = _parse_compare(body, metric)
+    values, base = _parse_compare(body, metric)
     threshold = _parse_threshold(_request_query().get("threshold", ""))
-    series = metric.series.snapshot()
-    changes = web.changes.get(metric, series, DEFAULT_CHANGE_THRESHOLD)
-    verdict = compare_values(metric.kept(series), values, metric.better, changes, threshold)
+    found = base_time([metric], base) if base else None
+    baseline = Baseline.of(metric, found and found[0], threshold)
+    if base and found is None:
+        baseline = dataclasses.replace(baseline, commit=None)  # none of them: the newest level
+    (verdict,), _ = compare_results([(values, baseline, metric.better)], threshold)
     return json_response(verdict.to_json())
+
+
+def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
+    """Compare a suite's fresh results, by name, with main's metrics of the board's account
+    where a PR branched: no token (a fork's PR has none), nothing stored."""
+    metrics = _board_or_404(web, board_id)
+    results, base = _parse_suite_compare(body)
+    threshold = _parse_threshold(_request_query().get("threshold", ""))
+    by_name = {m.name: m for m in reversed(metrics) if m.name}  # the oldest of a name wins
+    matched = [by_name.get(r["name"]) for r in results]
+    found = base_time([m for m in matched if m is not None], base) if base else None
+    before = found[0] if found else None
+    fresh = []
+    for result, metric in zip(results, matched):
+        values = _fresh_values(result, result["where"], metric)
+        baseline = Baseline.of(metric, before, threshold) if metric is not None else None
+        fresh.append((values, baseline, metric.better if metric else "lower"))
+    verdicts, shift = compare_results(fresh, threshold)
+    answers = []
+    for result, metric, verdict in zip(results, matched, verdicts):
+        doc = {"name": result["name"], "metric_id": metric and b64encode(metric.id)}
+        doc.update(verdict.to_json(), unit=metric.unit if metric else result.get("unit", ""))
+        answers.append(doc)
+    doc = {
+        "results": answers,
+        "shift": shift and shift.to_json(),
+        "base": found and found[1],
+        "missing": _missing_from(metrics, matched, [f[1] for f in fresh]),
+    }
+    return json_response(doc)
+
+
+def _missing_from(
+    metrics: Sequence[Metric],
+    matched: Sequence[Metric | None],
+    baselines: Sequence[Baseline | None],
+) -> list[dict[str, str]]:
+    """Main's metrics that its run at the baseline measured along with those compared, but
+    that the fresh results lack: a benchmark the PR lost (or renamed)."""
+    newest = collections.Counter(b.times[-1] for b in baselines if b is not None and b.times)
+    if not newest:
+        return []
+    run = newest.most_common(1)[0][0]
+    compared = {m.id for m in matched if m is not None}
+    lost = []
+    for metric in metrics:
+        times = metric.series.times
+        i = bisect.bisect_left(times, run)
+        if metric.id not in compared and i < len(times) and times[i] == run:
+            lost.append({"name": metric.name, "metric_id": b64encode(metric.id)})
+    return lost
 
 
 def _show_info(web: _Web, ids: str) -> Any:
@@ -6138,6 +6476,16 @@ _ADMIN_ROUTES = (
         _compare,
         _json_answer("Comparison"),
         body="Compare",
+        query=("threshold",),
+        stores=False,
+    ),
+    Route(
+        "POST",
+        "/b/<board_id>/compare",
+        _compare_suite,
+        _json_answer("SuiteComparison"),
+        body="SuiteCompare",
+        body_limit=_MAX_COMPARE_BODY_BYTES,
         query=("threshold",),
         stores=False,
     ),
@@ -6468,6 +6816,72 @@ _SCHEMAS = {
     },
 }
 
+_FRESH_VALUES = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_RUN_POINTS,
+    "items": _number("A finite number."),
+    "description": "A run's samples (or one value); their median is compared, their scatter "
+    "widens the interval when it is larger than main's noise.",
+}
+_FRESH_UNIT = _text(
+    _MAX_UNIT_BYTES,
+    "The values' unit: a duration is converted into the metric's unit of time; the metric's "
+    "own unit is taken as it is.",
+)
+_BASE = {
+    "oneOf": [
+        {**_COMMIT, "minLength": 7},
+        {"type": "array", "maxItems": _MAX_BASE_COMMITS, "items": {**_COMMIT, "minLength": 7}},
+    ],
+    "description": "Where the PR branched: a commit, or commits newest first (its ancestors). "
+    "The baseline is main's level at the newest point of the first one stored.",
+}
+_RESULT_NAME = {**_NAME, "minLength": 1}
+_INTERVAL = {
+    "type": "array",
+    "items": {"type": "number", "nullable": True},
+    "minItems": 2,
+    "maxItems": 2,
+    "nullable": True,
+    "description": "The 95 % interval of the change (Student's t on the log ratio).",
+}
+_COMPARISON = {
+    "baseline": _object(
+        {
+            "median": {**_number("Of main's baseline points."), "nullable": True},
+            "n": {"type": "integer", "minimum": 0},
+            "spread": _number("Their noise: a standard deviation, in the metric's unit."),
+            "commit": {
+                "type": "string",
+                "nullable": True,
+                "description": "The commit of the baseline's newest point; null when a base was "
+                "given and none of it is stored (the newest level is used), or it is unknown.",
+            },
+        },
+        ["median", "n", "spread", "commit"],
+    ),
+    "value": _number("The median of the values sent."),
+    "change": {
+        **_number("Relative: 0.25 is +25 %; in a suite, the run's shift taken out."),
+        "nullable": True,
+    },
+    "interval": _INTERVAL,
+    "verdict": {
+        "type": "string",
+        "enum": ["regression", "improvement", "same", "inconclusive", "new"],
+        "description": "regression or improvement: at least the threshold and beyond the "
+        "noise; inconclusive: at least the threshold, within the noise; same: under the "
+        "threshold; new: main has no point to compare with.",
+    },
+}
+_SUITE_RESULT = {
+    "name": {"type": "string"},
+    "metric_id": {**_ref("Id"), "nullable": True},
+    "unit": {"type": "string"},
+    **_COMPARISON,
+}
+
 #: The schemas of runs, accounts, boards, marks and comparisons (the benchmark-suite routes).
 _SUITE_SCHEMAS = {
     "NewRun": _object(
@@ -6530,38 +6944,72 @@ _SUITE_SCHEMAS = {
     ),
     "Change": _CHANGE,
     "Compare": _object(
+        {"values": _FRESH_VALUES, "unit": _FRESH_UNIT, "base": _BASE}, ["values"], closed=True
+    ),
+    "Comparison": _object(_COMPARISON, list(_COMPARISON)),
+    "SuiteCompare": _object(
         {
-            "values": {
+            "results": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": MAX_RUN_POINTS,
-                "items": _number("A finite number."),
-                "description": "Fresh results; their median is compared.",
+                "maxItems": MAX_COMPARE_RESULTS,
+                "items": {
+                    "oneOf": [
+                        _object(
+                            {"name": _RESULT_NAME, "value": _number(), "unit": _FRESH_UNIT},
+                            ["name", "value"],
+                            closed=True,
+                        ),
+                        _object(
+                            {"name": _RESULT_NAME, "values": _FRESH_VALUES, "unit": _FRESH_UNIT},
+                            ["name", "values"],
+                            closed=True,
+                        ),
+                    ]
+                },
+                "description": "A suite's results by name, as a CI run posts them (POST /r/).",
             },
-            "unit": {
-                "type": "string",
-                "enum": sorted(TIME_UNITS),
-                "description": "The values' unit: durations are converted into the metric's.",
-            },
+            "base": _BASE,
         },
-        ["values"],
+        ["results"],
         closed=True,
     ),
-    "Comparison": _object(
+    "SuiteComparison": _object(
         {
-            "baseline": _object(
-                {
-                    "median": {**_number("Of the metric's recent level."), "nullable": True},
-                    "n": {"type": "integer", "minimum": 0},
-                    "spread": _number("Robust standard deviation (1.4826 MAD), in its unit."),
-                },
-                ["median", "n", "spread"],
-            ),
-            "value": _number("The median of the values sent."),
-            "change": {**_number("Relative: 0.25 is +25 %."), "nullable": True},
-            "verdict": {"type": "string", "enum": ["regression", "improvement", "same"]},
+            "results": {
+                "type": "array",
+                "items": _object(_SUITE_RESULT, list(_SUITE_RESULT)),
+                "description": "In the order sent.",
+            },
+            "shift": {
+                **_object(
+                    {
+                        "change": {**_number("Relative."), "nullable": True},
+                        "interval": _INTERVAL,
+                        "verdict": {"type": "string", "enum": ["same", "inconclusive"]},
+                        "results": {"type": "integer", "minimum": 1},
+                    },
+                    ["change", "interval", "verdict", "results"],
+                ),
+                "nullable": True,
+                "description": "What the whole run shares (a slower runner, or a change every "
+                f"benchmark feels), taken out of each change; null under {_SUITE_MIN} results.",
+            },
+            "base": {
+                "type": "string",
+                "nullable": True,
+                "description": "The base commit the baselines are at; null: none was stored (or "
+                "none given), and the baselines are main's newest levels.",
+            },
+            "missing": {
+                "type": "array",
+                "items": _object(
+                    {"name": {"type": "string"}, "metric_id": _ref("Id")}, ["name", "metric_id"]
+                ),
+                "description": "Main's benchmarks of the same run that the results lack.",
+            },
         },
-        ["baseline", "value", "change", "verdict"],
+        ["results", "shift", "base", "missing"],
     ),
     "BoardData": _object(
         {"board_id": _ref("Id"), "metrics": {"type": "array", "items": _BOARD_METRIC}},
@@ -6625,8 +7073,9 @@ _ERROR_ANSWERS = {
     404: "Unknown metric, board or token (or, to accept, change point).",
     409: "The name is taken: metric_id is the metric that has it.",
     413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
-    f"/points, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has more than "
-    f"{MAX_IMPORT_POINTS:,} points, or a run more than {MAX_RUN_POINTS:,}.",
+    f"/points and /b/ID/compare, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has "
+    f"more than {MAX_IMPORT_POINTS:,} points, a run more than {MAX_RUN_POINTS:,}, a suite "
+    f"comparison more than {MAX_COMPARE_RESULTS:,} results.",
     429: "Too many requests, or failed authentications, from this address.",
     503: "The store is not writable.",
     507: "The store cannot take the write; nothing was stored.",

@@ -2763,6 +2763,10 @@ def account_doc(url: str, token: str) -> dict:
     return ok_json("GET", f"{url}/a/", token=token)
 
 
+def account_ids(url: str, account: Account) -> dict[str, str]:
+    return {m["name"]: m["metric_id"] for m in account_doc(url, account.admin)["metrics"]}
+
+
 def board_json(url: str, account: Account) -> dict:
     return ok_json("GET", f"{url}/b/{account_doc(url, account.admin)['board_id']}/json")
 
@@ -3316,8 +3320,147 @@ def test_compare_takes_the_newest_level_as_its_baseline(url: str, account: Accou
     assert compare(url, just, 100)["baseline"]["n"] == 30
     empty = new_metric(url, account.admin)
     assert compare(url, empty, 5) == {
-        "baseline": {"median": None, "n": 0, "spread": 0}, "value": 5, "change": None, "verdict": "same",
+        "baseline": {"median": None, "n": 0, "spread": 0, "commit": None}, "value": 5,
+        "change": None, "interval": None, "verdict": "new",
     }  # fmt: skip
+
+
+def test_compare_measures_against_main_where_the_pr_branched(url: str, account: Account) -> None:
+    # Main at 100 ms for 30 commits, then it regressed to 120 ms (after the PR branched at 25).
+    metric = new_metric(url, account.admin, unit="ms")
+    start = int(time.time()) - 86400
+    rows = [{"t": start + 60 * i, "v": (100.0 if i < 30 else 120.0) * (1 + 0.005 * (-1) ** i),
+             "commit": f"c{i:02d}{'0' * 37}"} for i in range(40)]  # fmt: skip
+    ok_json("POST", f"{url}/m/{metric}/points", body=rows, token=account.admin)
+    base = f"c25{'0' * 37}"
+    at_base = compare(url, metric, 100.2, base=base)
+    assert at_base["verdict"] == "same" and at_base["baseline"]["commit"] == base
+    assert at_base["baseline"]["median"] == pytest.approx(100, abs=0.6)
+    drifted = compare(url, metric, 100.2)  # no base: main's newest level, 120 ms
+    assert drifted["verdict"] == "improvement" and drifted["baseline"]["n"] == 10
+    assert drifted["baseline"]["commit"] == rows[-1]["commit"]
+    ancestors = compare(url, metric, 100.2, base=["f" * 40, "c25000000", "c2400000"])
+    assert ancestors["baseline"]["commit"] == base, "the first stored of the list, by prefix"
+    unknown = compare(url, metric, 100.2, base=["f" * 40])
+    assert unknown["baseline"]["commit"] is None and unknown["verdict"] == "improvement"
+    # PerfIt 0.2 kept the commit at the start of the metadata: it is read as the commit.
+    old = new_metric(url, account.admin)
+    legacy = [{"t": start + 60 * i, "v": 10.0 + i % 2 * 0.01, "m": f"{i:012x} https://ci/{i}"}
+              for i in range(30)]  # fmt: skip
+    ok_json("POST", f"{url}/m/{old}/points", body=legacy, token=account.admin)
+    found = compare(url, old, 10.0, base=f"{12:012x}{'9' * 28}")
+    assert found["baseline"] == {**found["baseline"], "commit": f"{12:012x}", "n": 13}
+
+
+def test_compare_gives_an_interval_and_says_inconclusive_when_unsure(
+    url: str, account: Account
+) -> None:
+    rng = random.Random(7)
+    metric = new_metric(url, account.admin, unit="s")
+    start = int(time.time()) - 86400
+    rows = [{"t": start + 60 * i, "v": 10 * rng.lognormvariate(0, 0.03)} for i in range(30)]
+    ok_json("POST", f"{url}/m/{metric}/points", body=rows, token=account.admin)
+    level = statistics.median(r["v"] for r in rows)
+    clear = compare(url, metric, level * 1.3)
+    low, high = clear["interval"]
+    assert clear["verdict"] == "regression" and 0.05 < low < clear["change"] < high
+    assert high - low == pytest.approx(2 * 2.045 * 0.03 * 1.02, rel=0.35), "95 %: t × its SE"
+    unsure = compare(url, metric, level * 1.07)
+    assert (
+        unsure["verdict"] == "inconclusive" and unsure["interval"][0] < 0.05 < unsure["interval"][1]
+    )
+    assert compare(url, metric, level * 1.02)["verdict"] == "same"
+    # Samples that scatter more than main's runs do widen the interval.
+    scattered = compare(url, metric, *(level * f for f in (0.8, 1.0, 1.2, 0.9, 1.1)))
+    assert scattered["interval"][1] - scattered["interval"][0] > 2 * (high - low)
+
+
+def _suite_history(
+    url: str, account: Account, prefix: str, runs: int = 30, size: int = 12
+) -> list[str]:
+    """A suite's main runs (POST /r/), CI-like: each run's speed shared by all of its
+    benchmarks (3 %, one run in ten on a 1.5x runner), each benchmark's own noise 1 %."""
+    rng = random.Random(11)
+    names = [f"{prefix}/bench_{i}" for i in range(size)]
+    for r in range(runs):
+        runner = rng.lognormvariate(0, 0.03) * (1.5 if r % 10 == 7 else 1.0)
+        points = [{"name": n, "value": (1 + i) * runner * rng.lognormvariate(0, 0.01), "unit": "ms"}
+                  for i, n in enumerate(names)]  # fmt: skip
+        body = {"points": points, "commit": f"{r:07x}", "branch": "main"}
+        ok_json("POST", f"{url}/r/", body=body, token=account.post)
+    return names
+
+
+def test_a_suite_compared_on_its_board_takes_out_the_runners_shift(
+    url: str, account: Account
+) -> None:
+    names = _suite_history(url, account, "shifted")
+    board = account_doc(url, account.admin)["board_id"]
+    # A PR run on a runner 30 % slower, where bench_3 got 15 % slower still; no token at all.
+    results = [{"name": n, "values": [1.3 * (1 + i) * (1.15 if i == 3 else 1.0)], "unit": "ms"}
+               for i, n in enumerate(names) if i != 5]  # fmt: skip
+    results.append({"name": "shifted/brand_new", "value": 1.0})
+    doc = ok_json("POST", f"{url}/b/{board}/compare", body={"results": results})
+    verdicts = {r["name"]: r["verdict"] for r in doc["results"]}
+    assert verdicts.pop("shifted/bench_3") == "regression"
+    assert verdicts.pop("shifted/brand_new") == "new"
+    assert set(verdicts.values()) == {"same"}, "the runner's 30 % is no benchmark's regression"
+    shift = doc["shift"]
+    assert shift["verdict"] == "inconclusive" and shift["change"] == pytest.approx(0.3, abs=0.04)
+    assert shift["results"] == len(names) - 1
+    (lost,) = doc["missing"]
+    assert lost["name"] == "shifted/bench_5", "main has it, the PR lost it"
+    new = next(r for r in doc["results"] if r["name"] == "shifted/brand_new")
+    assert new["metric_id"] is None and new["baseline"]["median"] is None
+    slow = next(r for r in doc["results"] if r["name"] == "shifted/bench_3")
+    assert slow["change"] == pytest.approx(0.15, abs=0.03) and slow["interval"][0] > 0.05
+    assert (
+        slow["unit"] == "ms" and slow["metric_id"] == account_ids(url, account)["shifted/bench_3"]
+    )
+    # At a base commit of main's history, the same; an unknown base is said to be unknown.
+    at = ok_json("POST", f"{url}/b/{board}/compare", body={"results": results, "base": "000000f"})
+    assert at["base"] == "000000f" and at["results"][0]["baseline"]["commit"] == "000000f"
+    nowhere = ok_json(
+        "POST", f"{url}/b/{board}/compare", body={"results": results, "base": "a" * 40}
+    )
+    assert nowhere["base"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        {},
+        {"results": []},
+        {"results": [{"name": "x"}]},
+        {"results": [{"name": "x", "value": 1, "values": [1]}]},
+        {"results": [{"name": "", "value": 1}]},
+        {"results": [{"name": "x", "values": []}]},
+        {"results": [{"name": "x", "value": "1"}]},
+        {"results": [{"name": "x", "value": 1}], "base": "xyz"},
+        {"results": [{"name": "x", "value": 1}], "base": ["a" * 7] * 101},
+        {"results": [{"name": "x", "value": 1, "other": 2}]},
+    ],
+)
+def test_a_bad_suite_comparison_is_400(url: str, shared_account: Account, body: Any) -> None:
+    board = account_doc(url, shared_account.admin)["board_id"]
+    assert_error(http("POST", f"{url}/b/{board}/compare", body=body), 400)
+
+
+def test_a_suite_comparison_is_bounded_and_needs_a_board_that_exists(
+    url: str, shared_account: Account
+) -> None:
+    board = account_doc(url, shared_account.admin)["board_id"]
+    many = {
+        "results": [{"name": f"r{i}", "value": 1} for i in range(perfit.MAX_COMPARE_RESULTS + 1)]
+    }
+    assert_error(http("POST", f"{url}/b/{board}/compare", body=many), 413)
+    assert_error(
+        http(
+            "POST", f"{url}/b/{unknown_id()}/compare", body={"results": [{"name": "x", "value": 1}]}
+        ),
+        404,
+    )
 
 
 @pytest.mark.parametrize(
@@ -3374,7 +3517,9 @@ def test_excluded_points_are_kept_drawn_hollow_and_left_out(url: str, account: A
     assert len(points(url, metric)) == 55, "kept"
     chart = http("GET", f"{url}/m/{metric}.svg")[2].decode()
     assert chart.count('class="point excluded"') == 15
-    assert compare(url, metric, 100)["baseline"] == {"median": 100.0, "n": 30, "spread": 0.7413}
+    baseline = compare(url, metric, 100)["baseline"]
+    assert (baseline["median"], baseline["n"]) == (100.0, 30)
+    assert baseline["spread"] == pytest.approx(0.5, abs=0.02), "±0.5 %: a standard deviation of 0.5"
     badge = http("GET", f"{url}/m/{metric}/badge.svg")[2].decode()
     assert ">1m 39s<" in badge, "the newest kept value (99.5 s), not a broken run (200 s)"
     one = {"t": broken[-1]["t"]}
