@@ -3364,7 +3364,7 @@ def test_compare_gives_an_interval_and_says_inconclusive_when_unsure(
     clear = compare(url, metric, level * 1.3)
     low, high = clear["interval"]
     assert clear["verdict"] == "regression" and 0.05 < low < clear["change"] < high
-    assert high - low == pytest.approx(2 * 2.045 * 0.03 * 1.02, rel=0.35), "95 %: t × its SE"
+    assert high - low == pytest.approx(2 * 2.045 * 0.03 * 1.02, rel=0.35), "95 %: t times its SE"
     unsure = compare(url, metric, level * 1.07)
     assert (
         unsure["verdict"] == "inconclusive" and unsure["interval"][0] < 0.05 < unsure["interval"][1]
