@@ -64,12 +64,14 @@ __all__ = [
     "MAX_ACCOUNT_METRICS",
     *"MAX_IMPORT_POINTS DEFAULT_CHANGE_THRESHOLD CHART_HEIGHT CHART_MARGIN BADGE_COLOURS".split(),
     *"ENV_SERVER ENV_ACCESS_TOKEN ENV_METRIC ENV_METADATA ENV_TIMEOUT ENV_LISTEN".split(),
+    *"ENV_COMMIT ENV_BRANCH ENV_BOARD ENV_BASE".split(),
     *"ENV_DATA ENV_ROOT_TOKEN EXIT_OK EXIT_REFUSED EXIT_USAGE EXIT_REGRESSED".split(),
     *"EXIT_UNREACHABLE EXIT_INTERRUPTED EXIT_STORE_FATAL".split(),
     # the store
     *"FRAME POINT REC_POINT LOG_MAGIC SEG_MAGIC Scan encode_record scan_file scan_bytes".split(),
     *"BATCHED pack_batch unpack_batch RunPoint RUN REC_RUN pack_run unpack_run Row".split(),
     *"Origin Origins origin_table pack_origin unpack_origin DEFAULT_MAIN_BRANCH".split(),
+    "legacy_commit",
     *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
@@ -88,7 +90,8 @@ __all__ = [
     # the client, the executable and the command line
     "Client",
     "write_bundle",
-    *"Result read_results detect_format read_gab_data_js ci_metadata".split(),
+    *"Result read_results detect_format read_gab_data_js CiContext ci_context".split(),
+    "post_comment",
     "main",
 ]
 
@@ -152,6 +155,10 @@ ENV_ACCESS_TOKEN = "PERFIT_ACCESS_TOKEN"
 ENV_METRIC = "PERFIT_METRIC"
 ENV_METADATA = "PERFIT_METADATA"
 ENV_TIMEOUT = "PERFIT_TIMEOUT"
+ENV_COMMIT = "PERFIT_COMMIT"
+ENV_BRANCH = "PERFIT_BRANCH"
+ENV_BOARD = "PERFIT_BOARD"
+ENV_BASE = "PERFIT_BASE"
 ENV_LISTEN = "PERFITD_LISTEN"
 ENV_DATA = "PERFITD_DATA"
 ENV_ROOT_TOKEN = "PERFITD_ROOT_ACCESS_TOKEN"
@@ -802,6 +809,17 @@ def origin_table() -> Origins:
 
 #: A point as a tuple: (time µs, value, its own metadata, its origin's number).
 Row = tuple
+
+#: A commit at the start of a point's metadata, as PerfIt 0.2 stored it ("3f2a9c1e7b0d URL").
+_LEGACY_COMMIT_RE = _Regex(rb"([0-9a-fA-F]{7,40})(?: |$)")
+
+
+def legacy_commit(meta: bytes) -> tuple[str, bytes]:
+    """(the commit that starts the metadata, the rest of it), or ("", meta) without one."""
+    found = _LEGACY_COMMIT_RE.match(meta)
+    if found is None:
+        return "", meta
+    return found.group(1).decode("ascii").lower(), meta[found.end() :]
 
 
 @dataclasses.dataclass
@@ -1512,9 +1530,14 @@ class Series(_SeriesReading):
 
     @staticmethod
     def _identity(row: Row) -> tuple:
-        """What makes two points the same point: (time, value, metadata, commit, branch)."""
+        """What makes two points the same point: (time, value, metadata, commit, branch); a
+        commit as PerfIt 0.2 kept it, at the start of the metadata, counts as the commit, so
+        a file imported by 0.2 and again now is the same points."""
         origin = origin_table()[row[3]]
-        return row[0], row[1], row[2] or origin.meta, origin.commit, origin.branch
+        commit, meta = origin.commit, row[2] or origin.meta
+        if not commit:
+            commit, meta = legacy_commit(meta)
+        return row[0], row[1], meta, commit[:12], origin.branch
 
 
 class Marks:
@@ -3166,7 +3189,6 @@ _VERDICT_SIGMAS = 3.0  #: ... and at least this many standard errors, however sm
 _WINSOR_SIGMAS = 3.0  #: a baseline point's residual counts at most this many robust SDs
 _BASE_SCAN = 1000  #: main's newest points searched for a base commit, per metric
 _BASE_SCAN_METRICS = 20  #: ... in at most this many of the metrics compared
-_HEX_WORD_RE = _Regex(r"([0-9a-fA-F]{7,40})(?:\s|$)")  #: a commit at the start of old metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3205,11 +3227,7 @@ def _stepped(values: list[float], threshold: float) -> bool:
 def _point_commit(series: Series, i: int) -> str:
     """The commit a point measured: its origin's, else a commit that starts its metadata (as
     PerfIt 0.2 stored it: "3f2a9c1e7b0d https://ci/job/7")."""
-    commit = series.origin(i).commit
-    if commit:
-        return commit
-    found = _HEX_WORD_RE.match(series.metadata(i))
-    return found.group(1).lower() if found else ""
+    return series.origin(i).commit or legacy_commit(series.metadata_bytes(i))[0]
 
 
 def base_time(metrics: Sequence[Metric], commits: Sequence[str]) -> tuple[int, str] | None:
@@ -7638,6 +7656,9 @@ class Result:
     value: float
     unit: str = "s"
     better: str = "lower"
+    #: every sample the harness wrote (its runs, rounds, repetitions), in `unit`; () when it
+    #: wrote one number. `post` stores the value; `compare` judges the samples.
+    samples: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit}
@@ -7662,15 +7683,20 @@ _HARNESS_TIME_UNITS = {
 }
 
 
-def _measured(name: str, value: float, unit: str, better: str = "") -> Result:
+def _measured(
+    name: str, value: float, unit: str, better: str = "", samples: Iterable[float] = ()
+) -> Result:
     """A result in PerfIt's units: a time (also "ns/op", "ns/iter") in seconds; anything per
-    second higher-is-better unless said otherwise; other units as they come."""
+    second higher-is-better unless said otherwise; other units as they come. `samples` (the
+    harness's runs) go the same way."""
     base = unit.split("/")[0] if unit.endswith(("/op", "/iter")) else unit
+    scale = _HARNESS_TIME_UNITS.get(base, 1.0)
+    kept = tuple(_tidy(x * scale, 15) for x in samples)
     if base in _HARNESS_TIME_UNITS:
-        seconds = _tidy(value * _HARNESS_TIME_UNITS[base], 15)
-        return Result(name, seconds, "s", better or "lower")
+        return Result(name, _tidy(value * scale, 15), "s", better or "lower", kept)
     per_second = unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
-    return Result(name, _tidy(value, 15), unit, better or ("higher" if per_second else "lower"))
+    direction = better or ("higher" if per_second else "lower")
+    return Result(name, _tidy(value, 15), unit, direction, kept)
 
 
 def _json_doc(text: str, fmt: str) -> Any:
@@ -7697,7 +7723,8 @@ def _read_pytest_benchmark(text: str) -> list[Result]:
     results = []
     for bench in doc["benchmarks"]:
         name = f"{bench['group']}/{bench['name']}" if bench.get("group") else bench["fullname"]
-        results.append(_measured(name, bench["stats"]["median"], "s"))
+        stats = bench["stats"]  # "data": every round, with --benchmark-save-data
+        results.append(_measured(name, stats["median"], "s", samples=stats.get("data") or ()))
     return results
 
 
@@ -7709,7 +7736,10 @@ def _read_hyperfine(text: str) -> list[Result]:
         "hyperfine",
         'no "results" list',
     )
-    return [_measured(r["command"], r["median"], "s") for r in doc["results"]]
+    return [
+        _measured(r["command"], r["median"], "s", samples=r.get("times") or ())
+        for r in doc["results"]
+    ]
 
 
 _GO_LINE_RE = _Regex(r"^(Benchmark\S*?)(?:-\d+)?\s+(\d+)\s+(\d.*)$")
@@ -7742,7 +7772,8 @@ def _read_go(text: str) -> list[Result]:
         name = f"{package}/{bench}" if len(packages) > 1 and package else bench
         if unit != "ns/op":
             name = f"{name} ({unit})"
-        results.append(_measured(name, _median(values), unit))
+        samples = values if len(values) > 1 else ()  # -count N: N lines, N samples
+        results.append(_measured(name, _median(values), unit, samples=samples))
     return results
 
 
@@ -7779,9 +7810,15 @@ def _read_google_benchmark(text: str) -> list[Result]:
     for row in chosen:
         grouped.setdefault(row.get("run_name") or row["name"], []).append(row)
     results = []
+    repetitions: dict[str, list[float]] = {}  # every iteration row: each is a repetition
+    for row in rows:
+        if row.get("run_type", "iteration") == "iteration":
+            repetitions.setdefault(row.get("run_name") or row["name"], []).append(row["real_time"])
     for name, runs in grouped.items():
         unit = runs[0].get("time_unit", "ns")
-        results.append(_measured(name, _median(r["real_time"] for r in runs), unit))
+        samples = repetitions.get(name, ()) if len(repetitions.get(name, ())) > 1 else ()
+        value = _median(r["real_time"] for r in runs)
+        results.append(_measured(name, value, unit, samples=samples))
         for field, unit in (("items_per_second", "items/s"), ("bytes_per_second", "bytes/s")):
             if field in runs[0]:
                 value = _median(r[field] for r in runs)
@@ -7859,7 +7896,8 @@ def _read_pyperf(text: str) -> list[Result]:
         values = [v for run in bench.get("runs", []) for v in run.get("values", [])]
         if values:
             unit = _PYPERF_UNITS.get(meta.get("unit", "second"), meta.get("unit", ""))
-            results.append(_measured(meta.get("name", "pyperf"), _median(values), unit))
+            name = meta.get("name", "pyperf")
+            results.append(_measured(name, _median(values), unit, samples=values))
     return results
 
 
@@ -7920,8 +7958,8 @@ def read_results(text: str, fmt: str, prefix: str = "") -> list[Result]:
 
 def read_gab_data_js(text: str) -> list[tuple[Result, list[dict[str, Any]]]]:
     """github-action-benchmark's data.js (`window.BENCHMARK_DATA = {...}`) as points: a
-    metric "SUITE/BENCH" each, a point per entry at its commit's time, the commit's id and
-    URL as metadata, higher-is-better by the entry's tool. Each metric comes as a Result
+    metric "SUITE/BENCH" each, a point per entry at its commit's time, with the commit and its
+    URL (as metadata), higher-is-better by the entry's tool. Each metric comes as a Result
     (its name, unit and direction) and its points, {"t", "v", "m"}."""
     body = text.strip().removeprefix("window.BENCHMARK_DATA").lstrip(" =").rstrip(" ;\n")
     doc = _json_doc(body, "github-action-benchmark data.js")
@@ -7935,7 +7973,7 @@ def read_gab_data_js(text: str) -> list[tuple[Result, list[dict[str, Any]]]]:
         for entry in entries:
             commit = entry.get("commit") or {}
             t = _commit_time(commit.get("timestamp"), entry.get("date"))
-            meta = f"{str(commit.get('id', ''))[:12]} {commit.get('url', '')}".strip()
+            sha, meta = str(commit.get("id", "")), str(commit.get("url", ""))
             better = "higher" if entry.get("tool") in _GAB_HIGHER_TOOLS else ""
             for bench in entry["benches"]:
                 result = _measured(
@@ -7944,6 +7982,8 @@ def read_gab_data_js(text: str) -> list[tuple[Result, list[dict[str, Any]]]]:
                 point = {"t": t, "v": result.value}
                 if meta:
                     point["m"] = meta[:_MAX_METADATA_BYTES]
+                if _COMMIT_RE.fullmatch(sha) and sha:
+                    point["commit"] = sha.lower()
                 series.setdefault(result.name, (result, []))[1].append(point)
     return list(series.values())
 
@@ -7965,57 +8005,290 @@ def _commit_time(stamp: object, date_ms: object) -> float:
 
 
 # ==============================================================================================
-# Client: CI metadata
-# What a point says about where it came from, found in the CI service's environment: the
-# commit and the job's URL, so charts and tables link each point to its job.
+# Client: CI context
+# Where a CI job runs, from its service's environment: the commit and branch it measures and
+# the job's URL (kept with each point), and on a pull request, where the PR branched off main.
 # ==============================================================================================
 
 
-def _github_job(env: dict[str, str]) -> str:
-    url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
-    url += f"/actions/runs/{env['GITHUB_RUN_ID']}"
-    attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
-    return url if attempt in ("", "1") else f"{url}/attempts/{attempt}"
+@dataclasses.dataclass(frozen=True)
+class CiContext:
+    """What a CI job's environment tells of the run: the commit and branch it measures, the
+    job's URL, and (on a pull request) the commits where it branched, newest first."""
+
+    commit: str = ""
+    branch: str = ""
+    job: str = ""  #: the job's URL: a point's metadata, linked from charts and tables
+    base: tuple[str, ...] = ()  #: where a PR branched, then that commit's ancestors on main
+    base_note: str = ""  #: how `base` was found, or why it is not what was asked for
+    service: str = ""  #: "github", "gitlab" ...; "" outside a CI service PerfIt knows
+    commit_link: str = ""  #: a commit's page, "{}" standing for its id; "" when unknown
 
 
-def _buildkite_job(env: dict[str, str]) -> str:
-    job = env.get("BUILDKITE_JOB_ID", "")
-    return env["BUILDKITE_BUILD_URL"] + (f"#{job}" if job else "")
+def _event(env: dict[str, str]) -> dict[str, Any]:
+    """The GitHub Actions event (GITHUB_EVENT_PATH), or {}."""
+    try:
+        with open(env.get("GITHUB_EVENT_PATH", ""), encoding="utf-8") as f:
+            event = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
-#: Each CI service: the variable that says we run on it, the one holding the commit, and how
-#: to make the job's URL.
-_CI_SERVICES: tuple[tuple[str, str, Callable[[dict[str, str]], str]], ...] = (
-    ("GITHUB_ACTIONS", "GITHUB_SHA", _github_job),
-    ("GITLAB_CI", "CI_COMMIT_SHA", lambda env: env["CI_JOB_URL"]),
-    ("BUILDKITE", "BUILDKITE_COMMIT", _buildkite_job),
-    ("CIRCLECI", "CIRCLE_SHA1", lambda env: env["CIRCLE_BUILD_URL"]),
-    ("JENKINS_URL", "GIT_COMMIT", lambda env: env["BUILD_URL"]),
+def _github(env: dict[str, str]) -> CiContext:
+    pr = _event(env).get("pull_request") or {}
+    head, base = (pr.get("head") or {}).get("sha", ""), (pr.get("base") or {}).get("sha", "")
+    job = ""
+    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+        job = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
+        job += f"/actions/runs/{env['GITHUB_RUN_ID']}"
+        attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
+        job += "" if attempt in ("", "1") else f"/attempts/{attempt}"
+    # On a pull request GITHUB_SHA is a merge commit GitHub made: the PR's head is measured.
+    commit = head or env.get("GITHUB_SHA", "")
+    branch = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", "")
+    link = ""
+    if env.get("GITHUB_REPOSITORY"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        link = f"{server}/{env['GITHUB_REPOSITORY']}/commit/{{}}"
+    return CiContext(commit, branch, job, *_branched(env, base, head), "github", link)
+
+
+def _gitlab(env: dict[str, str]) -> CiContext:
+    # A merged-results pipeline measures a merge commit; its source branch's head is the PR's.
+    commit = env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA") or env.get("CI_COMMIT_SHA", "")
+    branch = env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or env.get("CI_COMMIT_BRANCH", "")
+    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")  # GitLab's merge base
+    link = f"{env['CI_PROJECT_URL']}/-/commit/{{}}" if env.get("CI_PROJECT_URL") else ""
+    job = env.get("CI_JOB_URL", "")
+    return CiContext(commit, branch, job, *_branched(env, base, ""), "gitlab", link)
+
+
+def _buildkite(env: dict[str, str]) -> CiContext:
+    job = env.get("BUILDKITE_BUILD_URL", "")
+    if job and env.get("BUILDKITE_JOB_ID"):
+        job += f"#{env['BUILDKITE_JOB_ID']}"
+    target = env.get("BUILDKITE_PULL_REQUEST_BASE_BRANCH", "")
+    base = _git(env, "merge-base", "HEAD", f"origin/{target}") if target else ""
+    commit = env.get("BUILDKITE_COMMIT", "")  # "HEAD" is allowed there: resolved below
+    return CiContext(
+        commit, env.get("BUILDKITE_BRANCH", ""), job, *_branched(env, base, ""), "buildkite"
+    )
+
+
+def _circleci(env: dict[str, str]) -> CiContext:
+    branch = env.get("CIRCLE_BRANCH", "")
+    return CiContext(
+        env.get("CIRCLE_SHA1", ""), branch, env.get("CIRCLE_BUILD_URL", ""), service="circleci"
+    )
+
+
+def _jenkins(env: dict[str, str]) -> CiContext:
+    branch = (
+        env.get("CHANGE_BRANCH")
+        or env.get("BRANCH_NAME")
+        or env.get("GIT_LOCAL_BRANCH")
+        or env.get("GIT_BRANCH", "").removeprefix("origin/")
+    )
+    target = env.get("CHANGE_TARGET", "")
+    base = _git(env, "merge-base", "HEAD", f"origin/{target}") if target else ""
+    return CiContext(
+        env.get("GIT_COMMIT", ""),
+        branch,
+        env.get("BUILD_URL", ""),
+        *_branched(env, base, ""),
+        "jenkins",
+    )
+
+
+#: Each CI service PerfIt knows: the variable that says a job runs on it, and how to read it.
+_CI_SERVICES: tuple[tuple[str, Callable[[dict[str, str]], CiContext]], ...] = (
+    ("GITHUB_ACTIONS", _github),
+    ("GITLAB_CI", _gitlab),
+    ("BUILDKITE", _buildkite),
+    ("CIRCLECI", _circleci),
+    ("JENKINS_URL", _jenkins),
 )
-_SHA_CHARS = 12  #: of a commit id: unique in any repository a team has, short in a tooltip
+_ANCESTORS = 50  #: main's commits before a PR's base that may stand in for it (not measured)
 
 
-def ci_metadata(env: dict[str, str] | None = None) -> str:
-    """ "COMMIT JOB_URL" on a CI service PerfIt knows, else the checkout's commit, else ""."""
+def ci_context(env: dict[str, str] | None = None) -> CiContext:
+    """The run's context on a CI service PerfIt knows, else the checkout's commit and branch."""
     env = dict(os.environ if env is None else env)
-    for marker, sha, job in _CI_SERVICES:
-        if env.get(marker):
-            with contextlib.suppress(KeyError):
-                return f"{env.get(sha, '')[:_SHA_CHARS]} {job(env)}".strip()
-            return env.get(sha, "")[:_SHA_CHARS]
-    return _git_head()[:_SHA_CHARS]
+    found = next((read(env) for marker, read in _CI_SERVICES if env.get(marker)), None)
+    if found is None:
+        branch = _git(env, "rev-parse", "--abbrev-ref", "HEAD")
+        found = CiContext(_git(env, "rev-parse", "HEAD"), "" if branch == "HEAD" else branch)
+    commit = found.commit
+    if not (commit and _COMMIT_RE.fullmatch(commit)):
+        commit = _git(env, "rev-parse", "HEAD")
+    return dataclasses.replace(found, commit=commit.lower())
 
 
-def _git_head() -> str:
+def _branched(env: dict[str, str], base: str, head: str) -> tuple[tuple[str, ...], str]:
+    """Where a PR branched, newest first: the merge base of its head and base (git knows it
+    when the checkout has their history), then that commit's first-parent ancestors, so a
+    base main never measured is stood in for by the newest one it did."""
+    if not base:
+        return (), ""
+    fork = _git(env, "merge-base", head, base) if head else ""
+    start = fork or base
+    ancestors = _git(env, "rev-list", "--first-parent", f"-n{_ANCESTORS}", start).split()
+    if ancestors:
+        return tuple(ancestors), ""
+    note = "the checkout has no history (fetch-depth: 0 gives it): comparing at the PR's base"
+    return (start,), note if head else ""
+
+
+def _git(env: dict[str, str], *args: str) -> str:
+    """What a git command prints, or "" when it fails (no git, no checkout, no such commit);
+    run with `env` over this process's environment (GIT_DIR and the like)."""
     import subprocess
 
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", *args], capture_output=True, text=True, timeout=10, env={**os.environ, **env}
         )
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# ==============================================================================================
+# Client: pull request comments
+# A comparison posted as one comment on the pull request (a GitHub PR, a GitLab merge request),
+# found again by a hidden marker and edited in place on every later run; or said why not.
+# ==============================================================================================
+
+_MAX_COMMENT_CHARS = 65_000  #: GitHub refuses a comment over 65,536 characters
+#: Why a forge may refuse a comment, said after its own message.
+_FORBIDDEN_HINTS = {
+    "GitHub": " (a fork's pull request has a read-only token; otherwise give the job "
+    "permissions: pull-requests: write)",
+    "GitLab": " (PERFIT_GITLAB_TOKEN needs the api scope and at least the Reporter role)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Forge:
+    """How to list, create and edit the comments of one pull request on one forge."""
+
+    name: str
+    comments: str  #: the URL that lists them (GET) and creates one (POST)
+    edit: Callable[[Any], str]  #: a comment's id -> the URL that edits it
+    edit_method: str  #: PATCH on GitHub, PUT on GitLab
+    headers: dict[str, str]
+    where: str  #: "pull request #7", for messages
+    list_query: str = "per_page=100"
+
+
+def _github_forge(env: dict[str, str]) -> _Forge | str:
+    """GitHub's, or why there is none: not a pull request, or no token."""
+    event = _event(env)
+    number = (event.get("pull_request") or {}).get("number")
+    if not number:
+        return f"this is not a pull request ({env.get('GITHUB_EVENT_NAME') or 'no event'})"
+    token = env.get("GITHUB_TOKEN", "")
+    if not token:
+        return "no GITHUB_TOKEN: give the step env: GITHUB_TOKEN: ${{ github.token }}"
+    api = f"{env.get('GITHUB_API_URL', 'https://api.github.com')}/repos/{env.get('GITHUB_REPOSITORY', '')}"
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": "2022-11-28",
+    }
+    return _Forge(
+        "GitHub",
+        f"{api}/issues/{number}/comments",
+        lambda id_: f"{api}/issues/comments/{id_}",
+        "PATCH",
+        headers,
+        f"pull request #{number}",
+    )
+
+
+def _gitlab_forge(env: dict[str, str]) -> _Forge | str:
+    iid = env.get("CI_MERGE_REQUEST_IID", "")
+    if not iid:
+        return "this is not a merge request pipeline (no CI_MERGE_REQUEST_IID)"
+    token = env.get("PERFIT_GITLAB_TOKEN", "")
+    if not token:
+        return "no PERFIT_GITLAB_TOKEN (a token with the api scope: CI_JOB_TOKEN cannot comment)"
+    notes = f"{env.get('CI_API_V4_URL', '')}/projects/{env.get('CI_PROJECT_ID', '')}/merge_requests/{iid}/notes"
+    return _Forge(
+        "GitLab",
+        notes,
+        lambda id_: f"{notes}/{id_}",
+        "PUT",
+        {"PRIVATE-TOKEN": token},
+        f"merge request !{iid}",
+        "per_page=100&sort=asc",
+    )
+
+
+#: Where a PR comment can go: the variable that says a job runs there, and its forge.
+_FORGES = (("GITHUB_ACTIONS", _github_forge), ("GITLAB_CI", _gitlab_forge))
+
+
+def post_comment(
+    body: str, key: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> str:
+    """Create the PR's PerfIt comment (marked with `key`), or edit the one made before; what
+    was done, as a line for the log. A forge that says no is told, never raised: the
+    comparison's verdict, not the comment's fate, decides the exit code."""
+    env = dict(os.environ if env is None else env)
+    make = next((make for marker, make in _FORGES if env.get(marker)), None)
+    forge = make(env) if make else "not on GitHub Actions or GitLab CI"
+    if isinstance(forge, str):
+        return f"no comment: {forge}"
+    marker = f"<!-- perfit-comment: {key} -->"
+    text = f"{marker}\n{body}"
+    try:
+        found = _find_comment(forge, marker, timeout)
+        if found is None:
+            _forge_call(forge, "POST", forge.comments, {"body": text}, timeout)
+            return f"commented on {forge.where}"
+        _forge_call(forge, forge.edit_method, forge.edit(found), {"body": text}, timeout)
+        return f"updated the comment on {forge.where}"
+    except PerfitError as err:
+        return f"could not comment on {forge.where}: {err.message}"
+
+
+def _find_comment(forge: _Forge, marker: str, timeout: float) -> Any | None:
+    """The id of the PR's comment that holds `marker` (a system note never), or None."""
+    page = 1
+    while True:
+        url = f"{forge.comments}?{forge.list_query}&page={page}"
+        found = _forge_call(forge, "GET", url, None, timeout)
+        if not isinstance(found, list):
+            raise SendFailed(f"{forge.name} answered the comments' list with no list")
+        for comment in found:
+            if marker in str(comment.get("body", "")) and not comment.get("system"):
+                return comment["id"]
+        if len(found) < 100:
+            return None
+        page += 1
+
+
+def _forge_call(forge: _Forge, method: str, url: str, body: Any, timeout: float) -> Any:
+    """One call to a forge's API; a refusal is a ServerSaidNo with its status and message."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    headers = {**forge.headers, "User-Agent": f"perfit/{__version__}"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with _opener().open(request, timeout=timeout) as answer:
+            return json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as e:
+        hint = _FORBIDDEN_HINTS[forge.name] if e.code in (401, 403, 404) else ""
+        raise ServerSaidNo(f"{e.code} {_server_message(e)}{hint}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        raise SendFailed(f"{forge.name}: {getattr(e, 'reason', e)}") from None
 
 
 # ==============================================================================================
@@ -8054,10 +8327,20 @@ def write_bundle(target: str) -> list[str]:
             _stage_licence(name, staging)
             held.append(f"{name} {version}")
         _compile_staged(staging)
-        zipapp.create_archive(
-            staging, target, interpreter="/usr/bin/env python3", main="perfit:main", compressed=True
-        )
+        # Our own __main__: zipapp's (main="perfit:main") calls main() and drops what it
+        # returns, so every command would exit 0, a failing `run` or `metric check` too.
+        with open(os.path.join(staging, "__main__.py"), "w", encoding="utf-8") as f:
+            f.write(_BUNDLE_MAIN)
+        zipapp.create_archive(staging, target, interpreter="/usr/bin/env python3", compressed=True)
     return held
+
+
+_BUNDLE_MAIN = """\
+# The entry point of perfit.pyz: exits with the code the command returns.
+import perfit
+
+raise SystemExit(perfit.main())
+"""
 
 
 def _stage_module(module: Any, name: str, staging: str) -> None:
@@ -8248,9 +8531,22 @@ _POSTING = (
     *_ON_METRIC,
     _Option(
         "--metadata",
-        "text kept with the point (default: the commit and the CI job's URL)",
+        "text kept with the points (default: the CI job's URL)",
         "TEXT",
         env=ENV_METADATA,
+    ),
+    _Option(
+        "--commit",
+        "the commit measured, 7-40 hex digits (default: the CI's, or the checkout's)",
+        "SHA",
+        env=ENV_COMMIT,
+    ),
+    _Option(
+        "--branch",
+        "the branch measured (default: the CI's, or the checkout's); the account's main "
+        "branch is main's line, another's points are kept 30 days apart from it",
+        "NAME",
+        env=ENV_BRANCH,
     ),
 )
 #: The chart's range, as options of the commands that read points.
@@ -8357,9 +8653,16 @@ def _metric_path(args: argparse.Namespace) -> str:
     raise NotFound(f"no metric named {metric!r} in the token's account")
 
 
-def _metadata(args: argparse.Namespace) -> str:
-    """--metadata, else what the CI service tells of the commit and the job."""
-    return args.metadata or ci_metadata()
+def _origin(args: argparse.Namespace) -> dict[str, str]:
+    """What a post says of where its points come from: --metadata, --commit and --branch,
+    else what the CI service (or the checkout) tells: the job's URL, the commit, the branch."""
+    found = ci_context() if not (args.metadata and args.commit and args.branch) else CiContext()
+    origin = {
+        "metadata": args.metadata or found.job,
+        "commit": (args.commit or found.commit).lower(),
+        "branch": args.branch or found.branch,
+    }
+    return {k: v for k, v in origin.items() if v}
 
 
 def _print_json(doc: Any) -> None:
@@ -8652,8 +8955,9 @@ def _read_points_file(path: str) -> dict[str, list]:
 def _as_columns(rows: Sequence[dict[str, Any]]) -> dict[str, list]:
     """Points as columns; the server checks each value, and names the point if one is bad."""
     columns = {"t": [r.get("t") for r in rows], "v": [r.get("v") for r in rows]}
-    if any("m" in r for r in rows):
-        columns["m"] = [r.get("m", "") for r in rows]
+    for name in _IMPORT_TEXTS:
+        if any(name in r for r in rows):
+            columns[name] = [r.get(name, "") for r in rows]
     return columns
 
 
@@ -8666,26 +8970,32 @@ def _csv_columns(text: str) -> dict[str, list]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     if not {"t", "v"} <= set(header):
-        raise ValueError("a CSV file needs a header line naming t, v and optionally m")
-    at = {name: header.index(name) for name in ("t", "v", "m") if name in header}
+        raise ValueError(
+            "a CSV file needs a header line naming t, v and optionally m, commit, branch"
+        )
+    at = {name: header.index(name) for name in ("t", "v", *_IMPORT_TEXTS) if name in header}
     rows = list(reader)
     if rows and {len(row) for row in rows} == {len(header)}:
         with contextlib.suppress(ValueError):  # a bad number: found line by line below
             # Column by column, float() mapped in C: a line at a time costs twice as much.
             found = {name: [row[at[name]] for row in rows] for name in at}
             found["t"], found["v"] = list(map(float, found["t"])), list(map(float, found["v"]))
-            if not any(found.get("m", ())):
-                found.pop("m", None)
-            return found
-    t, v, m = [], [], []
+            return _without_empty_texts(found)
+    found = {name: [] for name in at}
     for line, row in enumerate(rows, start=2):
         try:
-            t.append(float(row[at["t"]]))
-            v.append(float(row[at["v"]]))
+            found["t"].append(float(row[at["t"]]))
+            found["v"].append(float(row[at["v"]]))
         except (IndexError, ValueError):
             raise ValueError(f"line {line}: t and v must be numbers") from None
-        m.append(row[at["m"]] if "m" in at and at["m"] < len(row) else "")
-    return {"t": t, "v": v, "m": m} if any(m) else {"t": t, "v": v}
+        for name in at.keys() - {"t", "v"}:
+            found[name].append(row[at[name]] if at[name] < len(row) else "")
+    return _without_empty_texts(found)
+
+
+def _without_empty_texts(columns: dict[str, list]) -> dict[str, list]:
+    """The columns less the text ones that say nothing (metadata, commit, branch all "")."""
+    return {k: c for k, c in columns.items() if k in ("t", "v") or any(c)}
 
 
 def _plain_csv_columns(text: str) -> dict[str, list] | None:
@@ -8709,8 +9019,8 @@ def _plain_csv_columns(text: str) -> dict[str, list] | None:
     v = _JsonNumbers(fields[header.index("v") :: width])
     if not (t.valid() and v.valid()):
         return None
-    m = fields[header.index("m") :: width] if "m" in header else []
-    return {"t": t, "v": v, "m": m} if any(m) else {"t": t, "v": v}
+    texts = {k: fields[header.index(k) :: width] for k in _IMPORT_TEXTS if k in header}
+    return _without_empty_texts({"t": t, "v": v, **texts})
 
 
 class _JsonNumbers(list):
@@ -8804,25 +9114,23 @@ def _cmd_store_backup(args: argparse.Namespace) -> int:
 
 def _post_value(args: argparse.Namespace, value: float, unit: str = "") -> Any:
     """Post to --metric: by id, or by name as a run of one (which creates a missing one)."""
-    metric, metadata = _metric_given(args), _metadata(args)
+    metric, origin = _metric_given(args), _origin(args)
     if decode_id(metric) is None:
-        return _post_results(_client(args), [Result(metric, value, unit)], metadata)
-    body: dict[str, Any] = {"value": value}
+        return _post_results(_client(args), [Result(metric, value, unit)], origin)
+    body: dict[str, Any] = {"value": value, **origin}
     if unit:
         body["unit"] = unit  # the server converts it to the metric's own unit
-    if metadata:
-        body["metadata"] = metadata
     return _client(args).call("POST", f"/m/{metric}", body)
 
 
-def _post_results(client: Client, results: Sequence[Result], metadata: str) -> dict[str, Any]:
+def _post_results(
+    client: Client, results: Sequence[Result], origin: dict[str, str]
+) -> dict[str, Any]:
     """Post named results as CI runs of up to MAX_RUN_POINTS each; {"t", "metrics"}."""
     answer: dict[str, Any] = {"t": None, "metrics": {}}
     for i in range(0, len(results), MAX_RUN_POINTS):
-        body: dict[str, Any] = {"points": [r.to_json() for r in results[i : i + MAX_RUN_POINTS]]}
-        if metadata:
-            body["metadata"] = metadata
-        done = client.call("POST", "/r/", body)
+        points = [r.to_json() for r in results[i : i + MAX_RUN_POINTS]]
+        done = client.call("POST", "/r/", {"points": points, **origin})
         answer["t"] = done["t"]
         answer["metrics"].update(done["metrics"])
     return answer
@@ -8843,7 +9151,7 @@ def _post_file(args: argparse.Namespace) -> int:
     """post --format: every result of a harness's output, named, as one CI run."""
     client = _client(args)
     results = read_results(_read_text(args.value), args.format, args.prefix or "")
-    answer = _post_results(client, results, _metadata(args))
+    answer = _post_results(client, results, _origin(args))
     _print_json(answer)
     board = client.call("GET", "/a/")["board_id"]
     print(
@@ -8921,32 +9229,109 @@ def _timed(command: list[str]) -> tuple[int, float | None, str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    """compare: fresh results against each metric's recent level; exit 3 on a regression."""
+    """compare: a PR's results against main's where the PR branched; exit 3 on a regression."""
+    context = ci_context()
+    base = [args.base] if args.base else list(context.base)
     rest = args.what
-    values = _numbers(rest)
     if args.format:
-        if len(rest) != 1:
-            raise UsageError("with --format, give one results file: perfit compare --format F FILE")
-        results = read_results(_read_text(rest[0]), args.format, args.prefix or "")
-        rows = _compare_results(args, results)
+        if not rest:
+            raise UsageError("with --format, give the results file(s): --format F FILE...")
+        results = [
+            r
+            for path in rest
+            for r in read_results(_read_text(path), args.format, args.prefix or "")
+        ]
+        doc = _compare_suite_remotely(args, results, base)
     elif not rest:
-        raise UsageError("nothing to compare: give values, -- CMD, or --format F FILE")
-    elif values is None:  # not numbers: a command to time
-        code, elapsed, stopped_by = _timed(rest)
+        raise UsageError("nothing to compare: give values, -- CMD, or --format F FILE...")
+    elif (values := _numbers(rest)) is not None:
+        doc = _compare_one_remotely(args, values, "", base)
+    else:  # not numbers: a command to time
+        code, elapsed, stopped_by = _timed(rest[1:] if rest[0] == "--" else rest)
         if code or elapsed is None or stopped_by:
             print(f"perfit: {rest[0]} failed (exit {code}); nothing to compare", file=sys.stderr)
             return code or EXIT_REFUSED
-        rows = _compare_results(args, [Result(_metric_given(args), round(elapsed, 6), "s")])
-    else:
-        rows = _compare_results(args, [Result(_metric_given(args), _median(values), "")], values)
-    table = _compare_markdown(rows)
-    print(table if args.markdown else _compare_text(rows))
+        doc = _compare_one_remotely(args, [round(elapsed, 6)], "s", base)
+    report = _Comparison(doc, _server_url(args.server), context, base)
+    markdown = report.markdown()
+    print(markdown if args.markdown else report.text())
+    for note in report.notes():
+        print(f"perfit: {note}", file=sys.stderr)
     summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
-            f.write(table + "\n")
-    regressed = [r for r in rows if r["verdict"] == "regression"]
+            f.write(markdown + "\n")
+    if args.comment:
+        print(
+            f"perfit: {post_comment(markdown, args.comment_key, timeout=args.timeout)}",
+            file=sys.stderr,
+        )
+    return EXIT_REGRESSED if report.count("regression") else EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """check: every metric of a board (or under --prefix); exit 3 if any is regressed."""
+    board = _board_of(args)
+    doc = _reader(args).call("GET", f"/b/{board}/json")
+    prefix = (args.prefix or "").rstrip("/")
+    rows = [m for m in doc["metrics"] if not prefix or m["name"].startswith(f"{prefix}/")]
+    regressed = [m for m in rows if _regressed([m["newest_change"]] if m["newest_change"] else [])]
+    server = _server_url(args.server)
+    lines = []
+    for m in regressed:
+        change = m["newest_change"]
+        lines.append(
+            f"  {m['name'] or m['metric_id']}: {_percent(change['change'])} since "
+            f"{format_time(change['t'])} ({server}/m/{m['metric_id']})"
+        )
+    scope = f" under {prefix}/" if prefix else ""
+    verdict = (
+        f"REGRESSED: {len(regressed)} of {len(rows)}" if regressed else f"ok: none of {len(rows)}"
+    )
+    print(
+        "\n".join(
+            [*lines, f"perfit: {verdict} metric(s){scope} regressed; the board: {server}/b/{board}"]
+        )
+    )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(_check_markdown(regressed, len(rows), server, board) + "\n")
     return EXIT_REGRESSED if regressed else EXIT_OK
+
+
+def _board_of(args: argparse.Namespace) -> str:
+    """--board, or the board of the token's account."""
+    board = args.board
+    if not board:
+        if not args.access_token:
+            raise UsageError(
+                f"no board: pass --board BOARD_ID (${ENV_BOARD}; `perfit account show` prints "
+                f"it; it needs no token), or a token (--access-token, ${ENV_ACCESS_TOKEN})"
+            )
+        board = _client(args).call("GET", "/a/")["board_id"]
+    if decode_id(board) is None:
+        raise UsageError(f"--board {board!r} is not a board id (22 characters)")
+    return board
+
+
+def _check_markdown(regressed: list[dict], total: int, server: str, board: str) -> str:
+    title = (
+        f"{len(regressed)} of {total} metrics regressed"
+        if regressed
+        else f"none of {total} metrics regressed"
+    )
+    lines = [f"### PerfIt: {title}", "", f"[The board]({server}/b/{board})", ""]
+    if regressed:
+        lines += ["| metric | change | since |", "| --- | ---: | --- |"]
+        for m in regressed:
+            change = m["newest_change"]
+            name = _md_escape(m["name"] or m["metric_id"])
+            lines.append(
+                f"| [{name}]({server}/m/{m['metric_id']}) | {_percent(change['change'])} | "
+                f"{format_time(change['t'])} |"
+            )
+    return "\n".join(lines)
 
 
 def _numbers(texts: Sequence[str]) -> list[float] | None:
@@ -8957,82 +9342,214 @@ def _numbers(texts: Sequence[str]) -> list[float] | None:
         return None
 
 
-def _compare_results(
-    args: argparse.Namespace, results: Sequence[Result], values: Sequence[float] = ()
-) -> list[dict[str, Any]]:
-    """Each result compared on the server with its metric (by id, or by name in the token's
-    account); a name without a metric yet is "new"."""
-    known: dict[str, dict[str, Any]] = {}
-    if any(decode_id(r.name) is None for r in results):
-        known = {m["name"]: m for m in _client(args).call("GET", "/a/")["metrics"]}
+def _compare_suite_remotely(
+    args: argparse.Namespace, results: Sequence[Result], base: Sequence[str]
+) -> dict[str, Any]:
+    """A suite compared by name on the board of --board, or of the token's account: one request."""
+    if len(results) > MAX_COMPARE_RESULTS:
+        raise UsageError(
+            f"{len(results)} results; at most {MAX_COMPARE_RESULTS:,} in one comparison"
+        )
+    board = _board_of(args)
+    body: dict[str, Any] = {"results": [_fresh_json(r) for r in results]}
+    if base:
+        body["base"] = list(base)
+    doc = _reader(args).call("POST", f"/b/{board}/compare{_threshold_query(args)}", body)
+    return {**doc, "board": board}
+
+
+def _fresh_json(result: Result) -> dict[str, Any]:
+    """A result as a comparison takes it: every sample the harness wrote, or its value."""
+    doc: dict[str, Any] = {"name": result.name, "values": list(result.samples) or [result.value]}
+    if result.unit:
+        doc["unit"] = result.unit
+    return doc
+
+
+def _compare_one_remotely(
+    args: argparse.Namespace, values: list[float], unit: str, base: Sequence[str]
+) -> dict[str, Any]:
+    """Values for --metric compared with it, as a suite's answer of one."""
+    path = _metric_path(args)
+    body: dict[str, Any] = {"values": values}
+    if unit:
+        body["unit"] = unit
+    if base:
+        body["base"] = list(base)
     reader = _reader(args)
-    threshold = f"?threshold={args.threshold!r}" if args.threshold is not None else ""
-    rows = []
-    for result in results:
-        metric = known.get(result.name)
-        metric_id = result.name if decode_id(result.name) else metric and metric["metric_id"]
-        row: dict[str, Any] = {"name": result.name, "value": result.value, "unit": result.unit}
-        if not metric_id:
-            rows.append({**row, "verdict": "new", "baseline": None, "change": None})
-            continue
-        info = metric or reader.call("GET", f"/m/{metric_id}/info")
-        body: dict[str, Any] = {"values": list(values) or [result.value]}
-        if result.unit:
-            body["unit"] = result.unit
-        answer = reader.call("POST", f"/m/{metric_id}/compare{threshold}", body)
-        rows.append(
-            {**row, **answer, "unit": info.get("unit", ""), "name": info.get("name") or metric_id}
+    answer = reader.call("POST", f"{path}/compare{_threshold_query(args)}", body)
+    info = reader.call("GET", f"{path}/info")
+    name = info.get("name") or info["metric_id"]
+    row = {"name": name, "metric_id": info["metric_id"], "unit": info.get("unit", ""), **answer}
+    found = answer["baseline"]["commit"] if base else None
+    return {"results": [row], "shift": None, "base": found, "missing": []}
+
+
+def _threshold_query(args: argparse.Namespace) -> str:
+    return f"?threshold={args.threshold!r}" if args.threshold is not None else ""
+
+
+#: Each verdict as a comparison shows it, worst first: its mark and its words.
+_VERDICTS = {
+    "regression": ("🔴", "regression", "regressions"),
+    "inconclusive": ("🟡", "inconclusive", "inconclusive"),
+    "improvement": ("🟢", "improvement", "improvements"),
+    "new": ("🆕", "new", "new"),
+    "same": ("⚪", "the same", "the same"),
+}
+
+
+@dataclasses.dataclass
+class _Comparison:
+    """A comparison's answer as people read it: a terminal table, or Markdown for a PR
+    comment and a job summary (regressions first, links to the charts and the board)."""
+
+    doc: dict[str, Any]
+    server: str
+    context: CiContext
+    base: Sequence[str]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        order = list(_VERDICTS)
+        return sorted(self.doc["results"], key=lambda r: order.index(r["verdict"]))
+
+    def count(self, verdict: str) -> int:
+        return sum(r["verdict"] == verdict for r in self.doc["results"])
+
+    def tally(self) -> str:
+        """ "1 regression, 48 the same" (the verdicts there are, worst first)."""
+        parts = []
+        for verdict, (_, one, many) in _VERDICTS.items():
+            n = self.count(verdict)
+            if n:
+                parts.append(f"{n} {one if n == 1 else many}")
+        return ", ".join(parts)
+
+    def notes(self) -> list[str]:
+        """What a reader should know besides the rows: the base, the run's shift."""
+        notes = []
+        if self.base and self.doc.get("base") is None:
+            notes.append(
+                "main has no point of the PR's base commit (nor of the 50 before it): "
+                "compared with main's newest level"
+            )
+        elif not self.base:
+            notes.append(
+                "no base commit (not a pull request, or --base not given): compared with main's newest level"
+            )
+        if self.context.base_note:
+            notes.append(self.context.base_note)
+        shift = self.doc.get("shift")
+        if shift and shift["verdict"] == "inconclusive":
+            notes.append(
+                f"the whole run is {_percent(shift['change'])}: a slower runner, or a change "
+                "every benchmark shares; each change is measured against it"
+            )
+        return notes
+
+    def text(self) -> str:
+        cells = [["", "benchmark", "main", "this run", "change", "95 % interval"]]
+        for row in self.rows:
+            cells.append([_VERDICTS[row["verdict"]][1], row["name"], *self._numbers(row)])
+        widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+        regressed = self.count("regression")
+        lines.append(f"perfit: {'REGRESSED: ' if regressed else ''}{self.tally()}")
+        lines += [
+            f"perfit: {m['name']}: main has it, these results do not"
+            for m in self.doc.get("missing", [])
+        ]
+        return "\n".join(lines)
+
+    def _numbers(self, row: dict[str, Any]) -> list[str]:
+        """main (its median, and commit), this run, change, interval: as a person reads them."""
+        unit, base = row.get("unit", ""), row.get("baseline") or {}
+        main = "—" if base.get("median") is None else format_value(base["median"], unit)
+        change = "—" if row.get("change") is None else _percent(row["change"])
+        interval = "—"
+        if row.get("interval") and None not in row["interval"]:
+            interval = " … ".join(_percent(x) for x in row["interval"])
+        return [main, format_value(row["value"], unit), change, interval]
+
+    def markdown(self) -> str:
+        regressed = self.count("regression")
+        title = (
+            "no regression" if not regressed else f"{regressed} regression{'s' * (regressed > 1)}"
         )
-    return rows
+        total = len(self.doc["results"])
+        head = [f"### PerfIt: {title} in {total} benchmark{'s' * (total != 1)}", ""]
+        where = "main's newest level"
+        if self.doc.get("base"):
+            where = f"main at {self._commit(self.doc['base'])}, where this branched"
+        board = self.doc.get("board")
+        links = f" · [the board]({self.server}/b/{board})" if board else ""
+        head.append(f"{self.tally()}: against {where}{links}")
+        for note in self.notes():
+            if "whole run" in note:
+                head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
+        table = [
+            "| | benchmark | main | this run | change | 95 % interval |",
+            "| :-: | --- | ---: | ---: | ---: | :-: |",
+        ]
+        shown = [r for r in self.rows if r["verdict"] != "same"]
+        same = [r for r in self.rows if r["verdict"] == "same"]
+        lines = [*head, ""]
+        if shown:
+            lines += [*table, *map(self._row, shown), ""]
+        missing = self.doc.get("missing", [])
+        if missing:
+            names = ", ".join(f"`{m['name']}`" for m in missing)
+            lines += [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
+        footer = [
+            "<sub>Regression: at least the threshold (5 %) and beyond the noise main's runs "
+            "show; inconclusive: at least the threshold, within that noise (run again); "
+            "interval: 95 %. Made by PerfIt.</sub>"
+        ]
+        folded = []
+        while same:
+            folded = [
+                f"<details><summary>{len(same)} the same</summary>",
+                "",
+                *table,
+                *map(self._row, same),
+                "",
+                "</details>",
+                "",
+            ]
+            if len("\n".join(lines + folded + footer)) <= _MAX_COMMENT_CHARS:
+                break
+            same = same[: len(same) * 3 // 4]  # too long for a comment: fewer, and say so
+            footer.insert(0, "Some unchanged benchmarks are left out to fit: see the board.")
+        return "\n".join(lines + folded + footer)
+
+    def _row(self, row: dict[str, Any]) -> str:
+        mark = _VERDICTS[row["verdict"]][0]
+        name = _md_escape(row["name"])
+        if row.get("metric_id"):
+            query = f"?branch={_url_quote(self.context.branch)}" if self.context.branch else ""
+            name = f"[{name}]({self.server}/m/{row['metric_id']}{query})"
+        main, value, change, interval = (_md_escape(c) for c in self._numbers(row))
+        commit = (row.get("baseline") or {}).get("commit")
+        if commit:
+            main += f" ({self._commit(commit)})"
+        return f"| {mark} | {name} | {main} | {value} | {change} | {interval} |"
+
+    def _commit(self, sha: str) -> str:
+        shown = f"`{sha[:7]}`"
+        link = self.context.commit_link
+        return f"[{shown}]({link.format(sha)})" if link else shown
 
 
-_VERDICT_MARKS = {"regression": "🔴", "improvement": "🟢", "same": "⚪", "new": "🆕"}
+def _md_escape(text: str) -> str:
+    """Text for a Markdown table's cell: its pipes escaped, no line breaks."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _compare_cells(row: dict[str, Any]) -> list[str]:
-    """name, baseline, this run, change, verdict: as a person reads them."""
-    unit, base = row["unit"], row.get("baseline") or {}
-    shown = (
-        "—"
-        if base.get("median") is None
-        else (
-            f"{format_value(base['median'], unit)} (n={base['n']}, ±{format_value(base['spread'], unit)})"
-        )
-    )
-    change = "—" if row.get("change") is None else _percent(row["change"])
-    return [row["name"], shown, format_value(row["value"], unit), change, row["verdict"]]
+def _url_quote(text: str) -> str:
+    import urllib.parse
 
-
-def _compare_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table, worst first, for a PR's job summary."""
-    order = {"regression": 0, "improvement": 1, "new": 2, "same": 3}
-    regressed = sum(r["verdict"] == "regression" for r in rows)
-    title = f"{regressed} regression(s)" if regressed else "no regression"
-    lines = [
-        f"### PerfIt: {title} in {len(rows)} benchmark(s)",
-        "",
-        "| benchmark | baseline (median) | this run | change | verdict |",
-        "| --- | ---: | ---: | ---: | --- |",
-    ]
-    for row in sorted(rows, key=lambda r: order[r["verdict"]]):
-        name, base, value, change, verdict = (c.replace("|", "\\|") for c in _compare_cells(row))
-        lines.append(
-            f"| {name} | {base} | {value} | {change} | {_VERDICT_MARKS[verdict]} {verdict} |"
-        )
-    return "\n".join(lines)
-
-
-def _compare_text(rows: Sequence[dict[str, Any]]) -> str:
-    """The comparison as a terminal table, then the verdict."""
-    cells = [["benchmark", "baseline", "this run", "change", "verdict"]]
-    cells += [_compare_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
-    regressed = sum(r["verdict"] == "regression" for r in rows)
-    lines.append(
-        f"perfit: {'REGRESSED: ' if regressed else ''}{regressed} regression(s) in {len(rows)}"
-    )
-    return "\n".join(lines)
+    return urllib.parse.quote(text, safe="")
 
 
 #: Signals `run` passes on to its command: what CI runners send a job they cancel.
@@ -9232,6 +9749,14 @@ class _Command:
     usage: str | None = None
 
 
+#: The board a command reads: a read capability for every metric of an account, no token.
+_BOARD_OPTION = _Option(
+    "--board",
+    "the account's board id (`perfit account show`); no token needed",
+    "BOARD_ID",
+    env=ENV_BOARD,
+)
+
 #: How `post` and `compare` read a results file.
 _FORMAT_OPTIONS = (
     _Option(
@@ -9287,7 +9812,7 @@ _SERVER_COMMANDS = (
         (_DATA,),
         description="Seal the logs and rewrite every segment without the points of deleted "
         "metrics and those past a metric's keep. A running server does this by itself, in the "
-        "background, once such points are 5 %% of all; this command is for a stopped server "
+        "background, once such points are 5 % of all; this command is for a stopped server "
         "(it takes the data directory's lock). A crash at any moment loses nothing.",
     ),
     _Command(
@@ -9324,7 +9849,14 @@ _ACCOUNT_COMMANDS = (
         "token revoke",
         _cmd_token_revoke,
         "make one of the account's tokens stop working, at once (admin token)",
-        (_Option("token_id", "the token's id, from `token list` or `token new`", "TOKEN_ID"),),
+        (
+            _Option(
+                "token_id",
+                "the token's id, from `token list` or `token new` (one that starts with - goes "
+                "after --: token revoke -- -AbC...)",
+                "TOKEN_ID",
+            ),
+        ),
         _CLIENT,
     ),
     _Command(
@@ -9528,31 +10060,72 @@ _POSTING_COMMANDS = (
     _Command(
         "compare",
         _cmd_compare,
-        "compare fresh results with each metric's recent level; exit 3 on a regression",
+        "compare a pull request's results with main's where it branched; exit 3 on a regression",
         (
             *_FORMAT_OPTIONS,
+            _BOARD_OPTION,
+            _Option(
+                "--base",
+                "main's commit to compare with (default: where the pull request branched, "
+                "from the CI's environment and git)",
+                "SHA",
+                env=ENV_BASE,
+            ),
             _Option(
                 "--threshold",
                 "smallest relative change that counts (default 0.05, 5 %%)",
                 "X",
                 _non_negative(float),
             ),
+            _Option(
+                "--comment",
+                "also post the table as one comment on the pull request, edited in place on "
+                "later runs (GitHub: $GITHUB_TOKEN; GitLab: $PERFIT_GITLAB_TOKEN)",
+                action="store_true",
+            ),
+            _Option(
+                "--comment-key",
+                "tells this comparison's comment from another workflow's",
+                "KEY",
+                default="perfit",
+            ),
             _Option("--markdown", "print the Markdown table instead", action="store_true"),
             _Option(
                 "what",
-                "values, -- CMD [ARGS...], or the results file",
+                "values, -- CMD [ARGS...], or the results file(s)",
                 "VALUE|FILE",
                 nargs="*",
             ),
         ),
         _ON_METRIC,
-        description="Compare fresh results (a pull request's) with each metric's recent level "
-        "on the server, storing nothing: values for --metric, a command timed like `run`, or "
-        "with --format a whole suite by name. A change counts when it is beyond the level's "
-        "noise and the threshold. Exit 3 on any regression, 0 otherwise. The Markdown table is "
-        "appended to $GITHUB_STEP_SUMMARY when that is set (it works on fork PRs).",
-        usage="perfit compare [options] VALUE...\n       perfit compare [options] -- CMD [ARGS...]"
-        "\n       perfit compare --format FORMAT [options] FILE",
+        description="Compare a pull request's results with main's on the server, storing "
+        "nothing: with --format, a whole suite by name (several files make one suite), on "
+        "--board (no token needed: a fork's pull request has none) or the token's account's "
+        "board; or values (a run's samples) for --metric, or a command timed like `run`. "
+        "Main's level is taken where the pull request branched (the merge base, with the "
+        "checkout's history; else the PR's base commit). Each result gets its change, the "
+        "change's 95 % interval and a verdict: regression or improvement (at least the "
+        "threshold and beyond the noise), inconclusive (at least the threshold, within the "
+        "noise), the same, or new. A whole run's shared shift (a slower runner) is measured "
+        "and taken out. Exit 3 on any regression, 0 otherwise. The Markdown table is appended "
+        "to $GITHUB_STEP_SUMMARY when that is set; --comment posts it on the pull request.",
+        usage="perfit compare --format FORMAT [options] FILE...\n"
+        "       perfit compare [options] VALUE...\n       perfit compare [options] -- CMD [ARGS...]",
+    ),
+    _Command(
+        "check",
+        _cmd_check,
+        "check every metric of the account (or under --prefix); exit 3 if any is regressed",
+        (
+            _BOARD_OPTION,
+            _Option("--prefix", "only the metrics whose names start with NAME/", "NAME"),
+        ),
+        _CLIENT,
+        description="Check every main metric of the token's account (or of --board), or those "
+        "whose names start with --prefix/: print the regressed ones and a count, append a "
+        "Markdown table to $GITHUB_STEP_SUMMARY when that is set, and exit 3 if any metric's "
+        "newest change point is a regression nobody accepted (0 otherwise). A suite's `metric "
+        "check`, in one call.",
     ),
 )
 #: Every subcommand, in the order --help lists them.

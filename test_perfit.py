@@ -98,6 +98,9 @@ def clean_env(**extra: str) -> dict[str, str]:
         and key not in ("PYTHONDONTWRITEBYTECODE", *CI_MARKERS)
     }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    # Outside CI the client asks git for the commit and branch it measures: the checkout the
+    # tests run in (on whatever branch) must not decide where a test's points go.
+    env["GIT_DIR"] = os.devnull
     env.update(extra)
     return env
 
@@ -3234,7 +3237,7 @@ def test_the_client_lists_and_revokes_tokens_and_edits_and_deletes_metrics(url: 
     env = {"PERFIT_SERVER": url, "PERFIT_ACCESS_TOKEN": acc.admin}
     listed = json.loads(perfit_main("token", "list", env=env).stdout)
     post_id = next(t["token_id"] for t in listed["tokens"] if t["type"] == "post")
-    revoked = perfit_main("token", "revoke", post_id, env=env)
+    revoked = perfit_main("token", "revoke", "--", post_id, env=env)  # ids may start with -
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
     assert_error(post_point(url, new_metric(url, acc.admin), acc.post, 1), 401)
     bad = perfit_main("token", "revoke", "nope", env=env)
@@ -5422,7 +5425,9 @@ def test_post_and_metric_get(url: str, account: Account, metric: str) -> None:
     t = json.loads(proc.stdout)["t"]
     got = cli("metric", "get", *client_args(url, metric=metric))
     assert got.returncode == 0, got.stderr
-    assert json.loads(got.stdout) == [{"t": t, "v": 2.5, "m": "sha1"}]
+    assert json.loads(got.stdout) == [{"t": t, "v": 2.5, "m": "sha1"}], (
+        "no CI, no git: nothing else"
+    )
     assert points(url, metric) == [{"t": t, "v": 2.5, "m": "sha1"}]
 
 
@@ -5696,40 +5701,91 @@ GITHUB = {
     "GITHUB_REPOSITORY": "acme/widgets",
     "GITHUB_RUN_ID": "7001",
     "GITHUB_RUN_ATTEMPT": "1",
+    "GITHUB_REF_NAME": "main",
 }
 
 
 @pytest.mark.parametrize(
     "env, expected",
     [
-        (GITHUB, "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001"),
-        ({**GITHUB, "GITHUB_RUN_ATTEMPT": "2"},
-         "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001/attempts/2"),
-        ({"GITLAB_CI": "true", "CI_COMMIT_SHA": "a" * 40, "CI_JOB_URL": "https://gitlab.com/a/b/-/jobs/9"},
-         "aaaaaaaaaaaa https://gitlab.com/a/b/-/jobs/9"),
-        ({"BUILDKITE": "true", "BUILDKITE_COMMIT": "b" * 40, "BUILDKITE_JOB_ID": "j-1",
+        (GITHUB, ("3f2a9c1e7b0d5a6c8e9f00112233445566778899", "main",
+                  "https://github.com/acme/widgets/actions/runs/7001")),
+        ({**GITHUB, "GITHUB_RUN_ATTEMPT": "2", "GITHUB_HEAD_REF": "fix-it"},
+         (GITHUB["GITHUB_SHA"], "fix-it", "https://github.com/acme/widgets/actions/runs/7001/attempts/2")),
+        ({"GITLAB_CI": "true", "CI_COMMIT_SHA": "a" * 40, "CI_COMMIT_BRANCH": "main",
+          "CI_JOB_URL": "https://gitlab.com/a/b/-/jobs/9"}, ("a" * 40, "main", "https://gitlab.com/a/b/-/jobs/9")),
+        ({"GITLAB_CI": "true", "CI_COMMIT_SHA": "a" * 40, "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "mr",
+          "CI_MERGE_REQUEST_SOURCE_BRANCH_SHA": "f" * 40, "CI_JOB_URL": "https://gitlab.com/a/b/-/jobs/9"},
+         ("f" * 40, "mr", "https://gitlab.com/a/b/-/jobs/9")),
+        ({"BUILDKITE": "true", "BUILDKITE_COMMIT": "b" * 40, "BUILDKITE_JOB_ID": "j-1", "BUILDKITE_BRANCH": "dev",
           "BUILDKITE_BUILD_URL": "https://buildkite.com/acme/w/builds/5"},
-         "bbbbbbbbbbbb https://buildkite.com/acme/w/builds/5#j-1"),
-        ({"CIRCLECI": "true", "CIRCLE_SHA1": "c" * 40, "CIRCLE_BUILD_URL": "https://circleci.com/gh/a/b/3"},
-         "cccccccccccc https://circleci.com/gh/a/b/3"),
-        ({"JENKINS_URL": "https://ci.acme/", "GIT_COMMIT": "d" * 40, "BUILD_URL": "https://ci.acme/job/w/4/"},
-         "dddddddddddd https://ci.acme/job/w/4/"),
-        ({"GITHUB_ACTIONS": "true", "GITHUB_SHA": "e" * 40}, "eeeeeeeeeeee"),  # no URL: the commit
+         ("b" * 40, "dev", "https://buildkite.com/acme/w/builds/5#j-1")),
+        ({"CIRCLECI": "true", "CIRCLE_SHA1": "C" * 40, "CIRCLE_BRANCH": "main",
+          "CIRCLE_BUILD_URL": "https://circleci.com/gh/a/b/3"}, ("c" * 40, "main", "https://circleci.com/gh/a/b/3")),
+        ({"JENKINS_URL": "https://ci.acme/", "GIT_COMMIT": "d" * 40, "GIT_BRANCH": "origin/main",
+          "BUILD_URL": "https://ci.acme/job/w/4/"}, ("d" * 40, "main", "https://ci.acme/job/w/4/")),
+        ({"JENKINS_URL": "https://ci.acme/", "GIT_COMMIT": "d" * 40, "GIT_BRANCH": "origin/PR-4",
+          "CHANGE_BRANCH": "feature"}, ("d" * 40, "feature", "")),
+        ({"GITHUB_ACTIONS": "true", "GITHUB_SHA": "e" * 40}, ("e" * 40, "", "")),  # no URL, no branch
+        ({"BUILDKITE": "true", "BUILDKITE_COMMIT": "HEAD"}, ("", "", "")),  # not a commit; no git here
     ],
-    ids=["github", "github-rerun", "gitlab", "buildkite", "circleci", "jenkins", "partial"],
+    ids=["github", "github-pr-rerun", "gitlab", "gitlab-mr", "buildkite", "circleci", "jenkins",
+         "jenkins-pr", "partial", "not-a-commit"],
 )  # fmt: skip
-def test_ci_metadata_is_the_commit_and_the_jobs_url(env: dict, expected: str) -> None:
-    assert perfit.ci_metadata(env) == expected
+def test_ci_context_is_the_commit_branch_and_jobs_url(env: dict, expected: tuple) -> None:
+    found = perfit.ci_context({**env, "GIT_DIR": os.devnull})
+    assert (found.commit, found.branch, found.job) == expected
 
 
-def test_ci_metadata_elsewhere_is_the_checkouts_commit_or_nothing(
+def test_ci_context_elsewhere_is_the_checkouts_commit_and_branch_or_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    monkeypatch.chdir(HERE)
-    assert perfit.ci_metadata({}) == head.stdout.strip()[:12]
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
     monkeypatch.chdir(tmp_path)  # not a git checkout
-    assert perfit.ci_metadata({}) == ""
+    assert perfit.ci_context({}) == perfit.CiContext()
+    git("init", "-q", "-b", "trunk")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    found = perfit.ci_context({})
+    assert (found.commit, found.branch) == (git("rev-parse", "HEAD"), "trunk")
+    git("checkout", "-q", "--detach")
+    assert perfit.ci_context({}).branch == "", "a detached head: no branch, so main's line"
+
+
+def test_a_pull_requests_base_is_where_it_branched_and_its_ancestors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """main: m1-m2-m3-m4; the PR branched at m2 (head p1). GitHub's event names m4 as the
+    base (main's tip when the PR was opened): git's merge base finds m2, then its past."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    monkeypatch.chdir(tmp_path)
+    git("init", "-q", "-b", "main")
+    main = []
+    for k in range(4):
+        git("commit", "-q", "--allow-empty", "-m", f"m{k + 1}")
+        main.append(git("rev-parse", "HEAD"))
+        if k == 1:
+            git("checkout", "-q", "-b", "pr")
+            git("commit", "-q", "--allow-empty", "-m", "p1")
+            head = git("rev-parse", "HEAD")
+            git("checkout", "-q", "main")
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": head},
+                                                  "base": {"sha": main[3]}}}))  # fmt: skip
+    env = {**GITHUB, "GITHUB_EVENT_PATH": str(event), "GITHUB_HEAD_REF": "pr"}
+    found = perfit.ci_context(env)
+    assert found.base == (main[1], main[0]) and found.base_note == ""
+    assert (found.commit, found.branch) == (head, "pr"), "the PR's head, not GitHub's merge"
+    shallow = perfit.ci_context({**env, "GIT_DIR": os.devnull})  # a checkout with no history
+    assert shallow.base == (main[3],) and "fetch-depth: 0" in shallow.base_note
+    gitlab = perfit.ci_context({"GITLAB_CI": "true", "CI_MERGE_REQUEST_DIFF_BASE_SHA": main[2]})
+    assert gitlab.base == (main[2], main[1], main[0])
 
 
 def test_a_points_commit_and_job_url_link_to_the_job_in_the_chart_and_the_table(
@@ -5767,17 +5823,26 @@ def test_account_show_links_the_board_and_new_board_retires_the_link(
     assert_error(http("GET", doc["board"]), 404)
 
 
-def test_post_and_run_fill_in_the_ci_metadata_unless_given(
+def test_post_and_run_fill_in_the_commit_branch_and_job_unless_given(
     url: str, account: Account, metric: str
 ) -> None:
     args = client_args(url, account.post, metric)
     assert perfit_main("post", "1.5", *args, env=GITHUB).returncode == 0
-    assert perfit_main("post", "2.5", *args, "--metadata", "mine", env=GITHUB).returncode == 0
+    mine = ("--metadata", "mine", "--commit", "ABCDEF0", "--branch", "main")
+    assert perfit_main("post", "2.5", *args, *mine, env=GITHUB).returncode == 0
     job = [sys.executable, "-c", "pass"]
     assert perfit_main("run", *args, "--", *job, env=GITHUB).returncode == 0
-    posted = points(url, metric)
-    job_url = "3f2a9c1e7b0d https://github.com/acme/widgets/actions/runs/7001"
-    assert [p.get("m") for p in posted] == [job_url, "mine", job_url]
+    suite = FIXTURES / "hyperfine.json"
+    posted = perfit_main(
+        "post", "--format", "auto", str(suite), *client_args(url, account.post), env=GITHUB
+    )
+    assert posted.returncode == 0, posted.stderr
+    job_url = "https://github.com/acme/widgets/actions/runs/7001"
+    expected = {"m": job_url, "commit": GITHUB["GITHUB_SHA"], "branch": "main"}
+    got = [{k: p.get(k) for k in expected} for p in points(url, metric)]
+    assert got == [expected, {"m": "mine", "commit": "abcdef0", "branch": "main"}, expected]
+    (run,) = points(url, json.loads(posted.stdout)["metrics"]["true"])
+    assert {k: run.get(k) for k in expected} == expected
 
 
 def test_a_metric_is_named_by_its_name_as_well_as_its_id(url: str, account: Account) -> None:
@@ -5929,6 +5994,38 @@ def test_pyperf_takes_the_median_of_every_runs_values_not_the_warmups() -> None:
     assert found["join_200"].value == pytest.approx(statistics.median(values))
 
 
+@pytest.mark.parametrize(
+    "name, samples",
+    [
+        ("pytest-benchmark-data.json", lambda doc: [b["stats"]["data"] for b in doc["benchmarks"]]),
+        ("hyperfine.json", lambda doc: [r["times"] for r in doc["results"]]),
+        (
+            "pyperf.json",
+            lambda doc: [
+                [v for r in b["runs"] for v in r.get("values", [])] for b in doc["benchmarks"]
+            ],
+        ),  # fmt: skip
+        ("google-benchmark.json", None),
+        ("go-count.txt", None),
+    ],
+)
+def test_readers_keep_every_sample_the_harness_wrote_and_post_their_median(
+    name: str, samples: Callable | None
+) -> None:
+    found = list(read_fixture(name, "go" if name.endswith(".txt") else "auto").values())
+    timed = [r for r in found if r.unit == "s"]
+    assert timed and all(len(r.samples) >= 3 for r in timed), "3 repetitions, 5 runs, 5 counts..."
+    for result in timed:
+        assert statistics.median(result.samples) == pytest.approx(result.value, rel=1e-9)
+        assert "samples" not in result.to_json(), "post stores the median only"
+    if samples is not None:
+        wanted = samples(json.loads((FIXTURES / name).read_text()))
+        assert len(timed) == len(wanted)
+        for result, expected in zip(timed, wanted):
+            assert list(result.samples) == pytest.approx(expected, rel=1e-12)
+    assert not read_fixture("pytest-benchmark.json")["strings/test_join"].samples, "no data: none"
+
+
 def test_bmf_and_gab_custom_json_take_their_documented_shapes() -> None:
     bmf = {"sort": {"latency": {"value": 1500.0, "lower_value": 1400.0}, "throughput": {"value": 9e5}},
            "parse": {"file-size": {"value": 2048}}}  # fmt: skip
@@ -6006,26 +6103,37 @@ def test_import_of_a_github_action_benchmark_data_js_is_named_timed_and_idempote
     url: str, account: Account
 ) -> None:
     source = str(FIXTURES / "gab-data.js")
+    # PerfIt 0.2 imported the first point with the commit at the start of its metadata.
+    name = "Python Benchmark/fixtures/src/pytest/test_sort[100]"
+    first_entry = perfit.read_gab_data_js((FIXTURES / "gab-data.js").read_text())
+    result, rows = next((r, p) for r, p in first_entry if r.name.endswith("::test_sort[100]"))
+    old = new_metric(url, account.admin, name=result.name, unit=result.unit, better=result.better)
+    legacy = {"t": rows[0]["t"], "v": rows[0]["v"], "m": f"{'1' * 12} {rows[0]['m']}"}
+    ok_json("POST", f"{url}/m/{old}/points", body=[legacy], token=account.admin)
     done = perfit_main(
         "metric", "import", "--format", "gab", source, *client_args(url, account.admin)
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["existing"] == 0 and summary["added"] > 0
+    assert summary["existing"] == 1 and summary["added"] > 0, "0.2's point is the same point"
+    assert name
     metrics = {m["name"]: m for m in account_doc(url, account.admin)["metrics"]}
     assert len(metrics) == summary["metrics"]
     sort = metrics["Python Benchmark/fixtures/src/pytest/test_bench.py::test_sort[100]"]
     assert (sort["unit"], sort["better"]) == ("iter/sec", "higher")  # pytest's numbers are ops/s
     first, second = points(url, sort["metric_id"])
     assert first["t"] == 1795165200  # 2026-11-20T10:00:00+01:00, the commit's time
-    assert first["m"] == "111111111111 https://github.com/acme/widgets/commit/" + "1" * 40
+    assert first["m"] == "1" * 12 + " https://github.com/acme/widgets/commit/" + "1" * 40  # 0.2's
+    assert second["m"] == "https://github.com/acme/widgets/commit/" + "2" * 40
+    assert second["commit"] == "2" * 40
     assert second["t"] - first["t"] == 86400
     go = metrics["Go Benchmark/BenchmarkSort/size=100 - ns/op"]
     assert (go["unit"], go["better"]) == ("s", "lower")  # ns/op in seconds
     again = perfit_main(
         "metric", "import", "--format", "gab", source, *client_args(url, account.admin)
     )
-    assert json.loads(again.stdout) == {**summary, "added": 0, "existing": summary["added"]}
+    everything = summary["added"] + summary["existing"]
+    assert json.loads(again.stdout) == {**summary, "added": 0, "existing": everything}
 
 
 def test_compare_exits_3_on_a_regression_and_writes_the_job_summary(
@@ -6035,16 +6143,16 @@ def test_compare_exits_3_on_a_regression_and_writes_the_job_summary(
     args = [*client_args(url, account.post), "--metric", "api/latency"]
     same = perfit_main("compare", *args, "101", "99", "100.5")
     assert same.returncode == 0, same.stderr
-    assert "api/latency" in same.stdout and "same" in same.stdout
+    assert "the same  api/latency  100 ms" in same.stdout and "perfit: 1 the same" in same.stdout
+    assert "compared with main's newest level" in same.stderr, "no base: said so"
     summary = tmp_path / "summary.md"
     slower = perfit_main("compare", *args, "135", env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert slower.returncode == 3
-    assert "REGRESSED: 1 regression(s) in 1" in slower.stdout
+    assert "perfit: REGRESSED: 1 regression" in slower.stdout
     table = summary.read_text()
-    assert table.startswith("### PerfIt: 1 regression(s) in 1 benchmark(s)")
-    row = next(line for line in table.splitlines() if line.startswith("| api/latency |"))
-    assert row.startswith("| api/latency | 100 ms (n=30, ±")
-    assert row.endswith("| 135 ms | +35.0 % | 🔴 regression |")
+    assert table.startswith("### PerfIt: 1 regression in 1 benchmark\n")
+    row = next(line for line in table.splitlines() if line.startswith("| 🔴 | [api/latency]("))
+    assert re.search(r"\| 100 ms \| 135 ms \| \+35\.0 % \| \+3\d\.\d % … \+3\d\.\d % \|$", row), row
     markdown = perfit_main("compare", "--markdown", *args, "135")
     assert markdown.stdout.strip() == table.strip()
 
@@ -6067,7 +6175,7 @@ def test_compare_times_a_command_or_reads_a_suite_by_name(url: str, account: Acc
         "compare", "--format", "hyperfine", str(suite), *client_args(url, account.post)
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("same") == 3
+    assert again.stdout.count("\nthe same ") == 3
     renamed = perfit_main(
         "compare",
         "--format",
@@ -6077,7 +6185,7 @@ def test_compare_times_a_command_or_reads_a_suite_by_name(url: str, account: Acc
         str(suite),
         *client_args(url, account.post),
     )
-    assert renamed.returncode == 0 and renamed.stdout.count(" new") == 3
+    assert renamed.returncode == 0 and renamed.stdout.count("\nnew ") == 3
 
 
 # --------------------------------------------------------------------------------------------
