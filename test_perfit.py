@@ -6004,7 +6004,7 @@ def test_pyperf_takes_the_median_of_every_runs_values_not_the_warmups() -> None:
             lambda doc: [
                 [v for r in b["runs"] for v in r.get("values", [])] for b in doc["benchmarks"]
             ],
-        ),  # fmt: skip
+        ),
         ("google-benchmark.json", None),
         ("go-count.txt", None),
     ],
