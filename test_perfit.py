@@ -6189,6 +6189,315 @@ def test_compare_times_a_command_or_reads_a_suite_by_name(url: str, account: Acc
 
 
 # --------------------------------------------------------------------------------------------
+# Client: pull requests
+# The PR workflow end to end: main's runs with their commits, a PR compared where it branched,
+# one comment created and then edited in place on a fake GitHub and GitLab, a fork with no
+# secret, `perfit check`, and the one-file executable's exit codes.
+# --------------------------------------------------------------------------------------------
+
+
+class FakeForge:
+    """GitHub's issue comments and GitLab's merge request notes, as the real APIs answer
+    them (paged lists, 201 on create, PATCH or PUT to edit), recording every request; a
+    read-only token (a fork's) is answered 403, as GitHub does."""
+
+    def __init__(self, read_only: bool = False, others: int = 0) -> None:
+        self.read_only = read_only
+        self.comments: dict[int, dict] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        for _ in range(others):  # other people's comments, so ours is on a later page
+            self._add("someone else", system=False)
+
+    def _add(self, body: str, system: bool = False) -> dict:
+        comment = {"id": 1000 + len(self.comments), "body": body, "system": system,
+                   "user": {"login": "github-actions[bot]", "type": "Bot"}}  # fmt: skip
+        self.comments[comment["id"]] = comment
+        return comment
+
+    def ours(self) -> list[dict]:
+        return [c for c in self.comments.values() if "perfit-comment" in c["body"]]
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        import http.server
+
+        forge = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                path, _, query = self.path.partition("?")
+                forge.requests.append((self.command, self.path, body))
+                status, doc, headers = forge.handle(self.command, path, query, body)
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_PUT = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{srv.server_address[1]}"
+        finally:
+            srv.shutdown()
+            srv.server_close()
+
+    def handle(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+        listing = re.fullmatch(
+            r"/repos/acme/widgets/issues/7/comments|/api/v4/projects/42/merge_requests/3/notes",
+            path,
+        )
+        one = re.fullmatch(
+            r"/repos/acme/widgets/issues/comments/(\d+)|/api/v4/projects/42/merge_requests/3/notes/(\d+)",
+            path,
+        )
+        if method == "GET" and listing:
+            options = dict(urllib.parse.parse_qsl(query))
+            size, page = min(int(options.get("per_page", 30)), 100), int(options.get("page", 1))
+            found = list(self.comments.values())[(page - 1) * size : page * size]
+            more = len(self.comments) > page * size
+            link = {"Link": f'<http://x{path}?page={page + 1}>; rel="next"'} if more else {}
+            return 200, found, link
+        if self.read_only and method in ("POST", "PATCH", "PUT"):
+            return 403, {"message": "Resource not accessible by integration", "status": "403"}, {}
+        if method == "POST" and listing:
+            return 201, self._add(body["body"]), {}
+        if method in ("PATCH", "PUT") and one:
+            comment = self.comments[int(one.group(1) or one.group(2))]
+            comment["body"] = body["body"]
+            return 200, comment, {}
+        return 404, {"message": "Not Found"}, {}
+
+
+def _git_in(path: Path) -> Callable[..., str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    return git
+
+
+def _pytest_benchmark_file(path: Path, levels: dict[str, float], rng: random.Random) -> Path:
+    """The real fixture's shape (pytest-benchmark-data.json), this run's numbers: each test's
+    rounds (1 % noise) and their median."""
+    doc = json.loads((FIXTURES / "pytest-benchmark-data.json").read_text())
+    for bench in doc["benchmarks"]:
+        level = levels[bench["name"]]
+        data = [level * rng.lognormvariate(0, 0.01) for _ in range(5)]
+        bench["stats"].update(data=data, median=statistics.median(data))
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _pr_event(tmp_path: Path, base: str, head: str, fork: bool = False) -> Path:
+    event = tmp_path / "event.json"
+    repo = "someone/widgets" if fork else "acme/widgets"
+    event.write_text(json.dumps({"number": 7, "pull_request": {
+        "number": 7, "base": {"sha": base, "ref": "main", "repo": {"full_name": "acme/widgets"}},
+        "head": {"sha": head, "ref": "fix", "repo": {"full_name": repo}}}}))  # fmt: skip
+    return event
+
+
+def test_a_pull_request_is_judged_where_it_branched_in_one_comment_updated_in_place(
+    tmp_path: Path, pyz: Path
+) -> None:
+    """The issue's story, end to end: 40 main runs of a pytest-benchmark suite with their
+    commits; a PR branched at run 30; a regression landed on main at run 35. A PR that changes
+    nothing is "the same" everywhere (against main's newest level it would look faster); one
+    that slows a benchmark names it, with an interval; a second push edits the comment; a
+    fork's PR, with no secret, gets the same verdicts; the bundle exits as the script does."""
+    with running_server(tmp_path / "data") as server:
+        url, acc = server.url, new_account(server.url)
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        git = _git_in(repo)
+        git("init", "-q", "-b", "main")
+        names = [
+            b["name"]
+            for b in json.loads((FIXTURES / "pytest-benchmark-data.json").read_text())["benchmarks"]
+        ]
+        level = {n: 1e-6 * (i + 1) for i, n in enumerate(names)}
+        rng, main = random.Random(3), []
+        post = [*client_args(url, acc.post), "--branch", "main"]
+        for run in range(1, 41):
+            git("commit", "-q", "--allow-empty", "-m", f"main {run}")
+            main.append(git("rev-parse", "HEAD"))
+            if run == 30:
+                git("checkout", "-q", "-b", "fix")
+                git("commit", "-q", "--allow-empty", "-m", "the PR")
+                head = git("rev-parse", "HEAD")
+                git("checkout", "-q", "main")
+            if run == 35:  # main regresses: test_sort[1000] takes 30 % longer from now on
+                level["test_sort[1000]"] *= 1.3
+            made = _pytest_benchmark_file(tmp_path / f"main-{run}.json", level, rng)
+            done = perfit_main(
+                "post", "--format", "pytest-benchmark", str(made), *post, "--commit", main[-1]
+            )
+            assert done.returncode == 0, done.stderr
+        board = account_doc(url, acc.admin)["board_id"]
+        fast = {**level, "test_sort[1000]": level["test_sort[1000]"] / 1.3}  # main at run 30
+        unchanged = _pytest_benchmark_file(tmp_path / "pr-same.json", fast, rng)
+        slower = _pytest_benchmark_file(
+            tmp_path / "pr-slow.json", {**fast, "test_join": fast["test_join"] * 1.25}, rng
+        )
+        forge = FakeForge(others=120)
+        with forge.serve() as api:
+            env = {
+                **GITHUB,
+                "GITHUB_EVENT_NAME": "pull_request",
+                "GITHUB_HEAD_REF": "fix",
+                "GITHUB_EVENT_PATH": str(_pr_event(tmp_path, main[-1], head)),
+                "GITHUB_TOKEN": "ghs_fake",
+                "GITHUB_API_URL": api,
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+                "GIT_DIR": str(repo / ".git"),
+            }  # the checkout's history: where it branched; fmt: skip
+            compare = [
+                "compare",
+                "--format",
+                "pytest-benchmark",
+                "--comment",
+                *client_args(url, acc.post),
+            ]
+            os.chdir(repo)
+            try:
+                same = perfit_main(*compare, str(unchanged), env=env)
+                assert same.returncode == 0, same.stdout + same.stderr
+                assert "perfit: 5 the same\n" in same.stdout, same.stdout
+                assert "improvement" not in same.stdout, "at the branch point, not main's newest"
+                assert "commented on pull request #7" in same.stderr
+                (comment,) = forge.ours()
+                assert f"against main at [`{main[29][:7]}`]" in comment["body"]
+                slow = perfit_main(*compare, str(slower), env=env)  # a second push
+                assert slow.returncode == 3, slow.stdout + slow.stderr
+                assert "updated the comment on pull request #7" in slow.stderr
+                assert [c["id"] for c in forge.ours()] == [comment["id"]], "one comment, edited"
+                body = forge.ours()[0]["body"]
+                row = next(line for line in body.splitlines() if "test_join" in line)
+                assert (
+                    row.startswith("| 🔴 | [fixtures/src/pytest/test_bench.py::test_join")
+                    or "strings/test_join" in row
+                )
+                assert re.search(r"\| \+2\d\.\d % \| \+\d+\.\d % … \+\d+\.\d % \|$", row), row
+                assert f"{url}/m/" in row and "?branch=fix" in row
+                assert "1 regression, 4 the same" in body
+                # A fork's pull request: no PerfIt token, a read-only GitHub token.
+                forge.read_only = True
+                fork_env = {
+                    **env,
+                    "GITHUB_EVENT_PATH": str(_pr_event(tmp_path, main[-1], head, fork=True)),
+                }
+                forked = perfit_main("compare", "--format", "pytest-benchmark", "--comment", "--board", board,
+                                     "--server", url, str(slower), env=fork_env)  # fmt: skip
+                assert forked.returncode == 3, forked.stderr
+                assert (
+                    "could not comment on pull request #7: 403 Resource not accessible by integration"
+                    in forked.stderr
+                )
+                verdicts = [line.split()[0] for line in forked.stdout.splitlines()[1:-1]]
+                assert verdicts == [line.split()[0] for line in slow.stdout.splitlines()[1:-1]]
+                assert (tmp_path / "summary.md").read_text().count("### PerfIt:") == 3, (
+                    "every run's table"
+                )
+                # The executable: the same exit codes as the script.
+                bundled = subprocess.run([sys.executable, str(pyz), "compare", "--format", "pytest-benchmark",
+                                          "--board", board, "--server", url, str(slower)],
+                                         capture_output=True, text=True, env=clean_env(**fork_env), timeout=60)  # fmt: skip
+                assert bundled.returncode == 3, bundled.stderr
+            finally:
+                os.chdir(HERE)
+        sort = account_ids(url, acc)["fixtures/src/pytest/test_bench.py::test_sort[1000]"]
+        check = subprocess.run([sys.executable, str(pyz), "metric", "check", "--server", url, "--metric", sort],
+                               capture_output=True, text=True, env=clean_env(), timeout=60)  # fmt: skip
+        assert check.returncode == 3 and "REGRESSED" in check.stdout, check.stdout + check.stderr
+        ran = subprocess.run([sys.executable, str(pyz), "run", "--metric", "x", "--", "sh", "-c", "exit 7"],
+                             capture_output=True, text=True, env=clean_env(), timeout=60)  # fmt: skip
+        assert ran.returncode == 7
+
+
+def test_two_workflows_keep_two_comments_and_gitlab_gets_a_note(
+    tmp_path: Path, url: str, account: Account
+) -> None:
+    _suite_history(url, account, "notes", runs=12, size=6)
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps([{"name": f"bench_{i}", "unit": "ms", "value": 1 + i} for i in range(6)])
+    )
+    compare = [
+        "compare",
+        "--format",
+        "gab",
+        "--prefix",
+        "notes",
+        "--comment",
+        *client_args(url, account.post),
+        str(results),
+    ]
+    forge = FakeForge()
+    with forge.serve() as api:
+        event = _pr_event(tmp_path, "0" * 40, "1" * 40)
+        env = {
+            **GITHUB,
+            "GITHUB_EVENT_PATH": str(event),
+            "GITHUB_TOKEN": "t",
+            "GITHUB_API_URL": api,
+        }
+        for key in ("unit", "bench", "unit"):
+            done = perfit_main(*compare, "--comment-key", key, env=env)
+            assert done.returncode == 0, done.stderr
+        assert sorted(c["body"].splitlines()[0] for c in forge.ours()) == [
+            "<!-- perfit-comment: bench -->", "<!-- perfit-comment: unit -->"
+        ]  # fmt: skip
+        posted = [r for r in forge.requests if r[0] != "GET"]
+        assert [r[0] for r in posted] == ["POST", "POST", "PATCH"]
+        gitlab = {"GITLAB_CI": "true", "CI_MERGE_REQUEST_IID": "3", "CI_PROJECT_ID": "42",
+                  "CI_API_V4_URL": f"{api}/api/v4", "PERFIT_GITLAB_TOKEN": "glpat-x"}  # fmt: skip
+        for _ in range(2):
+            assert perfit_main(*compare, env=gitlab).returncode == 0
+        gitlab_calls = [r[0] for r in forge.requests if "/api/v4/" in r[1] and r[0] != "GET"]
+        assert gitlab_calls == ["POST", "PUT"]
+        nothing = perfit_main(*compare, env={**GITHUB, "GITHUB_EVENT_NAME": "push"})
+        assert (
+            nothing.returncode == 0
+            and "no comment: this is not a pull request (push)" in nothing.stderr
+        )
+
+
+def test_check_fails_a_job_while_any_metric_of_the_suite_is_regressed(
+    tmp_path: Path, url: str, account: Account
+) -> None:
+    _import_series(url, account, [1.0] * 30 + [1.5] * 10, name="checked/slow")
+    _import_series(url, account, [1.0] * 30, name="checked/steady")
+    _import_series(url, account, [1.0] * 30 + [1.5] * 10, name="other/slow")
+    summary = tmp_path / "summary.md"
+    both = perfit_main(
+        "check", *client_args(url, account.post), env={"GITHUB_STEP_SUMMARY": str(summary)}
+    )
+    assert both.returncode == 3 and "REGRESSED: 2 of 3" in both.stdout
+    assert "checked/slow: +50.0 %" in both.stdout and "other/slow" in both.stdout
+    assert summary.read_text().startswith("### PerfIt: 2 of 3 metrics regressed")
+    board = account_doc(url, account.admin)["board_id"]
+    mine = perfit_main("check", "--board", board, "--prefix", "checked/", "--server", url)
+    assert mine.returncode == 3 and "REGRESSED: 1 of 2 metric(s) under checked/" in mine.stdout
+    slow = account_ids(url, account)["checked/slow"]
+    assert perfit_main("metric", "accept", *client_args(url, account.admin, slow)).returncode == 0
+    passed = perfit_main("check", "--board", board, "--prefix", "checked", "--server", url)
+    assert passed.returncode == 0 and "ok: none of 2" in passed.stdout, "an accepted change passes"
+    nothing = perfit_main("check", "--server", url)
+    assert nothing.returncode == 2 and "--board" in nothing.stderr
+
+
+# --------------------------------------------------------------------------------------------
 # CLI: run
 # Timing a CI step: the command's own exit code, its duration in the metric's unit, a cancel
 # passed on, and never a failed job for a failed post.
