@@ -4122,7 +4122,7 @@ def _draw_legend(dwg: Any, series: Sequence[ChartSeries], left: float, y: float)
         dwg.add(dwg.rect((x, y - 9), (14, 4), class_=colour))
         name = s.name[:40]
         dwg.add(dwg.text(name, insert=(x + 18, y - 4), class_="legend"))
-        x += 18 + _text_width(name, 12) + 16
+        x += 18 + _text_width(name, _PHONE_TICK_PX) + 16  # room for its phone size (22 px)
 
 
 def chart_document(
@@ -5175,8 +5175,8 @@ form.options { display: grid; grid-template-columns: repeat(auto-fill, minmax(20
                gap: .75rem; background: var(--card); border: 1px solid var(--border);
                border-radius: 6px; padding: 1rem; margin: 1rem 0; }
 label { display: flex; flex-direction: column; font-size: .9rem; color: var(--muted); }
-input { font: inherit; padding: .35rem .5rem; border: 1px solid var(--border); border-radius: 4px;
-        background: var(--bg); color: var(--fg); }
+input, select { font: inherit; padding: .35rem .5rem; border: 1px solid var(--border);
+                border-radius: 4px; background: var(--bg); color: var(--fg); }
 button { font: inherit; padding: .4rem 1rem; border-radius: 4px; border: 1px solid var(--accent);
          background: var(--accent); color: var(--on-accent); cursor: pointer; }
 .error { color: var(--error); min-height: 1.25em; margin: .25rem 0; }
@@ -5420,6 +5420,7 @@ def _render_metric_page(
             f'type="{kind}"{step} value="{esc(query.get(name, ""))}" '
             f'placeholder="{esc(option.placeholder)}"></label>'
         )
+    fields.append(_branch_picker(metrics, query.get("branch", "")))
     ids = [b64encode(m.id) for m in metrics]
     names = [m.name or f"metric {i}" for m, i in zip(metrics, ids)]
     if len(metrics) == 1:
@@ -5453,6 +5454,33 @@ def _render_metric_page(
         name_json=_script_json(" · ".join(names)),
     )
     return _html_page(" · ".join(names), main, script)
+
+
+_MAX_PICKED_BRANCHES = 50  #: branches the page offers to draw, newest first
+
+
+def _branch_picker(metrics: Sequence[Metric], chosen: str) -> str:
+    """The form's choice of a branch to draw over main's line: those with points of the last
+    30 days, newest first (the one in the link too, even without points)."""
+    found: dict[str, None] = {}
+    for metric in metrics:
+        others = metric.branches.snapshot()
+        for i in reversed(range(len(others))):
+            found.setdefault(others.origin(i).branch, None)
+    branches = [b for b in found if b][:_MAX_PICKED_BRANCHES]
+    if chosen and chosen not in branches:
+        branches.insert(0, chosen)
+    options = ['<option value="">none</option>']
+    for branch in branches:
+        picked = " selected" if branch == chosen else ""
+        options.append(
+            f'<option value="{html.escape(branch)}"{picked}>{html.escape(branch)}</option>'
+        )
+    disabled = "" if branches else " disabled"
+    return (
+        f'  <label for="f-branch">A branch over main<select id="f-branch" name="branch"'
+        f"{disabled}>{''.join(options)}</select></label>"
+    )
 
 
 _BOARD_MAIN = """<h1>{heading}</h1>

@@ -4784,6 +4784,38 @@ def test_form_redraws_the_chart_without_a_reload(browser: Browser, url: str, plo
         assert page.evaluate("window.__noReload") == 1
 
 
+def test_a_branch_picked_on_the_page_is_drawn_over_mains_line(
+    browser: Browser, url: str, shared_account: Account
+) -> None:
+    mid, start = _import_series(
+        url, shared_account, [10.0 + i % 3 for i in range(30)], name="pr build"
+    )
+    for branch, factor in (("fix-login", 1.4), ("old-idea", 0.7)):
+        rows = [{"t": start + 3600 * i + 60, "v": 10.0 * factor, "branch": branch}
+                for i in range(24, 30)]  # fmt: skip
+        ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=shared_account.admin)
+    for scheme, phone in (("light", False), ("dark", False), ("light", True)):
+        size = {"viewport": {"width": 390, "height": 800}, "is_mobile": True} if phone else {}
+        with opened(browser, f"{url}/m/{mid}", color_scheme=scheme, **size) as page:
+            picker = field(page, "branch")
+            assert picker.evaluate("s => Array.from(s.options, (o) => o.value)") == [
+                "", "old-idea", "fix-login"
+            ]  # fmt: skip
+            picker.select_option("fix-login")
+            settle(page, "() => location.search.includes('branch=fix-login')")
+            assert page_query(page) == {"branch": "fix-login"}
+            texts = chart_state(page)["texts"]
+            assert "pr build @ fix-login" in texts and "pr build" in texts, texts
+            dashed = page.evaluate(
+                "() => getComputedStyle(document.querySelector('#chart svg .line.branch'))"
+                ".strokeDasharray"
+            )
+            assert dashed not in ("", "none"), dashed
+            shoot(page, f"metric-branch-{scheme}{'-phone' if phone else ''}.png")
+            if phone:
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+
+
 def test_a_bad_option_shows_the_servers_message_and_keeps_the_chart(
     browser: Browser, url: str, plotted: str
 ) -> None:
