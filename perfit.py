@@ -8438,15 +8438,19 @@ examples:
   perfit run --metric "unit tests" -- make test  # in CI: time `make test`, post its duration
   perfit post --format auto results.json   # in CI: post a whole benchmark suite, by name
   perfit account show                      # the link of the account's board
-  perfit compare --format auto results.json  # in a PR: exit 3 if slower than main
+  perfit check                             # in CI on main: exit 3 while any metric is regressed
+  perfit compare --format auto --comment results.json  # in a PR: against main where it
+                                           # branched, one PR comment; exit 3 on a regression
 
 Tokens belong in the environment, not on the command line (where `ps` shows them).
 Client settings: PERFIT_SERVER, PERFIT_ACCESS_TOKEN, PERFIT_METRIC, PERFIT_METADATA,
-PERFIT_TIMEOUT; the server's: PERFITD_LISTEN, PERFITD_DATA, PERFITD_ROOT_ACCESS_TOKEN.
+PERFIT_COMMIT, PERFIT_BRANCH, PERFIT_BOARD, PERFIT_BASE, PERFIT_TIMEOUT; compare --comment
+uses GITHUB_TOKEN (GitHub) or PERFIT_GITLAB_TOKEN (GitLab); the server's: PERFITD_LISTEN,
+PERFITD_DATA, PERFITD_ROOT_ACCESS_TOKEN.
 
 exit codes: 0 ok; 1 the server said no (message on stderr); 2 usage error;
-3 regressed (`metric check`, `compare`); 4 the server could not be reached within --timeout;
-`run` exits with the command's own code, whatever happened to the post.
+3 regressed (`metric check`, `check`, `compare`); 4 the server could not be reached within
+--timeout; `run` exits with the command's own code, whatever happened to the post.
 """
 
 
@@ -9280,7 +9284,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print(f"perfit: {rest[0]} failed (exit {code}); nothing to compare", file=sys.stderr)
             return code or EXIT_REFUSED
         doc = _compare_one_remotely(args, [round(elapsed, 6)], "s", base)
-    report = _Comparison(doc, _server_url(args.server), context, base)
+    threshold = DEFAULT_CHANGE_THRESHOLD if args.threshold is None else args.threshold
+    report = _Comparison(doc, _server_url(args.server), context, base, threshold)
     markdown = report.markdown()
     print(markdown if args.markdown else report.text())
     for note in report.notes():
@@ -9436,6 +9441,14 @@ class _Comparison:
     server: str
     context: CiContext
     base: Sequence[str]
+    threshold: float = DEFAULT_CHANGE_THRESHOLD
+
+    @property
+    def usual_commit(self) -> str | None:
+        """The commit most baselines are at: the base, or main's newest run."""
+        commits = [(r.get("baseline") or {}).get("commit") for r in self.doc["results"]]
+        found = collections.Counter(c for c in commits if c).most_common(1)
+        return found[0][0] if found else None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -9507,7 +9520,8 @@ class _Comparison:
         )
         total = len(self.doc["results"])
         head = [f"### PerfIt: {title} in {total} benchmark{'s' * (total != 1)}", ""]
-        where = "main's newest level"
+        usual = self.usual_commit
+        where = "main's newest level" + (f" ({self._commit(usual)})" if usual else "")
         if self.doc.get("base"):
             where = f"main at {self._commit(self.doc['base'])}, where this branched"
         board = self.doc.get("board")
@@ -9530,9 +9544,9 @@ class _Comparison:
             names = ", ".join(f"`{m['name']}`" for m in missing)
             lines += [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
         footer = [
-            "<sub>Regression: at least the threshold (5 %) and beyond the noise main's runs "
-            "show; inconclusive: at least the threshold, within that noise (run again); "
-            "interval: 95 %. Made by PerfIt.</sub>"
+            f"<sub>Regression: at least the threshold ({self.threshold * 100:g} %) and beyond the "
+            "noise main's runs show; inconclusive: at least the threshold, within that noise "
+            "(run again); interval: 95 %. Made by PerfIt.</sub>"
         ]
         folded = []
         while same:
@@ -9559,7 +9573,7 @@ class _Comparison:
             name = f"[{name}]({self.server}/m/{row['metric_id']}{query})"
         main, value, change, interval = (_md_escape(c) for c in self._numbers(row))
         commit = (row.get("baseline") or {}).get("commit")
-        if commit:
+        if commit and commit != self.usual_commit:  # the usual one is said once, above
             main += f" ({self._commit(commit)})"
         return f"| {mark} | {name} | {main} | {value} | {change} | {interval} |"
 

@@ -451,6 +451,31 @@ def _stub_server(
         srv.server_close()
 
 
+def _git_in(path: Path) -> Callable[..., str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    return git
+
+
+def _main_and_a_pr(path: Path, runs: int, branched_at: int, branch: str) -> tuple[list[str], str]:
+    """A git repository at `path`: `runs` commits on main, and a PR's commit on `branch`
+    made on the `branched_at`-th of them; (main's commits, oldest first; the PR's head)."""
+    git = _git_in(path)
+    git("init", "-q", "-b", "main")
+    main = []
+    for run in range(1, runs + 1):
+        git("commit", "-q", "--allow-empty", "-m", f"main {run}")
+        main.append(git("rev-parse", "HEAD"))
+        if run == branched_at:
+            git("checkout", "-q", "-b", branch)
+            git("commit", "-q", "--allow-empty", "-m", "the PR")
+            head = git("rev-parse", "HEAD")
+            git("checkout", "-q", "main")
+    return main, head
+
+
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # One server for the tests that need no server of their own, and accounts on it.
@@ -5772,14 +5797,11 @@ def test_ci_context_is_the_commit_branch_and_jobs_url(env: dict, expected: tuple
 def test_ci_context_elsewhere_is_the_checkouts_commit_and_branch_or_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-
+    git = _git_in(tmp_path)
     monkeypatch.chdir(tmp_path)  # not a git checkout
     assert perfit.ci_context({}) == perfit.CiContext()
     git("init", "-q", "-b", "trunk")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    git("commit", "-q", "--allow-empty", "-m", "x")
     found = perfit.ci_context({})
     assert (found.commit, found.branch) == (git("rev-parse", "HEAD"), "trunk")
     git("checkout", "-q", "--detach")
@@ -5792,21 +5814,8 @@ def test_a_pull_requests_base_is_where_it_branched_and_its_ancestors(
     """main: m1-m2-m3-m4; the PR branched at m2 (head p1). GitHub's event names m4 as the
     base (main's tip when the PR was opened): git's merge base finds m2, then its past."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-
     monkeypatch.chdir(tmp_path)
-    git("init", "-q", "-b", "main")
-    main = []
-    for k in range(4):
-        git("commit", "-q", "--allow-empty", "-m", f"m{k + 1}")
-        main.append(git("rev-parse", "HEAD"))
-        if k == 1:
-            git("checkout", "-q", "-b", "pr")
-            git("commit", "-q", "--allow-empty", "-m", "p1")
-            head = git("rev-parse", "HEAD")
-            git("checkout", "-q", "main")
+    main, head = _main_and_a_pr(tmp_path, 4, 2, "pr")
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": head},
                                                   "base": {"sha": main[3]}}}))  # fmt: skip
@@ -6311,14 +6320,6 @@ class FakeForge:
         return 404, {"message": "Not Found"}, {}
 
 
-def _git_in(path: Path) -> Callable[..., str]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              cwd=path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-
-    return git
-
-
 def _pytest_benchmark_file(path: Path, levels: dict[str, float], rng: random.Random) -> Path:
     """The real fixture's shape (pytest-benchmark-data.json), this run's numbers: each test's
     rounds (1 % noise) and their median."""
@@ -6352,28 +6353,20 @@ def test_a_pull_request_is_judged_where_it_branched_in_one_comment_updated_in_pl
         url, acc = server.url, new_account(server.url)
         repo = tmp_path / "repo"
         repo.mkdir()
-        git = _git_in(repo)
-        git("init", "-q", "-b", "main")
+        main, head = _main_and_a_pr(repo, 40, 30, "fix")
         names = [
             b["name"]
             for b in json.loads((FIXTURES / "pytest-benchmark-data.json").read_text())["benchmarks"]
         ]
         level = {n: 1e-6 * (i + 1) for i, n in enumerate(names)}
-        rng, main = random.Random(3), []
+        rng = random.Random(3)
         post = [*client_args(url, acc.post), "--branch", "main"]
         for run in range(1, 41):
-            git("commit", "-q", "--allow-empty", "-m", f"main {run}")
-            main.append(git("rev-parse", "HEAD"))
-            if run == 30:
-                git("checkout", "-q", "-b", "fix")
-                git("commit", "-q", "--allow-empty", "-m", "the PR")
-                head = git("rev-parse", "HEAD")
-                git("checkout", "-q", "main")
             if run == 35:  # main regresses: test_sort[1000] takes 30 % longer from now on
                 level["test_sort[1000]"] *= 1.3
             made = _pytest_benchmark_file(tmp_path / f"main-{run}.json", level, rng)
             done = perfit_main(
-                "post", "--format", "pytest-benchmark", str(made), *post, "--commit", main[-1]
+                "post", "--format", "pytest-benchmark", str(made), *post, "--commit", main[run - 1]
             )
             assert done.returncode == 0, done.stderr
         board = account_doc(url, acc.admin)["board_id"]
@@ -6455,6 +6448,54 @@ def test_a_pull_request_is_judged_where_it_branched_in_one_comment_updated_in_pl
         ran = subprocess.run([sys.executable, str(pyz), "run", "--metric", "x", "--", "sh", "-c", "exit 7"],
                              capture_output=True, text=True, env=clean_env(), timeout=60)  # fmt: skip
         assert ran.returncode == 7
+
+
+def test_the_readmes_sample_comment_is_what_compare_writes() -> None:
+    """The README shows a PR comment: this renders it from a six-benchmark answer."""
+    names = [
+        "api/login",
+        "api/search",
+        "api/render",
+        "db/insert",
+        "db/select",
+        "api/export",
+        "db/scan",
+    ]
+    ids = {n: perfit.b64encode(bytes([i]) * 16) for i, n in enumerate(names)}
+    sha = "3f2a9c1e7b0d5a6c8e9f00112233445566778899"
+
+    def row(name: str, verdict: str, median: float | None, value: float, *change: float) -> dict:
+        baseline = {
+            "median": median,
+            "n": 30 if median else 0,
+            "spread": 0.4,
+            "commit": median and sha,
+        }
+        return {"name": name, "metric_id": ids[name], "unit": "ms", "verdict": verdict, "value": value,
+                "change": change[0] if change else None, "interval": list(change[1:]) or None,
+                "baseline": baseline}  # fmt: skip
+
+    doc = {
+        "results": [
+            row("api/search", "regression", 41.2, 47.9, 0.163, 0.121, 0.206),
+            row("db/insert", "inconclusive", 8.03, 8.61, 0.072, 0.018, 0.129),
+            row("api/login", "same", 12.4, 12.5, 0.006, -0.011, 0.023),
+            row("api/render", "same", 96.1, 95.2, -0.009, -0.024, 0.006),
+            row("db/select", "same", 1.84, 1.86, 0.011, -0.02, 0.043),
+            row("api/export", "new", None, 230.0),
+        ],
+        "shift": {"change": 0.004, "interval": [-0.006, 0.014], "verdict": "same", "results": 5},
+        "base": sha,
+        "missing": [{"name": "db/scan", "metric_id": ids["db/scan"]}],
+        "board": "B" * 22,
+    }
+    context = perfit.CiContext(
+        branch="faster-search", commit_link="https://github.com/acme/widgets/commit/{}"
+    )
+    rendered = perfit._Comparison(doc, "https://perfit.example", context, [sha]).markdown()
+    readme = (HERE / "README.md").read_text()
+    shown = readme[readme.index("### What the comment says") :]
+    assert f"```markdown\n{rendered}\n```" in shown
 
 
 def test_two_workflows_keep_two_comments_and_gitlab_gets_a_note(
