@@ -3183,6 +3183,7 @@ def _merge_small_steps(xs: list[float], bounds: list[int], threshold: float) -> 
 _BASELINE_POINTS = 30  #: a comparison's baseline: at most this many of main's points
 _BASELINE_MIN = 10  #: ... and a step among its newest this many makes them the baseline
 _SUITE_MIN = 5  #: results compared at once that make a suite, whose shared shift is taken out
+_NOISE_MIN = 3  #: baseline points that tell its noise: with fewer, a change is never sure
 _RUN_MIN = 3  #: points of one main run (one time) that measure that run's shift
 _SUITE_FALSE_ALARMS = 0.02  #: the chance that a suite that changed nothing gets a verdict
 _VERDICT_SIGMAS = 3.0  #: ... and at least this many standard errors, however small the suite
@@ -3423,7 +3424,7 @@ def _judge(
     freedom = max(n - 1, 1)
     half = _t_quantile(0.975, freedom) * se
     needed = max(_VERDICT_SIGMAS, _t_quantile(1 - _SUITE_FALSE_ALARMS / max(suite, 1), freedom))
-    if abs(change) >= limit and abs(change) >= needed * se:
+    if abs(change) >= limit and abs(change) >= needed * se and n >= _NOISE_MIN:
         worse = change > 0 if better == "lower" else change < 0
         verdict = "regression" if worse else "improvement"
     else:
@@ -3431,16 +3432,8 @@ def _judge(
     back = math.expm1 if s.log else float
     median = _median(base.values)
     spread = median * math.expm1(s.noise) if s.log else abs(median) * s.noise
-    return Verdict(
-        median,
-        n,
-        spread,
-        value,
-        back(change),
-        (back(change - half), back(change + half)),
-        verdict,
-        base.commit,
-    )
+    interval = (back(change - half), back(change + half)) if n >= _NOISE_MIN else None
+    return Verdict(median, n, spread, value, back(change), interval, verdict, base.commit)
 
 
 def _t_quantile(p: float, freedom: int) -> float:

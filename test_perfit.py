@@ -1870,6 +1870,67 @@ def test_detection_takes_milliseconds():
 
 
 # --------------------------------------------------------------------------------------------
+# Comparisons
+# In process: a PR's results against main's baselines; a suite's shared shift taken out, an
+# interval as wide as the data allows, and no verdict the data cannot carry.
+# --------------------------------------------------------------------------------------------
+
+
+def _ci_suite(runs: int, size: int, rng: random.Random) -> list[perfit.Baseline]:
+    """Main's runs of a suite as CI makes them: each run's speed shared by every benchmark of
+    it (3 %, and one run in ten on a runner 1.5x slow), each benchmark's own noise 1-3 %."""
+    noise = [rng.uniform(0.01, 0.03) for _ in range(size)]
+    shared = [rng.lognormvariate(0, 0.03) * (1.5 if r % 10 == 4 else 1) for r in range(runs)]
+    return [
+        perfit.Baseline(
+            [(j + 1) * s * rng.lognormvariate(0, noise[j]) for s in shared], list(range(runs))
+        )
+        for j in range(size)
+    ]
+
+
+def test_a_slow_runner_is_one_shift_not_fifty_regressions_and_one_slow_benchmark_stands_out():
+    rng = random.Random(5)
+    baselines = _ci_suite(30, 50, rng)
+    run = 1.7  # the PR ran on a slow runner; benchmark 7 is 20 % slower besides
+    fresh = [
+        ([(j + 1) * run * (1.2 if j == 7 else 1)], b, "lower") for j, b in enumerate(baselines)
+    ]
+    verdicts, shift = perfit.compare_results(fresh)
+    assert [j for j, v in enumerate(verdicts) if v.verdict == "regression"] == [7]
+    assert verdicts[7].change == pytest.approx(0.2, abs=0.05) and verdicts[7].interval[0] > 0.05
+    assert shift.verdict == "inconclusive" and shift.change == pytest.approx(0.7, abs=0.05)
+    alone, _ = perfit.compare_results(fresh[:1])
+    assert alone[0].verdict == "regression", "alone, a slow runner is not told from slow code"
+
+
+def test_no_verdict_without_the_noise_and_an_exact_metric_needs_none():
+    assert (
+        perfit.compare_results([([11.0], perfit.Baseline([10.0, 10.0], [1, 2]), "lower")])[0][
+            0
+        ].verdict
+        == "inconclusive"
+    )
+    exact = perfit.Baseline([3.0] * 5, list(range(5)))  # allocs/op: the same every run
+    (more,), _ = perfit.compare_results([([4.0], exact, "lower")])
+    assert (more.verdict, more.change) == ("regression", pytest.approx(1 / 3))
+    (none,), _ = perfit.compare_results([([4.0], None, "lower")])
+    assert (none.verdict, none.median, none.interval) == ("new", None, None)
+    negative = perfit.Baseline([-10.0, -10.5, -9.5, -10.2], [1, 2, 3, 4])  # not a ratio: relative
+    (found,), _ = perfit.compare_results([([-5.0], negative, "higher")])
+    assert found.verdict == "improvement" and found.change == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("p", "freedom", "table"),
+    [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 29, 2.045),
+     (0.999, 9, 4.297), (0.99, 5, 3.365), (0.9996, 29, 3.77)],
+)  # fmt: skip
+def test_students_t_quantiles_match_the_table(p: float, freedom: int, table: float) -> None:
+    assert perfit._t_quantile(p, freedom) == pytest.approx(table, rel=0.01)
+
+
+# --------------------------------------------------------------------------------------------
 # Charts
 # In process: ticks people read, lines and markers, clamping, reduction, overlays, badges.
 # --------------------------------------------------------------------------------------------
