@@ -488,9 +488,13 @@ _REC_EXPIRE = 14
 _REC_REVOKE = 15  #: JSON {"token"}: a token id (see token_id); the token stops working
 REC_RUN = 16  #: a CI run's points: one time, one origin, a value per metric; see RUN
 _REC_SETTINGS = 17  #: JSON {"account", and what changes: "main_branch"}
+#: JSON {"origin": n, "commit", "branch", "main", "m"}: in a segment's control block only, an
+#: origin its point blocks name by n (so a run's origin is stored once a segment, not once a
+#: metric); empty fields, and main when true, are left out
+_REC_ORIGIN = 18
 _CONTROL_TYPES = (
     *(_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK),
-    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE, _REC_SETTINGS),
+    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE, _REC_SETTINGS, _REC_ORIGIN),
 )
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
@@ -536,6 +540,9 @@ _RUN_POINT = struct.Struct("<16sd")
 #   +------------+-----------------------+----------------------------------------------+
 #   | k: u16     | k origins (above)     | refs: n x u16 (0: none; j: the j-th origin) |
 #   +------------+-----------------------+----------------------------------------------+
+#
+# or, in a segment, k = 0 and refs: n x u32, numbers of the origins its control block defines
+# (_REC_ORIGIN): a run's origin once a segment, not once for each of its 500 metrics.
 #
 # In segments the times are deltas from the previous time (the first from 0) and each column
 # is byte-shuffled (all first bytes, then all second bytes...), so zstd sees long runs.
@@ -645,8 +652,15 @@ def _unshuffle(raw: bytes, width: int) -> bytes:
     return bytes(out)
 
 
-def pack_columns(metric_id: bytes, batch: PointBatch, compact: bool = False) -> bytes:
-    """Points of one metric as columns; compact (for segments) delta-encodes and shuffles."""
+def pack_columns(
+    metric_id: bytes,
+    batch: PointBatch,
+    compact: bool = False,
+    numbering: dict[int, int] | None = None,
+) -> bytes:
+    """Points of one metric as columns; compact (for segments) delta-encodes and shuffles.
+    With `numbering` (a segment's: origin -> its number there), origins are referred to by
+    number, not carried along."""
     times = batch.times
     if compact:
         times = array("q", itertools.chain((times[0],), map(operator.sub, times[1:], times)))
@@ -656,13 +670,20 @@ def pack_columns(metric_id: bytes, batch: PointBatch, compact: bool = False) -> 
     packed = _COLUMNS.pack(metric_id, len(batch)) + b"".join(columns) + batch.blob
     if batch.origins is None or not any(batch.origins):
         return packed
+    if numbering is not None:
+        refs = array("I", (numbering[g] if g else 0 for g in batch.origins)).tobytes()
+        return packed + _META_LEN.pack(0) + (_shuffle(refs, 4) if compact else refs)
     table, refs = _local_origins(batch.origins)
     origins = b"".join(map(pack_origin, table))
     refs_raw = _shuffle(refs.tobytes(), 2) if compact else refs.tobytes()
     return packed + _META_LEN.pack(len(table)) + origins + refs_raw
 
 
-def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointBatch]:
+def unpack_columns(
+    payload: bytes, compact: bool = False, numbering: dict[int, int] | None = None
+) -> tuple[bytes, PointBatch]:
+    """The metric and points of a columns payload; `numbering`: the segment's origins (its
+    number -> the process-wide one), for a block that refers to them."""
     metric_id, n = _COLUMNS.unpack_from(payload)
     cut = itertools.accumulate((_COLUMNS.size, 8 * n, 8 * n, 2 * n))
     a, b, c, d = cut
@@ -675,7 +696,9 @@ def unpack_columns(payload: bytes, compact: bool = False) -> tuple[bytes, PointB
     end = d + sum(lens)
     if len(times) != n or len(lens) != n or end > len(payload):
         raise ValueError("point columns do not add up")
-    origins = _unpack_origin_refs(payload, end, n, compact) if end < len(payload) else None
+    origins = None
+    if end < len(payload):
+        origins = _unpack_origin_refs(payload, end, n, compact, numbering)
     return metric_id, PointBatch(times, values, lens, payload[d:end], origins)
 
 
@@ -723,10 +746,23 @@ def _local_origins(origins: array) -> tuple[list[Origin], array]:
     return [table[g] for g in local], refs
 
 
-def _unpack_origin_refs(payload: bytes, offset: int, n: int, compact: bool) -> array:
+def _unpack_origin_refs(
+    payload: bytes, offset: int, n: int, compact: bool, numbering: dict[int, int] | None
+) -> array:
     """The origins of a columns record's points, as numbers of the process-wide table."""
     (k,) = _META_LEN.unpack_from(payload, offset)
     offset += 2
+    if k == 0:  # numbers of the segment's origins
+        raw = payload[offset:]
+        if len(raw) != 4 * n:
+            raise ValueError("point origins do not add up")
+        refs = array("I", _unshuffle(raw, 4) if compact else raw)
+        if numbering is None:
+            raise ValueError("a block refers to origins outside a segment")
+        try:
+            return array("I", (numbering[r] if r else 0 for r in refs))
+        except KeyError as e:
+            raise ValueError(f"a point names origin {e}, which its segment does not") from None
     table, ids = origin_table(), [0]
     for _ in range(k):
         origin, offset = unpack_origin(payload, offset)
@@ -1178,20 +1214,45 @@ def _segment_bytes(
     points: Iterable[tuple[bytes, Series]],
     compress: Callable,
 ) -> bytes:
-    """A segment: its control records in one compressed block, then each metric's points in
-    blocks of at most _SEG_BLOCK_POINTS."""
-    framed = b"".join(encode_record(rtype, payload) for rtype, payload in control)
+    """A segment: its control records and the origins of its points in one compressed block,
+    then each metric's points in blocks of at most _SEG_BLOCK_POINTS."""
+    points = list(points)
+    numbering: dict[int, int] = {}  # an origin (of the process) -> its number in the segment
+    for _, series in points:
+        for number in set(series.origins or ()) - {0}:
+            numbering.setdefault(number, len(numbering) + 1)
+    table = origin_table()
+    origins = [_json_record(_REC_ORIGIN, _origin_doc(n, table[g])) for g, n in numbering.items()]
+    framed = b"".join(encode_record(rtype, payload) for rtype, payload in [*control, *origins])
     blocks = [SEG_MAGIC, encode_record(_REC_SEG_CONTROL, compress(framed))]
     for metric_id, series in points:
         for lo in range(0, len(series), _SEG_BLOCK_POINTS):
             batch = series.batch(lo, min(lo + _SEG_BLOCK_POINTS, len(series)))
-            packed = pack_columns(metric_id, batch, compact=True)
+            packed = pack_columns(metric_id, batch, compact=True, numbering=numbering)
             blocks.append(encode_record(_REC_SEG_POINTS, compress(packed)))
     return b"".join(blocks)
 
 
-def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]:
-    """The (metric id, points) a point-carrying record holds, decompressing if it must."""
+def _origin_doc(number: int, origin: Origin) -> dict[str, Any]:
+    """A segment's _REC_ORIGIN record: what it says of an origin, only where it says something."""
+    doc: dict[str, Any] = {"origin": number}
+    fields = {"commit": origin.commit, "branch": origin.branch, "m": origin.meta.decode()}
+    doc.update((k, v) for k, v in fields.items() if v)
+    if not origin.main:
+        doc["main"] = False
+    return doc
+
+
+def _origin_of_doc(doc: dict[str, Any]) -> Origin:
+    meta = doc.get("m", "").encode("utf-8")
+    return Origin(doc.get("commit", ""), doc.get("branch", ""), doc.get("main", True), meta)
+
+
+def _point_batches(
+    rtype: int, payload: bytes, numbering: dict[int, int] | None = None
+) -> list[tuple[bytes, PointBatch]]:
+    """The (metric id, points) a point-carrying record holds, decompressing if it must;
+    `numbering`: the origins of the segment it is in (see unpack_columns)."""
     if rtype == REC_POINT:
         metric_id, t, value = POINT.unpack_from(payload)
         meta = payload[POINT.size :]
@@ -1203,7 +1264,7 @@ def _point_batches(rtype: int, payload: bytes) -> list[tuple[bytes, PointBatch]]
     if rtype == _REC_POINTS:
         return [unpack_columns(payload)]
     if rtype == _REC_SEG_POINTS:
-        return [unpack_columns(_zstd_decompress(payload), compact=True)]
+        return [unpack_columns(_zstd_decompress(payload), compact=True, numbering=numbering)]
     raise ValueError(f"record type {rtype} holds no points")
 
 
@@ -1337,6 +1398,53 @@ class _SeriesReading:
 
     def origin_number(self, i: int) -> int:
         return self.origins[i] if self.origins is not None else 0
+
+    def where(self, keep: Callable[[int], bool]) -> Series:
+        """A copy of the points whose index `keep` likes."""
+        return Series.of([self.row(i) for i in range(len(self)) if keep(i)])
+
+    def not_stored(self, batch: PointBatch) -> PointBatch:
+        """The points of `batch` not stored yet, in its order: the same time, value, metadata
+        (its own or its run's), commit and branch as a stored one (an exported file imported
+        again is the same points).
+
+        Counted as a multiset: a point sent twice and stored once is missing once.
+        """
+        if not len(batch):
+            return batch
+        with self._lock:
+            # In microseconds: through float seconds, a time far from 1970 would not round-trip.
+            lo = bisect.bisect_left(self.times, min(batch.times))
+            rows = range(lo, bisect.bisect_right(self.times, max(batch.times), lo))
+            if not rows:
+                return batch  # the usual import: all of it later (or earlier) than what is here
+            fresh = batch.rows()
+            if (  # the same points again (a file imported twice), compared a column at a time
+                self.times[rows.start : rows.stop] == batch.times
+                and self.values[rows.start : rows.stop] == batch.values
+                and [self._identity(self.row(i)) for i in rows] == list(map(self._identity, fresh))
+            ):
+                return PointBatch(array("q"), array("d"), array("H"), b"")
+            stored = collections.Counter(self._identity(self.row(i)) for i in rows)
+        new = []
+        for point in fresh:
+            key = self._identity(point)
+            if stored[key]:
+                stored[key] -= 1
+            else:
+                new.append(point)
+        return batch if len(new) == len(batch) else PointBatch.of(new)
+
+    @staticmethod
+    def _identity(row: Row) -> tuple:
+        """What makes two points the same point: (time, value, metadata, commit, branch); a
+        commit as PerfIt 0.2 kept it, at the start of the metadata, counts as the commit, so
+        a file imported by 0.2 and again now is the same points."""
+        origin = origin_table()[row[3]]
+        commit, meta = origin.commit, row[2] or origin.meta
+        if not commit:
+            commit, meta = legacy_commit(meta)
+        return row[0], row[1], meta, commit[:12], origin.branch
 
     def index_range(self, start: float | None, end: float | None) -> range:
         """Indexes of the points served with start <= t <= end, in unix seconds (None:
@@ -1492,53 +1600,6 @@ class Series(_SeriesReading):
         series._extend(PointBatch.of(points))
         return series
 
-    def where(self, keep: Callable[[int], bool]) -> Series:
-        """A copy of the points whose index `keep` likes."""
-        return Series.of([self.row(i) for i in range(len(self)) if keep(i)])
-
-    def not_stored(self, batch: PointBatch) -> PointBatch:
-        """The points of `batch` not stored yet, in its order: the same time, value, metadata
-        (its own or its run's), commit and branch as a stored one (an exported file imported
-        again is the same points).
-
-        Counted as a multiset: a point sent twice and stored once is missing once.
-        """
-        if not len(batch):
-            return batch
-        with self._lock:
-            # In microseconds: through float seconds, a time far from 1970 would not round-trip.
-            lo = bisect.bisect_left(self.times, min(batch.times))
-            rows = range(lo, bisect.bisect_right(self.times, max(batch.times), lo))
-            if not rows:
-                return batch  # the usual import: all of it later (or earlier) than what is here
-            fresh = batch.rows()
-            if (  # the same points again (a file imported twice), compared a column at a time
-                self.times[rows.start : rows.stop] == batch.times
-                and self.values[rows.start : rows.stop] == batch.values
-                and [self._identity(self.row(i)) for i in rows] == list(map(self._identity, fresh))
-            ):
-                return PointBatch(array("q"), array("d"), array("H"), b"")
-            stored = collections.Counter(self._identity(self.row(i)) for i in rows)
-        new = []
-        for point in fresh:
-            key = self._identity(point)
-            if stored[key]:
-                stored[key] -= 1
-            else:
-                new.append(point)
-        return batch if len(new) == len(batch) else PointBatch.of(new)
-
-    @staticmethod
-    def _identity(row: Row) -> tuple:
-        """What makes two points the same point: (time, value, metadata, commit, branch); a
-        commit as PerfIt 0.2 kept it, at the start of the metadata, counts as the commit, so
-        a file imported by 0.2 and again now is the same points."""
-        origin = origin_table()[row[3]]
-        commit, meta = origin.commit, row[2] or origin.meta
-        if not commit:
-            commit, meta = legacy_commit(meta)
-        return row[0], row[1], meta, commit[:12], origin.branch
-
 
 class Marks:
     """What an admin said of a metric: changes accepted (intended), spans of points excluded
@@ -1649,80 +1710,24 @@ class TokenEntry:
         }
 
 
-class Index:
-    """What the records say, in memory: accounts, token hashes, and metrics with their points.
+class _IndexRecords:
+    """What the control records do to the index: accounts, tokens, metrics, boards, webhooks,
+    settings, marks, and a metric's edits, expiries and deletion. Index, below, holds it."""
 
-    Replay and live writes go through the same apply(), so a restart rebuilds exactly what
-    was acknowledged.
-    """
-
-    def __init__(self) -> None:
-        self.accounts: dict[bytes, float] = {}  #: account id -> created
-        self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
-        self.token_ids: dict[bytes, TokenEntry] = {}  #: token id -> the token, in creation order
-        self.metrics: dict[bytes, Metric] = {}
-        self.by_account: dict[bytes, list[Metric]] = {}  #: each account's, oldest first
-        #: (account, name) -> metric. PerfIt 0.1 let two metrics share a name: the first
-        #: keeps it here, the other is reached by its id.
-        self.names: dict[tuple[bytes, str], Metric] = {}
-        self.boards: dict[bytes, bytes] = {}  #: board id -> account
-        self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
-        self.webhooks: dict[bytes, str] = {}  #: account -> the URL told of new regressions
-        #: account -> the branch whose points are main's, when it is not DEFAULT_MAIN_BRANCH
-        self.main_branches: dict[bytes, str] = {}
-        self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
-        #: Metrics deleted: records that still name them (in files not yet compacted, or
-        #: written as the delete landed) are passed over.
-        self.deleted: set[bytes] = set()
-        #: Points deleted or expired since the files were last compacted (or found so by a
-        #: replay): what compaction would reclaim.
-        self.garbage = 0
-
-    def apply(self, rtype: int, payload: bytes) -> None:
-        """Update the index with one record."""
-        if rtype == REC_POINT:
-            metric_id, t, value = POINT.unpack_from(payload)
-            metric = self._metric(metric_id)
-            if metric is None:
-                self.garbage += 1
-            else:
-                metric.series.add_one(t, value, payload[POINT.size :])
-            self.last_t = max(self.last_t, t)
-        elif rtype == REC_RUN:
-            t, origin, points = unpack_run(payload)
-            number = origin_table().intern(origin)
-            for metric_id, value in points:
-                metric = self._metric(metric_id)
-                if metric is None:
-                    self.garbage += 1
-                else:
-                    metric.series_of(number).add_one(t, value, b"", number)
-            self.last_t = max(self.last_t, t)
-        elif rtype in (_REC_POINTS, _REC_SEG_POINTS):
-            for metric_id, batch in _point_batches(rtype, payload):
-                metric = self._metric(metric_id)
-                if metric is None:
-                    self.garbage += len(batch)
-                    continue
-                main, others = batch.split(lambda number: origin_table()[number].main)
-                self.garbage += metric.series.add(main)
-                if others is not None:
-                    self.garbage += metric.branches.add(others)
-        elif rtype == _REC_SEG_CONTROL:
-            for inner_type, inner in _control_records(payload):
-                self.apply(inner_type, inner)
-        elif rtype == _REC_BATCH:
-            for inner_type, inner in unpack_batch(payload):
-                self.apply(inner_type, inner)
-        else:
-            self._apply_control(rtype, json.loads(payload))
-
-    def _metric(self, metric_id: bytes) -> Metric | None:
-        """The metric a record names; None if it was deleted (a KeyError if it never was)."""
-        metric = self.metrics.get(metric_id)
-        if metric is None and metric_id not in self.deleted:
-            raise KeyError(f"no metric {b64encode(metric_id)}")
-        return metric
+    accounts: dict[bytes, float]
+    tokens: dict[bytes, Principal]
+    token_ids: dict[bytes, TokenEntry]
+    metrics: dict[bytes, Metric]
+    by_account: dict[bytes, list[Metric]]
+    names: dict[tuple[bytes, str], Metric]
+    boards: dict[bytes, bytes]
+    board_of: dict[bytes, bytes]
+    webhooks: dict[bytes, str]
+    main_branches: dict[bytes, str]
+    segment_origins: dict[int, int]
+    deleted: set[bytes]
+    garbage: int
+    _metric: Callable[[bytes], Metric | None]
 
     def _apply_control(self, rtype: int, doc: dict) -> None:
         if rtype == _REC_ACCOUNT:
@@ -1754,6 +1759,8 @@ class Index:
             self.by_account.setdefault(metric.account, []).append(metric)
             if metric.name:
                 self.names.setdefault((metric.account, metric.name), metric)
+        elif rtype == _REC_ORIGIN:
+            self.segment_origins[doc["origin"]] = origin_table().intern(_origin_of_doc(doc))
         elif rtype == _REC_SETTINGS:
             account = _raw(doc["account"])
             if "main_branch" in doc:
@@ -1806,10 +1813,6 @@ class Index:
         if "keep" in doc:
             metric.series.keep = round((doc["keep"] or 0) * US)
 
-    def main_branch(self, account: bytes) -> str:
-        """The branch whose points are the account's main line (and baselines)."""
-        return self.main_branches.get(account, DEFAULT_MAIN_BRANCH)
-
     def _unname(self, metric: Metric) -> None:
         """Free the metric's name; a 0.1 metric that shared it (see names) takes it over."""
         key = (metric.account, metric.name)
@@ -1825,6 +1828,89 @@ class Index:
             )
             if twin is not None:
                 self.names[key] = twin
+
+
+class Index(_IndexRecords):
+    """What the records say, in memory: accounts, token hashes, and metrics with their points.
+
+    Replay and live writes go through the same apply(), so a restart rebuilds exactly what
+    was acknowledged.
+    """
+
+    def __init__(self) -> None:
+        self.accounts: dict[bytes, float] = {}  #: account id -> created
+        self.tokens: dict[bytes, Principal] = {}  #: SHA-256 of a token -> whose it is
+        self.token_ids: dict[bytes, TokenEntry] = {}  #: token id -> the token, in creation order
+        self.metrics: dict[bytes, Metric] = {}
+        self.by_account: dict[bytes, list[Metric]] = {}  #: each account's, oldest first
+        #: (account, name) -> metric. PerfIt 0.1 let two metrics share a name: the first
+        #: keeps it here, the other is reached by its id.
+        self.names: dict[tuple[bytes, str], Metric] = {}
+        self.boards: dict[bytes, bytes] = {}  #: board id -> account
+        self.board_of: dict[bytes, bytes] = {}  #: account -> its board id
+        self.webhooks: dict[bytes, str] = {}  #: account -> the URL told of new regressions
+        #: account -> the branch whose points are main's, when it is not DEFAULT_MAIN_BRANCH
+        self.main_branches: dict[bytes, str] = {}
+        #: the origins of the segment being replayed: its number -> the process-wide one
+        self.segment_origins: dict[int, int] = {}
+        self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
+        #: Metrics deleted: records that still name them (in files not yet compacted, or
+        #: written as the delete landed) are passed over.
+        self.deleted: set[bytes] = set()
+        #: Points deleted or expired since the files were last compacted (or found so by a
+        #: replay): what compaction would reclaim.
+        self.garbage = 0
+
+    def apply(self, rtype: int, payload: bytes) -> None:
+        """Update the index with one record."""
+        if rtype == REC_POINT:
+            metric_id, t, value = POINT.unpack_from(payload)
+            metric = self._metric(metric_id)
+            if metric is None:
+                self.garbage += 1
+            else:
+                metric.series.add_one(t, value, payload[POINT.size :])
+            self.last_t = max(self.last_t, t)
+        elif rtype == REC_RUN:
+            t, origin, points = unpack_run(payload)
+            number = origin_table().intern(origin)
+            for metric_id, value in points:
+                metric = self._metric(metric_id)
+                if metric is None:
+                    self.garbage += 1
+                else:
+                    metric.series_of(number).add_one(t, value, b"", number)
+            self.last_t = max(self.last_t, t)
+        elif rtype in (_REC_POINTS, _REC_SEG_POINTS):
+            for metric_id, batch in _point_batches(rtype, payload, self.segment_origins):
+                metric = self._metric(metric_id)
+                if metric is None:
+                    self.garbage += len(batch)
+                    continue
+                main, others = batch.split(lambda number: origin_table()[number].main)
+                self.garbage += metric.series.add(main)
+                if others is not None:
+                    self.garbage += metric.branches.add(others)
+        elif rtype == _REC_SEG_CONTROL:
+            self.segment_origins = {}  # a new segment: its blocks name its own origins
+            for inner_type, inner in _control_records(payload):
+                self.apply(inner_type, inner)
+        elif rtype == _REC_BATCH:
+            for inner_type, inner in unpack_batch(payload):
+                self.apply(inner_type, inner)
+        else:
+            self._apply_control(rtype, json.loads(payload))
+
+    def _metric(self, metric_id: bytes) -> Metric | None:
+        """The metric a record names; None if it was deleted (a KeyError if it never was)."""
+        metric = self.metrics.get(metric_id)
+        if metric is None and metric_id not in self.deleted:
+            raise KeyError(f"no metric {b64encode(metric_id)}")
+        return metric
+
+    def main_branch(self, account: bytes) -> str:
+        """The branch whose points are the account's main line (and baselines)."""
+        return self.main_branches.get(account, DEFAULT_MAIN_BRANCH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1950,7 +2036,8 @@ def replay(path: str, index: Index) -> Scan | None:
 def repair_directory(path: str) -> None:
     """Rewrite each damaged file with the records that survive; keep its original aside."""
     for found in list(scan_directory(path)):
-        records = [(t, p) for _, t, p in found.scan.records if _unreadable(t, p) is None]
+        why = _readability([(t, p) for _, t, p in found.scan.records])
+        records = [(t, p) for (_, t, p), bad in zip(found.scan.records, why) if bad is None]
         if not found.corrupt and len(records) == len(found.scan.records):
             continue
         damaged = os.path.join(path, DAMAGED_DIR)
@@ -1973,7 +2060,23 @@ def repair_directory(path: str) -> None:
         )
 
 
-def _unreadable(rtype: int, payload: bytes) -> str | None:
+def _readability(records: Sequence[tuple[int, bytes]]) -> list[str | None]:
+    """Why each of a file's records, in order, cannot be read (None: it can). A segment's
+    point blocks are read with the origins its control block defines."""
+    numbering: dict[int, int] = {}
+    found = []
+    for rtype, payload in records:
+        if rtype == _REC_SEG_CONTROL:
+            numbering = {}
+            with contextlib.suppress(Exception):  # a damaged block: _unreadable says why
+                for inner_type, inner in _control_records(payload):
+                    if inner_type == _REC_ORIGIN:
+                        numbering[json.loads(inner)["origin"]] = 0
+        found.append(_unreadable(rtype, payload, numbering))
+    return found
+
+
+def _unreadable(rtype: int, payload: bytes, numbering: dict[int, int] | None = None) -> str | None:
     """Why a record that passed its CRC cannot be read, or None: it can."""
     try:
         if rtype in _CONTROL_TYPES:
@@ -1985,7 +2088,7 @@ def _unreadable(rtype: int, payload: bytes) -> str | None:
                 if why:
                     return why
         else:
-            _point_batches(rtype, payload)
+            _point_batches(rtype, payload, numbering)
     except MissingDependency:
         raise  # not the record's fault: say what to install
     except Exception as e:  # whatever a damaged payload makes a decoder raise
@@ -2019,10 +2122,10 @@ def _check_file(found: _FileScan) -> CheckReport:
         report.problems.append(f"corrupt bytes at offset {start} ({end - start} bytes)")
     if scan.torn_tail is not None and len(found.corrupt) < len(scan.bad):
         report.notes.append(f"torn tail at offset {scan.torn_tail}: cut off when a server opens it")
-    for offset, rtype, payload in scan.records:
-        why = _unreadable(rtype, payload)
-        if why is not None:
-            report.problems.append(f"unreadable record at offset {offset}: {why}")
+    why = _readability([(rtype, payload) for _, rtype, payload in scan.records])
+    for (offset, _, _), bad in zip(scan.records, why):
+        if bad is not None:
+            report.problems.append(f"unreadable record at offset {offset}: {bad}")
     return report
 
 
@@ -2429,10 +2532,14 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
             raise StoreCorrupt(
                 f"{segment.path}: bad bytes at offset {scan.bad[0][0]}; not compacting it"
             )
+        numbering: dict[int, int] = {}  # the segment's origins, numbered again in the new one
         for _, rtype, payload in scan.records:
             if rtype == _REC_SEG_CONTROL:
                 for inner_type, inner in _control_records(payload):
                     doc = json.loads(inner)
+                    if inner_type == _REC_ORIGIN:
+                        numbering[doc["origin"]] = origin_table().intern(_origin_of_doc(doc))
+                        continue
                     if inner_type == _REC_EXPIRE:
                         # The horizons of now are written below, for all the run names.
                         for key in ("before", "branches"):
@@ -2446,7 +2553,7 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
                     if about is not None:
                         named.add(about)
                 continue
-            for metric_id, batch in _point_batches(rtype, payload):
+            for metric_id, batch in _point_batches(rtype, payload, numbering):
                 if metric_id in deleted:
                     gone.add(metric_id)
                 else:
@@ -9436,7 +9543,7 @@ class _Comparison:
     base: Sequence[str]
     threshold: float = DEFAULT_CHANGE_THRESHOLD
 
-    @property
+    @functools.cached_property
     def usual_commit(self) -> str | None:
         """The commit most baselines are at: the base, or main's newest run."""
         commits = [(r.get("baseline") or {}).get("commit") for r in self.doc["results"]]

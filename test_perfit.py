@@ -1031,6 +1031,10 @@ def test_a_runs_commit_branch_and_metadata_are_stored_once_and_replay_everywhere
         assert _origins(series) == expected
         poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
     assert _files(tmp_path, ".seg"), "the logs were sealed"
+    for segment in _files(tmp_path, ".seg"):  # a run's origin once a segment, not once a metric
+        control = perfit.scan_file(str(segment), perfit.SEG_MAGIC).records[0][2]
+        defined = [t for t, _ in perfit._control_records(control) if t == perfit._REC_ORIGIN]
+        assert 1 <= len(defined) <= 12
     for _ in range(2):  # from the segments, then from what compaction made of them
         with perfit.Store.open(str(tmp_path)) as store:
             assert _origins(store.metrics[ids["suite/b7"]].series) == expected
