@@ -2372,6 +2372,8 @@ class Sealer:
         self._state = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
+        #: seal big logs in a child process (the server's choice): see _seal_in_child
+        self.in_child = False
 
     def wake(self) -> None:
         """Start a pass, unless one is at work (it looks again before it ends)."""
@@ -2442,10 +2444,41 @@ class Sealer:
         log_path = os.path.join(self.directory, _file_name(number, _LOG_SUFFIX))
         seg_path = os.path.join(self.directory, _file_name(number, _SEG_SUFFIX))
         started = time.monotonic()
-        seal_log(log_path, seg_path)
+        child = self.in_child and os.path.getsize(log_path) >= _SEAL_CHILD_BYTES
+        if child:
+            _seal_in_child(log_path, seg_path)
+        else:
+            seal_log(log_path, seg_path)
         os.unlink(log_path)
         _fsync_dir(self.directory)
-        _log.info("sealed %s in %.2fs", os.path.basename(seg_path), time.monotonic() - started)
+        took, name = time.monotonic() - started, os.path.basename(seg_path)
+        _log.info("sealed %s in %.2fs%s", name, took, " (in a child process)" * child)
+
+
+_SEAL_CHILD_BYTES = 1 << 20  #: a log this big is sealed in a child process, by a server
+
+
+def _seal_in_child(log_path: str, seg_path: str) -> None:
+    """seal_log, in a child Python: what it holds for a moment (every record of a log, every
+    metric's columns) would leave the server's heap in pieces that stay resident, tens of
+    bytes a point; a child gives all of it back when it ends."""
+    import subprocess
+
+    # The directory this module was imported from, or the .pyz holding it: the child imports
+    # the same perfit, with the same flags (-S in a bare bundle) and environment.
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH", ""))))
+    code = "import sys, perfit; perfit.seal_log(sys.argv[1], sys.argv[2])"
+    flags = ["-S"] if sys.flags.no_site else []
+    done = subprocess.run(
+        [sys.executable, *flags, "-c", code, log_path, seg_path],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise StoreError(f"sealing {log_path} in a child process failed: {why}")
 
 
 # ==============================================================================================
@@ -9763,6 +9796,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
+    store.sealer.in_child = True  # a long-lived heap: sealing's churn goes to a child
     store.start_maintenance()
     try:
         config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)

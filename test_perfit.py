@@ -5440,6 +5440,28 @@ def test_the_bundle_seals_and_reads_segments_where_zstd_is_installed(
         assert values(srv.url, ids["bench/7"]) == [7] * 20
 
 
+def test_a_server_seals_a_big_log_in_a_child_process_also_from_the_bundle(
+    pyz: Path, tmp_path: Path
+) -> None:
+    """What sealing holds for a moment would stay resident in the server's heap: a log of a
+    mebibyte or more is sealed by a child Python, which imports the same perfit (the bundle's
+    too) and gives its memory back when it ends."""
+    with_zstd = (sys.executable, str(pyz))
+    with running_server(tmp_path, "--seal-bytes", str(1200 << 10), command=with_zstd) as srv:
+        acc = new_account(srv.url)
+        body = {
+            "points": [{"name": f"big/{i}", "value": i} for i in range(1000)],
+            "commit": "abcdef1",
+        }
+        for _ in range(52):  # 24 KB a run: the log fills up, and a new one starts
+            ids = ok_json("POST", f"{srv.url}/r/", body=body, token=acc.post)["metrics"]
+        poll(lambda: "\n".join(srv.err), lambda err: "(in a child process)" in err, seconds=30)
+    assert _sealed_logs(tmp_path) >= 1
+    with running_server(tmp_path, command=with_zstd) as srv:
+        (first, *_) = points(srv.url, ids["big/7"])
+        assert len(points(srv.url, ids["big/7"])) == 52 and first["commit"] == "abcdef1"
+
+
 # --------------------------------------------------------------------------------------------
 # CLI: the client commands
 # As a subprocess where a process matters (a signal, a terminal, python -S, a closed pipe), and

@@ -25,8 +25,7 @@ speed   End to end over HTTP on loopback, a real `python -m perfit serve` (port 
         branch), one PR compare of all 500 (base: main's newest commit) by a fresh
         `python -S perfit.py compare --board B --format gab FILE` in this checkout (also as
         `-m perfit`, whose byte code is cached), against a fresh `python -S -c pass` plus a
-        GET /healthz round trip; median of 7, interleaved. Where `compare --help` has no
-        --board (before 3e9b5ff), a stand-in POSTs the same results with urllib, and says so.
+        GET /healthz round trip; median of 7, interleaved.
         (b) The largest body the route takes: 10,000 results of 5 samples each against 10,000
         metrics of 30 main runs (each run posted as 10 POST /r/ of 1,000 points), POST
         /b/ID/compare against GET /healthz, median of 3, with the server's CPU share of the
@@ -59,7 +58,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -428,38 +426,8 @@ def pr_values(history: Sequence[Sequence[float]], samples: int, seed: int) -> li
 # ----------------------------------------------------------------------------------------------
 # speed (a): one PR compare of 500 benchmarks by a fresh client process
 
-# TODO(bench_compare): `perfit compare --board` exists since 3e9b5ff, and the bench times
-# `python -S perfit.py compare --board BOARD --format gab FILE` whenever `compare --help`
-# names --board; delete this stand-in (and cli_has_board) once no checkout lacks it.
-STAND_IN = textwrap.dedent(
-    """
-    import json, sys, urllib.request
-    url, base, path = sys.argv[1:4]
-    with open(path, encoding="utf-8") as f:
-        results = [{"name": b["name"], "value": b["value"], "unit": b.get("unit", "")}
-                   for b in json.load(f)]
-    body = json.dumps({"results": results, "base": base}).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        doc = json.load(answer)
-    sys.exit(3 if any(r["verdict"] == "regression" for r in doc["results"]) else 0)
-    """
-)
-
-
 #: Variables that would make the CLI read a CI service's context, or send it elsewhere.
 CI_VARIABLES = ("PERFIT", "GITHUB_", "GITLAB_", "CI_", "BUILDKITE", "CIRCLE", "JENKINS_URL")
-
-
-def cli_has_board() -> bool:
-    out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "perfit.py"), "compare", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout
-    return "--board" in out
 
 
 def speed_suite(tmp: str, seed: int) -> None:
@@ -476,18 +444,13 @@ def speed_suite(tmp: str, seed: int) -> None:
         # CI; the PR's base is main's newest run, which the server looks up by commit.
         env = {k: v for k, v in os.environ.items() if not k.startswith(CI_VARIABLES)}
         forms: dict[str, list[str]] = {}
-        if cli_has_board():
-            args = ["compare", "--server", server.url, "--board", server.board]
-            args += ["--base", commits[-1], "--format", "gab", gab]
-            how = "python -S perfit.py compare --board B --base SHA --format gab FILE"
-            forms[how] = [sys.executable, "-S", os.path.join(ROOT, "perfit.py"), *args]
-            # A script is compiled at every run (see bench_startup.py); the module is not.
-            cached = "  the same as python -S -m perfit compare (byte code cached)"
-            forms[cached] = [sys.executable, "-S", "-m", "perfit", *args]
-        else:
-            how = "STAND-IN (no compare --board yet): python -S -c urllib+json POST of FILE"
-            forms[how] = [sys.executable, "-S", "-c", STAND_IN]
-            forms[how] += [f"{server.url}/b/{server.board}/compare", commits[-1], gab]
+        args = ["compare", "--server", server.url, "--board", server.board]
+        args += ["--base", commits[-1], "--format", "gab", gab]
+        how = "python -S perfit.py compare --board B --base SHA --format gab FILE"
+        forms[how] = [sys.executable, "-S", os.path.join(ROOT, "perfit.py"), *args]
+        # A script is compiled at every run (see bench_startup.py); the module is not.
+        cached = "  the same as python -S -m perfit compare (byte code cached)"
+        forms[cached] = [sys.executable, "-S", "-m", "perfit", *args]
         health = f"{server.url}/healthz"
 
         def compare(form: str) -> float:
