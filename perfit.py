@@ -79,7 +79,7 @@ __all__ = [
     # change points and charts
     *"Change detect_changes series_changes metric_changes Marks".split(),
     *"QueryOption CHART_OPTIONS ChartOptions".split(),
-    *"Verdict Shift Baseline compare_results base_time MAX_COMPARE_RESULTS".split(),
+    *"Verdict Shift Baseline Fresh compare_results base_time MAX_COMPARE_RESULTS".split(),
     *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
@@ -416,7 +416,8 @@ def _median(values: Iterable[float]) -> float:
     if not ordered:
         raise ValueError("no median of no values")
     mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    # Halves first: the mean of two values near the largest float would overflow.
+    return ordered[mid] if len(ordered) % 2 else ordered[mid - 1] / 2 + ordered[mid] / 2
 
 
 def parse_rfc3339(text: str) -> float:
@@ -3324,6 +3325,7 @@ _BASELINE_POINTS = 30  #: a comparison's baseline: at most this many of main's p
 _BASELINE_MIN = 10  #: ... and a step among its newest this many makes them the baseline
 _SUITE_MIN = 5  #: results compared at once that make a suite, whose shared shift is taken out
 _NOISE_MIN = 3  #: baseline points that tell its noise: with fewer, a change is never sure
+_USUAL_SHIFT_SIGMAS = 2.5  #: a run's shift beyond this many SDs of main's runs' is unusual
 _RUN_MIN = 3  #: points of one main run (one time) that measure that run's shift
 _SUITE_FALSE_ALARMS = 0.02  #: the chance that a suite that changed nothing gets a verdict
 _VERDICT_SIGMAS = 3.0  #: ... and at least this many standard errors, however small the suite
@@ -3411,7 +3413,7 @@ class Verdict:
             "baseline": {
                 "median": None if self.median is None else _tidy(self.median),
                 "n": self.n,
-                "spread": _tidy(self.spread),
+                "spread": _tidy(self.spread) if math.isfinite(self.spread) else None,
                 "commit": self.commit,
             },
             "value": _tidy(self.value),
@@ -3445,6 +3447,28 @@ def _finite_round(x: float | None) -> float | None:
     return round(x, 6) if x is not None and math.isfinite(x) else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Fresh:
+    """One result to compare: a PR run's values (its samples) in the metric's unit, main's
+    baseline (None: main has no such metric), which way is better, and the metric's unit."""
+
+    values: Sequence[float]
+    baseline: Baseline | None
+    better: str = "lower"
+    unit: str = "s"
+
+    @property
+    def runner(self) -> int:
+        """How a slower runner moves it: +1 a duration, -1 a rate (per second), 0 neither (a
+        count, a size): only the first two measure the run's shared shift, and have it taken
+        out."""
+        if self.unit in TIME_UNITS:
+            return 1
+        return (
+            -1 if self.unit.endswith(("/s", "/sec", "/second")) or self.unit in ("ops", "Hz") else 0
+        )
+
+
 @dataclasses.dataclass
 class _Scaled:
     """One result in the scale it is judged on: logarithms of positive values (a change is
@@ -3454,85 +3478,98 @@ class _Scaled:
     fresh: list[float]
     times: list[int]
     log: bool
+    runner: int  #: see Fresh.runner; 0 outside the log scale
     level: float = 0.0  #: the baseline's level, in the scale
     noise: float = 0.0  #: the baseline's standard deviation around it, in the scale
 
+    @property
+    def raw(self) -> float:
+        """The fresh median's offset from the level, the run's shift not taken out."""
+        return _median(self.fresh) - self.level
+
 
 def compare_results(
-    fresh: Sequence[tuple[Sequence[float], Baseline | None, str]],
-    threshold: float = DEFAULT_CHANGE_THRESHOLD,
+    fresh: Sequence[Fresh], threshold: float = DEFAULT_CHANGE_THRESHOLD
 ) -> tuple[list[Verdict], Shift | None]:
-    """Each result's fresh values (a PR run's samples) against its baseline, `better` lower
-    or higher; and, for a suite (SUITE_MIN results or more), the run's shared shift.
+    """Each result's fresh values (a PR run's samples) against its baseline; and, for a suite
+    (SUITE_MIN results or more that a runner moves), the run's shared shift.
 
     In the log scale (a change is a ratio): each baseline's noise is the winsorized standard
     deviation of its points, each main run's shift (the median over the suite of its points'
-    offsets from their levels) taken out first, so a slow runner in main's history does not
-    count as noise. The fresh run's own shift is taken out the same way. The change's 95 %
-    interval is Student's t on the difference of levels: the baseline's noise (and the fresh
-    samples' own scatter when larger), the uncertainty of the baseline's median and of the
-    run's shift. A change counts (regression, improvement) when it is at least the threshold
-    and beyond the noise of a suite of its size: t above the quantile that leaves
-    SUITE_FALSE_ALARMS for the whole suite, and at least VERDICT_SIGMAS; a change at least the
-    threshold that is not is "inconclusive"; one under the threshold is "same".
+    offsets from their levels, durations and rates alike) taken out first, so a slow runner
+    in main's history does not count as noise. The fresh run's own shift is taken out the
+    same way. The change's 95 % interval is Student's t on the difference of levels: the
+    baseline's noise (and the fresh samples' own scatter when larger), the uncertainty of the
+    baseline's median and of the run's shift. A change counts (regression, improvement) when
+    it is at least the threshold and beyond the noise of a suite of its size (t above the
+    quantile that leaves SUITE_FALSE_ALARMS for the whole suite, and at least VERDICT_SIGMAS)
+    and, where the whole run moved by the threshold or more, the change as measured agrees; a
+    change at least the threshold that does not count is "inconclusive"; one under it "same".
     """
-    scaled = [_scale(values, base) for values, base, _ in fresh]
+    scaled = [_scale(f) for f in fresh]
     judged = [s for s in scaled if s is not None]
-    _take_out_main_runs(judged)
-    offsets = [_median(s.fresh) - s.level for s in judged]
+    moved = [s for s in judged if s.runner]
     shift = shift_se = 0.0
-    if len(judged) >= _SUITE_MIN:
-        shift = _median(offsets)
-        shift_se = 1.2533 * _median(s.noise for s in judged) / math.sqrt(len(judged))
     limit = math.log1p(threshold)
+    usual = limit  #: a run's shift beyond this is unusual: the run, or a change, moved all
+    if len(moved) >= _SUITE_MIN:
+        history = _take_out_main_runs(moved)
+        shift = _median(s.runner * s.raw for s in moved)
+        shift_se = 1.2533 * _median(s.noise for s in moved) / math.sqrt(len(moved))
+        if len(history) >= _SUITE_MIN:
+            usual = max(limit, _USUAL_SHIFT_SIGMAS * 1.4826 * _mad(history))
+    for s in judged:
+        if not (len(moved) >= _SUITE_MIN and s.runner):
+            _settle_level(s, {})
     verdicts = []
-    for (values, base, better), s in zip(fresh, scaled):
-        value = _median(values)
-        if s is None or base is None:
-            median = _median(base.values) if base and base.values else None
-            verdicts.append(Verdict(median, 0, 0.0, value, None, None, "new", None))
-            continue
-        verdicts.append(
-            _judge(s, value, base, better, shift if s.log else 0.0, shift_se, limit, len(judged))
-        )
-    if len(judged) < _SUITE_MIN:
+    for f, s in zip(fresh, scaled):
+        if s is None:
+            verdicts.append(_judge_unscaled(f, limit))
+        else:
+            taken = (s.runner * shift, shift_se * abs(s.runner), usual)
+            verdicts.append(_judge(s, f, taken, limit, len(judged)))
+    if len(moved) < _SUITE_MIN:
         return verdicts, None
-    t95 = _t_quantile(0.975, len(judged) - 1)
-    low, high = shift - t95 * shift_se, shift + t95 * shift_se
+    t95 = _t_quantile(0.975, len(moved) - 1)
+    low, high = (_expm1(shift + k * t95 * shift_se) for k in (-1, 1))
     kind = "same" if abs(shift) < limit else "inconclusive"
-    return verdicts, Shift(
-        math.expm1(shift), (math.expm1(low), math.expm1(high)), kind, len(judged)
-    )
+    return verdicts, Shift(_expm1(shift), (low, high), kind, len(moved))
 
 
-def _scale(values: Sequence[float], base: Baseline | None) -> _Scaled | None:
-    """A result in the scale it is judged on; None when main has nothing to compare it with."""
-    if base is None or not base.values or not values:
+def _scale(f: Fresh) -> _Scaled | None:
+    """A result in the scale it is judged on; None when there is none (see _judge_unscaled)."""
+    base = f.baseline
+    if base is None or not base.values or not f.values:
         return None
-    if min(values) > 0 and min(base.values) > 0:
-        return _Scaled([*map(math.log, base.values)], [*map(math.log, values)], base.times, True)
+    if min(f.values) > 0 and min(base.values) > 0:
+        logs = [*map(math.log, base.values)], [*map(math.log, f.values)]
+        return _Scaled(*logs, base.times, True, f.runner)
     middle = abs(_median(base.values))
     if middle == 0:
         return None  # a level of zero: no relative change to speak of
-    scale = [x / middle for x in base.values], [x / middle for x in values]
-    return _Scaled(*scale, base.times, False)
+    relative = [x / middle for x in base.values], [x / middle for x in f.values]
+    return _Scaled(*relative, base.times, False, 0)
 
 
-def _take_out_main_runs(judged: list[_Scaled]) -> None:
+def _take_out_main_runs(moved: list[_Scaled]) -> list[float]:
     """Set each result's level and noise, each of main's runs' shared shift taken out first
-    where a run (one time) has RUN_MIN points among them."""
-    for s in judged:
-        s.level = _median(s.baseline)
+    where a run (one time) has RUN_MIN points among them; those shifts."""
     offsets: dict[int, list[float]] = {}
-    if len(judged) >= _SUITE_MIN:
-        for s in judged:
-            for t, x in zip(s.times, s.baseline):
-                offsets.setdefault(t, []).append(x - s.level)
+    for s in moved:
+        level = _median(s.baseline)
+        for t, x in zip(s.times, s.baseline):
+            offsets.setdefault(t, []).append(s.runner * (x - level))
     shifts = {t: _median(found) for t, found in offsets.items() if len(found) >= _RUN_MIN}
-    for s in judged:
-        residuals = [x - shifts.get(t, 0.0) for t, x in zip(s.times, s.baseline)]
-        s.level = _median(residuals)
-        s.noise = _winsorized_sd([r - s.level for r in residuals])
+    for s in moved:
+        _settle_level(s, shifts)
+    return list(shifts.values())
+
+
+def _settle_level(s: _Scaled, shifts: dict[int, float]) -> None:
+    """The level and noise of a result's baseline, each main run's shift taken out."""
+    residuals = [x - s.runner * shifts.get(t, 0.0) for t, x in zip(s.times, s.baseline)]
+    s.level = _median(residuals)
+    s.noise = _winsorized_sd([r - s.level for r in residuals])
 
 
 def _winsorized_sd(residuals: list[float]) -> float:
@@ -3547,33 +3584,59 @@ def _winsorized_sd(residuals: list[float]) -> float:
 
 
 def _judge(
-    s: _Scaled,
-    value: float,
-    base: Baseline,
-    better: str,
-    shift: float,
-    shift_se: float,
-    limit: float,
-    suite: int,
+    s: _Scaled, f: Fresh, taken: tuple[float, float, float], limit: float, suite: int
 ) -> Verdict:
-    """One result's change, interval and verdict (see compare_results)."""
+    """One result's change, interval and verdict (see compare_results): `taken`, the run's
+    shift taken out of it, that shift's standard error, and the shift that is unusual."""
+    shift, shift_se, usual = taken
     n, k = len(s.baseline), len(s.fresh)
     own = 1.2533 * 1.4826 * _mad(s.fresh) / math.sqrt(k) if k >= 3 else 0.0
-    change = _median(s.fresh) - s.level - shift
+    change = s.raw - shift
     se = math.sqrt(max(s.noise, own) ** 2 + math.pi / 2 * s.noise**2 / n + shift_se**2) or 1e-12
     freedom = max(n - 1, 1)
     half = _t_quantile(0.975, freedom) * se
     needed = max(_VERDICT_SIGMAS, _t_quantile(1 - _SUITE_FALSE_ALARMS / max(suite, 1), freedom))
-    if abs(change) >= limit and abs(change) >= needed * se and n >= _NOISE_MIN:
-        worse = change > 0 if better == "lower" else change < 0
+    # Where the whole run moved more than main's runs do (and by the threshold), a runner and
+    # a change the whole suite shares are told apart by nothing: a verdict must hold either
+    # way, the change as measured saying it too. With most of a suite 10 % slower, the rest
+    # are not "10 % faster".
+    agrees = abs(shift) < usual or (abs(s.raw) >= limit and (s.raw > 0) == (change > 0))
+    verdict = "same" if abs(change) < limit or change == 0 else "inconclusive"
+    if verdict != "same" and abs(change) >= needed * se and n >= _NOISE_MIN and agrees:
+        worse = change > 0 if f.better == "lower" else change < 0
         verdict = "regression" if worse else "improvement"
-    else:
-        verdict = "same" if abs(change) < limit else "inconclusive"
-    back = math.expm1 if s.log else float
-    median = _median(base.values)
-    spread = median * math.expm1(s.noise) if s.log else abs(median) * s.noise
+    back = _expm1 if s.log else float
+    median = _median(f.baseline.values)
+    spread = median * _expm1(s.noise) if s.log else abs(median) * s.noise
     interval = (back(change - half), back(change + half)) if n >= _NOISE_MIN else None
-    return Verdict(median, n, spread, value, back(change), interval, verdict, base.commit)
+    value = _median(f.values)
+    return Verdict(median, n, spread, value, back(change), interval, verdict, f.baseline.commit)
+
+
+def _judge_unscaled(f: Fresh, limit: float) -> Verdict:
+    """A result with no scale to judge a change on: no baseline ("new"), or a baseline of
+    zero (0 allocs/op), which a change from is either certain or not known."""
+    value = _median(f.values) if f.values else 0.0
+    base = f.baseline
+    if base is None or not base.values:
+        median = None
+        return Verdict(median, 0, 0.0, value, None, None, "new", base and base.commit)
+    n, spread = len(base.values), 1.4826 * _mad(base.values)
+    if value == 0:
+        return Verdict(0.0, n, spread, value, 0.0, (0.0, 0.0), "same", base.commit)
+    verdict = "inconclusive"
+    if spread == 0 and n >= _NOISE_MIN:  # always exactly zero until now: a change for sure
+        worse = value > 0 if f.better == "lower" else value < 0
+        verdict = "regression" if worse else "improvement"
+    return Verdict(0.0, n, spread, value, None, None, verdict, base.commit)
+
+
+def _expm1(x: float) -> float:
+    """math.expm1, infinite where it would overflow (a change JSON then calls null)."""
+    try:
+        return math.expm1(x)
+    except OverflowError:
+        return math.inf
 
 
 def _t_quantile(p: float, freedom: int) -> float:
@@ -6416,7 +6479,9 @@ def _compare(web: _Web, body: Any, metric_id: str) -> Any:
     baseline = Baseline.of(metric, found and found[0], threshold)
     if base and found is None:
         baseline = dataclasses.replace(baseline, commit=None)  # none of them: the newest level
-    (verdict,), _ = compare_results([(values, baseline, metric.better)], threshold)
+    (verdict,), _ = compare_results(
+        [Fresh(values, baseline, metric.better, metric.unit)], threshold
+    )
     return json_response(verdict.to_json())
 
 
@@ -6434,7 +6499,8 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
     for result, metric in zip(results, matched):
         values = _fresh_values(result, result["where"], metric)
         baseline = Baseline.of(metric, before, threshold) if metric is not None else None
-        fresh.append((values, baseline, metric.better if metric else "lower"))
+        unit = metric.unit if metric else result.get("unit", "")
+        fresh.append(Fresh(values, baseline, metric.better if metric else "lower", unit))
     verdicts, shift = compare_results(fresh, threshold)
     answers = []
     for result, metric, verdict in zip(results, matched, verdicts):
@@ -6445,7 +6511,7 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
         "results": answers,
         "shift": shift and shift.to_json(),
         "base": found and found[1],
-        "missing": _missing_from(metrics, matched, [f[1] for f in fresh]),
+        "missing": _missing_from(metrics, matched, [f.baseline for f in fresh]),
     }
     return json_response(doc)
 
@@ -7030,7 +7096,10 @@ _COMPARISON = {
         {
             "median": {**_number("Of main's baseline points."), "nullable": True},
             "n": {"type": "integer", "minimum": 0},
-            "spread": _number("Their noise: a standard deviation, in the metric's unit."),
+            "spread": {
+                **_number("Their noise: a standard deviation, in the metric's unit."),
+                "nullable": True,
+            },
             "commit": {
                 "type": "string",
                 "nullable": True,

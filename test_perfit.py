@@ -1898,7 +1898,7 @@ def test_a_slow_runner_is_one_shift_not_fifty_regressions_and_one_slow_benchmark
     baselines = _ci_suite(30, 50, rng)
     run = 1.7  # the PR ran on a slow runner; benchmark 7 is 20 % slower besides
     fresh = [
-        ([(j + 1) * run * (1.2 if j == 7 else 1)], b, "lower") for j, b in enumerate(baselines)
+        perfit.Fresh([(j + 1) * run * (1.2 if j == 7 else 1)], b) for j, b in enumerate(baselines)
     ]
     verdicts, shift = perfit.compare_results(fresh)
     assert [j for j, v in enumerate(verdicts) if v.verdict == "regression"] == [7]
@@ -1908,21 +1908,55 @@ def test_a_slow_runner_is_one_shift_not_fifty_regressions_and_one_slow_benchmark
     assert alone[0].verdict == "regression", "alone, a slow runner is not told from slow code"
 
 
+def test_a_slow_runner_moves_durations_and_rates_but_not_counts():
+    """A Go suite with -benchmem: ns/op grow on a slow runner, MB/s fall, B/op stay."""
+    rng = random.Random(8)
+    times = [
+        perfit.Fresh([1.3 * (j + 1)], b, "lower", "s") for j, b in enumerate(_ci_suite(30, 8, rng))
+    ]
+    rates = [perfit.Fresh([1 / (1.3 * (j + 1))], perfit.Baseline([1 / x for x in b.values], b.times), "higher", "MB/s")
+             for j, b in enumerate(_ci_suite(30, 8, random.Random(8)))]  # fmt: skip
+    counts = [
+        perfit.Fresh([64.0], perfit.Baseline([64.0] * 30, list(range(30))), "lower", "B/op")
+    ] * 8
+    verdicts, shift = perfit.compare_results([*times, *rates, *counts])
+    assert {v.verdict for v in verdicts} == {"same"} and shift.results == 16
+    assert shift.change == pytest.approx(0.3, abs=0.05)
+
+
+def test_most_of_a_suite_slower_is_a_shift_not_the_rest_faster():
+    rng = random.Random(9)
+    baselines = _ci_suite(30, 10, rng)
+    fresh = [perfit.Fresh([(j + 1) * (1.1 if j < 6 else 1.0)], b) for j, b in enumerate(baselines)]
+    verdicts, shift = perfit.compare_results(fresh)
+    assert "improvement" not in {v.verdict for v in verdicts}, [v.verdict for v in verdicts]
+    assert shift.verdict == "inconclusive" and shift.change == pytest.approx(0.1, abs=0.03)
+
+
 def test_no_verdict_without_the_noise_and_an_exact_metric_needs_none():
-    assert (
-        perfit.compare_results([([11.0], perfit.Baseline([10.0, 10.0], [1, 2]), "lower")])[0][
-            0
-        ].verdict
-        == "inconclusive"
-    )
+    two = perfit.Baseline([10.0, 10.0], [1, 2])
+    assert perfit.compare_results([perfit.Fresh([11.0], two)])[0][0].verdict == "inconclusive"
     exact = perfit.Baseline([3.0] * 5, list(range(5)))  # allocs/op: the same every run
-    (more,), _ = perfit.compare_results([([4.0], exact, "lower")])
+    (more,), _ = perfit.compare_results([perfit.Fresh([4.0], exact, "lower", "allocs/op")])
     assert (more.verdict, more.change) == ("regression", pytest.approx(1 / 3))
-    (none,), _ = perfit.compare_results([([4.0], None, "lower")])
+    (none,), _ = perfit.compare_results([perfit.Fresh([4.0], None)])
     assert (none.verdict, none.median, none.interval) == ("new", None, None)
     negative = perfit.Baseline([-10.0, -10.5, -9.5, -10.2], [1, 2, 3, 4])  # not a ratio: relative
-    (found,), _ = perfit.compare_results([([-5.0], negative, "higher")])
+    (found,), _ = perfit.compare_results([perfit.Fresh([-5.0], negative, "higher", "")])
     assert found.verdict == "improvement" and found.change == pytest.approx(0.5, abs=0.03)
+    zero = perfit.Baseline([0.0] * 5, list(range(5)))  # 0 allocs/op on main
+    verdicts, _ = perfit.compare_results([perfit.Fresh([1.0], zero), perfit.Fresh([0.0], zero)])
+    assert [(v.verdict, v.change) for v in verdicts] == [("regression", None), ("same", 0.0)]
+    identical = perfit.Fresh([10.0], perfit.Baseline([10.0] * 5, list(range(5))))
+    assert perfit.compare_results([identical], threshold=0)[0][0].verdict == "same"
+
+
+def test_huge_values_give_finite_json_not_an_overflow():
+    tiny = perfit.Baseline([1e-9 * (1 + 0.01 * (i % 3)) for i in range(30)], list(range(30)))
+    verdicts, shift = perfit.compare_results([perfit.Fresh([1e308, 1e308], tiny)])
+    doc = verdicts[0].to_json()
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+    assert doc["value"] == 1e308 and doc["change"] is None and doc["verdict"] == "regression"
 
 
 @pytest.mark.parametrize(

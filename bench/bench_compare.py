@@ -159,7 +159,7 @@ def draw_suite(seed: int, number: int, size: int = SUITE, runs: int = HISTORY) -
 def new_verdicts(suite: Suite, fresh: Sequence[float]) -> list[perfit.Verdict]:
     """NEW: the whole suite at once; each history run one time shared by its benchmarks."""
     times = [START_US + r * RUN_GAP_US for r in range(len(suite.history[0]))]
-    results = [([v], perfit.Baseline(h, times), "lower") for v, h in zip(fresh, suite.history)]
+    results = [perfit.Fresh([v], perfit.Baseline(h, times)) for v, h in zip(fresh, suite.history)]
     return perfit.compare_results(results, THRESHOLD)[0]
 
 
@@ -525,7 +525,7 @@ def speed_largest(tmp: str, seed: int) -> None:
             healths.append(timed(lambda: request("GET", health)))
     # The same comparison in this process, without HTTP, JSON or Baseline.of: the statistics.
     times = [START_US + r * RUN_GAP_US for r in range(HISTORY)]
-    fresh_in = [(v, perfit.Baseline(h, times), "lower") for v, h in zip(fresh, history)]
+    fresh_in = [perfit.Fresh(v, perfit.Baseline(h, times)) for v, h in zip(fresh, history)]
     pure = statistics.median(
         timed(lambda: perfit.compare_results(fresh_in, THRESHOLD)) for _ in range(BIG_REPEATS)
     )
