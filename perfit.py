@@ -2465,15 +2465,16 @@ def _seal_in_child(log_path: str, seg_path: str) -> None:
     bytes a point; a child gives all of it back when it ends."""
     import subprocess
 
-    # The directory this module was imported from, or the .pyz holding it: the child imports
-    # the same perfit, with the same flags (-S in a bare bundle) and environment.
+    # The directory this module was imported from, or the .pyz holding it, first on the
+    # path (before the working directory, which may hold another perfit.py): the child
+    # imports this very perfit, with the same flags (-S in a bare bundle) and environment.
     here = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH", ""))))
-    code = "import sys, perfit; perfit.seal_log(sys.argv[1], sys.argv[2])"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import perfit; perfit.seal_log(*sys.argv[2:])"
+    )
     flags = ["-S"] if sys.flags.no_site else []
     done = subprocess.run(
-        [sys.executable, *flags, "-c", code, log_path, seg_path],
-        env={**os.environ, "PYTHONPATH": path},
+        [sys.executable, *flags, "-c", code, here, log_path, seg_path],
         capture_output=True,
         text=True,
     )
@@ -6499,6 +6500,8 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
     for result, metric in zip(results, matched):
         values = _fresh_values(result, result["where"], metric)
         baseline = Baseline.of(metric, before, threshold) if metric is not None else None
+        if baseline is not None and base and found is None:
+            baseline = dataclasses.replace(baseline, commit=None)  # none stored: newest level
         unit = metric.unit if metric else result.get("unit", "")
         fresh.append(Fresh(values, baseline, metric.better if metric else "lower", unit))
     verdicts, shift = compare_results(fresh, threshold)
@@ -8364,10 +8367,13 @@ def _branched(env: dict[str, str], base: str, head: str) -> tuple[tuple[str, ...
     fork = _git(env, "merge-base", head, base) if head else ""
     start = fork or base
     ancestors = _git(env, "rev-list", "--first-parent", f"-n{_ANCESTORS}", start).split()
-    if ancestors:
-        return tuple(ancestors), ""
-    note = "the checkout has no history (fetch-depth: 0 gives it): comparing at the PR's base"
-    return (start,), note if head else ""
+    note = ""
+    if head and not fork:  # the PR's base is main's tip then, maybe newer than the branch
+        note = (
+            "git finds no merge base in this checkout (fetch-depth: 0 gives it the history): "
+            "comparing at the PR's base commit, which main may have moved past"
+        )
+    return tuple(ancestors or (start,)), note
 
 
 def _git(env: dict[str, str], *args: str) -> str:
@@ -8475,29 +8481,40 @@ def post_comment(
     text = f"{marker}\n{body}"
     try:
         found = _find_comment(forge, marker, timeout)
-        if found is None:
-            _forge_call(forge, "POST", forge.comments, {"body": text}, timeout)
-            return f"commented on {forge.where}"
-        _forge_call(forge, forge.edit_method, forge.edit(found), {"body": text}, timeout)
-        return f"updated the comment on {forge.where}"
+        if found is not None:
+            with contextlib.suppress(ServerSaidNo):  # someone else's copy of the marker
+                _forge_call(forge, forge.edit_method, forge.edit(found), {"body": text}, timeout)
+                return f"updated the comment on {forge.where}"
+        _forge_call(forge, "POST", forge.comments, {"body": text}, timeout)
+        return f"commented on {forge.where}"
     except PerfitError as err:
         return f"could not comment on {forge.where}: {err.message}"
 
 
+_COMMENT_PAGES = 50  #: pages of a PR's comments looked through for ours (5,000 comments)
+
+
 def _find_comment(forge: _Forge, marker: str, timeout: float) -> Any | None:
-    """The id of the PR's comment that holds `marker` (a system note never), or None."""
-    page = 1
-    while True:
+    """The id of the PR's comment that holds `marker`, or None: a bot's first (the token's
+    own, most likely), never a system note."""
+    mine = []
+    for page in range(1, _COMMENT_PAGES + 1):
         url = f"{forge.comments}?{forge.list_query}&page={page}"
         found = _forge_call(forge, "GET", url, None, timeout)
         if not isinstance(found, list):
             raise SendFailed(f"{forge.name} answered the comments' list with no list")
         for comment in found:
-            if marker in str(comment.get("body", "")) and not comment.get("system"):
-                return comment["id"]
+            if (
+                isinstance(comment, dict)
+                and "id" in comment
+                and marker in str(comment.get("body", ""))
+                and not comment.get("system")
+            ):
+                mine.append(comment)
         if len(found) < 100:
-            return None
-        page += 1
+            break
+    bots = [c for c in mine if (c.get("user") or {}).get("type") == "Bot"]
+    return (bots or mine)[0]["id"] if mine else None
 
 
 def _forge_call(forge: _Forge, method: str, url: str, body: Any, timeout: float) -> Any:
@@ -9561,7 +9578,7 @@ def _check_markdown(regressed: list[dict], total: int, server: str, board: str) 
         lines += ["| metric | change | since |", "| --- | ---: | --- |"]
         for m in regressed:
             change = m["newest_change"]
-            name = _md_escape(m["name"] or m["metric_id"])
+            name = _md_text(m["name"] or m["metric_id"])
             lines.append(
                 f"| [{name}]({server}/m/{m['metric_id']}) | {_percent(change['change'])} | "
                 f"{format_time(change['t'])} |"
@@ -9586,16 +9603,25 @@ def _compare_suite_remotely(
             f"{len(results)} results; at most {MAX_COMPARE_RESULTS:,} in one comparison"
         )
     board = _board_of(args)
-    body: dict[str, Any] = {"results": [_fresh_json(r) for r in results]}
+    share = max(_MIN_SENT_SAMPLES, min(MAX_RUN_POINTS, _MAX_SENT_SAMPLES // len(results)))
+    body: dict[str, Any] = {"results": [_fresh_json(r, share) for r in results]}
     if base:
         body["base"] = list(base)
     doc = _reader(args).call("POST", f"/b/{board}/compare{_threshold_query(args)}", body)
     return {**doc, "board": board}
 
 
-def _fresh_json(result: Result) -> dict[str, Any]:
-    """A result as a comparison takes it: every sample the harness wrote, or its value."""
-    doc: dict[str, Any] = {"name": result.name, "values": list(result.samples) or [result.value]}
+_MAX_SENT_SAMPLES = 100_000  #: samples a comparison sends in all (a body under 4 MiB)
+_MIN_SENT_SAMPLES = 5  #: ... and at least this many a result, whatever the suite's size
+
+
+def _fresh_json(result: Result, most: int = MAX_RUN_POINTS) -> dict[str, Any]:
+    """A result as a comparison takes it: every sample the harness wrote (at most `most`:
+    evenly spaced order statistics, so their median and spread stay), or its value."""
+    samples = sorted(result.samples)
+    if len(samples) > most:
+        samples = [samples[round(i * (len(samples) - 1) / (most - 1))] for i in range(most)]
+    doc: dict[str, Any] = {"name": result.name, "values": samples or [result.value]}
     if result.unit:
         doc["unit"] = result.unit
     return doc
@@ -9716,6 +9742,40 @@ class _Comparison:
         return [main, format_value(row["value"], unit), change, interval]
 
     def markdown(self) -> str:
+        head = self._head()
+        table = [
+            "| | benchmark | main | this run | change | 95 % interval |",
+            "| :-: | --- | ---: | ---: | ---: | :-: |",
+        ]
+        missing = self.doc.get("missing", [])
+        lost = []
+        if missing:
+            names = ", ".join(_md_text(m["name"]) for m in missing)
+            lost = [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
+        footer = [
+            f"<sub>Regression: at least the threshold ({self.threshold * 100:g} %) and beyond the "
+            "noise main's runs show; inconclusive: at least the threshold, within that noise "
+            "(run again); interval: 95 %. Made by PerfIt.</sub>"
+        ]
+        # What fits a comment: the rows that changed first, then the unchanged (folded).
+        room = _MAX_COMMENT_CHARS - len("\n".join([*head, *table, *lost, *footer])) - 400
+        shown = _fitting([self._row(r) for r in self.rows if r["verdict"] != "same"], room)
+        room -= sum(len(line) + 1 for line in shown)
+        same = _fitting([self._row(r) for r in self.rows if r["verdict"] == "same"], room)
+        lines = [*head, ""]
+        if shown:
+            lines += [*table, *shown, ""]
+        lines += lost
+        if same:
+            summary = f"<details><summary>{len(same)} the same</summary>"
+            lines += [summary, "", *table, *same, "", "</details>", ""]
+        left = len(self.doc["results"]) - len(shown) - len(same)
+        if left:
+            lines += [f"{left} more results are left out to fit a comment: see the board.", ""]
+        return "\n".join(lines + footer)
+
+    def _head(self) -> list[str]:
+        """The title, the tally, where main's baseline is, and the whole run's shift."""
         regressed = self.count("regression")
         title = (
             "no regression" if not regressed else f"{regressed} regression{'s' * (regressed > 1)}"
@@ -9732,48 +9792,15 @@ class _Comparison:
         for note in self.notes():
             if "whole run" in note:
                 head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
-        table = [
-            "| | benchmark | main | this run | change | 95 % interval |",
-            "| :-: | --- | ---: | ---: | ---: | :-: |",
-        ]
-        shown = [r for r in self.rows if r["verdict"] != "same"]
-        same = [r for r in self.rows if r["verdict"] == "same"]
-        lines = [*head, ""]
-        if shown:
-            lines += [*table, *map(self._row, shown), ""]
-        missing = self.doc.get("missing", [])
-        if missing:
-            names = ", ".join(f"`{m['name']}`" for m in missing)
-            lines += [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
-        footer = [
-            f"<sub>Regression: at least the threshold ({self.threshold * 100:g} %) and beyond the "
-            "noise main's runs show; inconclusive: at least the threshold, within that noise "
-            "(run again); interval: 95 %. Made by PerfIt.</sub>"
-        ]
-        folded = []
-        while same:
-            folded = [
-                f"<details><summary>{len(same)} the same</summary>",
-                "",
-                *table,
-                *map(self._row, same),
-                "",
-                "</details>",
-                "",
-            ]
-            if len("\n".join(lines + folded + footer)) <= _MAX_COMMENT_CHARS:
-                break
-            same = same[: len(same) * 3 // 4]  # too long for a comment: fewer, and say so
-            footer.insert(0, "Some unchanged benchmarks are left out to fit: see the board.")
-        return "\n".join(lines + folded + footer)
+        return head
 
     def _row(self, row: dict[str, Any]) -> str:
         mark = _VERDICTS[row["verdict"]][0]
-        name = _md_escape(row["name"])
+        name = _md_text(row["name"])
         if row.get("metric_id"):
             query = f"?branch={_url_quote(self.context.branch)}" if self.context.branch else ""
             name = f"[{name}]({self.server}/m/{row['metric_id']}{query})"
-        main, value, change, interval = (_md_escape(c) for c in self._numbers(row))
+        main, value, change, interval = (_md_text(c) for c in self._numbers(row))
         commit = (row.get("baseline") or {}).get("commit")
         if commit and commit != self.usual_commit:  # the usual one is said once, above
             main += f" ({self._commit(commit)})"
@@ -9785,9 +9812,22 @@ class _Comparison:
         return f"[{shown}]({link.format(sha)})" if link else shown
 
 
-def _md_escape(text: str) -> str:
-    """Text for a Markdown table's cell: its pipes escaped, no line breaks."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+#: What makes Markdown of text (a name a fork's pull request chose): emphasis, code, links
+#: and images, a table's cells, strike-through; HTML is made entities before.
+_MD_SPECIAL_RE = _Regex(r"([\\`*_\[\]|~])")
+
+
+def _md_text(text: str) -> str:
+    """Text as Markdown shows it, to the letter, in a table's cell or a link's text: no
+    markup, no HTML, no line breaks."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL_RE.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
+
+
+def _fitting(lines: list[str], room: int) -> list[str]:
+    """The first of `lines` that fit in `room` characters (each with its line break)."""
+    used = itertools.accumulate(len(line) + 1 for line in lines)
+    return [line for line, total in zip(lines, used) if total <= room]
 
 
 def _url_quote(text: str) -> str:

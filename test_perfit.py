@@ -1953,7 +1953,7 @@ def test_no_verdict_without_the_noise_and_an_exact_metric_needs_none():
 
 def test_huge_values_give_finite_json_not_an_overflow():
     tiny = perfit.Baseline([1e-9 * (1 + 0.01 * (i % 3)) for i in range(30)], list(range(30)))
-    verdicts, shift = perfit.compare_results([perfit.Fresh([1e308, 1e308], tiny)])
+    verdicts, _ = perfit.compare_results([perfit.Fresh([1e308, 1e308], tiny)])
     doc = verdicts[0].to_json()
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc
     assert doc["value"] == 1e308 and doc["change"] is None and doc["verdict"] == "regression"
@@ -6529,11 +6529,8 @@ def test_a_pull_request_is_judged_where_it_branched_in_one_comment_updated_in_pl
                 assert "updated the comment on pull request #7" in slow.stderr
                 assert [c["id"] for c in forge.ours()] == [comment["id"]], "one comment, edited"
                 body = forge.ours()[0]["body"]
-                row = next(line for line in body.splitlines() if "test_join" in line)
-                assert (
-                    row.startswith("| 🔴 | [fixtures/src/pytest/test_bench.py::test_join")
-                    or "strings/test_join" in row
-                )
+                row = next(line for line in body.splitlines() if "test\\_join" in line)
+                assert row.startswith("| 🔴 | [strings/test\\_join](")  # its group/name
                 assert re.search(r"\| \+2\d\.\d % \| \+\d+\.\d % … \+\d+\.\d % \|$", row), row
                 assert f"{url}/m/" in row and "?branch=fix" in row
                 assert "1 regression, 4 the same" in body
@@ -6665,6 +6662,100 @@ def test_two_workflows_keep_two_comments_and_gitlab_gets_a_note(
             nothing.returncode == 0
             and "no comment: this is not a pull request (push)" in nothing.stderr
         )
+
+
+def test_a_comment_shows_hostile_names_as_text_and_fits_github_however_many_results() -> None:
+    hostile = "[click](https://evil.example) <img src=x> `x` a|b <!--"
+    rows = [{"name": hostile if i == 0 else f"bench_{i}", "metric_id": None, "unit": "s",
+             "verdict": "new" if i < 2000 else "same", "value": 1.0, "change": None,
+             "interval": None, "baseline": {"median": None, "n": 0, "spread": 0, "commit": None}}
+            for i in range(3000)]  # fmt: skip
+    doc = {"results": rows, "shift": None, "base": None, "board": "B" * 22,
+           "missing": [{"name": "`gone` <b>", "metric_id": "C" * 22}]}  # fmt: skip
+    text = perfit._Comparison(doc, "https://perfit.example", perfit.CiContext(), []).markdown()
+    assert len(text) <= 65_000, "GitHub refuses a comment over 65,536 characters"
+    first = next(line for line in text.splitlines() if "evil" in line)
+    assert "\\[click\\](https://evil.example) &lt;img src=x&gt; \\`x\\` a\\|b &lt;!--" in first
+    assert (
+        "<img" not in text
+        and "<!--" not in text.replace("<!-- perfit", "")
+        and "\\`gone\\` &lt;b&gt;" in text
+    )
+    assert text.count("left out to fit a comment") == 1 and "more results are left out" in text
+    assert text.rstrip().endswith("Made by PerfIt.</sub>")
+
+
+def test_a_forge_that_answers_oddly_never_changes_the_exit_code(
+    tmp_path: Path, url: str, account: Account
+) -> None:
+    _suite_history(url, account, "odd", runs=12, size=6)
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps([{"name": f"bench_{i}", "unit": "ms", "value": 1 + i} for i in range(6)])
+    )
+    compare = [
+        "compare",
+        "--format",
+        "gab",
+        "--prefix",
+        "odd",
+        "--comment",
+        *client_args(url, account.post),
+        str(results),
+    ]
+    event = _pr_event(tmp_path, "0" * 40, "1" * 40)
+    for answer in ([1, "x", {"no": "id"}], {"message": "rate limited"}, None):
+        forge = FakeForge()
+        forge.handle = lambda *args, answer=answer: (200, answer, {})  # type: ignore[method-assign]
+        with forge.serve() as api:
+            env = {
+                **GITHUB,
+                "GITHUB_EVENT_PATH": str(event),
+                "GITHUB_TOKEN": "t",
+                "GITHUB_API_URL": api,
+            }
+            done = perfit_main(*compare, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    # Someone else's comment with our marker: ours is made anew, not theirs edited.
+    forge = FakeForge()
+    forge._add("<!-- perfit-comment: perfit -->\nnot ours")["user"] = {
+        "login": "mallory",
+        "type": "User",
+    }
+    real = forge.handle
+    forge.handle = lambda m, p, q, b: (
+        (403, {"message": "Forbidden"}, {}) if m == "PATCH" else real(m, p, q, b)
+    )  # type: ignore[method-assign]
+    with forge.serve() as api:
+        env = {
+            **GITHUB,
+            "GITHUB_EVENT_PATH": str(event),
+            "GITHUB_TOKEN": "t",
+            "GITHUB_API_URL": api,
+        }
+        done = perfit_main(*compare, env=env)
+    assert done.returncode == 0 and "commented on pull request #7" in done.stderr, done.stderr
+    assert len(forge.ours()) == 2
+
+
+def test_compare_sends_at_most_a_thousand_samples_a_result_keeping_their_median(
+    url: str, account: Account, tmp_path: Path
+) -> None:
+    doc = json.loads((FIXTURES / "pytest-benchmark-data.json").read_text())
+    bench = doc["benchmarks"][0]
+    bench["stats"]["data"] = [1e-6 * (1 + i / 50_000) for i in range(50_001)]  # fast: many rounds
+    bench["stats"]["median"] = statistics.median(bench["stats"]["data"])
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps(doc))
+    result = perfit.read_results(many.read_text(), "pytest-benchmark")[0]
+    sent = perfit._fresh_json(result)
+    assert len(sent["values"]) == 1000 and statistics.median(sent["values"]) == pytest.approx(
+        result.value, rel=1e-4
+    )
+    done = perfit_main(
+        "compare", "--format", "pytest-benchmark", str(many), *client_args(url, account.post)
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_check_fails_a_job_while_any_metric_of_the_suite_is_regressed(
