@@ -2038,8 +2038,15 @@ def repair_directory(path: str) -> None:
     """Rewrite each damaged file with the records that survive; keep its original aside."""
     for found in list(scan_directory(path)):
         why = _readability([(t, p) for _, t, p in found.scan.records])
-        records = [(t, p) for (_, t, p), bad in zip(found.scan.records, why) if bad is None]
-        if not found.corrupt and len(records) == len(found.scan.records):
+        records, salvaged = [], 0
+        for (_, rtype, payload), bad in zip(found.scan.records, why):
+            if bad is not None:
+                payload = _without_origins(rtype, payload)
+                if payload is None:
+                    continue
+                salvaged += 1
+            records.append((rtype, payload))
+        if not found.corrupt and not any(why):
             continue
         damaged = os.path.join(path, DAMAGED_DIR)
         _make_private_dir(damaged)
@@ -2059,6 +2066,28 @@ def repair_directory(path: str) -> None:
             skipped,
             kept,
         )
+        if salvaged:
+            _log.warning(
+                "repaired %s: %d blocks of points kept without their commit, branch and "
+                "metadata, whose record was damaged (their points count as main's now)",
+                original,
+                salvaged,
+            )
+
+
+def _without_origins(rtype: int, payload: bytes) -> bytes | None:
+    """A segment's block of points that names origins its control block no longer defines,
+    made again without them: their times and values kept, their commit, branch and metadata
+    lost. None: the block is damaged itself."""
+    if rtype != _REC_SEG_POINTS:
+        return None
+    try:
+        raw = _zstd_decompress(payload)
+        metric_id, batch = unpack_columns(raw, True, collections.defaultdict(int))
+    except (ValueError, struct.error):
+        return None
+    batch.origins = None
+    return need_zstd().compress(pack_columns(metric_id, batch, compact=True))
 
 
 def _readability(records: Sequence[tuple[int, bytes]]) -> list[str | None]:
@@ -6230,7 +6259,7 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     metadata, commit, branch = _origin_fields(fields)
     t = web.store.add_point(metric.id, value, metadata, commit, branch)
     web.written(metric.id)
-    return json_response({"t": t // US})
+    return json_response({"t": t // US, **_off_main(web, metric.account, branch)})
 
 
 def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
@@ -6259,7 +6288,15 @@ def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
 
     t, ids = web.store.post_run(caller.account, points, metadata, fit, commit, branch)
     web.written(*ids.values())
-    return json_response({"t": t // US, "metrics": {n: b64encode(i) for n, i in ids.items()}})
+    doc = {"t": t // US, "metrics": {n: b64encode(i) for n, i in ids.items()}}
+    return json_response({**doc, **_off_main(web, caller.account, branch)})
+
+
+def _off_main(web: _Web, account: bytes, branch: str) -> dict[str, Any]:
+    """What a post answers of a branch that is not the account's main one: that its points
+    are kept apart from main's (a repository whose main is "master" says so at once)."""
+    main = web.store.index.main_branch(account)
+    return {} if not branch or branch == main else {"main": False, "main_branch": main}
 
 
 # -- accounts and boards ------------------------------------------------------------------------
@@ -6852,6 +6889,16 @@ _BRANCH_FIELD = {
     "Another branch's points are kept 30 days, drawn over main's when asked for (?branch=), "
     "and never move main's change points, checks, badge, board or baselines.",
 }
+#: What a post answers when its branch is not the account's main branch.
+_OFF_MAIN = {
+    "main": {
+        "type": "boolean",
+        "enum": [False],
+        "description": "Only when the branch is not the account's main branch: the points are "
+        "kept apart from main's, 30 days.",
+    },
+    "main_branch": {"type": "string", "description": "The account's main branch, then."},
+}
 _POINT = _object(
     {
         "t": _UNIX,
@@ -6998,7 +7045,7 @@ _SCHEMAS = {
         {**_METRIC_FIELDS, "account_id": _ref("Id")}, [*_METRIC_FIELDS, "account_id"]
     ),
     "NewPoint": _object(_NEW_POINT, ["value"], closed=True),
-    "Posted": _object({"t": _UNIX}, ["t"]),
+    "Posted": _object({"t": _UNIX, **_OFF_MAIN}, ["t"]),
     "Added": _object(
         {
             "added": {"type": "integer", "minimum": 0},
@@ -7153,7 +7200,8 @@ _SUITE_SCHEMAS = {
         closed=True,
     ),
     "Run": _object(
-        {"t": _UNIX, "metrics": _object({}, additionalProperties=_ref("Id"))}, ["t", "metrics"]
+        {"t": _UNIX, "metrics": _object({}, additionalProperties=_ref("Id")), **_OFF_MAIN},
+        ["t", "metrics"],
     ),
     "Account": _object(
         {
@@ -8961,6 +9009,11 @@ def _cmd_account_new_board(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_account_main_branch(args: argparse.Namespace) -> int:
+    _print_json(_client(args).call("PATCH", "/a/", {"main_branch": args.branch}))
+    return EXIT_OK
+
+
 def _cmd_account_webhook(args: argparse.Namespace) -> int:
     if bool(args.url) == bool(args.remove):
         raise UsageError("give the webhook's URL, or --remove")
@@ -9371,7 +9424,20 @@ def _post_value(args: argparse.Namespace, value: float, unit: str = "") -> Any:
     body: dict[str, Any] = {"value": value, **origin}
     if unit:
         body["unit"] = unit  # the server converts it to the metric's own unit
-    return _client(args).call("POST", f"/m/{metric}", body)
+    return _said_off_main(_client(args).call("POST", f"/m/{metric}", body), origin)
+
+
+def _said_off_main(answer: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
+    """The answer to a post, after saying on stderr when its points went apart from main's."""
+    if answer.get("main") is False:
+        branch, main = origin.get("branch", ""), answer.get("main_branch", "")
+        print(
+            f"perfit: branch {branch!r} is not the account's main branch ({main!r}): these "
+            "points are kept 30 days apart from main's line, and checks do not see them. If "
+            f"{branch!r} is your main branch: perfit account main-branch {branch} (admin token)",
+            file=sys.stderr,
+        )
+    return answer
 
 
 def _post_results(
@@ -9382,6 +9448,8 @@ def _post_results(
     for i in range(0, len(results), MAX_RUN_POINTS):
         points = [r.to_json() for r in results[i : i + MAX_RUN_POINTS]]
         done = client.call("POST", "/r/", {"points": points, **origin})
+        if not i:
+            _said_off_main(done, origin)
         answer["t"] = done["t"]
         answer["metrics"].update(done["metrics"])
     return answer
@@ -10165,6 +10233,17 @@ _ACCOUNT_COMMANDS = (
             _Option("--remove", "tell no URL any more", action="store_true"),
         ),
         _CLIENT,
+    ),
+    _Command(
+        "account main-branch",
+        _cmd_account_main_branch,
+        "name the branch whose points are each metric's line (admin token; default main)",
+        (_Option("branch", "the repository's main branch, e.g. master or trunk", "BRANCH"),),
+        _CLIENT,
+        description="Name the account's main branch (admin token): points posted with it, or "
+        "with no branch, are each metric's line; another branch's are kept 30 days apart from "
+        "it, drawn over it when asked for, and move none of main's change points, checks, "
+        "badge, board or baselines. Points posted from now on follow it.",
     ),
     _Command(
         "account new-board",

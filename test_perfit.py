@@ -1367,6 +1367,34 @@ def test_a_flipped_byte_in_a_segment_is_named_checked_and_repaired(
     assert cli("store", "check", "--data", str(tmp_path)).returncode == 0
 
 
+def test_repair_keeps_the_points_of_a_segment_whose_origins_were_damaged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment's blocks name their runs' origins by number, defined in its control block:
+    damage there must not take every point of the segment with it."""
+    with perfit.Store.open(str(tmp_path), seal_bytes=4096) as store:
+        account, _ = store.create_account()
+        for k in range(40):
+            points = [perfit.RunPoint(f"s/{i}", float(k), "s") for i in range(8)]
+            store.post_run(account, points, "", _keep, f"{k:07x}", "main")
+        ids = {m.name: m.id for m in store.index.by_account[account]}
+        poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
+    segment = _files(tmp_path, ".seg")[-1]  # the metrics were made in an earlier one
+    control_offset = perfit.scan_file(str(segment), perfit.SEG_MAGIC).records[0][0]
+    with perfit.Store.open(str(tmp_path)) as store:
+        before = len(store.metrics[ids["s/3"]].series)
+    _flip_byte(segment, control_offset + perfit.FRAME.size + 12)
+    with pytest.raises(perfit.StoreCorrupt):
+        perfit.Store.open(str(tmp_path))
+    with caplog.at_level("WARNING", logger="perfit"):
+        store = perfit.Store.open(str(tmp_path), repair=True)
+    with store:
+        series = store.metrics[ids["s/3"]].series
+        assert len(series) == before, "every point kept"
+        assert "" in {series.origin(i).commit for i in range(len(series))}, "their commits lost"
+    assert "kept without their commit, branch and metadata" in caplog.text
+
+
 def test_a_flipped_byte_in_the_log_is_listed_by_store_check(tmp_path: Path) -> None:
     _store_with_log(tmp_path, 50)
     (log,) = _files(tmp_path, ".log")
@@ -6005,6 +6033,25 @@ def test_post_and_run_fill_in_the_commit_branch_and_job_unless_given(
     assert got == [expected, {"m": "mine", "commit": "abcdef0", "branch": "main"}, expected]
     (run,) = points(url, json.loads(posted.stdout)["metrics"]["true"])
     assert {k: run.get(k) for k in expected} == expected
+
+
+def test_posting_on_a_branch_that_is_not_main_says_so_and_says_how_to_make_it_main(
+    url: str, account: Account, metric: str
+) -> None:
+    master = {**GITHUB, "GITHUB_REF_NAME": "master"}
+    said = perfit_main("post", "1.5", *client_args(url, account.post, metric), env=master)
+    assert (
+        said.returncode == 0
+        and "branch 'master' is not the account's main branch ('main')" in said.stderr
+    )
+    assert "perfit account main-branch master" in said.stderr and values(url, metric) == []
+    made = perfit_main("account", "main-branch", "master", *client_args(url, account.admin))
+    assert made.returncode == 0 and json.loads(made.stdout)["main_branch"] == "master"
+    again = perfit_main("post", "2.5", *client_args(url, account.post, metric), env=master)
+    assert again.returncode == 0 and again.stderr == "" and values(url, metric) == [2.5]
+    suite = perfit_main("post", "--format", "hyperfine", str(FIXTURES / "hyperfine.json"),
+                        *client_args(url, account.post), env={**GITHUB, "GITHUB_REF_NAME": "dev"})  # fmt: skip
+    assert suite.stderr.count("is not the account's main branch") == 1
 
 
 def test_a_metric_is_named_by_its_name_as_well_as_its_id(url: str, account: Account) -> None:
