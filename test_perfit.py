@@ -226,6 +226,7 @@ def start_server(
     env: dict[str, str] | None = None,
     command: Sequence[str] = (),
     environ: dict[str, str] | None = None,
+    cwd: Path = HERE,
 ) -> Server:
     """Starts a server on a free loopback port and waits for its 'listening on' line.
 
@@ -245,7 +246,7 @@ def start_server(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=str(HERE),
+        cwd=str(cwd),
     )
     out: list[str] = []
     err: list[str] = []
@@ -5509,7 +5510,11 @@ def test_a_server_seals_a_big_log_in_a_child_process_also_from_the_bundle(
     mebibyte or more is sealed by a child Python, which imports the same perfit (the bundle's
     too) and gives its memory back when it ends."""
     with_zstd = (sys.executable, str(pyz))
-    with running_server(tmp_path, "--seal-bytes", str(1200 << 10), command=with_zstd) as srv:
+    elsewhere = tmp_path / "cwd"  # where the operator started it: another perfit.py lies there
+    elsewhere.mkdir()
+    (elsewhere / "perfit.py").write_text("raise SystemExit('the wrong perfit')\n")
+    big = ("--seal-bytes", str(1200 << 10))
+    with running_server(tmp_path / "data", *big, command=with_zstd, cwd=elsewhere) as srv:
         acc = new_account(srv.url)
         body = {
             "points": [{"name": f"big/{i}", "value": i} for i in range(1000)],
@@ -5518,8 +5523,8 @@ def test_a_server_seals_a_big_log_in_a_child_process_also_from_the_bundle(
         for _ in range(52):  # 24 KB a run: the log fills up, and a new one starts
             ids = ok_json("POST", f"{srv.url}/r/", body=body, token=acc.post)["metrics"]
         poll(lambda: "\n".join(srv.err), lambda err: "(in a child process)" in err, seconds=30)
-    assert _sealed_logs(tmp_path) >= 1
-    with running_server(tmp_path, command=with_zstd) as srv:
+    assert _sealed_logs(tmp_path / "data") >= 1
+    with running_server(tmp_path / "data", command=with_zstd) as srv:
         (first, *_) = points(srv.url, ids["big/7"])
         assert len(points(srv.url, ids["big/7"])) == 52 and first["commit"] == "abcdef1"
 
