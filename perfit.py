@@ -9699,6 +9699,14 @@ def _compare_one_remotely(
     args: argparse.Namespace, values: list[float], unit: str, base: Sequence[str]
 ) -> dict[str, Any]:
     """Values for --metric compared with it, as a suite's answer of one."""
+    metric = _metric_given(args)
+    if decode_id(metric) is None and args.board and not args.access_token:
+        # A name, no token (a fork's PR): the board knows the account's names.
+        found = _reader(args).call("GET", f"/b/{_board_of(args)}/json")["metrics"]
+        ids = [m["metric_id"] for m in found if m["name"] == metric]
+        if not ids:
+            raise NotFound(f"no metric named {metric!r} on board {args.board}")
+        args.metric = ids[0]
     path = _metric_path(args)
     body: dict[str, Any] = {"values": values}
     if unit:

@@ -6369,6 +6369,9 @@ def test_compare_exits_3_on_a_regression_and_writes_the_job_summary(
     assert re.search(r"\| 100 ms \| 135 ms \| \+35\.0 % \| \+3\d\.\d % … \+3\d\.\d % \|$", row), row
     markdown = perfit_main("compare", "--markdown", *args, "135")
     assert markdown.stdout.strip() == table.strip()
+    board = ["--board", account_doc(url, account.admin)["board_id"], "--server", url]
+    by_board = perfit_main("compare", *board, "--metric", "api/latency", "135")  # no token
+    assert by_board.returncode == 3, by_board.stderr
 
 
 def test_compare_times_a_command_or_reads_a_suite_by_name(url: str, account: Account) -> None:
