@@ -6671,33 +6671,30 @@ def test_the_readmes_sample_comment_is_what_compare_writes() -> None:
     assert f"```markdown\n{rendered}\n```" in shown
 
 
-def test_two_workflows_keep_two_comments_and_gitlab_gets_a_note(
-    tmp_path: Path, url: str, account: Account
-) -> None:
-    _suite_history(url, account, "notes", runs=12, size=6)
+def _a_suite_to_comment_on(url: str, account: Account, prefix: str, tmp_path: Path) -> list[str]:
+    """A suite's history on main, a PR's results of it, and the command that compares them
+    and comments."""
+    _suite_history(url, account, prefix, runs=12, size=6)
     results = tmp_path / "results.json"
     results.write_text(
         json.dumps([{"name": f"bench_{i}", "unit": "ms", "value": 1 + i} for i in range(6)])
     )
-    compare = [
-        "compare",
-        "--format",
-        "gab",
-        "--prefix",
-        "notes",
-        "--comment",
-        *client_args(url, account.post),
-        str(results),
-    ]
+    args = ["--format", "gab", "--prefix", prefix, "--comment", *client_args(url, account.post)]
+    return ["compare", *args, str(results)]
+
+
+def _on_a_pr(event: Path, api: str) -> dict[str, str]:
+    """A GitHub Actions job's environment on a pull request, its API at `api`."""
+    return {**GITHUB, "GITHUB_EVENT_PATH": str(event), "GITHUB_TOKEN": "t", "GITHUB_API_URL": api}
+
+
+def test_two_workflows_keep_two_comments_and_gitlab_gets_a_note(
+    tmp_path: Path, url: str, account: Account
+) -> None:
+    compare = _a_suite_to_comment_on(url, account, "notes", tmp_path)
     forge = FakeForge()
     with forge.serve() as api:
-        event = _pr_event(tmp_path, "0" * 40, "1" * 40)
-        env = {
-            **GITHUB,
-            "GITHUB_EVENT_PATH": str(event),
-            "GITHUB_TOKEN": "t",
-            "GITHUB_API_URL": api,
-        }
+        env = _on_a_pr(_pr_event(tmp_path, "0" * 40, "1" * 40), api)
         for key in ("unit", "bench", "unit"):
             done = perfit_main(*compare, "--comment-key", key, env=env)
             assert done.returncode == 0, done.stderr
@@ -6743,33 +6740,13 @@ def test_a_comment_shows_hostile_names_as_text_and_fits_github_however_many_resu
 def test_a_forge_that_answers_oddly_never_changes_the_exit_code(
     tmp_path: Path, url: str, account: Account
 ) -> None:
-    _suite_history(url, account, "odd", runs=12, size=6)
-    results = tmp_path / "results.json"
-    results.write_text(
-        json.dumps([{"name": f"bench_{i}", "unit": "ms", "value": 1 + i} for i in range(6)])
-    )
-    compare = [
-        "compare",
-        "--format",
-        "gab",
-        "--prefix",
-        "odd",
-        "--comment",
-        *client_args(url, account.post),
-        str(results),
-    ]
+    compare = _a_suite_to_comment_on(url, account, "odd", tmp_path)
     event = _pr_event(tmp_path, "0" * 40, "1" * 40)
     for answer in ([1, "x", {"no": "id"}], {"message": "rate limited"}, None):
         forge = FakeForge()
         forge.handle = lambda *args, answer=answer: (200, answer, {})  # type: ignore[method-assign]
         with forge.serve() as api:
-            env = {
-                **GITHUB,
-                "GITHUB_EVENT_PATH": str(event),
-                "GITHUB_TOKEN": "t",
-                "GITHUB_API_URL": api,
-            }
-            done = perfit_main(*compare, env=env)
+            done = perfit_main(*compare, env=_on_a_pr(event, api))
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     # Someone else's comment with our marker: ours is made anew, not theirs edited.
     forge = FakeForge()
@@ -6782,13 +6759,7 @@ def test_a_forge_that_answers_oddly_never_changes_the_exit_code(
         (403, {"message": "Forbidden"}, {}) if m == "PATCH" else real(m, p, q, b)
     )  # type: ignore[method-assign]
     with forge.serve() as api:
-        env = {
-            **GITHUB,
-            "GITHUB_EVENT_PATH": str(event),
-            "GITHUB_TOKEN": "t",
-            "GITHUB_API_URL": api,
-        }
-        done = perfit_main(*compare, env=env)
+        done = perfit_main(*compare, env=_on_a_pr(event, api))
     assert done.returncode == 0 and "commented on pull request #7" in done.stderr, done.stderr
     assert len(forge.ours()) == 2
 
