@@ -405,6 +405,11 @@ def convert_time(value: float, unit: str, to: str) -> float:
     return value * (have // want) if have >= want else value / (want // have)
 
 
+def _per_second(unit: str) -> bool:
+    """Whether a unit is a rate (ops/s, MB/s, Hz): higher is better, a slower runner lowers it."""
+    return unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
+
+
 def _tidy(value: float, digits: int = 12) -> float:
     """A float without binary noise past `digits` significant digits: 219.621, not ...98."""
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value
@@ -743,7 +748,7 @@ def _local_origins(origins: array) -> tuple[list[Origin], array]:
     local: dict[int, int] = {}
     refs = array("H", (local.setdefault(g, len(local) + 1) if g else 0 for g in origins))
     if len(local) > 0xFFFF:
-        raise ValueError("more origins than a record holds")  # a block holds at most 16,384
+        raise ValueError("more origins than a record holds")  # an import has at most 10,000
     return [table[g] for g in local], refs
 
 
@@ -781,6 +786,12 @@ def pack_run(t: int, origin: Origin, points: Sequence[tuple[bytes, float]]) -> b
     """A CI run's record payload: its time (µs), its origin, and a value for each metric."""
     head = RUN.pack(t) + pack_origin(origin) + _RUN_COUNT.pack(len(points))
     return head + b"".join(_RUN_POINT.pack(metric_id, value) for metric_id, value in points)
+
+
+def _interned_run(payload: bytes) -> tuple[int, int, list[tuple[bytes, float]]]:
+    """A run record's time, its origin's number in the process's table, and its points."""
+    t, origin, points = unpack_run(payload)
+    return t, origin_table().intern(origin), points
 
 
 def unpack_run(payload: bytes) -> tuple[int, Origin, list[tuple[bytes, float]]]:
@@ -893,15 +904,16 @@ class PointBatch:
         origins = self.origins if self.origins is not None else itertools.repeat(0)
         return list(zip(self.times, self.values, self.metas(), origins))
 
-    def split(self, main: Callable[[int], bool]) -> tuple[PointBatch, PointBatch | None]:
+    def split(self) -> tuple[PointBatch, PointBatch | None]:
         """(the points whose origin is main's, the others or None): a branch's points are
         kept apart from main's (see Metric.branches)."""
-        if self.origins is None or all(map(main, set(self.origins))):
+        table = origin_table()
+        if self.origins is None or all(table[n].main for n in set(self.origins)):
             return self, None
         rows = self.rows()
         return (
-            PointBatch.of([r for r in rows if main(r[3])]),
-            PointBatch.of([r for r in rows if not main(r[3])]),
+            PointBatch.of([r for r in rows if table[r[3]].main]),
+            PointBatch.of([r for r in rows if not table[r[3]].main]),
         )
 
 
@@ -1201,8 +1213,7 @@ def seal_log(log_path: str, seg_path: str) -> None:
 def _gather_points(points: dict[bytes, Series], rtype: int, payload: bytes) -> None:
     """Add a record's points to each metric's series in `points`, in the order of replay."""
     if rtype == REC_RUN:  # the usual record of a log, point by point: no batch for each
-        t, origin, run = unpack_run(payload)
-        number = origin_table().intern(origin)
+        t, number, run = _interned_run(payload)
         for metric_id, value in run:
             points.setdefault(metric_id, Series()).add_one(t, value, b"", number)
         return
@@ -1259,8 +1270,7 @@ def _point_batches(
         meta = payload[POINT.size :]
         return [(metric_id, PointBatch.of([(t, value, meta)]))]
     if rtype == REC_RUN:
-        t, origin, points = unpack_run(payload)
-        number = origin_table().intern(origin)
+        t, number, points = _interned_run(payload)
         return [(m, PointBatch.of([(t, value, b"", number)])) for m, value in points]
     if rtype == _REC_POINTS:
         return [unpack_columns(payload)]
@@ -1873,8 +1883,7 @@ class Index(_IndexRecords):
                 metric.series.add_one(t, value, payload[POINT.size :])
             self.last_t = max(self.last_t, t)
         elif rtype == REC_RUN:
-            t, origin, points = unpack_run(payload)
-            number = origin_table().intern(origin)
+            t, number, points = _interned_run(payload)
             for metric_id, value in points:
                 metric = self._metric(metric_id)
                 if metric is None:
@@ -1888,7 +1897,7 @@ class Index(_IndexRecords):
                 if metric is None:
                     self.garbage += len(batch)
                     continue
-                main, others = batch.split(lambda number: origin_table()[number].main)
+                main, others = batch.split()
                 self.garbage += metric.series.add(main)
                 if others is not None:
                     self.garbage += metric.branches.add(others)
@@ -2562,7 +2571,7 @@ def _without_big_head(run: list[DataFile], sizes: dict[str, int]) -> list[DataFi
 def _main_and_branches(series: Series) -> tuple[Series, Series]:
     """A metric's points as a segment holds them, split into main's and the branches' (which
     expire apart)."""
-    main, others = series.batch(0, len(series)).split(lambda n: origin_table()[n].main)
+    main, others = series.batch(0, len(series)).split()
     branches = Series()
     if others is not None:
         branches.add(others)
@@ -2894,10 +2903,9 @@ class _PointOperations(_Operations):
         with self._import_lock:
             metric, rows = self.metrics[metric_id], []
             existing = 0
-            for part in batch.split(lambda n: origin_table()[n].main):
+            for part, series in zip(batch.split(), (metric.series, metric.branches)):
                 if part is None:
                     continue
-                series = metric.series_of(part.origins[0]) if part.origins else metric.series
                 fresh = series.not_stored(part)
                 existing += len(part) - len(fresh)
                 rows += [p for p in fresh.rows() if p[0] >= series.served_from()]
@@ -3494,9 +3502,7 @@ class Fresh:
         out."""
         if self.unit in TIME_UNITS:
             return 1
-        return (
-            -1 if self.unit.endswith(("/s", "/sec", "/second")) or self.unit in ("ops", "Hz") else 0
-        )
+        return -1 if _per_second(self.unit) else 0
 
 
 @dataclasses.dataclass
@@ -3533,7 +3539,7 @@ def compare_results(
     baseline's median and of the run's shift. A change counts (regression, improvement) when
     it is at least the threshold and beyond the noise of a suite of its size (t above the
     quantile that leaves SUITE_FALSE_ALARMS for the whole suite, and at least VERDICT_SIGMAS)
-    and, where the whole run moved by the threshold or more, the change as measured agrees; a
+    and, where the whole run moved more than main's runs do, the change as measured agrees; a
     change at least the threshold that does not count is "inconclusive"; one under it "same".
     """
     scaled = [_scale(f) for f in fresh]
@@ -3649,8 +3655,7 @@ def _judge_unscaled(f: Fresh, limit: float) -> Verdict:
     value = _median(f.values) if f.values else 0.0
     base = f.baseline
     if base is None or not base.values:
-        median = None
-        return Verdict(median, 0, 0.0, value, None, None, "new", base and base.commit)
+        return Verdict(None, 0, 0.0, value, None, None, "new", base and base.commit)
     n, spread = len(base.values), 1.4826 * _mad(base.values)
     if value == 0:
         return Verdict(0.0, n, spread, value, 0.0, (0.0, 0.0), "same", base.commit)
@@ -6474,9 +6479,8 @@ def _show_csv(web: _Web, ids: str) -> Any:
     writer = csv.writer(out, lineterminator="\n")
     found = _points_read(metric, opts, _view_branch([metric], query))
     origins = [series.origin(i) for series, i in found]
-    where = any(
-        o.commit or o.branch for o in origins
-    )  # the columns of 0.3, where they say something
+    # The columns of 0.3 only where they say something: a file of 0.2's points keeps t,v,m.
+    where = any(o.commit or o.branch for o in origins)
     writer.writerow(("t", "v", "m", "commit", "branch") if where else ("t", "v", "m"))
     for (series, i), origin in zip(found, origins):
         row = (series.times[i] // US, repr(series.values[i]), series.metadata(i))
@@ -6514,9 +6518,7 @@ def _compare(web: _Web, body: Any, metric_id: str) -> Any:
     values, base = _parse_compare(body, metric)
     threshold = _parse_threshold(_request_query().get("threshold", ""))
     found = base_time([metric], base) if base else None
-    baseline = Baseline.of(metric, found and found[0], threshold)
-    if base and found is None:
-        baseline = dataclasses.replace(baseline, commit=None)  # none of them: the newest level
+    baseline = _baseline_at(metric, base, found, threshold)
     (verdict,), _ = compare_results(
         [Fresh(values, baseline, metric.better, metric.unit)], threshold
     )
@@ -6532,20 +6534,19 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
     by_name = {m.name: m for m in reversed(metrics) if m.name}  # the oldest of a name wins
     matched = [by_name.get(r["name"]) for r in results]
     found = base_time([m for m in matched if m is not None], base) if base else None
-    before = found[0] if found else None
     fresh = []
     for result, metric in zip(results, matched):
         values = _fresh_values(result, result["where"], metric)
-        baseline = Baseline.of(metric, before, threshold) if metric is not None else None
-        if baseline is not None and base and found is None:
-            baseline = dataclasses.replace(baseline, commit=None)  # none stored: newest level
-        unit = metric.unit if metric else result.get("unit", "")
-        fresh.append(Fresh(values, baseline, metric.better if metric else "lower", unit))
+        if metric is None:
+            fresh.append(Fresh(values, None, "lower", result.get("unit", "")))
+        else:
+            baseline = _baseline_at(metric, base, found, threshold)
+            fresh.append(Fresh(values, baseline, metric.better, metric.unit))
     verdicts, shift = compare_results(fresh, threshold)
     answers = []
-    for result, metric, verdict in zip(results, matched, verdicts):
+    for result, metric, f, verdict in zip(results, matched, fresh, verdicts):
         doc = {"name": result["name"], "metric_id": metric and b64encode(metric.id)}
-        doc.update(verdict.to_json(), unit=metric.unit if metric else result.get("unit", ""))
+        doc.update(verdict.to_json(), unit=f.unit)
         answers.append(doc)
     doc = {
         "results": answers,
@@ -6554,6 +6555,15 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
         "missing": _missing_from(metrics, matched, [f.baseline for f in fresh]),
     }
     return json_response(doc)
+
+
+def _baseline_at(
+    metric: Metric, base: Sequence[str], found: tuple[int, str] | None, threshold: float
+) -> Baseline:
+    """Main's baseline at the base commit found; with a base none of which is stored, the
+    newest level, its commit said to be none (null)."""
+    baseline = Baseline.of(metric, found and found[0], threshold)
+    return dataclasses.replace(baseline, commit=None) if base and found is None else baseline
 
 
 def _missing_from(
@@ -7975,8 +7985,7 @@ def _measured(
     kept = tuple(_tidy(x * scale, 15) for x in samples)
     if base in _HARNESS_TIME_UNITS:
         return Result(name, _tidy(value * scale, 15), "s", better or "lower", kept)
-    per_second = unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
-    direction = better or ("higher" if per_second else "lower")
+    direction = better or ("higher" if _per_second(unit) else "lower")
     return Result(name, _tidy(value, 15), unit, direction, kept)
 
 
@@ -8295,15 +8304,38 @@ def _commit_time(stamp: object, date_ms: object) -> float:
 @dataclasses.dataclass(frozen=True)
 class CiContext:
     """What a CI job's environment tells of the run: the commit and branch it measures, the
-    job's URL, and (on a pull request) the commits where it branched, newest first."""
+    job's URL, and on a pull request where it branched (see branched_from)."""
 
     commit: str = ""
     branch: str = ""
     job: str = ""  #: the job's URL: a point's metadata, linked from charts and tables
-    base: tuple[str, ...] = ()  #: where a PR branched, then that commit's ancestors on main
-    base_note: str = ""  #: how `base` was found, or why it is not what was asked for
-    service: str = ""  #: "github", "gitlab" ...; "" outside a CI service PerfIt knows
     commit_link: str = ""  #: a commit's page, "{}" standing for its id; "" when unknown
+    #: what the CI says of a pull request: its base (a commit, or a branch as origin/main)
+    #: and its head ("HEAD": the checkout), where git's merge base of the two is searched
+    pr_base: str = ""
+    pr_head: str = ""
+
+    def branched_from(self, env: dict[str, str] | None = None) -> tuple[tuple[str, ...], str]:
+        """Where a PR branched, newest first: git's merge base of its head and base (when the
+        checkout has their history), then that commit's first-parent ancestors, so a base
+        main never measured is stood in for by the newest one it did; and a note when git
+        could not say. Asked for by `compare` only: it runs git."""
+        env = dict(os.environ if env is None else env)
+        base, head = self.pr_base, self.pr_head
+        if not base:
+            return (), ""
+        fork = _git(env, "merge-base", head, base) if head else ""
+        start = fork or (base if _COMMIT_RE.fullmatch(base) else "")
+        if not start:
+            return (), f"git finds no merge base of this checkout and {base}: no base commit"
+        ancestors = _git(env, "rev-list", "--first-parent", f"-n{_ANCESTORS}", start).split()
+        note = ""
+        if head and not fork:  # the PR's base is main's tip then, maybe newer than the branch
+            note = (
+                "git finds no merge base in this checkout (fetch-depth: 0 gives it the "
+                "history): comparing at the PR's base commit, which main may have moved past"
+            )
+        return tuple(ancestors or (start,)), note
 
 
 def _event(env: dict[str, str]) -> dict[str, Any]:
@@ -8319,30 +8351,29 @@ def _event(env: dict[str, str]) -> dict[str, Any]:
 def _github(env: dict[str, str]) -> CiContext:
     pr = _event(env).get("pull_request") or {}
     head, base = (pr.get("head") or {}).get("sha", ""), (pr.get("base") or {}).get("sha", "")
-    job = ""
-    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-        job = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
-        job += f"/actions/runs/{env['GITHUB_RUN_ID']}"
-        attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
-        job += "" if attempt in ("", "1") else f"/attempts/{attempt}"
+    job = link = ""
+    if env.get("GITHUB_REPOSITORY"):
+        repository = (
+            f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
+        )
+        link = f"{repository}/commit/{{}}"
+        if env.get("GITHUB_RUN_ID"):
+            attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
+            job = f"{repository}/actions/runs/{env['GITHUB_RUN_ID']}"
+            job += "" if attempt in ("", "1") else f"/attempts/{attempt}"
     # On a pull request GITHUB_SHA is a merge commit GitHub made: the PR's head is measured.
     commit = head or env.get("GITHUB_SHA", "")
     branch = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", "")
-    link = ""
-    if env.get("GITHUB_REPOSITORY"):
-        server = env.get("GITHUB_SERVER_URL", "https://github.com")
-        link = f"{server}/{env['GITHUB_REPOSITORY']}/commit/{{}}"
-    return CiContext(commit, branch, job, *_branched(env, base, head), "github", link)
+    return CiContext(commit, branch, job, link, base, head)
 
 
 def _gitlab(env: dict[str, str]) -> CiContext:
     # A merged-results pipeline measures a merge commit; its source branch's head is the PR's.
     commit = env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA") or env.get("CI_COMMIT_SHA", "")
     branch = env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or env.get("CI_COMMIT_BRANCH", "")
-    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")  # GitLab's merge base
     link = f"{env['CI_PROJECT_URL']}/-/commit/{{}}" if env.get("CI_PROJECT_URL") else ""
-    job = env.get("CI_JOB_URL", "")
-    return CiContext(commit, branch, job, *_branched(env, base, ""), "gitlab", link)
+    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")  # GitLab's merge base already
+    return CiContext(commit, branch, env.get("CI_JOB_URL", ""), link, base)
 
 
 def _buildkite(env: dict[str, str]) -> CiContext:
@@ -8350,17 +8381,14 @@ def _buildkite(env: dict[str, str]) -> CiContext:
     if job and env.get("BUILDKITE_JOB_ID"):
         job += f"#{env['BUILDKITE_JOB_ID']}"
     target = env.get("BUILDKITE_PULL_REQUEST_BASE_BRANCH", "")
-    base = _git(env, "merge-base", "HEAD", f"origin/{target}") if target else ""
     commit = env.get("BUILDKITE_COMMIT", "")  # "HEAD" is allowed there: resolved below
-    return CiContext(
-        commit, env.get("BUILDKITE_BRANCH", ""), job, *_branched(env, base, ""), "buildkite"
-    )
+    pr = (f"origin/{target}", "HEAD") if target else ("", "")
+    return CiContext(commit, env.get("BUILDKITE_BRANCH", ""), job, "", *pr)
 
 
 def _circleci(env: dict[str, str]) -> CiContext:
-    branch = env.get("CIRCLE_BRANCH", "")
     return CiContext(
-        env.get("CIRCLE_SHA1", ""), branch, env.get("CIRCLE_BUILD_URL", ""), service="circleci"
+        env.get("CIRCLE_SHA1", ""), env.get("CIRCLE_BRANCH", ""), env.get("CIRCLE_BUILD_URL", "")
     )
 
 
@@ -8372,14 +8400,8 @@ def _jenkins(env: dict[str, str]) -> CiContext:
         or env.get("GIT_BRANCH", "").removeprefix("origin/")
     )
     target = env.get("CHANGE_TARGET", "")
-    base = _git(env, "merge-base", "HEAD", f"origin/{target}") if target else ""
-    return CiContext(
-        env.get("GIT_COMMIT", ""),
-        branch,
-        env.get("BUILD_URL", ""),
-        *_branched(env, base, ""),
-        "jenkins",
-    )
+    pr = (f"origin/{target}", "HEAD") if target else ("", "")
+    return CiContext(env.get("GIT_COMMIT", ""), branch, env.get("BUILD_URL", ""), "", *pr)
 
 
 #: Each CI service PerfIt knows: the variable that says a job runs on it, and how to read it.
@@ -8404,24 +8426,6 @@ def ci_context(env: dict[str, str] | None = None) -> CiContext:
     if not (commit and _COMMIT_RE.fullmatch(commit)):
         commit = _git(env, "rev-parse", "HEAD")
     return dataclasses.replace(found, commit=commit.lower())
-
-
-def _branched(env: dict[str, str], base: str, head: str) -> tuple[tuple[str, ...], str]:
-    """Where a PR branched, newest first: the merge base of its head and base (git knows it
-    when the checkout has their history), then that commit's first-parent ancestors, so a
-    base main never measured is stood in for by the newest one it did."""
-    if not base:
-        return (), ""
-    fork = _git(env, "merge-base", head, base) if head else ""
-    start = fork or base
-    ancestors = _git(env, "rev-list", "--first-parent", f"-n{_ANCESTORS}", start).split()
-    note = ""
-    if head and not fork:  # the PR's base is main's tip then, maybe newer than the branch
-        note = (
-            "git finds no merge base in this checkout (fetch-depth: 0 gives it the history): "
-            "comparing at the PR's base commit, which main may have moved past"
-        )
-    return tuple(ancestors or (start,)), note
 
 
 def _git(env: dict[str, str], *args: str) -> str:
@@ -9550,7 +9554,8 @@ def _timed(command: list[str]) -> tuple[int, float | None, str]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """compare: a PR's results against main's where the PR branched; exit 3 on a regression."""
     context = ci_context()
-    base = [args.base] if args.base else list(context.base)
+    branched, base_note = ((args.base,), "") if args.base else context.branched_from()
+    base = list(branched)
     rest = args.what
     if args.format:
         if not rest:
@@ -9572,7 +9577,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             return code or EXIT_REFUSED
         doc = _compare_one_remotely(args, [round(elapsed, 6)], "s", base)
     threshold = DEFAULT_CHANGE_THRESHOLD if args.threshold is None else args.threshold
-    report = _Comparison(doc, _server_url(args.server), context, base, threshold)
+    report = _Comparison(doc, _server_url(args.server), context, base, threshold, base_note)
     markdown = report.markdown()
     print(markdown if args.markdown else report.text())
     for note in report.notes():
@@ -9746,6 +9751,7 @@ class _Comparison:
     context: CiContext
     base: Sequence[str]
     threshold: float = DEFAULT_CHANGE_THRESHOLD
+    base_note: str = ""  #: how the base was found, when git could not say
 
     @functools.cached_property
     def usual_commit(self) -> str | None:
@@ -9783,8 +9789,8 @@ class _Comparison:
             notes.append(
                 "no base commit (not a pull request, or --base not given): compared with main's newest level"
             )
-        if self.context.base_note:
-            notes.append(self.context.base_note)
+        if self.base_note:
+            notes.append(self.base_note)
         shift = self.doc.get("shift")
         if shift and shift["verdict"] == "inconclusive":
             notes.append(

@@ -5975,12 +5975,15 @@ def test_a_pull_requests_base_is_where_it_branched_and_its_ancestors(
                                                   "base": {"sha": main[3]}}}))  # fmt: skip
     env = {**GITHUB, "GITHUB_EVENT_PATH": str(event), "GITHUB_HEAD_REF": "pr"}
     found = perfit.ci_context(env)
-    assert found.base == (main[1], main[0]) and found.base_note == ""
+    assert found.branched_from(env) == ((main[1], main[0]), "")
     assert (found.commit, found.branch) == (head, "pr"), "the PR's head, not GitHub's merge"
-    shallow = perfit.ci_context({**env, "GIT_DIR": os.devnull})  # a checkout with no history
-    assert shallow.base == (main[3],) and "fetch-depth: 0" in shallow.base_note
-    gitlab = perfit.ci_context({"GITLAB_CI": "true", "CI_MERGE_REQUEST_DIFF_BASE_SHA": main[2]})
-    assert gitlab.base == (main[2], main[1], main[0])
+    shallow = {**env, "GIT_DIR": os.devnull}  # a checkout with no history
+    base, note = perfit.ci_context(shallow).branched_from(shallow)
+    assert base == (main[3],) and "fetch-depth: 0" in note
+    gitlab = {"GITLAB_CI": "true", "CI_MERGE_REQUEST_DIFF_BASE_SHA": main[2]}
+    assert perfit.ci_context(gitlab).branched_from(gitlab) == ((main[2], main[1], main[0]), "")
+    jenkins = {"JENKINS_URL": "x", "CHANGE_TARGET": "main"}  # no origin/main here: no base
+    assert perfit.ci_context(jenkins).branched_from(jenkins)[0] == ()
 
 
 def test_a_points_commit_and_job_url_link_to_the_job_in_the_chart_and_the_table(
