@@ -6098,7 +6098,7 @@ def _view_request(
     return metrics, parse_chart_options(query, time.time()), query
 
 
-def _view_branch(metrics: Sequence[Metric], query: dict[str, str]) -> str:
+def _view_branch(query: dict[str, str]) -> str:
     """The `branch` option of a view: its points drawn (and listed) with main's."""
     return _check_branch(query.get("branch", "").strip(), "branch")
 
@@ -6446,7 +6446,7 @@ def _show_page(web: _Web, ids: str) -> Any:
     """The page of a metric, or of several overlaid: the chart, a form for its options."""
     metrics, opts, query = _view_request(web, ids, "html")
     nested = _request().path.endswith("/html")
-    svg = chart_document(metrics, opts, web.changes, _view_branch(metrics, query))
+    svg = chart_document(metrics, opts, web.changes, _view_branch(query))
     return _answer(
         _render_metric_page(metrics, query, svg, nested), headers={"Content-Type": _HTML_TYPE}
     )
@@ -6455,14 +6455,14 @@ def _show_page(web: _Web, ids: str) -> Any:
 def _show_chart(web: _Web, ids: str) -> Any:
     """The chart of a metric, or of several overlaid (the link READMEs embed)."""
     metrics, opts, query = _view_request(web, ids, "svg")
-    branch = _view_branch(metrics, query)
+    branch = _view_branch(query)
     return _cached(chart_document(metrics, opts, web.changes, branch), _SVG_TYPE, query)
 
 
 def _show_points(web: _Web, ids: str) -> Any:
     """The points: of one metric, or of each of several, by id."""
     metrics, opts, query = _view_request(web, ids, "json")
-    branch = _view_branch(metrics, query)
+    branch = _view_branch(query)
     if len(metrics) == 1:
         doc: Any = points_json(metrics[0], opts, branch)
     else:
@@ -6477,7 +6477,7 @@ def _show_csv(web: _Web, ids: str) -> Any:
     import csv
 
     writer = csv.writer(out, lineterminator="\n")
-    found = _points_read(metric, opts, _view_branch([metric], query))
+    found = _points_read(metric, opts, _view_branch(query))
     origins = [series.origin(i) for series, i in found]
     # The columns of 0.3 only where they say something: a file of 0.2's points keeps t,v,m.
     where = any(o.commit or o.branch for o in origins)
@@ -9582,10 +9582,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(markdown if args.markdown else report.text())
     for note in report.notes():
         print(f"perfit: {note}", file=sys.stderr)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(markdown + "\n")
+    _to_step_summary(markdown)
     if args.comment:
         print(
             f"perfit: {post_comment(markdown, args.comment_key, timeout=args.timeout)}",
@@ -9618,11 +9615,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
             [*lines, f"perfit: {verdict} metric(s){scope} regressed; the board: {server}/b/{board}"]
         )
     )
+    _to_step_summary(_check_markdown(regressed, len(rows), server, board))
+    return EXIT_REGRESSED if regressed else EXIT_OK
+
+
+def _to_step_summary(markdown: str) -> None:
+    """Append to the job's summary on GitHub Actions ($GITHUB_STEP_SUMMARY), which a fork's
+    pull request shows too; elsewhere, nothing."""
     summary = os.environ.get("GITHUB_STEP_SUMMARY", "")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
-            f.write(_check_markdown(regressed, len(rows), server, board) + "\n")
-    return EXIT_REGRESSED if regressed else EXIT_OK
+            f.write(markdown + "\n")
 
 
 def _board_of(args: argparse.Namespace) -> str:
@@ -9787,17 +9790,25 @@ class _Comparison:
             )
         elif not self.base:
             notes.append(
-                "no base commit (not a pull request, or --base not given): compared with main's newest level"
+                "no base commit (not a pull request, or --base not given): compared with "
+                "main's newest level"
             )
         if self.base_note:
             notes.append(self.base_note)
-        shift = self.doc.get("shift")
-        if shift and shift["verdict"] == "inconclusive":
-            notes.append(
-                f"the whole run is {_percent(shift['change'])}: a slower runner, or a change "
-                "every benchmark shares; each change is measured against it"
-            )
+        if self.shift_note:
+            notes.append(self.shift_note)
         return notes
+
+    @property
+    def shift_note(self) -> str:
+        """What to say of a whole run that moved by the threshold or more; "" otherwise."""
+        shift = self.doc.get("shift")
+        if not shift or shift["verdict"] != "inconclusive":
+            return ""
+        return (
+            f"the whole run is {_percent(shift['change'])}: a slower runner, or a change "
+            "every benchmark shares; each change is measured against it"
+        )
 
     def text(self) -> str:
         cells = [["", "benchmark", "main", "this run", "change", "95 % interval"]]
@@ -9871,9 +9882,9 @@ class _Comparison:
         board = self.doc.get("board")
         links = f" · [the board]({self.server}/b/{board})" if board else ""
         head.append(f"{self.tally()}: against {where}{links}")
-        for note in self.notes():
-            if "whole run" in note:
-                head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
+        note = self.shift_note
+        if note:
+            head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
         return head
 
     def _row(self, row: dict[str, Any]) -> str:
