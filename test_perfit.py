@@ -3582,6 +3582,24 @@ def test_a_suite_compared_on_its_board_takes_out_the_runners_shift(
     assert nowhere["base"] is None
 
 
+def test_compare_says_once_that_the_whole_run_moved_and_fails_nothing_for_it(
+    url: str, account: Account, tmp_path: Path
+) -> None:
+    _suite_history(url, account, "runner", size=8)
+    board = account_doc(url, account.admin)["board_id"]
+    slower = [{"name": f"bench_{i}", "unit": "ms", "value": 1.3 * (1 + i)} for i in range(8)]
+    results = tmp_path / "slower.json"
+    results.write_text(json.dumps(slower))
+    args = ["--format", "gab", "--prefix", "runner", "--board", board, "--server", url]
+    done = perfit_main("compare", "--markdown", *args, str(results))
+    assert done.returncode == 0, "a slower runner is no regression"
+    (note,) = [line for line in done.stderr.splitlines() if "whole run" in line]
+    said = re.match(r"perfit: the whole run is \+([\d.]+) %: a slower runner", note)
+    assert said and float(said[1]) == pytest.approx(30, abs=4), note
+    assert f"\n> ⚠️ The whole run is +{said[1]} %" in done.stdout, "said once, on top"
+    assert done.stdout.count("whole run") == 1 and "8 the same" in done.stdout
+
+
 @pytest.mark.parametrize(
     "body",
     [
