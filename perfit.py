@@ -77,16 +77,18 @@ __all__ = [
     *"CheckReport check_directory backup_directory Log Sealer Store".split(),
     *"DataFile compaction_runs compact_segments TokenEntry token_id parse_keep keep_text".split(),
     # change points and charts
-    *"Change detect_changes series_changes metric_changes Marks".split(),
+    *"Run Change detect_changes series_changes metric_changes standing Marks".split(),
     *"QueryOption CHART_OPTIONS ChartOptions".split(),
     *"Verdict Shift Baseline Fresh compare_results base_time MAX_COMPARE_RESULTS".split(),
     *"ChartSeries chart_document render_chart render_badge badge_state format_value".split(),
+    "suspect_window",
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
     *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
     "branch_points",
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
+    *"alert_record alert_words".split(),
     # the client, the executable and the command line
     "Client",
     "write_bundle",
@@ -484,7 +486,8 @@ _REC_SEG_CONTROL = 6  #: segments only: zstd of the sealed log's account/token/m
 _REC_SEG_POINTS = 7  #: segments only: zstd of one metric's points, delta-encoded and shuffled
 _REC_BOARD = 8  #: JSON {"account", "board"}: the account's board id, replacing any before
 _REC_BATCH = 9  #: records that land together or not at all (a CI run: metrics, points), see BATCHED
-_REC_MARK = 10  #: JSON {"metric", "kind": accept|exclude|include|notified, "start", "end"}
+_REC_MARK = 10  #: JSON {"metric", "kind": accept|dismiss|undismiss|exclude|include|notified,
+#: "start", "end"}
 _REC_WEBHOOK = 11  #: JSON {"account", "url"}: where new regressions are told (null: nowhere)
 _REC_EDIT = 12  #: JSON {"id", and what changes of "name", "unit", "description", "better", "keep"}
 _REC_DELETE = 13  #: JSON {"metric"}: a tombstone; the metric and its points are gone
@@ -1613,14 +1616,16 @@ class Series(_SeriesReading):
 
 
 class Marks:
-    """What an admin said of a metric: changes accepted (intended), spans of points excluded
-    (a broken runner). Excluded points are kept and drawn, but detection, badges and
-    comparisons leave them out; a later span says the last word for the points it covers."""
+    """What an admin said of a metric: changes accepted (intended) or dismissed (noise), spans
+    of points excluded (a broken runner). Excluded points are kept and drawn, but detection,
+    badges and comparisons leave them out; a later span says the last word for the points it
+    covers. A change's mark is the time of the change when it was said (see metric_changes)."""
 
-    __slots__ = ("accepted", "notified", "spans", "version")
+    __slots__ = ("accepted", "dismissed", "notified", "spans", "version")
 
     def __init__(self) -> None:
         self.accepted: set[int] = set()  #: times (unix seconds) of accepted change points
+        self.dismissed: set[int] = set()  #: ... of change points dismissed as noise
         self.notified: set[int] = set()  #: ... of regressions the account's webhook was told of
         self.spans: list[tuple[bool, int, int]] = []  #: (excluded?, start µs, end µs), in order
         self.version = 0  #: changes with every mark: what caches of derived results key on
@@ -1631,6 +1636,10 @@ class Marks:
             return  # changes nothing derived: no version
         if kind == "accept":
             self.accepted.add(start // US)
+        elif kind == "dismiss":
+            self.dismissed.add(start // US)
+        elif kind == "undismiss":
+            self.dismissed.discard(start // US)
         else:
             self.spans.append((kind == "exclude", start, end))
         self.version += 1
@@ -3064,20 +3073,41 @@ _TAIL_MIN = 4  #: newest runs that can name a new level before the rank test can
 _TAIL_SIGMAS = 2.0  #: how far beyond the level's noise each of them must lie
 _TAIL_BASELINE = 60  #: points of the level before it that set its median and noise
 _TAIL_SPREAD = 3.0  #: ... and their spread (MAD) at most this times the level's
+#: residuals whose lag-1 autocorrelation is over this have memory: changes cost more
+_MEMORY_FLOOR = 0.2
+
+
+#: A run at either side of a change: (unix seconds, its commit or "").
+Run = tuple
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """A step in a metric's typical level."""
+    """A move of a metric's typical level: a step, or a drift over many runs."""
 
-    index: int  #: the first point of the new level
+    index: int  #: the first point of the new level (of a drift: its first point off the old)
     t: int  #: its time, unix seconds
     before: float  #: median of the level before
-    after: float  #: median of the level after
-    change: float  #: relative: after / before - 1 (0.25 is +25 %)
+    after: float  #: median of the level after (of a drift still going: the level reached)
+    #: relative: after / before - 1 (0.25 is +25 %); infinite from a level of 0, NaN across 0
+    #: (-2 to 3): JSON's null, which _percent words
+    change: float
     kind: str  #: "regression" or "improvement", by the metric's `better`
     accepted: bool = False  #: an admin said it was meant (`metric check` passes it)
     provisional: bool = False  #: the new level is still short (under twice the minimum)
+    shape: str = "step"  #: "step", or "drift" where the level moved steadily over many runs
+    runs: int = 1  #: how many runs the move took (1 for a step)
+    dismissed: bool = False  #: an admin said it was noise: no regression for anyone
+    last_good: Run | None = None  #: the last run of the old level
+    first_bad: Run | None = None  #: the first run off it
+    compare_url: str | None = None  #: the commits between the two, where the job URL tells
+    #: the times (unix seconds, inclusive) whose marks bind to this change (metric_changes)
+    reach: tuple[int, int] | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def alarming(self) -> bool:
+        """A regression nobody said was meant or noise: what fails `metric check`."""
+        return self.kind == "regression" and not self.accepted and not self.dismissed
 
     def to_json(self) -> dict[str, Any]:
         # Medians of two points are their mean: 219.62099999999998 reads as 219.621, and a
@@ -3086,6 +3116,12 @@ class Change:
         doc["before"], doc["after"] = _tidy(self.before), _tidy(self.after)
         # From a level of 0 the change is infinite, and JSON has no infinity.
         doc["change"] = round(self.change, 6) if math.isfinite(self.change) else None
+        for side in ("last_good", "first_bad"):
+            run = getattr(self, side)
+            doc[side] = run and {"t": run[0], **({"commit": run[1]} if run[1] else {})}
+        if self.compare_url is None:
+            del doc["compare_url"]
+        del doc["reach"]
         return doc
 
 
@@ -3108,30 +3144,225 @@ def detect_changes(
     runs (see _tail_change).
     """
     xs = list(values)
-    splits: list[int] = []
-    _split(xs, 0, len(xs), splits)
-    if len(xs) >= 2 * _CHANGE_MIN_SEGMENT and len(splits) <= _MAX_CANDIDATES:
-        # (More splits than that: a ramp or a staircase, which binary segmentation cuts well,
-        # and a partition over that many candidates would cost seconds.)
-        sigma = _noise_sigma(xs)
-        splits = _optimal_partition(xs, {*splits, *_window_steps(xs, sigma)}, sigma)
-    bounds = _settle(xs, _merge_small_steps(xs, sorted(splits), threshold))
+    slow = 1 if better == "lower" else -1  # the side slow runs lie on
+    splits = _partition(xs)
+    bounds = _settle(xs, _merge_small_steps(xs, sorted(splits), threshold), slow)
     bounds = _merge_small_steps(xs, bounds, threshold)  # a settled step may have shrunk
-    tail = _tail_change(xs, bounds, threshold)
+    tail = _tail_change(xs, bounds, threshold, slow)
     if tail is not None:
         bounds.append(tail)
     changes = []
-    for k, index in enumerate(bounds):
-        lo = bounds[k - 1] if k else 0
-        hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
-        before, after = _median(xs[lo:index]), _median(xs[index:hi])
-        relative = _relative(before, after)
-        worse = relative > 0 if better == "lower" else relative < 0
-        t = int(times[index]) if times is not None else index
+    # A level still provisional (see metric_changes) is a step until it has lasted.
+    settled = sum(b <= len(xs) - 2 * _CHANGE_MIN_SEGMENT for b in bounds)
+    moves = _moves(xs, bounds, settled, slow)
+    for first, reached, before, after in moves:
+        worse = after > before if better == "lower" else after < before
+        # Across 0 (a level of -2 then 3) a ratio means nothing.
+        relative = _relative(before, after) if before * after >= 0 else math.nan
+        t = int(times[first]) if times is not None else first
         changes.append(
-            Change(index, t, before, after, relative, "regression" if worse else "improvement")
+            Change(
+                first,
+                t,
+                before,
+                after,
+                relative,
+                "regression" if worse else "improvement",
+                shape="drift" if reached > first else "step",
+                runs=max(reached - first, 1),
+            )
         )
     return changes
+
+
+_DRIFT_PRICE = 2.0  #: a drift fits better than its steps by this many ln(n) noise variances
+_DRIFT_MIN_RUNS = 10  #: a move over fewer runs than this is a step
+
+
+class _Sums:
+    """Prefix sums of y, y² and i·y: the least-squares cost of any level or ramp in O(1)."""
+
+    def __init__(self, ys: Sequence[float]) -> None:
+        self.ys = ys
+        self.s1, self.s2, self.si = [0.0], [0.0], [0.0]
+        for i, y in enumerate(ys):
+            self.s1.append(self.s1[-1] + y)
+            self.s2.append(self.s2[-1] + y * y)
+            self.si.append(self.si[-1] + i * y)
+
+    def flat(self, a: int, b: int) -> float:
+        """The squared error of xs[a:b] about its mean."""
+        total = self.s1[b] - self.s1[a]
+        return self.s2[b] - self.s2[a] - total * total / (b - a)
+
+    def ramp(self, lo: int, s: int, e: int, hi: int) -> tuple[float, float, float]:
+        """The least squared error of xs[lo:hi] as a level, a straight move from s to e, and a
+        level again (both levels fitted), with the two levels."""
+        n, width = hi - lo, e - s
+        su = (width - 1) / 2 + (hi - e)
+        suu = (width - 1) * (2 * width - 1) / (6 * width) + (hi - e)
+        sy, syy = self.s1[hi] - self.s1[lo], self.s2[hi] - self.s2[lo]
+        syu = (self.si[e] - self.si[s] - s * (self.s1[e] - self.s1[s])) / width
+        syu += self.s1[hi] - self.s1[e]
+        det = n * suu - su * su
+        if det <= 0:
+            return math.inf, 0.0, 0.0
+        a = (sy * suu - su * syu) / det
+        d = (n * syu - su * sy) / det
+        return syy - a * sy - d * syu, a, a + d
+
+
+def _moves(
+    xs: list[float], bounds: list[int], settled: int, slow: int
+) -> list[tuple[int, int, float, float]]:
+    """Each change as (its first run off the old level, its first run at the new one, the two
+    levels): the same run for a step. Changes the same way in a row that one straight move
+    explains better (a cache that grows, a dataset that grows) become one drift; a drift from
+    the series' first runs has no level before it and is no change. Only the first `settled`
+    bounds can be drifts: a new level named by the newest few runs is a step until it is not."""
+    n = len(xs)
+    if not bounds:
+        return []
+    sigma = _noise_sigma(xs)
+    sums = _Sums(_winsorized(xs, sigma, slow))
+    edges = [0, *bounds, n]
+    levels = [_median(xs[a:b]) for a, b in zip(edges, edges[1:])]
+    up = [b > a for a, b in zip(levels, levels[1:])]
+    moves, k = [], 0
+    while k < len(bounds):
+        j = k
+        while j + 1 < settled and up[j + 1] == up[k]:
+            j += 1
+        lo, hi = edges[k], edges[j + 2]
+        drift = _drift(sums, lo, bounds[k : j + 1], hi, sigma) if k < settled else None
+        if drift is None and j > k:
+            j = k  # not one drift: this change alone, then the rest of the run
+            hi = edges[k + 2]
+            drift = _drift(sums, lo, bounds[k : k + 1], hi, sigma)
+        if drift is None:
+            moves.append((bounds[k], bounds[k], levels[k], levels[k + 1]))
+        elif drift[0] - lo >= _CHANGE_MIN_SEGMENT or lo > 0:
+            s, e, reached = drift
+            after = _median(xs[e:hi]) if hi - e >= _TAIL_MIN else reached
+            moves.append((s, e, _median(xs[lo:s]), after))
+        k = j + 1
+    return moves
+
+
+def _drift(
+    sums: _Sums, lo: int, steps: list[int], hi: int, sigma: float
+) -> tuple[int, int, float] | None:
+    """(where it starts, where it ends, the level reached) of the straight move of xs[lo:hi]
+    that covers `steps`, if it explains them better than they do by DRIFT_PRICE ln n noise
+    variances; None if they are steps.
+
+    The move starts after a level of at least half DRIFT_MIN_RUNS points (or at the series'
+    start: a trend from the first run, which the caller names no change) and ends before one
+    as long, or where the stretch ends.
+    """
+    edges = [lo, *steps, hi]
+    staircase = sum(sums.flat(a, b) for a, b in zip(edges, edges[1:]))
+    first, last, flat = steps[0], steps[-1], _DRIFT_MIN_RUNS // 2
+    starts = range(lo + 1 if lo == 0 else lo + flat, first + 1)
+    ends = [*range(last + 1, hi - flat + 1), hi]
+    grid = max(1, (hi - lo) // 40)
+    coarse = min(
+        ((sums.ramp(lo, s, e, hi)[0], s, e) for s in starts[::grid] for e in ends[::grid]),
+        default=None,
+    )
+    if coarse is None:
+        return None  # no level before it to start from
+    _, s0, e0 = coarse
+    best = min(
+        (sums.ramp(lo, s, e, hi)[0], s, e)
+        for s in starts
+        if abs(s - s0) <= grid
+        for e in ends
+        if abs(e - e0) <= grid
+    )
+    cost, s, e = best
+    price = math.log(hi - lo) * sigma * sigma
+    if e - s < _DRIFT_MIN_RUNS or staircase - cost < _DRIFT_PRICE * price:
+        return None
+    _, start, reached = sums.ramp(lo, s, e, hi)
+    # A straight move's runs lie between its levels; a step fitted as one (slow runs beside
+    # it, a noisy edge) has them at either level.
+    low, high = sorted((start, reached))
+    margin = (high - low) / 5
+    between = sum(low + margin < y < high - margin for y in sums.ys[s:e])
+    return (s, e, reached) if 3 * between >= e - s else None
+
+
+def _partition(xs: list[float]) -> list[int]:
+    """Where the levels of xs change, before each step is placed exactly and weighed.
+
+    Binary segmentation and the window steps propose; the optimal partition picks. Where the
+    points left about their levels still follow each other (a trend, a swell, a random walk:
+    each point's deviation carries on into the next), they carry less evidence than their
+    number says, and the partition is asked again with each change priced by that memory,
+    (1 + rho) / (1 - rho) times, and the noise measured about the levels, not between
+    neighbours: a slow curve is not a staircase. CI noise has no memory; steps are unmoved.
+    """
+    splits: list[int] = []
+    _split(xs, 0, len(xs), splits)
+    if len(xs) < 2 * _CHANGE_MIN_SEGMENT:
+        return splits
+    sigma = _noise_sigma(xs)
+    candidates = {*_strongest(xs, splits, _MAX_CANDIDATES), *_window_steps(xs, sigma)}
+    penalty = _PARTITION_PENALTY * math.log(len(xs))
+    bounds = _optimal_partition(xs, candidates, sigma, penalty)
+    for _ in range(3):  # the memory left by fewer levels is longer: ask again, a few times
+        rho, scale = _residual_memory(xs, bounds)
+        if rho <= _MEMORY_FLOOR:
+            break
+        fewer = _optimal_partition(xs, candidates, scale, penalty * (1 + rho) / (1 - rho))
+        if fewer == bounds:
+            break
+        bounds = fewer
+    return bounds
+
+
+def _strongest(xs: list[float], splits: list[int], limit: int) -> list[int]:
+    """The `limit` splits with the tallest steps between the ten points either side: a ramp
+    cut by binary segmentation has dozens, and the partition's cost grows with their square."""
+    if len(splits) <= limit:
+        return splits
+    w = _CHANGE_MIN_SEGMENT
+
+    def height(t: int) -> float:
+        return abs(_median(xs[t : t + w]) - _median(xs[max(0, t - w) : t]))
+
+    return sorted(splits, key=height, reverse=True)[:limit]
+
+
+def _residual_memory(xs: list[float], bounds: list[int]) -> tuple[float, float]:
+    """How much each point's deviation from its level carries over to the next one (the lag-1
+    autocorrelation of the residuals, each clipped at three robust SDs), and their robust SD."""
+    edges = [0, *bounds, len(xs)]
+    residuals: list[list[float]] = []
+    for a, b in zip(edges, edges[1:]):
+        middle = _median(xs[a:b])
+        residuals.append([x - middle for x in xs[a:b]])
+    flat = [r for level in residuals for r in level]
+    scale = 1.4826 * _median(abs(r) for r in flat) or 1e-12
+    top = 3 * scale
+    clipped = [[max(-top, min(top, r)) for r in level] for level in residuals]
+    lagged = sum(a * b for level in clipped for a, b in zip(level, level[1:]))
+    total = sum(r * r for level in clipped for r in level) or 1e-300
+    return min(max(lagged / total, 0.0), 0.99), scale
+
+
+def _winsorized(xs: Sequence[float], sigma: float, slow: int) -> list[float]:
+    """xs for a least-squares fit: a slow run (over three noise SDs beyond the median of the
+    nine points around it, on the slow side) replaced by that median, as it tells nothing of
+    the level; any other point kept within three SDs of it."""
+    out = []
+    for i, x in enumerate(xs):
+        middle = _median(xs[max(0, i - 4) : i + 5])
+        if (x - middle) * slow > 3 * sigma:
+            x = middle
+        out.append(min(max(x, middle - 3 * sigma), middle + 3 * sigma))
+    return out
 
 
 def _mad(xs: Sequence[float]) -> float:
@@ -3163,7 +3394,9 @@ def _window_steps(xs: Sequence[float], sigma: float) -> list[int]:
     return sorted(sorted(peaks, key=height.__getitem__, reverse=True)[:_MAX_CANDIDATES])
 
 
-def _optimal_partition(xs: Sequence[float], candidates: set[int], sigma: float) -> list[int]:
+def _optimal_partition(
+    xs: Sequence[float], candidates: set[int], sigma: float, penalty: float
+) -> list[int]:
     """The candidates that split xs best: least clipped absolute deviation from each level's
     median (in noise SDs), plus a price of PARTITION_PENALTY ln(n) a change; exact, by dynamic
     programming over the candidates (few: the series' own steps, not its points)."""
@@ -3173,7 +3406,6 @@ def _optimal_partition(xs: Sequence[float], candidates: set[int], sigma: float) 
         *sorted(c for c in candidates if _CHANGE_MIN_SEGMENT <= c <= n - _CHANGE_MIN_SEGMENT),
         n,
     ]
-    penalty = _PARTITION_PENALTY * math.log(n)
 
     def cost(a: int, b: int) -> float:
         level = xs[edges[a] : edges[b]]
@@ -3193,13 +3425,14 @@ def _optimal_partition(xs: Sequence[float], candidates: set[int], sigma: float) 
     return sorted(chosen)
 
 
-def _tail_change(xs: list[float], bounds: list[int], threshold: float) -> int | None:
+def _tail_change(xs: list[float], bounds: list[int], threshold: float, slow: int) -> int | None:
     """Where a new level starts among the newest points, while it is too short for the rank
     test (under twice its minimum): None if nothing has changed there.
 
-    A tail of at least TAIL_MIN points counts when every one of them lies on the same side of
-    the level before, beyond TAIL_SIGMAS of its noise (1.4826 MAD, robust to the slow
-    outliers in it), their median differs by the threshold or more, and they scatter no more
+    A tail of at least TAIL_MIN points counts when its points lie on the same side of the
+    level before, beyond TAIL_SIGMAS of its noise (1.4826 MAD, robust to the slow outliers in
+    it) and nearer their own median than that level, their median differs by the threshold or
+    more, and they scatter no more
     than TAIL_SPREAD times the level does (slow runs scatter; a new level does not). One slow run in
     twenty makes four in a row beyond the noise once in 2.8e5 checks; a real step of 10 % in
     3 % noise shows in four runs two times in three. The longest such tail is taken.
@@ -3211,11 +3444,19 @@ def _tail_change(xs: list[float], bounds: list[int], threshold: float) -> int | 
         start = n - k
         baseline, tail = xs[max(last, start - _TAIL_BASELINE) : start], xs[start:]
         level, spread = _median(baseline), _mad(baseline)
-        noise = _TAIL_SIGMAS * 1.4826 * spread
-        above = all(x - level > noise for x in tail)
+        noise, middle = _TAIL_SIGMAS * 1.4826 * spread, _median(tail)
+        side = 1 if middle > level else -1
+        # Beyond the noise, and nearer the new level than the old: a last fair run that lies
+        # low at the edge of a step is not its first run.
+        fits = [(x - level) * side > noise and abs(x - middle) < abs(x - level) for x in tail]
+        # A slow run among the new level's (beyond it on the slow side, `slow` 1 where higher
+        # is slower) may break the run of fits after its first, one in two beyond TAIL_MIN.
+        slow_runs = [not fit and (x - middle) * slow > noise for x, fit in zip(tail, fits)]
         if (
-            (above or all(level - x > noise for x in tail))
-            and abs(_relative(level, _median(tail))) >= threshold
+            fits[0]
+            and all(fit or was_slow for fit, was_slow in zip(fits, slow_runs))
+            and sum(slow_runs) <= (k - _TAIL_MIN) // 2
+            and abs(_relative(level, middle)) >= threshold
             # A new level is as steady as the old one; slow runs scatter (1.3-2x).
             and _mad(tail) <= _TAIL_SPREAD * spread
         ):
@@ -3232,23 +3473,84 @@ def series_changes(series: Series, better: str, threshold: float) -> list[Change
     return [dataclasses.replace(c, index=c.index + skipped) for c in found]
 
 
+_MARK_REACH = 5  #: runs a change may move as runs arrive and keep what was said of it
+
+
 def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Change]:
     """The change points of a snapshot of `metric`: its excluded points left out (indexes
-    still count them), each marked accepted or provisional."""
+    still count them), each with what an admin said of it (accepted, dismissed), whether it
+    is provisional, and its suspect window: the last run of the old level and the first off
+    it, with their commits, and the commits between them where the job URL names a repository.
+
+    What was said binds to the change, not to its exact time: a change point found four runs
+    in may settle a run or two off as more come, and a mark within MARK_REACH runs of it (and
+    nearer it than its neighbours) still holds.
+    """
     mask = metric.marks.excluded(series.times)
     kept = range(len(series))
     if mask is not None:
         kept = [i for i, excluded in enumerate(mask) if not excluded]
         series = metric.kept(series)
-    return [
-        dataclasses.replace(
-            c,
-            index=kept[c.index],
-            accepted=c.t in metric.marks.accepted,
-            provisional=len(kept) - c.index < 2 * _CHANGE_MIN_SEGMENT,
+    found = series_changes(series, metric.better, threshold)
+    seconds = [t // US for t in series.times]
+    out = []
+    for k, c in enumerate(found):
+        first, last = _mark_reach(found, k, len(series))
+        reach = (seconds[first], seconds[last])
+        good, bad = series.origin(c.index - 1), series.origin(c.index)
+        out.append(
+            dataclasses.replace(
+                c,
+                index=kept[c.index],
+                accepted=any(reach[0] <= t <= reach[1] for t in metric.marks.accepted),
+                dismissed=any(reach[0] <= t <= reach[1] for t in metric.marks.dismissed),
+                reach=reach,
+                provisional=len(kept) - c.index < 2 * _CHANGE_MIN_SEGMENT,
+                last_good=(seconds[c.index - 1], good.commit),
+                first_bad=(c.t, bad.commit),
+                compare_url=_compare_url(series.metadata(c.index), good, bad),
+            )
         )
-        for c in series_changes(series, metric.better, threshold)
-    ]
+    return out
+
+
+def standing(found: Sequence[Change]) -> Change | None:
+    """The newest change point not dismissed as noise: the one that says whether a metric is
+    regressed (a dismissed one leaves the level where it was)."""
+    return next((c for c in reversed(found) if not c.dismissed), None)
+
+
+def _mark_reach(found: Sequence[Change], k: int, n: int) -> tuple[int, int]:
+    """The points whose marks bind to change k: MARK_REACH runs either side of its move, and
+    nearer it than its neighbours."""
+    c = found[k]
+    first, last = c.index - _MARK_REACH, c.index + c.runs - 1 + _MARK_REACH
+    if k:
+        before = found[k - 1]
+        first = max(first, (before.index + before.runs - 1 + c.index) // 2 + 1)
+    if k + 1 < len(found):
+        last = min(last, (c.index + c.runs - 1 + found[k + 1].index) // 2)
+    return max(first, 0), min(last, n - 1)
+
+
+#: Where a CI job's URL names its repository, and how that repository shows the commits
+#: between two: GitHub's (and GitHub Enterprise's) Actions runs, GitLab's jobs and pipelines.
+_COMPARE_URLS = (
+    (_Regex(r"(https?://[^/\s]+/[^/\s]+/[^/\s]+)/actions/runs/"), "{repo}/compare/{good}...{bad}"),
+    (_Regex(r"(https?://\S+?)/-/(?:jobs|pipelines)/"), "{repo}/-/compare/{good}...{bad}"),
+)
+
+
+def _compare_url(meta: str, good: Origin, bad: Origin) -> str | None:
+    """The page of the commits from `good` to `bad`, where the job URL in `meta` names a
+    GitHub or GitLab repository and both commits are known."""
+    if not (good.commit and bad.commit) or good.commit == bad.commit:
+        return None
+    for pattern, template in _COMPARE_URLS:
+        found = pattern.search(meta)
+        if found:
+            return template.format(repo=found.group(1), good=good.commit, bad=bad.commit)
+    return None
 
 
 def _relative(before: float, after: float) -> float:
@@ -3305,26 +3607,33 @@ def _ranks(values: list[float]) -> list[float]:
     return ranks
 
 
-def _refine(xs: list[float], lo: int, hi: int, at: int) -> int:
+def _refine(
+    xs: list[float], lo: int, hi: int, at: int, margin: int = _CHANGE_MIN_SEGMENT, slow: int = 0
+) -> int:
     """Move a split to where the two sides sit closest to their medians (least L1 cost).
 
     The medians are taken once, at the split as found: moving it a few points barely moves
     them, so the cost of each nearby position is a running sum over the points it passes.
     """
-    first = max(lo + _CHANGE_MIN_SEGMENT, at - _CHANGE_REFINE)
-    last = min(hi - _CHANGE_MIN_SEGMENT, at + _CHANGE_REFINE)
+    first = max(lo + margin, at - _CHANGE_REFINE)
+    last = min(hi - margin, at + _CHANGE_REFINE)
     left, right = _median(xs[lo:at]), _median(xs[at:hi])
+    # (Beyond half the step and three noise SDs: fair runs of a level scatter that far.)
+    noise = 3 * 1.4826 * _mad(xs[max(lo, at - _TAIL_BASELINE) : at])
+    reach = max(abs(right - left) / 2, noise) if slow else math.inf
     best, best_key, cost = first, (0.0, abs(first - at)), 0.0
     for t in range(first + 1, last + 1):
         x = xs[t - 1]  # moves from the right side to the left as the split passes it
-        cost += abs(x - left) - abs(x - right)
+        # A slow run far beyond both levels tells nothing of which one it belongs to.
+        if min((x - left) * slow, (x - right) * slow) <= reach:
+            cost += abs(x - left) - abs(x - right)
         key = (cost, abs(t - at))
         if key < best_key:
             best, best_key = t, key
     return best
 
 
-def _settle(xs: list[float], bounds: list[int]) -> list[int]:
+def _settle(xs: list[float], bounds: list[int], slow: int) -> list[int]:
     """Move each change to its best place between its final neighbours.
 
     A split found in a long stretch leans towards the stretch's middle (the rank statistic
@@ -3334,7 +3643,9 @@ def _settle(xs: list[float], bounds: list[int]) -> list[int]:
     for k, at in enumerate(bounds):
         lo = bounds[k - 1] if k else 0
         hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
-        while (moved := _refine(xs, lo, hi, at)) != at and abs(moved - at) >= _CHANGE_REFINE:
+        while (moved := _refine(xs, lo, hi, at, _TAIL_MIN, slow)) != at and abs(
+            moved - at
+        ) >= _CHANGE_REFINE:
             at = moved  # it hit the edge of the search window: look further that way
         bounds[k] = moved
     return bounds
@@ -3732,6 +4043,7 @@ a .point { cursor: pointer; }
 .change line { stroke-width: 1.5; stroke-dasharray: 5 4; }
 .change text { font-size: 11px; font-weight: 600; stroke: none; }
 .change.accepted line { stroke-dasharray: 2 4; opacity: .6; } .change.accepted text { opacity: .7; }
+.change.dismissed line { stroke: #9ca3af; stroke-dasharray: 2 4; } .change.dismissed text { fill: #9ca3af; }
 .regression line { stroke: #c62828; } .regression text { fill: #c62828; }
 .improvement line { stroke: #2e7d32; } .improvement text { fill: #2e7d32; }
 @media (prefers-color-scheme: dark) {
@@ -3923,9 +4235,26 @@ def format_duration(seconds: float) -> str:
     return sign + " ".join(f"{n}{unit}" for n, unit in parts if n or (n, unit) == parts[0])
 
 
-def _percent(change: float | None) -> str:
-    """A relative change as a percentage; None is a change from a level of zero."""
-    return "from 0" if change is None else f"{change * 100:+.1f} %"
+def _percent(change: float | None, before: float = 0.0) -> str:
+    """A relative change as a percentage; None (or not finite) is a change from a level of
+    zero, or across it (from `before`)."""
+    if change is not None and math.isfinite(change):
+        return f"{change * 100:+.1f} %"
+    return "from 0" if before == 0 else "across 0"
+
+
+def suspect_window(change: dict[str, Any]) -> str:
+    """A change's suspect window as a line reads it (from its JSON: the webhook's text and
+    `metric check` say it): the last good run and the first bad one, their commits, and the
+    page of the commits between them where it is known."""
+    runs = []
+    for word in ("last_good", "first_bad"):
+        run = change.get(word)
+        if run:
+            commit = f" {run['commit'][:12]}" if run.get("commit") else ""
+            runs.append(f"{word.replace('_', ' ')} {format_time(run['t'])}{commit}")
+    url = change.get("compare_url")
+    return ", ".join(runs) + (f" ({url})" if url else "")
 
 
 def format_value(value: float, unit: str) -> str:
@@ -4324,25 +4653,34 @@ def _draw_change(
     label_y: float,
     named: bool,
 ) -> None:
-    """A dashed line where a new level starts, labelled with its relative change."""
-    accepted = " accepted" if change.accepted else ""
-    group = dwg.g(class_=f"change {colour or change.kind}{accepted}")
+    """A dashed line where a new level starts, labelled with its relative change; its tooltip
+    tells the suspect window, and a click opens the commits in it where they are known."""
+    said = " accepted" if change.accepted else " dismissed" if change.dismissed else ""
+    group = dwg.g(class_=f"change {colour or change.kind}{said}")
     group.attribs["data-kind"] = change.kind
-    label = f"{change.change * 100:+.0f} %" if math.isfinite(change.change) else change.kind
-    if change.accepted:
-        label += " accepted"
+    finite = math.isfinite(change.change)
+    size = f"{change.change * 100:+.0f} %" if finite else _percent(None, change.before)
+    label = (size if finite else change.kind) + " drift" * (change.shape == "drift") + said
     unit = s.unit
-    group.set_desc(
-        title=(
-            (f"{s.name}: " if named else "")
-            + f"{change.kind} of {label} from {format_time(change.t)}"
-            + (" (accepted as intended)" if change.accepted else "")
-            + "\n"
-            f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)"
-        )
-    )
+    lines = [
+        (f"{s.name}: " if named else "")
+        + f"{change.kind} of {size} from {format_time(change.t)}"
+        + (f", a drift over {change.runs} runs" if change.shape == "drift" else "")
+        + (" (accepted as intended)" if change.accepted else "")
+        + (" (dismissed as noise)" if change.dismissed else ""),
+        f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)",
+    ]
+    for word, run in (("last good", change.last_good), ("first bad", change.first_bad)):
+        if run:
+            lines.append(f"{word}: {format_time(run[0])}" + (f" {run[1][:12]}" if run[1] else ""))
+    group.set_desc(title="\n".join(lines))
     group.add(dwg.line((x, top), (x, bottom)))
     group.add(dwg.text(label, insert=(x + 3, label_y)))
+    if change.compare_url:
+        link = dwg.a(href=change.compare_url, target="_blank")
+        link.attribs["rel"] = "noopener noreferrer"
+        link.add(group)
+        group = link
     dwg.add(group)
 
 
@@ -5090,6 +5428,7 @@ def _metric_link(text: str) -> tuple[list[str], dict[str, str]]:
 _BOARD_WINDOW = 250  #: a board looks for change points among this many newest points a metric
 _SPARK_POINTS = 48  #: points a sparkline draws
 _RECENT_LEVEL = 20  #: the latest value is compared with the median of this many before it
+_ALERT_DAYS = 90  #: the alert record (GET /a/, the board) counts the regressions this recent
 _OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _MEASURE_SUFFIX_RE = _Regex(r" \([^()]*\)$")  #: " (B/op)": what a harness measured besides time
 
@@ -5210,7 +5549,7 @@ def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
     window = metric.series.snapshot(last=_BOARD_WINDOW)
     values = window.values
     found = changes.get(metric, window, DEFAULT_CHANGE_THRESHOLD) if len(window) else []
-    newest = found[-1] if found else None
+    newest = standing(found)
     if newest is not None:
         newest = dataclasses.replace(newest, index=newest.index + count - len(window))
     before = metric.kept(window).values[-_RECENT_LEVEL - 1 : -1]
@@ -5222,6 +5561,31 @@ def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
         latest_meta=window.metadata(len(window) - 1) if len(window) else "",
         level=_median(before) if before else None,
         newest=newest,
+    )
+
+
+def alert_record(metrics: Iterable[Metric], changes: _ChangeCache, now: float) -> dict[str, int]:
+    """How the regressions PerfIt named in the last ALERT_DAYS fared: said to be meant
+    (accepted), said to be noise (dismissed), or neither (real, as far as anyone said)."""
+    named = accepted = dismissed = 0
+    for metric in metrics:
+        recent = metric.series.snapshot(now - _ALERT_DAYS * 86400)
+        found = changes.get(metric, recent, DEFAULT_CHANGE_THRESHOLD) if len(recent) else []
+        for c in found:
+            if c.kind == "regression":
+                named += 1
+                dismissed += c.dismissed
+                accepted += c.accepted and not c.dismissed
+    return {"named": named, "accepted": accepted, "dismissed": dismissed}
+
+
+def alert_words(alerts: dict[str, int]) -> str:
+    """The alert record as the board says it."""
+    named, meant, noise = alerts["named"], alerts["accepted"], alerts["dismissed"]
+    real = named - meant - noise
+    return (
+        f"{named} regression{'s' * (named != 1)} named in {_ALERT_DAYS} days: "
+        f"{real} real, {meant} meant, {noise} dismissed as noise"
     )
 
 
@@ -5330,8 +5694,8 @@ class Notifier:
         url = self.store.index.webhooks.get(metric.account)
         snapshot = metric.series.snapshot(last=_CHANGE_WINDOW)
         found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
-        newest = found[-1] if found else None
-        if url is None or newest is None or newest.kind != "regression" or newest.accepted:
+        newest = standing(found)
+        if url is None or newest is None or not newest.alarming:
             return
         # Told already: a change found four runs in may settle a few runs off as more come.
         since = snapshot.times[max(0, newest.index - _NOTIFIED_SLACK)] // US
@@ -5368,14 +5732,17 @@ def regression_message(metric: Metric, change: Change, base_url: str) -> dict[st
         format_value(change.before, metric.unit),
         format_value(change.after, metric.unit),
     )
+    doc = change.to_json()
+    drift = f", a drift over {change.runs} runs" if change.shape == "drift" else ""
     text = (
-        f"PerfIt: regression in {name}: {_percent(change.to_json()['change'])} "
-        f"(median {before} -> {after}) since {format_time(change.t)}: {page}"
+        f"PerfIt: regression in {name}: {_percent(change.change, change.before)} "
+        f"(median {before} -> {after}) since {format_time(change.t)}{drift}; "
+        f"{suspect_window(doc)}: {page}"
     )
     return {
         "text": text,
         "metric": {"metric_id": b64encode(metric.id), "name": metric.name, "unit": metric.unit},
-        "change": change.to_json(),
+        "change": doc,
         "links": {"page": page, "chart": f"{page}.svg", "changes": f"{page}/changes"},
     }
 
@@ -5759,7 +6126,7 @@ _BOARD_SCRIPT = """
 </script>"""
 
 
-def _render_board_page(rows: Sequence[BoardRow], board_id: str) -> str:
+def _render_board_page(rows: Sequence[BoardRow], board_id: str, alerts: dict[str, int]) -> str:
     """The board: one table per name group, a row per metric; a box filters them by name."""
     groups: dict[str, list[str]] = {}
     for row in rows:
@@ -5773,7 +6140,7 @@ def _render_board_page(rows: Sequence[BoardRow], board_id: str) -> str:
         for i, (group, lines) in enumerate(groups.items())
     ]
     regressed = sum(r.state == "regression" for r in rows)
-    summary = f"{len(rows)} metric(s) · {regressed} regressed"
+    summary = f"{len(rows)} metric(s) · {regressed} regressed · {alert_words(alerts)}"
     newest = max((r.latest_t for r in rows if r.latest_t is not None), default=None)
     if newest is not None:
         summary += f" · newest point {format_time(newest)}"
@@ -5795,7 +6162,7 @@ def _board_table_row(row: BoardRow) -> str:
     if row.newest is not None:
         c = row.newest
         newest = (
-            f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.to_json()["change"])}'
+            f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.change, c.before)}'
             f' <span class="muted when" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
         )
     return (
@@ -6310,9 +6677,10 @@ def _off_main(web: _Web, account: bytes, branch: str) -> dict[str, Any]:
 def _show_account(web: _Web, caller: Principal) -> Any:
     """The caller's account: its board and its metrics."""
     index = web.store.index
+    owned = list(index.by_account.get(caller.account, ()))
     metrics = [
         {"metric_id": b64encode(m.id), "name": m.name, "unit": m.unit, "better": m.better}
-        for m in index.by_account.get(caller.account, ())
+        for m in owned
     ]
     return json_response(
         {
@@ -6320,6 +6688,7 @@ def _show_account(web: _Web, caller: Principal) -> Any:
             "board_id": b64encode(index.board_of[caller.account]),
             "webhook": index.webhooks.get(caller.account),
             "main_branch": index.main_branch(caller.account),
+            "alerts": alert_record(owned, web.changes, time.time()),
             "metrics": metrics,
         }
     )
@@ -6371,14 +6740,22 @@ def _board_or_404(web: _Web, board_id: str) -> list[Metric]:
 
 def _show_board(web: _Web, board_id: str) -> Any:
     """The board: every metric of the account, its trend and its newest change."""
-    rows = board_rows(_board_or_404(web, board_id), web.changes)
-    return _answer(_render_board_page(rows, board_id), headers={"Content-Type": _HTML_TYPE})
+    metrics = _board_or_404(web, board_id)
+    rows = board_rows(metrics, web.changes)
+    alerts = alert_record(metrics, web.changes, time.time())
+    page = _render_board_page(rows, board_id, alerts)
+    return _answer(page, headers={"Content-Type": _HTML_TYPE})
 
 
 def _show_board_json(web: _Web, board_id: str) -> Any:
     """The board's data: each metric's latest value, recent change and newest change point."""
-    rows = board_rows(_board_or_404(web, board_id), web.changes)
-    doc = {"board_id": board_id, "metrics": [row.to_json() for row in rows]}
+    metrics = _board_or_404(web, board_id)
+    rows = board_rows(metrics, web.changes)
+    doc = {
+        "board_id": board_id,
+        "alerts": alert_record(metrics, web.changes, time.time()),
+        "metrics": [row.to_json() for row in rows],
+    }
     return _cached(json.dumps(doc, separators=(",", ":")), "application/json", {})
 
 
@@ -6399,14 +6776,39 @@ def _show_metric_metrics(web: _Web, ids: str) -> Any:
 
 def _accept_change(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     """Accept a change point as intended: `metric check` passes it."""
+    return _say_of_change(web, caller, body, metric_id, "accept")
+
+
+def _dismiss_change(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Dismiss a change point as noise: no regression for checks, the board or webhooks."""
+    return _say_of_change(web, caller, body, metric_id, "dismiss")
+
+
+def _undismiss_change(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
+    """Take a dismissal back."""
+    return _say_of_change(web, caller, body, metric_id, "undismiss")
+
+
+def _say_of_change(web: _Web, caller: Principal, body: Any, metric_id: str, kind: str) -> Any:
+    """Record what an admin says of the change point at `t` (as /changes lists it); answer
+    the change as it now reads."""
     metric = _owned_metric(web, metric_id, caller)
     t = _unix_field(_body_object(body, ("t",)), "t")
+    lo, hi = _change_at(web, metric, t).reach or (t, t)
+    # A dismissal said when the change sat a run or two away is taken back too.
+    said = [m for m in metric.marks.dismissed if lo <= m <= hi] if kind == "undismiss" else [t]
+    for mark in said:
+        web.store.mark(metric.id, kind, mark * US, mark * US)
+    return json_response(_change_at(web, metric, t).to_json())
+
+
+def _change_at(web: _Web, metric: Metric, t: int) -> Change:
+    """The change point at `t` (its time as /changes lists it)."""
     found = web.changes.get(metric, metric.series.snapshot(), DEFAULT_CHANGE_THRESHOLD)
-    if not any(c.t == t for c in found):
-        raise NotFound(f"the metric has no change point at t={t}; GET /m/ID/changes lists them")
-    web.store.mark(metric.id, "accept", t * US, t * US)
-    found = web.changes.get(metric, metric.series.snapshot(), DEFAULT_CHANGE_THRESHOLD)
-    return json_response(next(c for c in found if c.t == t).to_json())
+    for c in found:
+        if c.t == t:
+            return c
+    raise NotFound(f"the metric has no change point at t={t}; GET /m/ID/changes lists them")
 
 
 def _exclude_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
@@ -6763,6 +7165,17 @@ _ADMIN_ROUTES = (
     ),
     Route("DELETE", f"/m/{_ID}", _delete_metric, _json_answer("Deleted"), ("admin",)),
     Route("POST", f"/m/{_ID}/accept", _accept_change, _json_answer("Change"), ("admin",), "Accept"),
+    Route(
+        "POST", f"/m/{_ID}/dismiss", _dismiss_change, _json_answer("Change"), ("admin",), "Accept"
+    ),
+    Route(
+        "POST",
+        f"/m/{_ID}/undismiss",
+        _undismiss_change,
+        _json_answer("Change"),
+        ("admin",),
+        "Accept",
+    ),
     Route("POST", f"/m/{_ID}/exclude", _exclude_points, _json_answer("Marked"), ("admin",), "Span"),
     Route("POST", f"/m/{_ID}/include", _include_points, _json_answer("Marked"), ("admin",), "Span"),
     Route(
@@ -6919,18 +7332,50 @@ _POINT = _object(
     },
     ["t", "v"],
 )
+_SUSPECT_RUN = _object({"t": _UNIX, "commit": _COMMIT}, ["t"])
 _CHANGE = _object(
     {
         "t": {**_UNIX, "description": "Unix seconds of the first point of the new level."},
         "index": {"type": "integer", "description": "That point's place in the range's points."},
         "before": {"type": "number", "description": "Median of the level before."},
         "after": {"type": "number", "description": "Median of the level after."},
-        "change": {**_number("Relative: 0.25 is +25 %; null from a level of 0."), "nullable": True},
+        "change": {
+            **_number("Relative: 0.25 is +25 %; null from a level of 0, or across 0."),
+            "nullable": True,
+        },
         "kind": {"type": "string", "enum": ["regression", "improvement"]},
         "accepted": {"type": "boolean", "description": "An admin said it was meant."},
+        "dismissed": {"type": "boolean", "description": "An admin said it was noise."},
         "provisional": {"type": "boolean", "description": "The new level is still short."},
+        "shape": {
+            "type": "string",
+            "enum": ["step", "drift"],
+            "description": "drift: the level moved steadily over `runs` runs.",
+        },
+        "runs": {"type": "integer", "minimum": 1, "description": "Runs the move took."},
+        "last_good": {**_SUSPECT_RUN, "description": "The last run of the old level."},
+        "first_bad": {**_SUSPECT_RUN, "description": "The first run off it (`t`)."},
+        "compare_url": {
+            "type": "string",
+            "description": "The commits between the two, where the job URL (metadata) names a "
+            "GitHub or GitLab repository.",
+        },
     },
-    ["t", "index", "before", "after", "change", "kind", "accepted", "provisional"],
+    [
+        "t",
+        "index",
+        "before",
+        "after",
+        "change",
+        "kind",
+        "accepted",
+        "dismissed",
+        "provisional",
+        "shape",
+        "runs",
+        "last_good",
+        "first_bad",
+    ],
 )
 _NEW_POINT = {
     "value": _number("A finite number."),
@@ -9074,8 +9519,10 @@ def _cmd_metric_check(args: argparse.Namespace) -> int:
 
 
 def _regressed(changes: list[dict[str, Any]]) -> bool:
-    """Whether the newest change point is a regression nobody accepted."""
-    return bool(changes) and changes[-1]["kind"] == "regression" and not changes[-1].get("accepted")
+    """Whether the newest change point not dismissed as noise is a regression nobody
+    accepted (Change.alarming, read from /changes)."""
+    real = [c for c in changes if not c.get("dismissed")]
+    return bool(real) and real[-1]["kind"] == "regression" and not real[-1].get("accepted")
 
 
 def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
@@ -9085,18 +9532,26 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
     lines = [f"{metric}: {len(changes)} change point(s), oldest first:"]
     for c in changes:
         before, after = format_value(c["before"], unit), format_value(c["after"], unit)
-        notes = "".join(f", {k}" for k in ("accepted", "provisional") if c.get(k))
+        notes = "".join(f", {k}" for k in ("accepted", "dismissed", "provisional") if c.get(k))
+        if c.get("shape") == "drift":
+            notes += f", a drift over {c['runs']} runs"
         lines.append(
-            f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change']):>8}  "
+            f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change'], c['before']):>8}  "
             f"(median {before} -> {after}, point {c['index']}{notes}, t={c['t']})"
         )
-    newest = changes[-1]
+    real = [c for c in changes if not c.get("dismissed")]
+    if not real:
+        lines.append(f"{metric}: ok: every change was dismissed as noise")
+        return "\n".join(lines)
+    newest = real[-1]
     verdict = "REGRESSED" if _regressed(changes) else "ok"
     accepted = " (accepted as intended)" if newest.get("accepted") else ""
     lines.append(
         f"{metric}: {verdict}: the newest change is a {newest['kind']} "
-        f"of {_percent(newest['change'])}{accepted}"
+        f"of {_percent(newest['change'], newest['before'])}{accepted}"
     )
+    if verdict == "REGRESSED" and suspect_window(newest):
+        lines.append(f"  suspects: {suspect_window(newest)}")
     return "\n".join(lines)
 
 

@@ -3751,6 +3751,7 @@ def test_a_webhook_hears_of_a_new_regression_once(url: str, account: Account) ->
     assert (method, path, headers["Content-Type"]) == ("POST", "/slack", "application/json")
     message = json.loads(body)
     assert message["text"].startswith("PerfIt: regression in suite: +25.0 %")
+    assert "; last good 20" in message["text"] and ", first bad 20" in message["text"]
     assert message["text"].endswith(f"/m/{metric}") and message["links"]["page"].endswith(
         f"/m/{metric}"
     )
@@ -4022,10 +4023,19 @@ def test_changes_route_reports_the_step_with_its_time(url: str, account: Account
         "change",
         "kind",
         "accepted",
+        "dismissed",
         "provisional",
+        "shape",
+        "runs",
+        "last_good",
+        "first_bad",
     }
-    assert (change["accepted"], change["provisional"]) == (False, False)
+    assert (change["accepted"], change["dismissed"], change["provisional"]) == (False,) * 3
+    assert (change["shape"], change["runs"]) == ("step", 1)
     assert abs(change["index"] - 120) <= 3 and change["t"] == start + 3600 * change["index"]
+    # The suspect window: the run before the step and its first (no commits were posted).
+    assert change["last_good"] == {"t": change["t"] - 3600}
+    assert change["first_bad"] == {"t": change["t"]}
     assert change["kind"] == "regression" and change["change"] == pytest.approx(0.25, abs=0.03)
     # The same time range as the chart: before the step, nothing changed.
     assert ok_json("GET", f"{url}/m/{mid}/changes?end-rel=100h") == []
@@ -4414,6 +4424,8 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
         ("POST", "/r/"),
         ("POST", "/m/{id}/points"),
         ("POST", "/m/{id}/accept"),
+        ("POST", "/m/{id}/dismiss"),
+        ("POST", "/m/{id}/undismiss"),
         ("POST", "/m/{id}/exclude"),
         ("POST", "/m/{id}/include"),
         ("GET", "/t/"),
