@@ -3218,20 +3218,24 @@ def _moves(
     """Each change as (its first run off the old level, its first run at the new one, the two
     levels): the same run for a step. Changes the same way in a row that one straight move
     explains better (a cache that grows, a dataset that grows) become one drift; a drift from
-    the series' first runs has no level before it and is no change. Only the first `settled`
-    bounds can be drifts: a new level named by the newest few runs is a step until it is not."""
+    the series' first runs has no level before it and is no change. A drift starts at one of
+    the first `settled` bounds: a new level named by the newest few runs is a step until it
+    has lasted (or it carries on a drift already under way)."""
     n = len(xs)
     if not bounds:
         return []
-    sigma = _noise_sigma(xs)
-    sums = _Sums(_winsorized(xs, sigma, slow))
+    # Fitted in units of the largest value: squares of times near the ends of float range
+    # would overflow (and a NaN cost would compare as a good fit).
+    scale = max(map(abs, xs)) or 1.0
+    sigma = _noise_sigma(xs) / scale
+    sums = _Sums([y / scale for y in _winsorized(xs, sigma * scale, slow)])
     edges = [0, *bounds, n]
     levels = [_median(xs[a:b]) for a, b in zip(edges, edges[1:])]
     up = [b > a for a, b in zip(levels, levels[1:])]
     moves, k = [], 0
     while k < len(bounds):
         j = k
-        while j + 1 < settled and up[j + 1] == up[k]:
+        while k < settled and j + 1 < len(bounds) and up[j + 1] == up[k]:
             j += 1
         lo, hi = edges[k], edges[j + 2]
         drift = _drift(sums, lo, bounds[k : j + 1], hi, sigma) if k < settled else None
@@ -3243,7 +3247,7 @@ def _moves(
             moves.append((bounds[k], bounds[k], levels[k], levels[k + 1]))
         elif drift[0] - lo >= _CHANGE_MIN_SEGMENT or lo > 0:
             s, e, reached = drift
-            after = _median(xs[e:hi]) if hi - e >= _TAIL_MIN else reached
+            after = _median(xs[e:hi]) if hi - e >= _TAIL_MIN else reached * scale
             moves.append((s, e, _median(xs[lo:s]), after))
         k = j + 1
     return moves
@@ -3449,16 +3453,20 @@ def _tail_change(xs: list[float], bounds: list[int], threshold: float, slow: int
         # Beyond the noise, and nearer the new level than the old: a last fair run that lies
         # low at the edge of a step is not its first run.
         fits = [(x - level) * side > noise and abs(x - middle) < abs(x - level) for x in tail]
-        # A slow run among the new level's (beyond it on the slow side, `slow` 1 where higher
-        # is slower) may break the run of fits after its first, one in two beyond TAIL_MIN.
-        slow_runs = [not fit and (x - middle) * slow > noise for x, fit in zip(tail, fits)]
+        # A slow run among the new level's (beyond both levels on the slow side, `slow` 1
+        # where higher is slower) may break the run of fits after its first, one in two
+        # beyond TAIL_MIN.
+        slow_runs = [
+            not fit and min(x - middle, x - level) * slow > noise for x, fit in zip(tail, fits)
+        ]
         if (
             fits[0]
             and all(fit or was_slow for fit, was_slow in zip(fits, slow_runs))
             and sum(slow_runs) <= (k - _TAIL_MIN) // 2
             and abs(_relative(level, middle)) >= threshold
-            # A new level is as steady as the old one; slow runs scatter (1.3-2x).
-            and _mad(tail) <= _TAIL_SPREAD * spread
+            # A new level is as steady as the old one, relative to its size (CI noise is a
+            # share of the time taken); slow runs scatter (1.3-2x).
+            and _mad(tail) * abs(level or 1) <= _TAIL_SPREAD * spread * abs(middle or 1)
         ):
             return start
     return None
@@ -5494,10 +5502,12 @@ class BoardRow:
 
     @property
     def change(self) -> float | None:
-        """The newest value against the recent level (0.1 is +10 %); None without one."""
-        if self.latest is None or self.level is None or self.level == 0:
+        """The newest value against the recent level (0.1 is +10 %); None without one, from a
+        level of 0 or across it, or beyond what a float holds."""
+        if self.latest is None or self.level is None or self.latest * self.level < 0:
             return None
-        return (self.latest - self.level) / abs(self.level)
+        change = _relative(self.level, self.latest)
+        return change if math.isfinite(change) else None
 
     @property
     def state(self) -> str:
@@ -6183,12 +6193,15 @@ def _sparkline(values: Sequence[float], width: int = 240, height: int = 56) -> s
     if not values:
         return ""
     low, high = min(values), max(values)
+    # In units of the largest value: near the ends of float range a difference overflows.
+    scale = max(abs(low), abs(high)) or 1.0
+    lo, hi = low / scale, high / scale
     # At least 10 % of the level from bottom to top: noise of 1 % is a ripple, not a saw.
-    span = max(high - low, abs(high + low) / 2 * 0.1) or 1.0
-    bottom = (low + high - span) / 2
+    span = max(hi - lo, abs(hi + lo) / 2 * 0.1) or 1.0
+    bottom = (lo + hi - span) / 2
     step = (width - 8) / max(1, len(values) - 1)
     points = [
-        (round(4 + i * step), round(height - 6 - (v - bottom) / span * (height - 12)))
+        (round(4 + i * step), round(height - 6 - (v / scale - bottom) / span * (height - 12)))
         for i, v in enumerate(values)
     ]
     line = " ".join(f"{x},{y}" for x, y in points)
@@ -9584,17 +9597,20 @@ def _cmd_metric_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_metric_accept(args: argparse.Namespace) -> int:
-    """metric accept: accept a change point (the newest, unless --at) as intended."""
-    path = _metric_path(args)
+def _cmd_metric_say(args: argparse.Namespace) -> int:
+    """metric accept / dismiss / undismiss: say of a change point (the newest, unless --at;
+    for undismiss the newest dismissed) that it was meant, or noise, or not noise after all."""
+    path, verb = _metric_path(args), args.action
     if args.at:
         t = _when(args.at, "--at")
     else:
         changes = _reader(args).call("GET", f"{path}/changes")
+        if verb == "undismiss":
+            changes = [c for c in changes if c.get("dismissed")]
         if not changes:
-            raise NotFound("the metric has no change point to accept")
+            raise NotFound(f"the metric has no change point to {verb}")
         t = changes[-1]["t"]
-    _print_json(_client(args).call("POST", f"{path}/accept", {"t": t}))
+    _print_json(_client(args).call("POST", f"{path}/{verb}", {"t": t}))
     return EXIT_OK
 
 
@@ -10600,6 +10616,16 @@ _FORMAT_OPTIONS = (
     _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
 )
 
+#: The change that `metric accept`, `dismiss` and `undismiss` speak of.
+_CHANGE_AT = (
+    _Option(
+        "--at",
+        "the change's time (unix seconds or RFC 3339, as `metric check` prints it); default "
+        "the newest",
+        "WHEN",
+    ),
+)
+
 #: The points that `metric exclude` and `include` mark: one second's, or a span's.
 _MARK_OPTIONS = (
     _Option("--at", "the point's time (unix seconds, as /json gives it, or RFC 3339)", "WHEN"),
@@ -10812,13 +10838,24 @@ _METRIC_COMMANDS = (
     ),
     _Command(
         "metric accept",
-        _cmd_metric_accept,
+        _cmd_metric_say,
         "accept a change point as intended, so `metric check` passes it (admin token)",
-        (
-            _Option(
-                "--at", "the change's time (unix seconds or RFC 3339); default the newest", "WHEN"
-            ),
-        ),
+        _CHANGE_AT,
+        _ON_METRIC,
+    ),
+    _Command(
+        "metric dismiss",
+        _cmd_metric_say,
+        "dismiss a change point as noise: no regression for anyone, counted as a false alarm "
+        "(admin token)",
+        _CHANGE_AT,
+        _ON_METRIC,
+    ),
+    _Command(
+        "metric undismiss",
+        _cmd_metric_say,
+        "take a dismissal back (admin token)",
+        _CHANGE_AT,
         _ON_METRIC,
     ),
     _Command(
