@@ -4050,10 +4050,11 @@ svg { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; fon
 a .point { cursor: pointer; }
 .change line { stroke-width: 1.5; stroke-dasharray: 5 4; }
 .change text { font-size: 11px; font-weight: 600; stroke: none; }
+.change rect { stroke: none; opacity: .08; }
 .change.accepted line { stroke-dasharray: 2 4; opacity: .6; } .change.accepted text { opacity: .7; }
 .change.dismissed line { stroke: #9ca3af; stroke-dasharray: 2 4; } .change.dismissed text { fill: #9ca3af; }
-.regression line { stroke: #c62828; } .regression text { fill: #c62828; }
-.improvement line { stroke: #2e7d32; } .improvement text { fill: #2e7d32; }
+.regression line { stroke: #c62828; } .regression text, .regression rect { fill: #c62828; }
+.improvement line { stroke: #2e7d32; } .improvement text, .improvement rect { fill: #2e7d32; }
 @media (prefers-color-scheme: dark) {
   .bg { fill: #0d1117; }
   .frame, .tick { stroke: #8b949e; }
@@ -4063,8 +4064,8 @@ a .point { cursor: pointer; }
   .title { fill: #f0f6fc; }
   .empty { fill: #8b949e; }
   .clamped { stroke: #f0f6fc; }
-  .regression line { stroke: #ff7b72; } .regression text { fill: #ff7b72; }
-  .improvement line { stroke: #56d364; } .improvement text { fill: #56d364; }
+  .regression line { stroke: #ff7b72; } .regression text, .regression rect { fill: #ff7b72; }
+  .improvement line { stroke: #56d364; } .improvement text, .improvement rect { fill: #56d364; }
 }
 @media (max-width: 600px) {
   /* Shown at phone width the chart shrinks to about 0.45x: keep its text readable. */
@@ -4190,7 +4191,8 @@ class ChartSeries:
     #: when reduced: (time, lowest, median, highest) of each pixel column that has points
     columns: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
     #: change points to mark, with the exact time (seconds) where each new level starts
-    changes: list[tuple[float, Change]] = dataclasses.field(default_factory=list)
+    #: (where it starts, the change, where its move ends), times in unix seconds
+    changes: list[tuple[float, Change, float]] = dataclasses.field(default_factory=list)
     excluded: frozenset[float] = frozenset()  #: times (seconds) of points marked excluded
     colour: int | None = None  #: its slot of SERIES_COLOURS; None: its place in the chart
     branch: str = ""  #: a branch's points, drawn dashed over main's line
@@ -4577,9 +4579,10 @@ def render_chart(
         # Alone, a change is coloured by its kind; in an overlay, by its metric (the label and
         # the tooltip still say which kind), its label a line lower than the metric's before.
         colour = s.css(i) if overlay else ""
-        for at, change in s.changes:
+        for at, change, until in s.changes:
             label_y = top + 14 + (20 * (i % 4) if overlay else 0)
-            _draw_change(dwg, change, s, x_of(at), top, bottom, colour, label_y, overlay)
+            x = (x_of(at), x_of(until))
+            _draw_change(dwg, change, s, x, top, bottom, colour, label_y, overlay)
     for i, s in enumerate(series):
         _draw_series(dwg, s, s.css(i), opts, len(series) > 1, x_of, y_of)
     reduced = [s for s in series if s.total > len(s.times)]
@@ -4654,15 +4657,17 @@ def _draw_change(
     dwg: Any,
     change: Change,
     s: ChartSeries,
-    x: float,
+    xs: tuple[float, float],
     top: float,
     bottom: float,
     colour: str,
     label_y: float,
     named: bool,
 ) -> None:
-    """A dashed line where a new level starts, labelled with its relative change; its tooltip
-    tells the suspect window, and a click opens the commits in it where they are known."""
+    """A dashed line where a new level starts (over a drift, a faint band to where it ends),
+    labelled with its relative change; its tooltip tells the suspect window, and a click opens
+    the commits in it where they are known."""
+    x, until = xs
     said = " accepted" if change.accepted else " dismissed" if change.dismissed else ""
     group = dwg.g(class_=f"change {colour or change.kind}{said}")
     group.attribs["data-kind"] = change.kind
@@ -4682,6 +4687,8 @@ def _draw_change(
         if run:
             lines.append(f"{word}: {format_time(run[0])}" + (f" {run[1][:12]}" if run[1] else ""))
     group.set_desc(title="\n".join(lines))
+    if change.shape == "drift" and until > x:
+        group.add(dwg.rect((x, top), (round(until - x, 1), bottom - top)))
     group.add(dwg.line((x, top), (x, bottom)))
     group.add(dwg.text(label, insert=(x + 3, label_y)))
     if change.compare_url:
@@ -4720,7 +4727,11 @@ def chart_document(
             found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         else:
             found = changes.get(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
-        drawn.changes = [(snapshot.times[c.index] / US, c) for c in found]
+        last = len(snapshot) - 1
+        drawn.changes = [
+            (snapshot.times[c.index] / US, c, snapshot.times[min(c.index + c.runs, last)] / US)
+            for c in found
+        ]
     for place, (metric, points) in enumerate(zip(metrics, others)):
         drawn = _chart_series(metric, points, t0, t1)
         # Alone, in the next colour; over several, in its metric's colour (and dashed).
@@ -6173,7 +6184,8 @@ def _board_table_row(row: BoardRow) -> str:
         c = row.newest
         newest = (
             f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.change, c.before)}'
-            f' <span class="muted when" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
+            + (f" drift over {c.runs} runs" if c.shape == "drift" else "")
+            + f' <span class="muted when" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
         )
     return (
         f'<tr class="{row.state}" data-name="{esc(row.name)}">'
