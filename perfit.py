@@ -3056,7 +3056,7 @@ class Store(_AccountOperations, _MetricOperations, _PointOperations):
 
 # ==============================================================================================
 # Change points
-# Where a metric's typical level steps up or down, told apart from CI noise and slow outliers.
+# Where a metric's typical level steps or drifts, told apart from CI noise and slow outliers.
 # Pure standard library: it runs on the server's tiny VPS, and in `perfit metric check` too.
 # ==============================================================================================
 
@@ -3075,6 +3075,9 @@ _TAIL_BASELINE = 60  #: points of the level before it that set its median and no
 _TAIL_SPREAD = 3.0  #: ... and their spread (MAD) at most this times the level's
 #: residuals whose lag-1 autocorrelation is over this have memory: changes cost more
 _MEMORY_FLOOR = 0.2
+_DRIFT_PRICE = 2.0  #: a drift fits better than its steps by this many ln(n) noise variances
+_DRIFT_MIN_RUNS = 10  #: a move over fewer runs than this is a step
+_MARK_REACH = 5  #: runs a change may move as runs arrive and keep what was said of it
 
 
 #: A run at either side of a change: (unix seconds, its commit or "").
@@ -3139,9 +3142,11 @@ def detect_changes(
     the short bumps binary segmentation misses). An optimal partition then picks among them:
     the fewest levels whose points sit closest to their medians, each point's cost clipped at
     three noise SDs (so slow runs buy no level of their own) and each change priced by the
-    series' length. Each level is summarised by its median, steps under `threshold` are merged
-    away, smallest first, and a new level still too short for all this is named by the newest
-    runs (see _tail_change).
+    series' length, and by its memory where its points follow each other (see _partition).
+    Each level is summarised by its median, steps under `threshold` are merged away, smallest
+    first, each step is placed to the run (see _settle), a new level still too short for all
+    this is named by the newest runs (see _tail_change), and steps the same way in a row that
+    one straight move explains better are one drift (see _moves).
     """
     xs = list(values)
     slow = 1 if better == "lower" else -1  # the side slow runs lie on
@@ -3173,10 +3178,6 @@ def detect_changes(
             )
         )
     return changes
-
-
-_DRIFT_PRICE = 2.0  #: a drift fits better than its steps by this many ln(n) noise variances
-_DRIFT_MIN_RUNS = 10  #: a move over fewer runs than this is a step
 
 
 class _Sums:
@@ -3314,12 +3315,13 @@ def _partition(xs: list[float]) -> list[int]:
     sigma = _noise_sigma(xs)
     candidates = {*_strongest(xs, splits, _MAX_CANDIDATES), *_window_steps(xs, sigma)}
     penalty = _PARTITION_PENALTY * math.log(len(xs))
-    bounds = _optimal_partition(xs, candidates, sigma, penalty)
+    levels = _Levels(xs)
+    bounds = _optimal_partition(levels, candidates, sigma, penalty)
     for _ in range(3):  # the memory left by fewer levels is longer: ask again, a few times
         rho, scale = _residual_memory(xs, bounds)
         if rho <= _MEMORY_FLOOR:
             break
-        fewer = _optimal_partition(xs, candidates, scale, penalty * (1 + rho) / (1 - rho))
+        fewer = _optimal_partition(levels, candidates, scale, penalty * (1 + rho) / (1 - rho))
         if fewer == bounds:
             break
         bounds = fewer
@@ -3399,34 +3401,59 @@ def _window_steps(xs: Sequence[float], sigma: float) -> list[int]:
 
 
 def _optimal_partition(
-    xs: Sequence[float], candidates: set[int], sigma: float, penalty: float
+    levels: _Levels, candidates: set[int], sigma: float, penalty: float
 ) -> list[int]:
     """The candidates that split xs best: least clipped absolute deviation from each level's
-    median (in noise SDs), plus a price of PARTITION_PENALTY ln(n) a change; exact, by dynamic
-    programming over the candidates (few: the series' own steps, not its points)."""
-    n = len(xs)
+    median (in noise SDs), plus `penalty` a change; exact, by dynamic programming over the
+    candidates (few: the series' own steps, not its points)."""
+    n = len(levels.xs)
     edges = [
         0,
         *sorted(c for c in candidates if _CHANGE_MIN_SEGMENT <= c <= n - _CHANGE_MIN_SEGMENT),
         n,
     ]
-
-    def cost(a: int, b: int) -> float:
-        level = xs[edges[a] : edges[b]]
-        median = _median(level)
-        return sum(min(abs(x - median) / sigma, _PARTITION_CLIP) for x in level)
-
     best, previous = [-penalty] + [math.inf] * (len(edges) - 1), [0] * len(edges)
     for b in range(1, len(edges)):
         for a in range(b):
             if edges[b] - edges[a] >= _CHANGE_MIN_SEGMENT and best[a] < math.inf:
-                total = best[a] + cost(a, b) + penalty
+                total = best[a] + levels.cost(edges[a], edges[b], sigma) + penalty
                 if total < best[b]:
                     best[b], previous[b] = total, a
     chosen, b = [], len(edges) - 1
     while (b := previous[b]) > 0:
         chosen.append(edges[b])
     return sorted(chosen)
+
+
+class _Levels:
+    """The cost of any stretch of xs as one level: the sum of its points' distances from its
+    median in noise SDs, each at most PARTITION_CLIP. Each stretch is sorted once, with
+    running sums, so the cost at another noise SD (the partition asked again) is two bisects."""
+
+    def __init__(self, xs: list[float]) -> None:
+        self.xs = xs
+        self._sorted: dict[tuple[int, int], tuple[list[float], list[float], float]] = {}
+
+    def cost(self, a: int, b: int, sigma: float) -> float:
+        found = self._sorted.get((a, b))
+        if found is None:
+            ordered = sorted(self.xs[a:b])
+            found = self._sorted[a, b] = (
+                ordered,
+                [0.0, *itertools.accumulate(ordered)],
+                _median(ordered),
+            )
+        ordered, sums, median = found
+        reach = _PARTITION_CLIP * sigma
+        low, middle = (
+            bisect.bisect_left(ordered, median - reach),
+            bisect.bisect_left(ordered, median),
+        )
+        high = bisect.bisect_right(ordered, median + reach)
+        # Within reach: |x - median| summed from the running sums; beyond it: the clip each.
+        within = (middle - low) * median - (sums[middle] - sums[low])
+        within += (sums[high] - sums[middle]) - (high - middle) * median
+        return within / sigma + _PARTITION_CLIP * (len(ordered) - (high - low))
 
 
 def _tail_change(xs: list[float], bounds: list[int], threshold: float, slow: int) -> int | None:
@@ -3479,9 +3506,6 @@ def series_changes(series: Series, better: str, threshold: float) -> list[Change
     times = [t // US for t in series.times[skipped:]]
     found = detect_changes(series.values[skipped:], times, better, threshold)
     return [dataclasses.replace(c, index=c.index + skipped) for c in found]
-
-
-_MARK_REACH = 5  #: runs a change may move as runs arrive and keep what was said of it
 
 
 def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Change]:
@@ -3618,7 +3642,9 @@ def _ranks(values: list[float]) -> list[float]:
 def _refine(
     xs: list[float], lo: int, hi: int, at: int, margin: int = _CHANGE_MIN_SEGMENT, slow: int = 0
 ) -> int:
-    """Move a split to where the two sides sit closest to their medians (least L1 cost).
+    """Move a split to where the two sides sit closest to their medians (least L1 cost), at
+    least `margin` points from lo and hi; with `slow` (1 where higher is slower, -1 where
+    lower), a run far beyond both medians on the slow side adds nothing.
 
     The medians are taken once, at the split as found: moving it a few points barely moves
     them, so the cost of each nearby position is a running sum over the points it passes.
@@ -3646,14 +3672,17 @@ def _settle(xs: list[float], bounds: list[int], slow: int) -> list[int]:
 
     A split found in a long stretch leans towards the stretch's middle (the rank statistic
     grows with the points on the far side), and its first refinement still saw the other
-    steps; between its final neighbours the least-L1 position is the true one.
+    steps; between its final neighbours the least-L1 position is the true one. It may lie as
+    close as TAIL_MIN runs to either end (the partition's ten would push a step at run 12 of
+    20 to run 10), and a slow run (`slow`: 1 where higher is slower) casts no vote on it.
     """
     for k, at in enumerate(bounds):
         lo = bounds[k - 1] if k else 0
         hi = bounds[k + 1] if k + 1 < len(bounds) else len(xs)
-        while (moved := _refine(xs, lo, hi, at, _TAIL_MIN, slow)) != at and abs(
-            moved - at
-        ) >= _CHANGE_REFINE:
+        while True:
+            moved = _refine(xs, lo, hi, at, _TAIL_MIN, slow)
+            if moved == at or abs(moved - at) < _CHANGE_REFINE:
+                break
             at = moved  # it hit the edge of the search window: look further that way
         bounds[k] = moved
     return bounds

@@ -1972,6 +1972,22 @@ def test_a_change_stays_put_as_runs_arrive_one_at_a_time() -> None:
     assert len(wrong) <= 1 and replays == 60, wrong
 
 
+def test_the_readmes_regression_numbers_are_the_codes() -> None:
+    readme = (HERE / "README.md").read_text()
+    section = readme[readme.index("## Regressions") : readme.index("## Pull requests")]
+    for said in (
+        f"points of the last {perfit._ALERT_DAYS} days",
+        f"within {perfit._MARK_REACH} runs of where it was said",
+        f"spans {perfit._DRIFT_MIN_RUNS} runs or more",
+        f"while ρ is over {perfit._MEMORY_FLOOR}",
+        f"(by {perfit._DRIFT_PRICE:g} ln(n) noise variances)",
+        f"as close as {perfit._TAIL_MIN} runs to either end",
+        f"still under {2 * perfit._CHANGE_MIN_SEGMENT} runs",
+        f"named in {perfit._ALERT_DAYS} days",
+    ):
+        assert said in section, said
+
+
 def test_detection_takes_milliseconds():
     values = _ci_series(400, [(100, 1.2), (300, 0.85)], 0.04)
     started = time.perf_counter()
