@@ -7415,21 +7415,8 @@ _CHANGE = _object(
             "GitHub or GitLab repository.",
         },
     },
-    [
-        "t",
-        "index",
-        "before",
-        "after",
-        "change",
-        "kind",
-        "accepted",
-        "dismissed",
-        "provisional",
-        "shape",
-        "runs",
-        "last_good",
-        "first_bad",
-    ],
+    "t index before after change kind accepted dismissed provisional shape runs last_good "
+    "first_bad".split(),
 )
 _NEW_POINT = {
     "value": _number("A finite number."),

@@ -4233,21 +4233,8 @@ def test_changes_answer_numbers_as_the_data_carries_them(url: str, account: Acco
 def test_changes_route_reports_the_step_with_its_time(url: str, account: Account) -> None:
     mid, start = _import_series(url, account, _ci_series(200, [(120, 1.25)], 0.03))
     (change,) = ok_json("GET", f"{url}/m/{mid}/changes")
-    assert set(change) == {
-        "t",
-        "index",
-        "before",
-        "after",
-        "change",
-        "kind",
-        "accepted",
-        "dismissed",
-        "provisional",
-        "shape",
-        "runs",
-        "last_good",
-        "first_bad",
-    }
+    fields = "t index before after change kind accepted dismissed provisional shape runs"
+    assert set(change) == {*fields.split(), "last_good", "first_bad"}
     assert (change["accepted"], change["dismissed"], change["provisional"]) == (False,) * 3
     assert (change["shape"], change["runs"]) == ("step", 1)
     assert abs(change["index"] - 120) <= 3 and change["t"] == start + 3600 * change["index"]
