@@ -1979,7 +1979,7 @@ def test_the_readmes_regression_numbers_are_the_codes() -> None:
         f"points of the last {perfit._ALERT_DAYS} days",
         f"within {perfit._MARK_REACH} runs of where it was said",
         f"spans {perfit._DRIFT_MIN_RUNS} runs or more",
-        f"while ρ is over {perfit._MEMORY_FLOOR}",
+        f"while \N{GREEK SMALL LETTER RHO} is over {perfit._MEMORY_FLOOR}",
         f"(by {perfit._DRIFT_PRICE:g} ln(n) noise variances)",
         f"as close as {perfit._TAIL_MIN} runs to either end",
         f"still under {2 * perfit._CHANGE_MIN_SEGMENT} runs",
