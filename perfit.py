@@ -3359,15 +3359,18 @@ def _residual_memory(xs: list[float], bounds: list[int]) -> tuple[float, float]:
 
 
 def _winsorized(xs: Sequence[float], sigma: float, slow: int) -> list[float]:
-    """xs for a least-squares fit: a slow run (over three noise SDs beyond the median of the
-    nine points around it, on the slow side) replaced by that median, as it tells nothing of
-    the level; any other point kept within three SDs of it."""
+    """xs for a least-squares fit: each point kept within three noise SDs of the fair level
+    around it, and a slow run (beyond that on the slow side: `slow` 1 where higher is slower)
+    replaced by that level, as it tells nothing of it. The fair level is the third of the nine
+    points around, counted from the fast side: where a busy runner makes every other run slow,
+    their median is a slow run too."""
     out = []
     for i, x in enumerate(xs):
-        middle = _median(xs[max(0, i - 4) : i + 5])
-        if (x - middle) * slow > 3 * sigma:
-            x = middle
-        out.append(min(max(x, middle - 3 * sigma), middle + 3 * sigma))
+        around = sorted(xs[max(0, i - 4) : i + 5])
+        fair = around[len(around) // 3] if slow > 0 else around[-1 - len(around) // 3]
+        if (x - fair) * slow > 3 * sigma:
+            x = fair
+        out.append(min(max(x, fair - 3 * sigma), fair + 3 * sigma))
     return out
 
 
