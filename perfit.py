@@ -3075,6 +3075,7 @@ _TAIL_BASELINE = 60  #: points of the level before it that set its median and no
 _TAIL_SPREAD = 3.0  #: ... and their spread (MAD) at most this times the level's
 #: residuals whose lag-1 autocorrelation is over this have memory: changes cost more
 _MEMORY_FLOOR = 0.2
+_TAIL_MEMORY = 0.4  #: ... and, over this, the newest runs name no level (see detect_changes)
 _DRIFT_PRICE = 2.0  #: a drift fits better than its steps by this many ln(n) noise variances
 _DRIFT_MIN_RUNS = 10  #: a move over fewer runs than this is a step
 _MARK_REACH = 5  #: runs a change may move as runs arrive and keep what was said of it
@@ -3153,7 +3154,13 @@ def detect_changes(
     splits = _partition(xs)
     bounds = _settle(xs, _merge_small_steps(xs, sorted(splits), threshold), slow)
     bounds = _merge_small_steps(xs, bounds, threshold)  # a settled step may have shrunk
-    tail = _tail_change(xs, bounds, threshold, slow)
+    # The newest runs speak for a new level only where runs do not follow each other (CI's
+    # noise): in a series with memory the last few points lie together beyond the level by
+    # themselves. Measured before the newest runs, which may be a new level not found yet.
+    history = len(xs) - 2 * _CHANGE_MIN_SEGMENT
+    before = [b for b in bounds if b < history]
+    memory = _residual_memory(xs[:history], before)[0] if history >= 2 * _TAIL_MIN else 0.0
+    tail = None if memory > _TAIL_MEMORY else _tail_change(xs, bounds, threshold, slow)
     if tail is not None:
         bounds.append(tail)
     changes = []
@@ -3238,12 +3245,14 @@ def _moves(
         j = k
         while k < settled and j + 1 < len(bounds) and up[j + 1] == up[k]:
             j += 1
-        lo, hi = edges[k], edges[j + 2]
-        drift = _drift(sums, lo, bounds[k : j + 1], hi, sigma) if k < settled else None
-        if drift is None and j > k:
-            j = k  # not one drift: this change alone, then the rest of the run
-            hi = edges[k + 2]
-            drift = _drift(sums, lo, bounds[k : k + 1], hi, sigma)
+        # The longest run from k that one straight move explains (a creep that speeds up is
+        # straight only in parts), down to k alone; the rest of the run goes on from there.
+        lo, drift = edges[k], None
+        while k < settled and drift is None and j >= k:
+            hi = edges[j + 2]
+            drift = _drift(sums, lo, bounds[k : j + 1], hi, sigma)
+            j -= drift is None
+        j = max(j, k)
         if drift is None:
             moves.append((bounds[k], bounds[k], levels[k], levels[k + 1]))
         elif drift[0] - lo >= _CHANGE_MIN_SEGMENT or lo > 0:
@@ -3312,6 +3321,9 @@ def _partition(xs: list[float]) -> list[int]:
     _split(xs, 0, len(xs), splits)
     if len(xs) < 2 * _CHANGE_MIN_SEGMENT:
         return splits
+    # In units of the largest value: running sums near the ends of float range overflow.
+    scale = max(map(abs, xs)) or 1.0
+    xs = [x / scale for x in xs]
     sigma = _noise_sigma(xs)
     candidates = {*_strongest(xs, splits, _MAX_CANDIDATES), *_window_steps(xs, sigma)}
     penalty = _PARTITION_PENALTY * math.log(len(xs))
