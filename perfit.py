@@ -3304,7 +3304,13 @@ def _drift(
     low, high = sorted((start, reached))
     margin = (high - low) / 5
     between = sum(low + margin < y < high - margin for y in sums.ys[s:e])
-    return (s, e, reached) if 3 * between >= e - s else None
+    # ... and no step within it makes half of it (a slow rise, then a jump, is a step).
+    w, ys = flat, sums.ys
+    jump = max(
+        (abs(_median(ys[t : t + w]) - _median(ys[t - w : t])) for t in range(s + w, e - w + 1)),
+        default=0.0,
+    )
+    return (s, e, reached) if 3 * between >= e - s and 2 * jump < high - low else None
 
 
 def _partition(xs: list[float]) -> list[int]:
