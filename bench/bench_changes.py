@@ -1,7 +1,8 @@
 """Benchmark PerfIt's change-point detection on CI-like series with known change points.
 
-Usage: python bench/bench_changes.py [--seed 6] [--series 300] [--steps 5-30] [--hard 3-30]
+Usage: python bench/bench_changes.py [--seed 7] [--series 300] [--steps 5-30] [--hard 3-30]
                                      [--methods perfit,ruptures-l2,...] [--examples 10] [--check]
+                                     [--real | --no-real]
 
 All methods take about 6 minutes (ruptures' l1 and rbf costs are slow); while tuning, run
 `--methods perfit --hard none --series 3000` (a few seconds, ten times the series).
@@ -32,6 +33,14 @@ method whose package is missing is skipped with a message.
 
 Targets (issue 6, "Prove it on data"): F1 >= 0.95, and false alarms on at most 1 in 30 quiet
 series.
+
+Last, the real set (bench/real, see bench/real_series.py): 24 real series, 11 of statsmodels'
+datasets and 13 timings of real programs on a CI-sized machine, each marked by three blind
+annotators (and the timings by what was changed), scored as TCPDBench scores (F1 and covering,
+a hit within 5 points, each annotator counting), PerfIt beside binary segmentation and PELT at
+the settings TCPDBench calls default and a method that never reports a change. Target (issue
+19): PerfIt above both on both. Seed 6 is the one PerfIt's detector was tuned on; the default
+is 7, which it was not.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import perfit
 
-SEED = 6
+SEED = 7
 N_SERIES = 300
 POINTS = (200, 400)  #: points per series, inclusive
 LEVELS = (20.0, 900.0)  #: seconds, drawn log-uniformly
@@ -517,6 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="300,30",
         help="fresh-step and quiet series of the online loop, or 'none'",
     )
+    parser.add_argument(
+        "--real",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the real, annotated set (bench/real; needs ruptures for its references)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.methods.split(",") if n]
     unknown = set(names) - set(METHODS)
@@ -542,7 +557,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hard != "none":
         bench(names, args.seed, args.series, parse_range(args.hard), args.examples)
     met = met and (mine is None or all(mine.met()))
+    if args.real:
+        met = real(names) and met
     return 1 if args.check and not met else 0
+
+
+def real(names: Sequence[str]) -> bool:
+    """Print the real set's table; whether PerfIt beats binary segmentation and PELT on it."""
+    import real_series
+
+    # The references need ruptures; PerfIt and "no change" run without it.
+    methods = {
+        m: f
+        for m, f in real_series.METHODS.items()
+        if (m != "perfit" or "perfit" in names) and (m in ("zero", "perfit") or _has("ruptures"))
+    }
+    print("the real set (bench/real), scored as TCPDBench scores:")
+    scores = real_series.score(real_series.load(), methods)
+    print(real_series.report(methods, scores=scores))
+    means = real_series.summary(scores, methods)
+    if "perfit" not in means or "binseg" not in means:
+        return True
+    beats = all(means["perfit"][i] > max(means[m][i] for m in ("binseg", "pelt")) for i in (0, 1))
+    print(
+        f"\nperfit target: F1 and cover above binseg's and PELT's: {'met' if beats else 'MISSED'}"
+    )
+    return beats
+
+
+def _has(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
 
 
 if __name__ == "__main__":

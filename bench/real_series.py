@@ -257,11 +257,30 @@ def score(
     return out
 
 
-def report(methods: Mapping[str, Method] | None = None, directory: str = DIRECTORY) -> str:
-    """Mean F1 and cover of each method, then PerfIt against the best reference per series."""
+def summary(
+    scores: Mapping[str, Mapping[str, tuple[float, float, list[int]]]], methods: Iterable[str]
+) -> dict[str, tuple[float, float]]:
+    """{method: (mean F1, mean cover)} over the scored series."""
+    return {
+        name: (
+            sum(row[name][0] for row in scores.values()) / len(scores),
+            sum(row[name][1] for row in scores.values()) / len(scores),
+        )
+        for name in methods
+        if scores
+    }
+
+
+def report(
+    methods: Mapping[str, Method] | None = None,
+    directory: str = DIRECTORY,
+    scores: Mapping[str, Mapping[str, tuple[float, float, list[int]]]] | None = None,
+) -> str:
+    """Mean F1 and cover of each method, then PerfIt against the best reference per series
+    (`scores`: score()'s answer, if already at hand)."""
     methods = METHODS if methods is None else methods
     series = load(directory)
-    scores = score(series, methods)
+    scores = score(series, methods) if scores is None else scores
     skipped = [s.name for s in series if not s.annotations]
     lines = [
         f"{len(scores)} annotated series of {len(series)} (skipped, no annotations yet: "
@@ -269,11 +288,8 @@ def report(methods: Mapping[str, Method] | None = None, directory: str = DIRECTO
         "",
         f"{'method':<10} {'F1':>6} {'cover':>6}",
     ]
-    for name in methods:
-        if scores:
-            mean_f1 = sum(row[name][0] for row in scores.values()) / len(scores)
-            mean_cover = sum(row[name][1] for row in scores.values()) / len(scores)
-            lines.append(f"{name:<10} {mean_f1:6.3f} {mean_cover:6.3f}")
+    for name, (mean_f1, mean_cover) in summary(scores, methods).items():
+        lines.append(f"{name:<10} {mean_f1:6.3f} {mean_cover:6.3f}")
     references = [m for m in methods if m != "perfit"]
     if "perfit" in methods and references and scores:
         by_name = {s.name: s for s in series}
