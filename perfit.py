@@ -7407,6 +7407,15 @@ _POINT = _object(
     },
     ["t", "v"],
 )
+_ALERTS = _object(
+    {
+        "named": {"type": "integer", "minimum": 0, "description": "Regressions named."},
+        "accepted": {"type": "integer", "minimum": 0, "description": "... said to be meant."},
+        "dismissed": {"type": "integer", "minimum": 0, "description": "... said to be noise."},
+    },
+    ["named", "accepted", "dismissed"],
+    description=f"The regressions named among the points of the last {_ALERT_DAYS} days.",
+)
 _SUSPECT_RUN = _object({"t": _UNIX, "commit": _COMMIT}, ["t"])
 _CHANGE = _object(
     {
@@ -7726,6 +7735,7 @@ _SUITE_SCHEMAS = {
             "board_id": _ref("Id"),
             "webhook": _WEBHOOK,
             "main_branch": _MAIN_BRANCH,
+            "alerts": _ALERTS,
             "metrics": {
                 "type": "array",
                 "items": _object(
@@ -7734,7 +7744,7 @@ _SUITE_SCHEMAS = {
                 ),
             },
         },
-        ["account_id", "board_id", "webhook", "main_branch", "metrics"],
+        ["account_id", "board_id", "webhook", "main_branch", "alerts", "metrics"],
     ),
     "NewBoard": _object({"board_id": _ref("Id")}, ["board_id"]),
     "AccountChange": _object(
@@ -7828,8 +7838,12 @@ _SUITE_SCHEMAS = {
         ["results", "shift", "base", "missing"],
     ),
     "BoardData": _object(
-        {"board_id": _ref("Id"), "metrics": {"type": "array", "items": _BOARD_METRIC}},
-        ["board_id", "metrics"],
+        {
+            "board_id": _ref("Id"),
+            "alerts": _ALERTS,
+            "metrics": {"type": "array", "items": _BOARD_METRIC},
+        },
+        ["board_id", "alerts", "metrics"],
     ),
 }
 
