@@ -9622,8 +9622,9 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
     newest = real[-1]
     verdict = "REGRESSED" if _regressed(changes) else "ok"
     accepted = " (accepted as intended)" if newest.get("accepted") else ""
+    article = "an" if newest["kind"] == "improvement" else "a"
     lines.append(
-        f"{metric}: {verdict}: the newest change is a {newest['kind']} "
+        f"{metric}: {verdict}: the newest change is {article} {newest['kind']} "
         f"of {_percent(newest['change'], newest['before'])}{accepted}"
     )
     if verdict == "REGRESSED" and suspect_window(newest):
