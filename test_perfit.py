@@ -1131,6 +1131,9 @@ def test_marks_replay_and_survive_sealing(tmp_path):
         store.mark(metric.id, "exclude", 10 * perfit.US, 20 * perfit.US)
         store.mark(metric.id, "include", 15 * perfit.US, 15 * perfit.US)
         store.mark(metric.id, "accept", 50 * perfit.US, 50 * perfit.US)
+        for t in (60, 70, 80):
+            store.mark(metric.id, "dismiss", t * perfit.US, t * perfit.US)
+        store.mark(metric.id, "undismiss", 70 * perfit.US, 70 * perfit.US)
         for _ in range(30):
             store.add_point(metric.id, 1.0, "x" * 100)  # fill logs: they are sealed
         poll(lambda: store.sealer._running.locked(), lambda busy: not busy)
@@ -1139,6 +1142,7 @@ def test_marks_replay_and_survive_sealing(tmp_path):
         mask = marks.excluded([t * perfit.US for t in (9, 10, 15, 20, 21)])
         assert mask == [False, True, False, True, False]
         assert marks.accepted == {50}
+        assert marks.dismissed == {60, 80}
 
 
 def test_a_directory_from_before_boards_gives_each_account_one(tmp_path):
@@ -3975,6 +3979,23 @@ def test_a_webhook_hears_of_a_new_regression_once(url: str, account: Account) ->
     )
     assert message["change"]["kind"] == "regression" and message["metric"]["name"] == "suite"
     assert len(seen) == 1, "told once, however many points follow"
+
+
+def test_a_regression_dismissed_as_noise_is_not_told(tmp_path: Path) -> None:
+    with _stub_server(200, b"ok") as (hook, seen), perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        store.set_webhook(account, f"{hook}/hook")
+        metric = store.create_metric(account, name="suite")
+        rows = [(i * 60 * perfit.US, 125.0 if i >= 40 else 100.0, b"") for i in range(60)]
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        (change,) = perfit.metric_changes(metric, metric.series.snapshot(), 0.05)
+        store.mark(metric.id, "dismiss", change.t * perfit.US, change.t * perfit.US)
+        notifier = perfit.Notifier(store)
+        notifier._look(metric.id, "http://perfit.example")  # what its thread does, in this one
+        assert seen == []
+        store.mark(metric.id, "undismiss", change.t * perfit.US, change.t * perfit.US)
+        notifier._look(metric.id, "http://perfit.example")
+        assert len(seen) == 1
 
 
 def test_a_failing_webhook_is_retried_and_a_silent_one_delays_no_post(tmp_path: Path) -> None:
