@@ -3075,6 +3075,7 @@ _TAIL_BASELINE = 60  #: points of the level before it that set its median and no
 _TAIL_SPREAD = 3.0  #: ... and their spread (MAD) at most this times the level's
 #: residuals whose lag-1 autocorrelation is over this have memory: changes cost more
 _MEMORY_FLOOR = 0.2
+_MEMORY_SDS = 3.0  #: ... and rho is memory only this many of its SDs (1/sqrt(n)) above chance
 _TAIL_MEMORY = 0.4  #: ... and, over this, the newest runs name no level (see detect_changes)
 _DRIFT_PRICE = 2.0  #: a drift fits better than its steps by this many ln(n) noise variances
 _DRIFT_MIN_RUNS = 10  #: a move over fewer runs than this is a step
@@ -3082,7 +3083,7 @@ _MARK_REACH = 5  #: runs a change may move as runs arrive and keep what was said
 
 
 #: A run at either side of a change: (unix seconds, its commit or "").
-Run = tuple
+Run = tuple[int, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3107,6 +3108,7 @@ class Change:
     compare_url: str | None = None  #: the commits between the two, where the job URL tells
     #: the times (unix seconds, inclusive) whose marks bind to this change (metric_changes)
     reach: tuple[int, int] | None = dataclasses.field(default=None, compare=False)
+    until: int | None = None  #: unix seconds of its first run at the new level (metric_changes)
 
     @property
     def alarming(self) -> bool:
@@ -3125,7 +3127,7 @@ class Change:
             doc[side] = run and {"t": run[0], **({"commit": run[1]} if run[1] else {})}
         if self.compare_url is None:
             del doc["compare_url"]
-        del doc["reach"]
+        del doc["reach"], doc["until"]
         return doc
 
 
@@ -3159,8 +3161,12 @@ def detect_changes(
     # themselves. Measured before the newest runs, which may be a new level not found yet.
     history = len(xs) - 2 * _CHANGE_MIN_SEGMENT
     before = [b for b in bounds if b < history]
-    memory = _residual_memory(xs[:history], before)[0] if history >= 2 * _TAIL_MIN else 0.0
+    memory = _residual_memory(xs[:history], before)[0]
     tail = None if memory > _TAIL_MEMORY else _tail_change(xs, bounds, threshold, slow)
+    if tail is not None:
+        # Named where its runs began, as close as TAIL_MIN to the level before it: the tail
+        # test needs ten points of that level, a step may come sooner.
+        tail = _refine(xs, bounds[-1] if bounds else 0, len(xs), tail, _TAIL_MIN, slow)
     if tail is not None:
         bounds.append(tail)
     changes = []
@@ -3170,7 +3176,7 @@ def detect_changes(
     for first, reached, before, after in moves:
         worse = after > before if better == "lower" else after < before
         # Across 0 (a level of -2 then 3) a ratio means nothing.
-        relative = _relative(before, after) if before * after >= 0 else math.nan
+        relative = math.nan if _across_zero(before, after) else _relative(before, after)
         t = int(times[first]) if times is not None else first
         changes.append(
             Change(
@@ -3361,19 +3367,30 @@ def _strongest(xs: list[float], splits: list[int], limit: int) -> list[int]:
 
 def _residual_memory(xs: list[float], bounds: list[int]) -> tuple[float, float]:
     """How much each point's deviation from its level carries over to the next one (the lag-1
-    autocorrelation of the residuals, each clipped at three robust SDs), and their robust SD."""
+    autocorrelation of the residuals, each clipped at three robust SDs), and their robust SD.
+
+    Points within CHANGE_MIN_SEGMENT of a change or an end are left out: a step the partition
+    could not place there (it keeps ten points a side) leaves a run of same-signed deviations
+    that is a misplaced step, not memory.
+    """
     edges = [0, *bounds, len(xs)]
     residuals: list[list[float]] = []
     for a, b in zip(edges, edges[1:]):
-        middle = _median(xs[a:b])
-        residuals.append([x - middle for x in xs[a:b]])
+        inner = xs[a + _CHANGE_MIN_SEGMENT : b - _CHANGE_MIN_SEGMENT]
+        if inner:
+            middle = _median(xs[a:b])
+            residuals.append([x - middle for x in inner])
+    if sum(map(len, residuals)) < 2 * _CHANGE_MIN_SEGMENT:
+        return 0.0, 1e-12  # too few points to tell memory from chance
     flat = [r for level in residuals for r in level]
     scale = 1.4826 * _median(abs(r) for r in flat) or 1e-12
     top = 3 * scale
     clipped = [[max(-top, min(top, r)) for r in level] for level in residuals]
     lagged = sum(a * b for level in clipped for a, b in zip(level, level[1:]))
     total = sum(r * r for level in clipped for r in level) or 1e-300
-    return min(max(lagged / total, 0.0), 0.99), scale
+    rho = min(max(lagged / total, 0.0), 0.99)
+    # Memory only where chance can't make it: rho of independent points has an SD of 1/sqrt(n).
+    return (rho if rho * math.sqrt(len(flat)) > _MEMORY_SDS else 0.0), scale
 
 
 def _winsorized(xs: Sequence[float], sigma: float, slow: int) -> list[float]:
@@ -3484,10 +3501,10 @@ def _tail_change(xs: list[float], bounds: list[int], threshold: float, slow: int
     A tail of at least TAIL_MIN points counts when its points lie on the same side of the
     level before, beyond TAIL_SIGMAS of its noise (1.4826 MAD, robust to the slow outliers in
     it) and nearer their own median than that level, their median differs by the threshold or
-    more, and they scatter no more
-    than TAIL_SPREAD times the level does (slow runs scatter; a new level does not). One slow run in
-    twenty makes four in a row beyond the noise once in 2.8e5 checks; a real step of 10 % in
-    3 % noise shows in four runs two times in three. The longest such tail is taken.
+    more, and they scatter no more than TAIL_SPREAD times the level does, relative to their
+    size (slow runs scatter; a new level does not). One slow run in twenty makes four in a row
+    beyond the noise once in 2.8e5 checks; a real step of 10 % in 3 % noise shows in four runs
+    two times in three. The longest such tail is taken.
     """
     n, last = len(xs), (bounds[-1] if bounds else 0)
     for k in range(
@@ -3558,6 +3575,7 @@ def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Cha
                 accepted=any(reach[0] <= t <= reach[1] for t in metric.marks.accepted),
                 dismissed=any(reach[0] <= t <= reach[1] for t in metric.marks.dismissed),
                 reach=reach,
+                until=seconds[min(c.index + c.runs, len(seconds) - 1)],
                 provisional=len(kept) - c.index < 2 * _CHANGE_MIN_SEGMENT,
                 last_good=(seconds[c.index - 1], good.commit),
                 first_bad=(c.t, bad.commit),
@@ -3604,6 +3622,11 @@ def _compare_url(meta: str, good: Origin, bad: Origin) -> str | None:
         if found:
             return template.format(repo=found.group(1), good=good.commit, bad=bad.commit)
     return None
+
+
+def _across_zero(before: float, after: float) -> bool:
+    """Whether two levels have opposite signs (a product would underflow for tiny ones)."""
+    return (before < 0 < after) or (after < 0 < before)
 
 
 def _relative(before: float, after: float) -> float:
@@ -4295,12 +4318,12 @@ def format_duration(seconds: float) -> str:
     return sign + " ".join(f"{n}{unit}" for n, unit in parts if n or (n, unit) == parts[0])
 
 
-def _percent(change: float | None, before: float = 0.0) -> str:
-    """A relative change as a percentage; None (or not finite) is a change from a level of
-    zero, or across it (from `before`)."""
+def _percent(change: float | None, before: float = 0.0, after: float = 0.0) -> str:
+    """A relative change as a percentage; None (or not finite) is a change across 0 (from
+    `before` to `after` of opposite signs), or else from a level of 0 (or all but 0)."""
     if change is not None and math.isfinite(change):
         return f"{change * 100:+.1f} %"
-    return "from 0" if before == 0 else "across 0"
+    return "across 0" if _across_zero(before, after) else "from 0"
 
 
 def suspect_window(change: dict[str, Any]) -> str:
@@ -4722,7 +4745,9 @@ def _draw_change(
     group = dwg.g(class_=f"change {colour or change.kind}{said}")
     group.attribs["data-kind"] = change.kind
     finite = math.isfinite(change.change)
-    size = f"{change.change * 100:+.0f} %" if finite else _percent(None, change.before)
+    size = (
+        f"{change.change * 100:+.0f} %" if finite else _percent(None, change.before, change.after)
+    )
     label = (size if finite else change.kind) + " drift" * (change.shape == "drift") + said
     unit = s.unit
     lines = [
@@ -4733,10 +4758,8 @@ def _draw_change(
         + (" (dismissed as noise)" if change.dismissed else ""),
         f"{format_value(change.before, unit)} → {format_value(change.after, unit)} (medians)",
     ]
-    for word, run in (("last good", change.last_good), ("first bad", change.first_bad)):
-        if run:
-            lines.append(f"{word}: {format_time(run[0])}" + (f" {run[1][:12]}" if run[1] else ""))
-    group.set_desc(title="\n".join(lines))
+    window = suspect_window(change.to_json())
+    group.set_desc(title="\n".join([*lines, window] if window else lines))
     if change.shape == "drift" and until > x:
         group.add(dwg.rect((x, top), (round(until - x, 1), bottom - top)))
     group.add(dwg.line((x, top), (x, bottom)))
@@ -4777,11 +4800,7 @@ def chart_document(
             found = metric_changes(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
         else:
             found = changes.get(metric, snapshot, DEFAULT_CHANGE_THRESHOLD)
-        last = len(snapshot) - 1
-        drawn.changes = [
-            (snapshot.times[c.index] / US, c, snapshot.times[min(c.index + c.runs, last)] / US)
-            for c in found
-        ]
+        drawn.changes = [(snapshot.times[c.index] / US, c, c.until or c.t) for c in found]
     for place, (metric, points) in enumerate(zip(metrics, others)):
         drawn = _chart_series(metric, points, t0, t1)
         # Alone, in the next colour; over several, in its metric's colour (and dashed).
@@ -5565,7 +5584,7 @@ class BoardRow:
     def change(self) -> float | None:
         """The newest value against the recent level (0.1 is +10 %); None without one, from a
         level of 0 or across it, or beyond what a float holds."""
-        if self.latest is None or self.level is None or self.latest * self.level < 0:
+        if self.latest is None or self.level is None or _across_zero(self.level, self.latest):
             return None
         change = _relative(self.level, self.latest)
         return change if math.isfinite(change) else None
@@ -5637,10 +5656,15 @@ def _board_row(metric: Metric, changes: _ChangeCache) -> BoardRow:
 
 def alert_record(metrics: Iterable[Metric], changes: _ChangeCache, now: float) -> dict[str, int]:
     """How the regressions PerfIt named in the last ALERT_DAYS fared: said to be meant
-    (accepted), said to be noise (dismissed), or neither (real, as far as anyone said)."""
+    (accepted), said to be noise (dismissed), or neither (real, as far as anyone said).
+
+    Among each metric's newest BOARD_WINDOW points of those days, as the board looks: a
+    public page is not made to run the detector over 5,000 points a metric (and a metric
+    with at least that many recent points shares the board's cached answer).
+    """
     named = accepted = dismissed = 0
     for metric in metrics:
-        recent = metric.series.snapshot(now - _ALERT_DAYS * 86400)
+        recent = metric.series.snapshot(now - _ALERT_DAYS * 86400, last=_BOARD_WINDOW)
         found = changes.get(metric, recent, DEFAULT_CHANGE_THRESHOLD) if len(recent) else []
         for c in found:
             if c.kind == "regression":
@@ -5705,7 +5729,6 @@ def _openmetrics_escape(text: str) -> str:
 _WEBHOOK_TIMEOUT = 10.0  #: seconds a webhook has to answer one attempt
 _WEBHOOK_RETRIES = 3  #: attempts after the first, after 1, 4 and 16 seconds
 _MAX_WEBHOOK_BYTES = 2000  #: of a webhook's URL
-_NOTIFIED_SLACK = 5  #: runs a regression told of may move and still be the same one
 #: A webhook: http(s), a host, no space or control character (the same rule in the OpenAPI).
 _WEBHOOK_PATTERN = "^https?://[^\\x00-\\x20/]+[^\\x00-\\x20]*$"
 
@@ -5768,9 +5791,10 @@ class Notifier:
         newest = standing(found)
         if url is None or newest is None or not newest.alarming:
             return
-        # Told already: a change found four runs in may settle a few runs off as more come.
-        since = snapshot.times[max(0, newest.index - _NOTIFIED_SLACK)] // US
-        if any(t >= since for t in metric.marks.notified):
+        # Told already: what was said of a change binds to it as it settles (its reach), and a
+        # webhook's telling is said of it too.
+        lo, hi = newest.reach or (newest.t, newest.t)
+        if any(lo <= t <= hi for t in metric.marks.notified):
             return
         self.store.mark(metric.id, "notified", newest.t * US, newest.t * US)
         self._send(url, regression_message(metric, newest, base_url))
@@ -5806,7 +5830,7 @@ def regression_message(metric: Metric, change: Change, base_url: str) -> dict[st
     doc = change.to_json()
     drift = f", a drift over {change.runs} runs" if change.shape == "drift" else ""
     text = (
-        f"PerfIt: regression in {name}: {_percent(change.change, change.before)} "
+        f"PerfIt: regression in {name}: {_percent(change.change, change.before, change.after)} "
         f"(median {before} -> {after}) since {format_time(change.t)}{drift}; "
         f"{suspect_window(doc)}: {page}"
     )
@@ -6233,7 +6257,7 @@ def _board_table_row(row: BoardRow) -> str:
     if row.newest is not None:
         c = row.newest
         newest = (
-            f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.change, c.before)}'
+            f'<span class="kind {c.kind}">{c.kind}</span> {_percent(c.change, c.before, c.after)}'
             + (f" drift over {c.runs} runs" if c.shape == "drift" else "")
             + f' <span class="muted when" title="{format_time(c.t)}">{format_time(c.t)[:10]}</span>'
         )
@@ -7437,8 +7461,12 @@ _CHANGE = _object(
             "description": "drift: the level moved steadily over `runs` runs.",
         },
         "runs": {"type": "integer", "minimum": 1, "description": "Runs the move took."},
-        "last_good": {**_SUSPECT_RUN, "description": "The last run of the old level."},
-        "first_bad": {**_SUSPECT_RUN, "description": "The first run off it (`t`)."},
+        "last_good": {
+            **_SUSPECT_RUN,
+            "nullable": True,
+            "description": "The last run of the old level.",
+        },
+        "first_bad": {**_SUSPECT_RUN, "nullable": True, "description": "The first run off it."},
         "compare_url": {
             "type": "string",
             "description": "The commits between the two, where the job URL (metadata) names a "
@@ -9594,11 +9622,16 @@ def _cmd_metric_check(args: argparse.Namespace) -> int:
     return EXIT_REGRESSED if _regressed(changes) else EXIT_OK
 
 
+def _standing_doc(changes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest change point not dismissed as noise, from /changes (see standing)."""
+    return next((c for c in reversed(changes) if not c.get("dismissed")), None)
+
+
 def _regressed(changes: list[dict[str, Any]]) -> bool:
-    """Whether the newest change point not dismissed as noise is a regression nobody
-    accepted (Change.alarming, read from /changes)."""
-    real = [c for c in changes if not c.get("dismissed")]
-    return bool(real) and real[-1]["kind"] == "regression" and not real[-1].get("accepted")
+    """Whether the standing change point is a regression nobody accepted (Change.alarming,
+    read from /changes)."""
+    newest = _standing_doc(changes)
+    return newest is not None and newest["kind"] == "regression" and not newest.get("accepted")
 
 
 def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -> str:
@@ -9612,20 +9645,19 @@ def _change_report(metric: str, changes: list[dict[str, Any]], unit: str = "") -
         if c.get("shape") == "drift":
             notes += f", a drift over {c['runs']} runs"
         lines.append(
-            f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change'], c['before']):>8}  "
+            f"  {format_time(c['t'])}  {c['kind']:<11} {_percent(c['change'], c['before'], c['after']):>8}  "
             f"(median {before} -> {after}, point {c['index']}{notes}, t={c['t']})"
         )
-    real = [c for c in changes if not c.get("dismissed")]
-    if not real:
+    newest = _standing_doc(changes)
+    if newest is None:
         lines.append(f"{metric}: ok: every change was dismissed as noise")
         return "\n".join(lines)
-    newest = real[-1]
     verdict = "REGRESSED" if _regressed(changes) else "ok"
     accepted = " (accepted as intended)" if newest.get("accepted") else ""
     article = "an" if newest["kind"] == "improvement" else "a"
     lines.append(
         f"{metric}: {verdict}: the newest change is {article} {newest['kind']} "
-        f"of {_percent(newest['change'], newest['before'])}{accepted}"
+        f"of {_percent(newest['change'], newest['before'], newest['after'])}{accepted}"
     )
     if verdict == "REGRESSED" and suspect_window(newest):
         lines.append(f"  suspects: {suspect_window(newest)}")
