@@ -8509,6 +8509,7 @@ class Result:
 
 #: Seconds in each unit of time that harnesses write.
 _HARNESS_TIME_UNITS = {
+    "ps": 1e-12,
     "ns": 1e-9,
     "us": 1e-6,
     "µs": 1e-6,
@@ -8552,16 +8553,25 @@ def _expect(condition: bool, fmt: str, what: str) -> None:
 
 def _read_pytest_benchmark(text: str) -> list[Result]:
     """pytest-benchmark --benchmark-json: each benchmark's median (seconds), named
-    group/name when it has a group, else by its fullname (file::test[params])."""
+    group/name when it has a group (group/fullname where two share a group/name), else by its
+    fullname (file::test[params])."""
     doc = _json_doc(text, "pytest-benchmark")
     _expect(
         isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list),
         "pytest-benchmark",
         'no "benchmarks" list',
     )
+
+    def short(bench: dict) -> str:
+        return f"{bench['group']}/{bench['name']}" if bench.get("group") else bench["fullname"]
+
+    # Two tests of one name in two files of one group are two benchmarks: those take their
+    # full names (file::test) after the group. Every other keeps the name 0.2 gave it.
+    names = [short(b) for b in doc["benchmarks"]]
     results = []
-    for bench in doc["benchmarks"]:
-        name = f"{bench['group']}/{bench['name']}" if bench.get("group") else bench["fullname"]
+    for bench, name in zip(doc["benchmarks"], names):
+        if names.count(name) > 1:
+            name = f"{bench['group']}/{bench['fullname']}"
         stats = bench["stats"]  # "data": every round, with --benchmark-save-data
         results.append(_measured(name, stats["median"], "s", samples=stats.get("data") or ()))
     return results
@@ -8581,30 +8591,43 @@ def _read_hyperfine(text: str) -> list[Result]:
     ]
 
 
-_GO_LINE_RE = _Regex(r"^(Benchmark\S*?)(?:-\d+)?\s+(\d+)\s+(\d.*)$")
+_GO_LINE_RE = _Regex(r"^(Benchmark\S*?)(-\d+)?\s+(\d+)\s+(\d.*)$")
 _GO_MEASURE_RE = _Regex(r"([-+0-9.eE]+)\s+(\S+)")
 
 
 def _read_go(text: str) -> list[Result]:
     """`go test -bench` text or -json: ns/op in seconds, under the benchmark's name without
-    the -GOMAXPROCS suffix; B/op, allocs/op, MB/s and custom metrics as "NAME (UNIT)". With
-    several packages each name starts with its package's import path. With -count=N, the
-    median of the N lines."""
+    the -GOMAXPROCS suffix (kept where one benchmark ran at several, with -cpu=1,2,4: they
+    are different benchmarks, BenchmarkX, BenchmarkX-2, BenchmarkX-4, as go names them);
+    B/op, allocs/op, MB/s and custom metrics as "NAME (UNIT)". With several packages each
+    name starts with its package's import path. With -count=N, the median of the N lines."""
     if text.lstrip().startswith("{"):
         text = _go_json_output(text)
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("pkg: "):
+            lines.append((line[5:].strip(), None))
+        elif match := _GO_LINE_RE.match(line.strip()):
+            lines.append(("", match))
+    procs: dict[tuple[str, str], set[str]] = {}
+    package = ""
+    for pkg, match in lines:
+        package = pkg if match is None else package
+        if match is not None:
+            procs.setdefault((package, match.group(1)), set()).add(match.group(2) or "")
     packages: set[str] = set()
     found: dict[tuple[str, str, str], list[float]] = {}
     package = ""
-    for line in text.splitlines():
-        if line.startswith("pkg: "):
-            package = line[5:].strip()
-            continue
-        match = _GO_LINE_RE.match(line.strip())
-        if not match:
+    for pkg, match in lines:
+        if match is None:
+            package = pkg
             continue
         packages.add(package)
-        for value, unit in _GO_MEASURE_RE.findall(match.group(3)):
-            found.setdefault((package, match.group(1), unit), []).append(float(value))
+        bench = match.group(1)
+        if len(procs[package, bench]) > 1:
+            bench += match.group(2) or ""
+        for value, unit in _GO_MEASURE_RE.findall(match.group(4)):
+            found.setdefault((package, bench, unit), []).append(float(value))
     _expect(bool(found), "go test -bench", "no Benchmark... lines")
     results = []
     for (package, bench, unit), values in found.items():
@@ -8665,12 +8688,13 @@ def _read_google_benchmark(text: str) -> list[Result]:
     return results
 
 
-_LIBTEST_RE = _Regex(r"^test (\S+)\s+\.\.\.\s+bench:\s+([\d,.]+) (\S+)/iter")
+_LIBTEST_RE = _Regex(r"^test (.+?)\s+\.\.\.\s+bench:\s+([\d,.]+) (\S+)")
 
 
 def _read_libtest(text: str) -> list[Result]:
     """Rust's `cargo bench` (libtest) and criterion's --output-format bencher: the
-    "test NAME ... bench: N ns/iter (+/- D)" lines, in seconds."""
+    "test NAME ... bench: N ns/iter (+/- D)" lines, in seconds; a name may have spaces, and
+    harnesses that imitate libtest may write another unit ("1911 MS/s": higher-is-better)."""
     results = []
     for line in text.splitlines():
         match = _LIBTEST_RE.match(line.strip())
@@ -8740,51 +8764,97 @@ def _read_pyperf(text: str) -> list[Result]:
     return results
 
 
-#: Each format's reader, by the name --format takes.
-_FORMATS: dict[str, Callable[[str], list[Result]]] = {
-    "pytest-benchmark": _read_pytest_benchmark,
-    "hyperfine": _read_hyperfine,
-    "go": _read_go,
-    "google-benchmark": _read_google_benchmark,
-    "libtest": _read_libtest,
-    "bmf": _read_bmf,
-    "gab": _read_gab,
-    "pyperf": _read_pyperf,
+@dataclasses.dataclass(frozen=True)
+class _Format:
+    """A harness's output: how it looks (its JSON, or None, and its text) and its reader."""
+
+    looks: Callable[[Any, str], bool]
+    read: Callable[[str], list[Result]]
+
+
+def _json_listing(key: str, *also: str) -> Callable[[Any, str], bool]:
+    """A JSON object with a list under `key` and the keys `also`."""
+    return lambda doc, text: (
+        isinstance(doc, dict) and isinstance(doc.get(key), list) and all(k in doc for k in also)
+    )
+
+
+def _lines_like(pattern: str) -> Callable[[Any, str], bool]:
+    """Text with a line that `pattern` matches."""
+    return lambda doc, text: doc is None and re.search(pattern, text, re.MULTILINE) is not None
+
+
+#: Each format by the name --format takes, in the order --format auto tries them: the ones
+#: whose shape says most first (pytest-benchmark's and Google Benchmark's JSON both list
+#: "benchmarks"; pyperf's has nothing else of its own).
+_FORMATS: dict[str, _Format] = {
+    "pytest-benchmark": _Format(
+        _json_listing("benchmarks", "machine_info"), _read_pytest_benchmark
+    ),
+    "google-benchmark": _Format(_json_listing("benchmarks", "context"), _read_google_benchmark),
+    "pyperf": _Format(_json_listing("benchmarks"), _read_pyperf),
+    "hyperfine": _Format(_json_listing("results"), _read_hyperfine),
+    "go": _Format(
+        lambda doc, text: (
+            _lines_like(r"^Benchmark\S*\s+\d+\s+[-+0-9.eE]+ \S+")(doc, text)
+            or re.search(r'^\{.*"Action"', text, re.MULTILINE) is not None
+        ),
+        _read_go,
+    ),
+    "libtest": _Format(_lines_like(r"^test .+?\s+\.\.\.\s+bench:"), _read_libtest),
+    "bmf": _Format(lambda doc, text: isinstance(doc, dict) and bool(doc), _read_bmf),
+    "gab": _Format(lambda doc, text: isinstance(doc, list) and bool(doc), _read_gab),
 }
 
 
 def detect_format(text: str) -> str:
-    """Which harness wrote this (for --format auto), by the shape of its output."""
+    """Which harness wrote this (for --format auto): the first format whose shape it has and
+    whose reader reads results from it. Otherwise a UsageError saying what the file looks like."""
     try:
         doc = json.loads(text)
     except ValueError:
         doc = None
-        if re.search(r"^\{.*\"Action\"", text, re.MULTILINE):
-            return "go"  # go test -json: one JSON object a line
+    for name, fmt in _FORMATS.items():
+        if fmt.looks(doc, text):
+            try:
+                if fmt.read(text):
+                    return name
+            except (UsageError, KeyError, TypeError, ValueError, AttributeError):
+                continue  # its shape, not its content: another format may read it
+    raise UsageError(
+        f"--format auto: {_what_it_looks_like(text, doc)}: none of the formats PerfIt reads "
+        f"({', '.join(_FORMATS)}); name one with --format to be told what it lacks"
+    )
+
+
+def _what_it_looks_like(text: str, doc: Any) -> str:
+    """A file's shape in a few words, for a file no format reads."""
+    if not text.strip():
+        return "the file is empty"
+    if "\x00" in text or "\ufffd" in text:
+        return "the file is binary"
     if isinstance(doc, dict):
-        if isinstance(doc.get("benchmarks"), list):
-            if "machine_info" in doc:
-                return "pytest-benchmark"
-            if "context" in doc:
-                return "google-benchmark"
-            return "pyperf"
-        if isinstance(doc.get("results"), list):
-            return "hyperfine"
-        return "bmf"
+        keys = ", ".join(list(doc)[:8]) + (", ..." if len(doc) > 8 else "")
+        return f"JSON with top-level keys {keys}" if doc else "an empty JSON object"
     if isinstance(doc, list):
-        return "gab"
-    if re.search(r"^Benchmark\S*\s+\d+\s+[-+0-9.eE]+ \S+", text, re.MULTILINE):
-        return "go"
-    if re.search(r"^test \S+\s+\.\.\.\s+bench:", text, re.MULTILINE):
-        return "libtest"
-    raise UsageError(f"--format auto: not the output of a known harness ({', '.join(_FORMATS)})")
+        return f"a JSON list of {len(doc)} item(s)" if doc else "an empty JSON list"
+    if doc is not None:
+        return f"a JSON {type(doc).__name__}"
+    if text.lstrip()[:1] in "{[":
+        try:
+            json.loads(text)
+        except ValueError as e:
+            return f"JSON that breaks off or goes wrong ({e})"
+    first = text.strip().splitlines()[0][:60]
+    return f"text that starts {first!r}"
 
 
-def read_results(text: str, fmt: str, prefix: str = "") -> list[Result]:
-    """The named results of a harness's output; names start with `prefix/` when given."""
+def read_results(text: str, fmt: str, prefix: str = "", better: str = "") -> list[Result]:
+    """The named results of a harness's output; names start with `prefix/` when given; with
+    `better`, every result is better that way (a format that says no direction)."""
     fmt = detect_format(text) if fmt == "auto" else fmt
     try:
-        results = _FORMATS[fmt](text)
+        results = _FORMATS[fmt].read(text)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         # A file of the right shape with a field missing or of the wrong type.
         raise UsageError(f"not {fmt} output as PerfIt knows it: {type(e).__name__} {e}") from None
@@ -8792,6 +8862,8 @@ def read_results(text: str, fmt: str, prefix: str = "") -> list[Result]:
         raise UsageError(f"no results in the {fmt} output")
     if prefix:
         results = [dataclasses.replace(r, name=f"{prefix.rstrip('/')}/{r.name}") for r in results]
+    if better:
+        results = [dataclasses.replace(r, better=better) for r in results]
     return results
 
 
@@ -10040,7 +10112,9 @@ def _cmd_post(args: argparse.Namespace) -> int:
 def _post_file(args: argparse.Namespace) -> int:
     """post --format: every result of a harness's output, named, as one CI run."""
     client = _client(args)
-    results = read_results(_read_text(args.value), args.format, args.prefix or "")
+    results = read_results(
+        _read_text(args.value), args.format, args.prefix or "", args.better or ""
+    )
     answer = _post_results(client, results, _origin(args))
     _print_json(answer)
     board = client.call("GET", "/a/")["board_id"]
@@ -10130,7 +10204,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         results = [
             r
             for path in rest
-            for r in read_results(_read_text(path), args.format, args.prefix or "")
+            for r in read_results(
+                _read_text(path), args.format, args.prefix or "", args.better or ""
+            )
         ]
         doc = _compare_suite_remotely(args, results, base)
     elif not rest:
@@ -10710,6 +10786,12 @@ _FORMAT_OPTIONS = (
         choices=("auto", *_FORMATS),
     ),
     _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
+    _Option(
+        "--better",
+        "which way every result is better, for a format that says none (github-action-benchmark's "
+        "custom JSON, a BMF measure of your own); default: lower, higher for a unit per second",
+        choices=("lower", "higher"),
+    ),
 )
 
 #: The change that `metric accept`, `dismiss` and `undismiss` speak of.

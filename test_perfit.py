@@ -6488,6 +6488,91 @@ def test_criterions_bencher_output_reads_as_libtest() -> None:
     assert found["join"].value == pytest.approx(int(line.group(1)) * 1e-9)
 
 
+def test_libtest_lines_with_spaces_in_names_and_other_units_are_read() -> None:
+    """criterion's bencher output of a name with spaces raised (or, beside a plain name, was
+    dropped); a libtest-shaped line in another unit was skipped without a word."""
+    text = (
+        "test Create Realm ... bench:         329 ns/iter (+/- 4)\n"
+        "test plain ... bench:       1,200 ns/iter (+/- 9)\n"
+        "test upload ... bench:        1911 MS/s (+/- 420)\n"
+    )
+    found = {r.name: r for r in perfit.read_results(text, "auto")}
+    assert found == {
+        "Create Realm": perfit.Result("Create Realm", 3.29e-07, "s", "lower"),
+        "plain": perfit.Result("plain", 1.2e-06, "s", "lower"),
+        "upload": perfit.Result("upload", 1911, "MS/s", "higher"),
+    }
+
+
+def test_go_benchmarks_at_several_gomaxprocs_are_several_benchmarks() -> None:
+    """`go test -bench . -cpu=1,2,4` names one benchmark three ways; 0.2 merged the three
+    into one metric holding the median of different things."""
+    text = (
+        "pkg: example.com/x\n"
+        "BenchmarkSort       \t  1000\t      4000 ns/op\n"
+        "BenchmarkSort-2     \t  1000\t      2100 ns/op\n"
+        "BenchmarkSort-4     \t  1000\t      1200 ns/op\n"
+        "BenchmarkJoin-4     \t  1000\t       300 ns/op\n"
+    )
+    found = {r.name: r.value for r in perfit.read_results(text, "auto")}
+    assert found == pytest.approx(
+        {
+            "BenchmarkSort": 4e-06,
+            "BenchmarkSort-2": 2.1e-06,
+            "BenchmarkSort-4": 1.2e-06,
+            "BenchmarkJoin": 3e-07,
+        }
+    )
+
+
+def test_picoseconds_are_a_unit_of_time() -> None:
+    (result,) = perfit.read_results('[{"name": "add", "unit": "ps", "value": 5}]', "gab")
+    assert result == perfit.Result("add", 5e-12, "s", "lower")
+
+
+def test_pytest_benchmark_tests_of_one_name_in_one_group_keep_their_files() -> None:
+    """Two test_parse in two files of the group "io" were one metric; they are two, and every
+    name 0.2 gave that did not collide stays (a suite keeps landing on its metrics)."""
+    stats = {"median": 0.5}
+
+    def bench(file: str, name: str, group: str | None) -> dict:
+        return {"group": group, "name": name, "fullname": f"{file}::{name}", "stats": stats}
+
+    doc = {
+        "machine_info": {},
+        "benchmarks": [
+            bench("tests/test_a.py", "test_parse", "io"),
+            bench("tests/test_b.py", "test_parse", "io"),
+            bench("tests/test_b.py", "test_dump", "io"),
+            bench("tests/test_c.py", "test_sort", None),
+        ],
+    }
+    names = [r.name for r in perfit.read_results(json.dumps(doc), "auto")]
+    assert names == [
+        "io/tests/test_a.py::test_parse",
+        "io/tests/test_b.py::test_parse",
+        "io/test_dump",
+        "tests/test_c.py::test_sort",
+    ]
+
+
+def test_better_says_which_way_for_a_format_that_says_none(url: str, account: Account) -> None:
+    """github-action-benchmark's custom JSON has no direction: "Free Memory" in MB was made
+    lower-is-better, and post had no way to say otherwise."""
+    doc = [{"name": "Free Memory", "unit": "MB", "value": 512}]
+    (result,) = perfit.read_results(json.dumps(doc), "gab", better="higher")
+    assert (result.unit, result.better) == ("MB", "higher")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(doc, f)
+    args = [*client_args(url, account.admin), "--format", "gab", "--prefix", "mem", f.name]
+    posted = perfit_main("post", *args, "--better", "higher")
+    os.unlink(f.name)
+    assert posted.returncode == 0, posted.stderr
+    info = ok_json("GET", f"{url}/m/{json.loads(posted.stdout)['metrics']['mem/Free Memory']}/info")
+    assert info["better"] == "higher"
+    assert perfit_main("post", *args, "--better", "sideways").returncode == 2
+
+
 def test_pyperf_takes_the_median_of_every_runs_values_not_the_warmups() -> None:
     doc = json.loads((FIXTURES / "pyperf.json").read_text())
     found = read_fixture("pyperf.json")
@@ -6548,9 +6633,17 @@ def test_bmf_and_gab_custom_json_take_their_documented_shapes() -> None:
 @pytest.mark.parametrize(
     "text, fmt, message",
     [
-        ("hello", "auto", "not the output of a known harness"),
+        ("hello\nworld", "auto", "text that starts 'hello': none of the formats PerfIt reads"),
         ("{}", "pytest-benchmark", 'no "benchmarks" list'),
-        ('{"benchmarks": [{"name": "x"}], "machine_info": {}}', "auto", "KeyError"),
+        ('{"benchmarks": [{"name": "x"}], "machine_info": {}}', "pytest-benchmark", "KeyError"),
+        # --format auto names a tool only when its reader reads the file, and else says what
+        # the file is (0.2 blamed pyperf, bmf or "a known harness" by a guess).
+        ('{"benchmarks": [{"name": "x"}], "machine_info": {}}', "auto", "keys benchmarks, mac"),
+        ('{"benchmarks": []}', "auto", "JSON with top-level keys benchmarks: none of the"),
+        ("", "auto", "the file is empty"),
+        ('{"results": [{"command": "x", "me', "auto", "JSON that breaks off .* line 1 column 31"),
+        ('{"results": [{"command": "x", "me', "hyperfine", "not JSON .*line 1 column 31"),
+        ("\x00\x01\x02", "auto", "the file is binary"),
         ("PASS\nok  example.com/x 0.1s\n", "go", "no Benchmark"),
         ("[1, 2]", "gab", "expected"),
     ],
