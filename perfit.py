@@ -8764,6 +8764,179 @@ def _read_pyperf(text: str) -> list[Result]:
     return results
 
 
+def _matching_lines(text: str, pattern: str, fmt: str, what: str) -> list[re.Match]:
+    """The lines of `text` that `pattern` matches (stripped of line ends); none is an error."""
+    found = [m for line in text.splitlines() if (m := re.match(pattern, line.rstrip()))]
+    _expect(bool(found), fmt, f"no {what} lines")
+    return found
+
+
+def _read_benchmarkjs(text: str) -> list[Result]:
+    """benchmark.js's `String(event.target)` lines, "NAME x 1,234 ops/sec ±0.5% (90 runs
+    sampled)": operations a second, higher-is-better."""
+    found = _matching_lines(
+        text,
+        r"^(.+?) x ([\d,.]+) ops/sec ±[\d.]+% \(\d+ runs? sampled\)$",
+        "benchmarkjs",
+        "NAME x N ops/sec",
+    )
+    return [_measured(m[1], float(m[2].replace(",", "")), "ops/sec") for m in found]
+
+
+def _read_luau(text: str) -> list[Result]:
+    """Luau's bench runner: "SUCCESS: NAME : 15.041ms +/- 0.6% on luau", the average, in
+    seconds."""
+    found = _matching_lines(
+        text,
+        r"^SUCCESS:\s*(.+?)\s*:\s*([\d.]+)ms \+/-\s*[\d.]+% on \S+",
+        "luau",
+        "SUCCESS: NAME : Nms",
+    )
+    return [_measured(m[1], float(m[2]), "ms") for m in found]
+
+
+_CRITERION_TIME_RE = _Regex(r"^(.*?)\s*(time|thrpt):\s+\[\S+ \S+ ([\d.]+) (\S+) \S+ \S+\]")
+
+
+def _read_criterion(text: str) -> list[Result]:
+    """criterion's own text output: the middle of "time: [low ESTIMATE high]" in seconds, and
+    of a "thrpt:" line as "NAME (UNIT)", higher-is-better. A long name has a line of its own
+    (a "change:" block's percentages have three numbers, not six, and are no benchmark)."""
+    results, name, previous = [], "", ""
+    for line in text.splitlines():
+        match = _CRITERION_TIME_RE.match(line.rstrip())
+        if not match:
+            previous = line.strip() or previous
+        elif match[2] == "time":
+            name = match[1].strip() or previous
+            results.append(_measured(name, float(match[3]), match[4]))
+        else:
+            results.append(_measured(f"{name} ({match[4]})", float(match[3]), match[4], "higher"))
+    _expect(bool(results), "criterion", 'no "NAME time: [...]" lines')
+    return results
+
+
+_CATCH2_RESULT_RE = _Regex(r"^(.*?)\s+\d+\s+\d+\s+[\d.]+ \S+$")
+_CATCH2_MEAN_RE = _Regex(r"^\s+([\d.]+) (\S+)\s+[\d.]+ \S+\s+[\d.]+ \S+$")
+
+
+def _read_catch2(text: str) -> list[Result]:
+    """Catch2's console reporter (v2 and v3): each benchmark's mean, in seconds, named as it
+    is (a name too long for its column wraps over lines: they are joined)."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    results, name, table = [], [], False
+    for i, line in enumerate(lines):
+        if line.startswith(("-----", "=====")):
+            # The table's rule comes under the three lines of its header.
+            table, name = i >= 3 and lines[i - 3].startswith("benchmark name"), []
+        elif table and line and not line[0].isspace():
+            result = _CATCH2_RESULT_RE.match(line)
+            mean = _CATCH2_MEAN_RE.match(lines[i + 1]) if result and i + 1 < len(lines) else None
+            if mean:
+                full = " ".join([*name, result[1].strip()])
+                results.append(_measured(full, float(mean[1]), mean[2]))
+                name = []
+            else:
+                name.append(line.strip())
+    _expect(bool(results), "catch2", 'no "benchmark name" table')
+    return results
+
+
+def _read_jmh(text: str) -> list[Result]:
+    """JMH's -rf json: each benchmark's score in its unit, named by the method with its
+    params ("a.b.C.m(size=10,kind=x)"); throughput (mode thrpt) higher-is-better, times
+    (avgt, sample, ss: "us/op") in seconds. Every iteration's score kept as a sample."""
+    doc = _json_doc(text, "jmh")
+    _expect(isinstance(doc, list), "jmh", '[{"benchmark", "primaryMetric"}] expected')
+    results = []
+    for bench in doc:
+        params = bench.get("params") or {}
+        name = bench["benchmark"] + (
+            f"({','.join(f'{k}={v}' for k, v in params.items())})" if params else ""
+        )
+        metric = bench["primaryMetric"]
+        samples = [x for fork in metric.get("rawData") or () for x in fork]
+        better = "higher" if bench.get("mode") == "thrpt" else ""
+        results.append(_measured(name, metric["score"], metric["scoreUnit"], better, samples))
+    return results
+
+
+def _read_benchmarkdotnet(text: str) -> list[Result]:
+    """BenchmarkDotNet's JSON exporter: each benchmark's median in seconds, named
+    "Type.Method(params)"; its measurements' values kept as samples where it wrote them."""
+    doc = _json_doc(text, "benchmarkdotnet")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("Benchmarks"), list),
+        "benchmarkdotnet",
+        'no "Benchmarks" list',
+    )
+    results = []
+    for bench in doc["Benchmarks"]:
+        params = bench.get("Parameters") or ""
+        name = f"{bench['Type']}.{bench['Method']}" + (f"({params})" if params else "")
+        stats = bench["Statistics"]
+        samples = stats.get("OriginalValues") or ()
+        results.append(_measured(name, stats["Median"], "ns", samples=samples))
+    return results
+
+
+def _read_julia(text: str) -> list[Result]:
+    """Julia BenchmarkTools' JSON (BenchmarkTools.save): each trial's median time (or the
+    estimate saved), in seconds, named by its groups' keys joined with "/"."""
+    doc = _json_doc(text, "julia")
+    _expect(
+        isinstance(doc, list) and len(doc) == 2 and isinstance(doc[1], list),
+        "julia",
+        '[{"BenchmarkTools": ...}, [groups]] expected',
+    )
+    results: list[Result] = []
+
+    def walk(path: list[str], node: list) -> None:
+        kind, body = node
+        if kind == "BenchmarkGroup":
+            for key, child in body["data"].items():
+                walk([*path, key], child)
+        elif kind == "Trial":
+            results.append(
+                _measured("/".join(path), _median(body["times"]), "ns", samples=body["times"])
+            )
+        elif kind == "TrialEstimate":
+            results.append(_measured("/".join(path), body["time"], "ns"))
+
+    for group in doc[1]:
+        walk([], group)
+    return results
+
+
+#: asv's kinds of benchmark, by the start of their names: the unit of what they measure.
+_ASV_UNITS = {"time_": "s", "timeraw_": "s", "mem_": "B", "peakmem_": "B", "track_": ""}
+
+
+def _read_asv(text: str) -> list[Result]:
+    """asv's results JSON (.asv/results/MACHINE/COMMIT-ENV.json): each benchmark's result
+    (the median of its samples), named "module.Class.name(param, param)" for each combination
+    of its params, as asv shows them; time in seconds, memory in bytes, track_ as it is."""
+    doc = _json_doc(text, "asv")
+    _expect(
+        isinstance(doc, dict) and isinstance(doc.get("results"), dict) and "result_columns" in doc,
+        "asv",
+        'no "results" with "result_columns"',
+    )
+    results = []
+    for name, row in doc["results"].items():
+        row = dict(zip(doc["result_columns"], row))
+        kind = name.rpartition(".")[2]
+        unit = next((u for start, u in _ASV_UNITS.items() if kind.startswith(start)), "")
+        values = row["result"] if isinstance(row["result"], list) else [row["result"]]
+        params = row.get("params") or []
+        combos = [f"({', '.join(c)})" for c in itertools.product(*params)] if params else [""]
+        samples = row.get("samples") or [()] * len(values)
+        for combo, value, runs in zip(combos, values, samples):
+            if value is not None and math.isfinite(value):  # a failed one is null or NaN
+                results.append(_measured(name + combo, value, unit, samples=runs or ()))
+    return results
+
+
 @dataclasses.dataclass(frozen=True)
 class _Format:
     """A harness's output: how it looks (its JSON, or None, and its text) and its reader."""
@@ -8802,6 +8975,22 @@ _FORMATS: dict[str, _Format] = {
         _read_go,
     ),
     "libtest": _Format(_lines_like(r"^test .+?\s+\.\.\.\s+bench:"), _read_libtest),
+    "criterion": _Format(_lines_like(r"\s+time:\s+\[\S+ \S+ \S+ \S+ \S+ \S+\]"), _read_criterion),
+    "catch2": _Format(_lines_like(r"^benchmark name\s+samples\s+iterations"), _read_catch2),
+    "benchmarkjs": _Format(_lines_like(r" x [\d,.]+ ops/sec ±"), _read_benchmarkjs),
+    "luau": _Format(_lines_like(r"^SUCCESS:.*:\s*[\d.]+ms \+/-"), _read_luau),
+    "jmh": _Format(
+        lambda doc, text: isinstance(doc, list) and bool(doc) and "primaryMetric" in doc[0],
+        _read_jmh,
+    ),
+    "benchmarkdotnet": _Format(
+        _json_listing("Benchmarks", "HostEnvironmentInfo"), _read_benchmarkdotnet
+    ),
+    "julia": _Format(
+        lambda doc, text: isinstance(doc, list) and bool(doc) and "BenchmarkTools" in doc[0],
+        _read_julia,
+    ),
+    "asv": _Format(lambda doc, text: isinstance(doc, dict) and "result_columns" in doc, _read_asv),
     "bmf": _Format(lambda doc, text: isinstance(doc, dict) and bool(doc), _read_bmf),
     "gab": _Format(lambda doc, text: isinstance(doc, list) and bool(doc), _read_gab),
 }

@@ -6488,6 +6488,104 @@ def test_criterions_bencher_output_reads_as_libtest() -> None:
     assert found["join"].value == pytest.approx(int(line.group(1)) * 1e-9)
 
 
+#: What each new format's fixture holds, as the tool wrote it (fixtures/README.md says which
+#: tool made each file, or whose published example it is): its format, and each result's name,
+#: value, unit and direction after reading. The statistic each format takes is the README's.
+_FIXTURE_RESULTS = {
+    "catch2-v2.txt": ("catch2", {
+        "fib 15": (8.44617e-07, "s", "lower"),
+        "fib 20": (8.33573e-06, "s", "lower"),
+        "std::sort of a reversed vector of 1000 ints": (3.17913e-06, "s", "lower"),  # wrapped
+    }),
+    "catch2-v3.txt": ("catch2", {
+        "fib 15": (7.57118e-07, "s", "lower"),
+        "std::sort of a reversed vector of 1000 ints": (3.79658e-06, "s", "lower"),
+    }),
+    "benchmarkjs.txt": ("benchmarkjs", {
+        "fib(10)": (1974874, "ops/sec", "higher"),
+        "String#indexOf with a long string": (1230370246, "ops/sec", "higher"),
+    }),
+    "criterion.txt": ("criterion", {
+        "sort/100": (7.7494e-08, "s", "lower"),
+        "checksum/sum 4 KiB": (6.3529e-07, "s", "lower"),
+        "checksum/sum 4 KiB (GiB/s)": (6.0047, "GiB/s", "higher"),
+        "noop": (3.1396e-10, "s", "lower"),  # picoseconds
+    }),
+    "criterion-change.txt": ("criterion", {
+        "sort/100": (9.1151e-08, "s", "lower"),  # its change: [...] percentages are no result
+        "checksum/sum 4 KiB (GiB/s)": (6.1582, "GiB/s", "higher"),
+    }),
+    "criterion-bencher-spaces.txt": ("libtest", {
+        "checksum/sum 4 KiB": (6.49e-07, "s", "lower"),
+        "noop": (0.0, "s", "lower"),
+    }),
+    "libtest-units.txt": ("libtest", {
+        "cmov": (2835, "cycles/iter", "lower"),
+        "upload": (1911, "MS/s", "higher"),
+    }),
+    "jmh.json": ("jmh", {
+        "org.openjdk.jmh.samples.JMHSample_01_HelloWorld.wellHelloThere": (
+            3376238873.1228185, "ops/s", "higher"
+        ),
+    }),
+    "jmh-params.json": ("jmh", {
+        "org.openjdk.jmh.samples.JMHSample_01_HelloWorld.wellHelloThere(paramA=17,paramB=33)": (
+            3376238873.1228185, "ops/s", "higher"
+        ),
+    }),
+    "benchmarkdotnet.json": ("benchmarkdotnet", {
+        "Benchmarks.Fib10": (24.419498533010483e-9, "s", "lower"),  # the median, not the mean
+        "Benchmarks.Fib20": (51.40195590257645e-9, "s", "lower"),
+    }),
+    "julia.json": ("julia", {
+        "fib/10": (246.03846153846155e-9, "s", "lower"),
+        "fib/20": (31028e-9, "s", "lower"),
+    }),
+    "luau.txt": ("luau", {
+        "base64": (0.015041, "s", "lower"),
+        "life": (0.085089, "s", "lower"),
+    }),
+    "asv-results.json": ("asv", {
+        "benchmarks.Sort.time_sort(100, 'sorted')": (8.545002856408246e-07, "s", "lower"),
+        "benchmarks.Sort.time_sort(1000, 'reversed')": (4.982000064046588e-06, "s", "lower"),
+        "benchmarks.TimeSuite.time_keys": (3.3875003282446414e-06, "s", "lower"),
+        "benchmarks.peakmem_list": (24780800, "B", "lower"),
+        "benchmarks.track_items_per_chunk": (42, "", "lower"),
+    }),
+    "go-cpu.txt": ("go", {
+        "BenchmarkSort/size=100": (4.048e-07, "s", "lower"),
+        "BenchmarkSort/size=100-2": (7.413e-07, "s", "lower"),
+        "BenchmarkSort/size=100-4": (3.872e-07, "s", "lower"),
+        "BenchmarkSearch-4 (lookups/s)": (21663778, "lookups/s", "higher"),
+    }),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _FIXTURE_RESULTS)
+def test_each_new_harness_fixture_reads_as_its_tool_wrote_it(name: str) -> None:
+    fmt, expected = _FIXTURE_RESULTS[name]
+    assert perfit.detect_format((FIXTURES / name).read_text()) == fmt
+    found = read_fixture(name)
+    assert read_fixture(name, fmt) == found, "auto reads as the format named"
+    for result, (value, unit, better) in expected.items():
+        assert (found[result].unit, found[result].better) == (unit, better), result
+        assert found[result].value == pytest.approx(value, rel=1e-9, abs=1e-15), result
+
+
+def test_the_new_readers_keep_the_samples_their_tools_write() -> None:
+    assert (
+        len(
+            read_fixture("jmh.json")[
+                "org.openjdk.jmh.samples.JMHSample_01_HelloWorld.wellHelloThere"
+            ].samples
+        )
+        == 3
+    )
+    assert len(read_fixture("benchmarkdotnet.json")["Benchmarks.Fib10"].samples) == 14
+    sort = read_fixture("asv-results.json")["benchmarks.Sort.time_sort(100, 'sorted')"]
+    assert len(sort.samples) == 20 and sort.value == pytest.approx(statistics.median(sort.samples))
+
+
 def test_libtest_lines_with_spaces_in_names_and_other_units_are_read() -> None:
     """criterion's bencher output of a name with spaces raised (or, beside a plain name, was
     dropped); a libtest-shaped line in another unit was skipped without a word."""
