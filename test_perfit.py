@@ -2277,6 +2277,16 @@ def test_durations_are_shown_as_durations(seconds, shown):
     assert perfit.format_value(seconds * 1e9, "ns") == shown
 
 
+@pytest.mark.parametrize(
+    ("value", "unit", "shown"),
+    [(63_603_957, "ops/sec", "63.6M ops/sec"), (24_780_800, "B", "24.78 MB"), (9999, "x", "9999 x"),
+     (999_999, "ops", "1M ops"), (42, "", "42"), (-2.5e6, "items", "-2.5M items"), (1e30, "x", "1e+30 x")],
+)  # fmt: skip
+def test_big_values_read_with_an_si_prefix_as_harnesses_print_them(value, unit, shown):
+    """benchmark.js's 63,603,957 ops/sec was "6.3604e+07 ops/sec" on the board."""
+    assert perfit.format_value(value, unit) == shown
+
+
 def test_duration_axis_ticks_fall_on_whole_minutes():
     ticks = perfit.value_ticks(0, 1000, "s")
     assert 3 <= len(ticks) <= 8
