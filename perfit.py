@@ -8809,7 +8809,10 @@ _CRITERION_TIME_RE = _Regex(r"^(.*?)\s*(time|thrpt):\s+\[\S+ \S+ ([\d.]+) (\S+) 
 def _read_criterion(text: str) -> list[Result]:
     """criterion's own text output: the middle of "time: [low ESTIMATE high]" in seconds, and
     of a "thrpt:" line as "NAME (UNIT)", higher-is-better. A long name has a line of its own
-    (a "change:" block's percentages have three numbers, not six, and are no benchmark)."""
+    (a "change:" block's percentages have three numbers, not six, and are no benchmark).
+    Or its target/criterion directory, as _criterion_directory gives it."""
+    if text.startswith("{"):
+        return _read_criterion_estimates(text)
     results, name, previous = [], "", ""
     for line in text.splitlines():
         match = _CRITERION_TIME_RE.match(line.rstrip())
@@ -8822,6 +8825,37 @@ def _read_criterion(text: str) -> list[Result]:
             results.append(_measured(f"{name} ({match[4]})", float(match[3]), match[4], "higher"))
     _expect(bool(results), "criterion", 'no "NAME time: [...]" lines')
     return results
+
+
+def _read_criterion_estimates(text: str) -> list[Result]:
+    """criterion's estimates.json of each benchmark, by its benchmark.json's full_id: the
+    median's point estimate, in seconds; every sample (sample.json: time / iterations)."""
+    results = []
+    for bench in _json_doc(text, "criterion")["criterion"]:
+        sample = bench.get("sample") or {}
+        samples = [t / n for t, n in zip(sample.get("times", ()), sample.get("iters", ())) if n]
+        median = bench["estimates"]["median"]["point_estimate"]
+        results.append(_measured(bench["full_id"], median, "ns", samples=samples))
+    return results
+
+
+def _criterion_directory(path: str) -> str:
+    """criterion's target/criterion directory (or one of its benchmarks') as one JSON text:
+    {"criterion": [{"full_id", "estimates", "sample"}]}, from each */new/ of it."""
+    found = []
+    for top, _, files in sorted(os.walk(path)):
+        if os.path.basename(top) == "new" and {"benchmark.json", "estimates.json"} <= set(files):
+            doc = {}
+            for part in ("benchmark", "estimates", "sample"):
+                if f"{part}.json" in files:
+                    with open(os.path.join(top, f"{part}.json"), encoding="utf-8") as f:
+                        doc[part] = json.load(f)
+            found.append({**doc, "full_id": doc.pop("benchmark")["full_id"]})
+    if not found:
+        raise UsageError(
+            f"{path} is a directory with no criterion estimates (*/new/estimates.json)"
+        )
+    return json.dumps({"criterion": found})
 
 
 _CATCH2_RESULT_RE = _Regex(r"^(.*?)\s+\d+\s+\d+\s+[\d.]+ \S+$")
@@ -8983,7 +9017,13 @@ _FORMATS: dict[str, _Format] = {
         _read_go,
     ),
     "libtest": _Format(_lines_like(r"^test .+?\s+\.\.\.\s+bench:"), _read_libtest),
-    "criterion": _Format(_lines_like(r"\s+time:\s+\[\S+ \S+ \S+ \S+ \S+ \S+\]"), _read_criterion),
+    "criterion": _Format(
+        lambda doc, text: (
+            _lines_like(r"\s+time:\s+\[\S+ \S+ \S+ \S+ \S+ \S+\]")(doc, text)
+            or (isinstance(doc, dict) and "criterion" in doc)
+        ),
+        _read_criterion,
+    ),
     "catch2": _Format(_lines_like(r"^benchmark name\s+samples\s+iterations"), _read_catch2),
     "benchmarkjs": _Format(_lines_like(r" x [\d,.]+ ops/sec ±"), _read_benchmarkjs),
     "luau": _Format(_lines_like(r"^SUCCESS:.*:\s*[\d.]+ms \+/-"), _read_luau),
@@ -10324,10 +10364,13 @@ def _post_file(args: argparse.Namespace) -> int:
 
 
 def _read_text(path: str) -> str:
-    """A file's text (- for stdin); one that cannot be read is a usage error."""
+    """A file's text (- for stdin; a directory is criterion's target/criterion); one that
+    cannot be read is a usage error."""
     try:
         if path == "-":
             return sys.stdin.read()
+        if os.path.isdir(path):
+            return _criterion_directory(path)
         with open(path, encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             return f.read()
     except (OSError, UnicodeDecodeError) as e:

@@ -6582,6 +6582,22 @@ def test_each_new_harness_fixture_reads_as_its_tool_wrote_it(name: str) -> None:
         assert found[result].value == pytest.approx(value, rel=1e-9, abs=1e-15), result
 
 
+def test_criterions_directory_reads_each_benchmarks_estimates(url: str, account: Account) -> None:
+    """`post --format auto target/criterion`: each benchmark's estimates.json, named by its
+    benchmark.json, the median (criterion's text prints the slope), with its 100 samples."""
+    text = perfit._read_text(str(FIXTURES / "criterion-estimates"))
+    assert perfit.detect_format(text) == "criterion"
+    found = {r.name: r for r in perfit.read_results(text, "auto")}
+    assert set(found) == {"sort/100", "sort/1000", "join", "checksum/sum 4 KiB", "noop"}
+    assert found["sort/100"].value == pytest.approx(76.98396821908801e-9)
+    assert len(found["noop"].samples) == 100 and found["noop"].unit == "s"
+    args = [*client_args(url, account.admin), "--format", "auto", "--prefix", "crit"]
+    posted = perfit_main("post", *args, str(FIXTURES / "criterion-estimates"))
+    assert posted.returncode == 0, posted.stderr
+    assert len(json.loads(posted.stdout)["metrics"]) == 5
+    assert_said_no(perfit_main("post", *args, str(FIXTURES / "src")), 2)
+
+
 def test_the_new_readers_keep_the_samples_their_tools_write() -> None:
     assert (
         len(
