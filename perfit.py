@@ -6196,7 +6196,7 @@ _BOARD_MAIN = """<h1>{heading}</h1>
 
 _BOARD_EMPTY = """<p>No metrics yet. Post a CI run and each result gets a metric by name:
 <code>perfit post --format auto results.json</code> (pytest-benchmark, hyperfine, Go, Google
-Benchmark, Rust, pyperf ...).</p>"""
+Benchmark, Catch2, criterion, JMH, BenchmarkDotNet, benchmark.js, asv ...).</p>"""
 
 _BOARD_GROUP = """<section class="group" aria-labelledby="{anchor}"><h2 id="{anchor}">{title}</h2>
 <table class="board"><thead><tr><th scope="col">metric</th><th scope="col">trend</th>

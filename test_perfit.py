@@ -6612,6 +6612,13 @@ def test_the_new_readers_keep_the_samples_their_tools_write() -> None:
     assert len(sort.samples) == 20 and sort.value == pytest.approx(statistics.median(sort.samples))
 
 
+def test_the_readme_lists_every_format_the_client_reads() -> None:
+    readme = (HERE / "README.md").read_text()
+    assert f"from {len(perfit._FORMATS)} harnesses' output" in readme
+    rows = set(re.findall(r"^\| `([a-z0-9-]+)` \|", readme, re.M))
+    assert {*perfit._FORMATS, "auto"} <= rows, {*perfit._FORMATS, "auto"} - rows
+
+
 def test_libtest_lines_with_spaces_in_names_and_other_units_are_read() -> None:
     """criterion's bencher output of a name with spaces raised (or, beside a plain name, was
     dropped); a libtest-shaped line in another unit was skipped without a word."""
