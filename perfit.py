@@ -8599,44 +8599,36 @@ def _read_hyperfine(text: str) -> list[Result]:
     ]
 
 
-_GO_LINE_RE = _Regex(r"^(Benchmark\S*?)(-\d+)?\s+(\d+)\s+(\d.*)$")
+_GO_LINE_RE = _Regex(r"^(Benchmark\S*)\s+(\d+)\s+(\d.*)$")
 _GO_MEASURE_RE = _Regex(r"([-+0-9.eE]+)\s+(\S+)")
 
 
 def _read_go(text: str) -> list[Result]:
     """`go test -bench` text or -json: ns/op in seconds, under the benchmark's name without
-    the -GOMAXPROCS suffix (kept where one benchmark ran at several, with -cpu=1,2,4: they
-    are different benchmarks, BenchmarkX, BenchmarkX-2, BenchmarkX-4, as go names them);
-    B/op, allocs/op, MB/s and custom metrics as "NAME (UNIT)". With several packages each
-    name starts with its package's import path. With -count=N, the median of the N lines."""
+    the -GOMAXPROCS suffix that every line shares (with -cpu=1,2,4 one benchmark ran at
+    several: those are different benchmarks, named as go names them, BenchmarkX, BenchmarkX-2,
+    BenchmarkX-4); B/op, allocs/op, MB/s and custom metrics as "NAME (UNIT)". With several
+    packages each name starts with its package's import path. With -count=N, the median of
+    the N lines."""
     if text.lstrip().startswith("{"):
         text = _go_json_output(text)
-    lines = []
+    lines, package = [], ""
     for line in text.splitlines():
         if line.startswith("pkg: "):
-            lines.append((line[5:].strip(), None))
+            package = line[5:].strip()
         elif match := _GO_LINE_RE.match(line.strip()):
-            lines.append(("", match))
-    procs: dict[tuple[str, str], set[str]] = {}
-    package = ""
-    for pkg, match in lines:
-        package = pkg if match is None else package
-        if match is not None:
-            procs.setdefault((package, match.group(1)), set()).add(match.group(2) or "")
-    packages: set[str] = set()
+            lines.append((package, match[1], match[3]))
+    _expect(bool(lines), "go test -bench", "no Benchmark... lines")
+    # One GOMAXPROCS for all (-8 on every line): go's suffix, not the name's. A name that ends
+    # in a number of its own (size-100) keeps it: its lines do not all share one suffix.
+    suffixes = {(re.search(r"-\d+$", bench) or [""])[0] for _, bench, _ in lines}
+    (shared,) = suffixes if len(suffixes) == 1 else ("",)
+    packages = {pkg for pkg, _, _ in lines}
     found: dict[tuple[str, str, str], list[float]] = {}
-    package = ""
-    for pkg, match in lines:
-        if match is None:
-            package = pkg
-            continue
-        packages.add(package)
-        bench = match.group(1)
-        if len(procs[package, bench]) > 1:
-            bench += match.group(2) or ""
-        for value, unit in _GO_MEASURE_RE.findall(match.group(4)):
-            found.setdefault((package, bench, unit), []).append(float(value))
-    _expect(bool(found), "go test -bench", "no Benchmark... lines")
+    for pkg, bench, measures in lines:
+        name = bench.removesuffix(shared) if shared else bench
+        for value, unit in _GO_MEASURE_RE.findall(measures):
+            found.setdefault((pkg, name, unit), []).append(float(value))
     results = []
     for (package, bench, unit), values in found.items():
         name = f"{package}/{bench}" if len(packages) > 1 and package else bench
@@ -8779,6 +8771,17 @@ def _matching_lines(text: str, pattern: str, fmt: str, what: str) -> list[re.Mat
     return found
 
 
+def _told_apart(found: list[tuple[Result, str]]) -> list[Result]:
+    """Results, each with what ran it (a JMH mode, a BenchmarkDotNet job, a Luau VM): a name
+    that comes more than once gets it after it, "NAME [avgt]", so two runs of one benchmark
+    are two metrics, not one metric holding both."""
+    names = [r.name for r, _ in found]
+    return [
+        dataclasses.replace(r, name=f"{r.name} [{how}]") if how and names.count(r.name) > 1 else r
+        for r, how in found
+    ]
+
+
 def _read_benchmarkjs(text: str) -> list[Result]:
     """benchmark.js's `String(event.target)` lines, "NAME x 1,234 ops/sec ±0.5% (90 runs
     sampled)": operations a second, higher-is-better."""
@@ -8793,14 +8796,14 @@ def _read_benchmarkjs(text: str) -> list[Result]:
 
 def _read_luau(text: str) -> list[Result]:
     """Luau's bench runner: "SUCCESS: NAME : 15.041ms +/- 0.6% on luau", the average, in
-    seconds."""
+    seconds (and the VM, "[luau-jit]", where it ran on several)."""
     found = _matching_lines(
         text,
-        r"^SUCCESS:\s*(.+?)\s*:\s*([\d.]+)ms \+/-\s*[\d.]+% on \S+",
+        r"^SUCCESS:\s*(.+?)\s*:\s*([\d.]+)ms \+/-\s*[\d.]+% on (\S+)",
         "luau",
         "SUCCESS: NAME : Nms",
     )
-    return [_measured(m[1], float(m[2]), "ms") for m in found]
+    return _told_apart([(_measured(m[1], float(m[2]), "ms"), m[3]) for m in found])
 
 
 _CRITERION_TIME_RE = _Regex(r"^(.*?)\s*(time|thrpt):\s+\[\S+ \S+ ([\d.]+) (\S+) \S+ \S+\]")
@@ -8864,29 +8867,34 @@ _CATCH2_MEAN_RE = _Regex(r"^\s+([\d.]+) (\S+)\s+[\d.]+ \S+\s+[\d.]+ \S+$")
 
 def _read_catch2(text: str) -> list[Result]:
     """Catch2's console reporter (v2 and v3): each benchmark's mean, in seconds, named as it
-    is (a name too long for its column wraps over lines: they are joined)."""
+    is (a name too long for its column wraps over lines: they are joined; one in several test
+    cases gets its test case, "NAME [Case]")."""
     lines = [line.rstrip() for line in text.splitlines()]
-    results, name, table = [], [], False
+    results, name, table, case = [], [], False, ""
     for i, line in enumerate(lines):
         if line.startswith(("-----", "=====")):
-            # The table's rule comes under the three lines of its header.
+            # The table's rule comes under the three lines of its header; a test case's name
+            # between two rules.
             table, name = i >= 3 and lines[i - 3].startswith("benchmark name"), []
+            if i >= 2 and lines[i - 2].startswith("-----") and lines[i - 1].strip():
+                case = lines[i - 1].strip()
         elif table and line and not line[0].isspace():
             result = _CATCH2_RESULT_RE.match(line)
             mean = _CATCH2_MEAN_RE.match(lines[i + 1]) if result and i + 1 < len(lines) else None
             if mean:
                 full = " ".join([*name, result[1].strip()])
-                results.append(_measured(full, float(mean[1]), mean[2]))
+                results.append((_measured(full, float(mean[1]), mean[2]), case))
                 name = []
             else:
                 name.append(line.strip())
     _expect(bool(results), "catch2", 'no "benchmark name" table')
-    return results
+    return _told_apart(results)
 
 
 def _read_jmh(text: str) -> list[Result]:
     """JMH's -rf json: each benchmark's score in its unit, named by the method with its
-    params ("a.b.C.m(size=10,kind=x)"); throughput (mode thrpt) higher-is-better, times
+    params ("a.b.C.m(size=10,kind=x)", and its mode, "[avgt]", where it ran in several);
+    throughput (mode thrpt) higher-is-better, times
     (avgt, sample, ss: "us/op") in seconds. Every iteration's score kept as a sample."""
     doc = _json_doc(text, "jmh")
     _expect(isinstance(doc, list), "jmh", '[{"benchmark", "primaryMetric"}] expected')
@@ -8898,14 +8906,18 @@ def _read_jmh(text: str) -> list[Result]:
         )
         metric = bench["primaryMetric"]
         samples = [x for fork in metric.get("rawData") or () for x in fork]
-        better = "higher" if bench.get("mode") == "thrpt" else ""
-        results.append(_measured(name, metric["score"], metric["scoreUnit"], better, samples))
-    return results
+        mode = bench.get("mode", "")
+        better = "higher" if mode == "thrpt" else ""
+        results.append(
+            (_measured(name, metric["score"], metric["scoreUnit"], better, samples), mode)
+        )
+    return _told_apart(results)
 
 
 def _read_benchmarkdotnet(text: str) -> list[Result]:
     """BenchmarkDotNet's JSON exporter: each benchmark's median in seconds, named
-    "Type.Method(params)"; its measurements' values kept as samples where it wrote them."""
+    "Type.Method(params)" (and its job, "[Job-X]", where it ran in several); its measurements'
+    values kept as samples where it wrote them; a failed one (no statistics) left out."""
     doc = _json_doc(text, "benchmarkdotnet")
     _expect(
         isinstance(doc, dict) and isinstance(doc.get("Benchmarks"), list),
@@ -8914,12 +8926,15 @@ def _read_benchmarkdotnet(text: str) -> list[Result]:
     )
     results = []
     for bench in doc["Benchmarks"]:
-        params = bench.get("Parameters") or ""
+        stats = bench.get("Statistics")
+        if not stats:
+            continue  # a benchmark that failed has no statistics
+        params = (bench.get("Parameters") or "").replace("&", ",")  # its PrintInfo joins with &
         name = f"{bench['Type']}.{bench['Method']}" + (f"({params})" if params else "")
-        stats = bench["Statistics"]
+        job = (bench.get("DisplayInfo") or "").rpartition(": ")[2]
         samples = stats.get("OriginalValues") or ()
-        results.append(_measured(name, stats["Median"], "ns", samples=samples))
-    return results
+        results.append((_measured(name, stats["Median"], "ns", samples=samples), job))
+    return _told_apart(results)
 
 
 def _read_julia(text: str) -> list[Result]:
@@ -8938,7 +8953,7 @@ def _read_julia(text: str) -> list[Result]:
         if kind == "BenchmarkGroup":
             for key, child in body["data"].items():
                 walk([*path, key], child)
-        elif kind == "Trial":
+        elif kind == "Trial" and body["times"]:
             results.append(
                 _measured("/".join(path), _median(body["times"]), "ns", samples=body["times"])
             )
@@ -8994,6 +9009,11 @@ def _json_listing(key: str, *also: str) -> Callable[[Any, str], bool]:
     )
 
 
+def _dict_with(items: list, key: str) -> bool:
+    """Whether `items` holds a first item, a JSON object with `key`."""
+    return bool(items) and isinstance(items[0], dict) and key in items[0]
+
+
 def _lines_like(pattern: str) -> Callable[[Any, str], bool]:
     """Text with a line that `pattern` matches."""
     return lambda doc, text: doc is None and re.search(pattern, text, re.MULTILINE) is not None
@@ -9028,14 +9048,14 @@ _FORMATS: dict[str, _Format] = {
     "benchmarkjs": _Format(_lines_like(r" x [\d,.]+ ops/sec ±"), _read_benchmarkjs),
     "luau": _Format(_lines_like(r"^SUCCESS:.*:\s*[\d.]+ms \+/-"), _read_luau),
     "jmh": _Format(
-        lambda doc, text: isinstance(doc, list) and bool(doc) and "primaryMetric" in doc[0],
+        lambda doc, text: isinstance(doc, list) and _dict_with(doc[:1], "primaryMetric"),
         _read_jmh,
     ),
     "benchmarkdotnet": _Format(
         _json_listing("Benchmarks", "HostEnvironmentInfo"), _read_benchmarkdotnet
     ),
     "julia": _Format(
-        lambda doc, text: isinstance(doc, list) and bool(doc) and "BenchmarkTools" in doc[0],
+        lambda doc, text: isinstance(doc, list) and _dict_with(doc[:1], "BenchmarkTools"),
         _read_julia,
     ),
     "asv": _Format(lambda doc, text: isinstance(doc, dict) and "result_columns" in doc, _read_asv),
@@ -9052,12 +9072,11 @@ def detect_format(text: str) -> str:
     except ValueError:
         doc = None
     for name, fmt in _FORMATS.items():
-        if fmt.looks(doc, text):
-            try:
-                if fmt.read(text):
-                    return name
-            except (UsageError, KeyError, TypeError, ValueError, AttributeError):
-                continue  # its shape, not its content: another format may read it
+        try:
+            if fmt.looks(doc, text) and fmt.read(text):
+                return name
+        except (UsageError, LookupError, TypeError, ValueError, AttributeError, RecursionError):
+            continue  # its shape, not its content: another format may read it
     raise UsageError(
         f"--format auto: {_what_it_looks_like(text, doc)}: none of the formats PerfIt reads "
         f"({', '.join(_FORMATS)}); name one with --format to be told what it lacks"
@@ -9088,19 +9107,30 @@ def _what_it_looks_like(text: str, doc: Any) -> str:
 
 def read_results(text: str, fmt: str, prefix: str = "", better: str = "") -> list[Result]:
     """The named results of a harness's output; names start with `prefix/` when given; with
-    `better`, every result is better that way (a format that says no direction)."""
+    `better`, every result whose unit is neither a time nor a rate is better that way (its
+    format says no direction). A name the output gives twice is an error, not a mixed metric."""
     fmt = detect_format(text) if fmt == "auto" else fmt
     try:
         results = _FORMATS[fmt].read(text)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (LookupError, TypeError, ValueError, AttributeError, RecursionError) as e:
         # A file of the right shape with a field missing or of the wrong type.
         raise UsageError(f"not {fmt} output as PerfIt knows it: {type(e).__name__} {e}") from None
     if not results:
         raise UsageError(f"no results in the {fmt} output")
     if prefix:
         results = [dataclasses.replace(r, name=f"{prefix.rstrip('/')}/{r.name}") for r in results]
-    if better:
-        results = [dataclasses.replace(r, better=better) for r in results]
+    if better:  # not a time nor a rate: their direction is known
+        results = [
+            r if r.unit == "s" or _per_second(r.unit) else dataclasses.replace(r, better=better)
+            for r in results
+        ]
+    names = [r.name for r in results]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(
+            f"the {fmt} output names {', '.join(map(repr, repeated[:5]))} more than once: PerfIt "
+            "would mix them in one metric; post each run of them from a file of its own"
+        )
     return results
 
 
@@ -10371,10 +10401,19 @@ def _read_text(path: str) -> str:
             return sys.stdin.read()
         if os.path.isdir(path):
             return _criterion_directory(path)
-        with open(path, encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
         raise UsageError(f"cannot read {path}: {e}") from None
+    # UTF-8, with the BOM spreadsheets write, or UTF-16 as PowerShell's > writes it.
+    encoding = "utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"cannot read {path}: not text (byte 0x{raw[e.start]:02x} at offset {e.start} is "
+            f"not {encoding.removesuffix('-sig').upper()})"
+        ) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -11028,8 +11067,8 @@ _FORMAT_OPTIONS = (
     _Option("--prefix", "put NAME/ before every result's name, e.g. the suite", "NAME"),
     _Option(
         "--better",
-        "which way every result is better, for a format that says none (github-action-benchmark's "
-        "custom JSON, a BMF measure of your own); default: lower, higher for a unit per second",
+        "which way is better for the results that are neither times nor rates (github-action-"
+        "benchmark's custom JSON, a BMF measure of your own, asv's track_); default: lower",
         choices=("lower", "higher"),
     ),
 )

@@ -6598,6 +6598,62 @@ def test_criterions_directory_reads_each_benchmarks_estimates(url: str, account:
     assert_said_no(perfit_main("post", *args, str(FIXTURES / "src")), 2)
 
 
+def _jmh_run(mode: str, score: float, unit: str) -> dict:
+    return {
+        "benchmark": "a.B.sort",
+        "mode": mode,
+        "primaryMetric": {"score": score, "scoreUnit": unit},
+    }
+
+
+def test_one_benchmark_run_several_ways_is_several_metrics_and_a_repeat_is_refused() -> None:
+    """JMH with -bm thrpt,avgt gave one name twice (an ops/s and a time in one metric)."""
+    jmh = [_jmh_run("thrpt", 3.4e9, "ops/s"), _jmh_run("avgt", 0.3, "ns/op")]
+    found = {r.name: r for r in perfit.read_results(json.dumps(jmh), "auto")}
+    assert found["a.B.sort [thrpt]"].better == "higher"
+    assert found["a.B.sort [avgt]"] == perfit.Result("a.B.sort [avgt]", 3e-10, "s", "lower")
+    catch2 = (
+        (FIXTURES / "catch2-v2.txt")
+        .read_text()
+        .replace(
+            "std::sort of a reversed vector of                                              \n1000 ints",
+            "fib 20",
+        )
+    )
+    names = [r.name for r in perfit.read_results(catch2, "catch2")]
+    assert names == ["fib 15", "fib 20 [Fibonacci]", "fib 20 [Sorting a reversed vector of one "
+                     "thousand numbers, with spaces in the name]"]  # fmt: skip
+    twice = '[{"name": "x", "unit": "s", "value": 1}, {"name": "x", "unit": "s", "value": 2}]'
+    with pytest.raises(perfit.UsageError, match="names 'x' more than once"):
+        perfit.read_results(twice, "gab")
+
+
+def test_a_failed_or_odd_entry_is_left_out_or_said_never_a_traceback() -> None:
+    doc = json.loads((FIXTURES / "benchmarkdotnet.json").read_text())
+    doc["Benchmarks"][0]["Statistics"] = None  # how BenchmarkDotNet writes a failed one
+    assert [r.name for r in perfit.read_results(json.dumps(doc), "auto")] == ["Benchmarks.Fib20"]
+    for odd in ("[1]", "[null]", "[[]]", '{"Benchmarks": [], "HostEnvironmentInfo": {}}'):
+        with pytest.raises(perfit.UsageError, match="none of the formats"):
+            perfit.read_results(odd, "auto")
+
+
+def test_better_leaves_times_and_rates_as_they_are() -> None:
+    found = {r.name: r for r in perfit.read_results(
+        (FIXTURES / "asv-results.json").read_text(), "asv", better="higher")}  # fmt: skip
+    assert found["benchmarks.track_items_per_chunk"].better == "higher"
+    assert found["benchmarks.TimeSuite.time_keys"].better == "lower"
+
+
+def test_a_utf16_file_reads_and_a_binary_one_says_where(tmp_path: Path) -> None:
+    """PowerShell's > writes UTF-16."""
+    text = (FIXTURES / "benchmarkjs.txt").read_text()
+    (tmp_path / "ps.txt").write_bytes(text.encode("utf-16"))
+    assert perfit._read_text(str(tmp_path / "ps.txt")) == text
+    (tmp_path / "bin").write_bytes(b"ok\x00\xff\xfe!")
+    with pytest.raises(perfit.UsageError, match="byte 0xff at offset 3 is not UTF-8"):
+        perfit._read_text(str(tmp_path / "bin"))
+
+
 def test_the_new_readers_keep_the_samples_their_tools_write() -> None:
     assert (
         len(
@@ -6643,7 +6699,7 @@ def test_go_benchmarks_at_several_gomaxprocs_are_several_benchmarks() -> None:
         "BenchmarkSort       \t  1000\t      4000 ns/op\n"
         "BenchmarkSort-2     \t  1000\t      2100 ns/op\n"
         "BenchmarkSort-4     \t  1000\t      1200 ns/op\n"
-        "BenchmarkJoin-4     \t  1000\t       300 ns/op\n"
+        "BenchmarkJoin       \t  1000\t       300 ns/op\n"
     )
     found = {r.name: r.value for r in perfit.read_results(text, "auto")}
     assert found == pytest.approx(
@@ -6654,6 +6710,17 @@ def test_go_benchmarks_at_several_gomaxprocs_are_several_benchmarks() -> None:
             "BenchmarkJoin": 3e-07,
         }
     )
+    # At GOMAXPROCS=1 go writes no suffix: a name's own number is not one.
+    one = "BenchmarkSort/size-100 \t 10\t 400 ns/op\nBenchmarkSort/size-1000 \t 10\t 3000 ns/op\n"
+    assert [r.name for r in perfit.read_results(one, "go")] == [
+        "BenchmarkSort/size-100",
+        "BenchmarkSort/size-1000",
+    ]
+    eight = one.replace("100 \t", "100-8 \t").replace("1000 \t", "1000-8 \t")
+    assert [r.name for r in perfit.read_results(eight, "go")] == [
+        "BenchmarkSort/size-100",
+        "BenchmarkSort/size-1000",
+    ]
 
 
 def test_picoseconds_are_a_unit_of_time() -> None:
