@@ -412,6 +412,21 @@ def _per_second(unit: str) -> bool:
     return unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
 
 
+#: Every character outside printable ASCII, as a \xNN (\uNNNN) escape: what a client sent, in
+#: a log, can hold no escape sequence for the operator's terminal nor bytes that make the log
+#: "binary" to grep (a TLS ClientHello sent to the plain-HTTP port).
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0x100))}
+
+
+def _printable(text: str) -> str:
+    """`text` with control and non-ASCII characters escaped, for a log line."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        _UNPRINTABLE.get(ord(c), c if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text
+    )
+
+
 def _tidy(value: float, digits: int = 12) -> float:
     """A float without binary noise past `digits` significant digits: 219.621, not ...98."""
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value
@@ -5787,7 +5802,7 @@ class Notifier:
             try:
                 self._look(*item)
             except Exception as e:  # anything: a thread traceback would help nobody
-                _log.error("webhook: %s", e)
+                _log.error("webhook: %s", _printable(str(e)))
 
     def _look(self, metric_id: bytes, base_url: str) -> None:
         metric = self.store.metrics.get(metric_id)
@@ -5824,7 +5839,8 @@ class Notifier:
                 failure = e
             if attempt < _WEBHOOK_RETRIES:
                 time.sleep(self.backoff * 4**attempt)
-        _log.warning("webhook %s failed %d times: %s", url, _WEBHOOK_RETRIES + 1, failure)
+        tries, why = _WEBHOOK_RETRIES + 1, _printable(str(failure))
+        _log.warning("webhook %s failed %d times: %s", _printable(url), tries, why)
 
 
 def regression_message(metric: Metric, change: Change, base_url: str) -> dict[str, Any]:
@@ -8212,8 +8228,9 @@ def _http_server_class() -> type:
             return self.client_address[0]  # no reverse DNS per request
 
         def log_message(self, format: str, *args: Any) -> None:
-            # The request line and status only: headers (Authorization) are never logged.
-            _log.info("%s %s", self.address_string(), format % args)
+            # The request line and status only: headers (Authorization) are never logged; and
+            # what the client sent escaped (_printable).
+            _log.info("%s %s", self.address_string(), _printable(format % args))
 
         def send_error(
             self, code: int, message: str | None = None, explain: str | None = None
@@ -8298,7 +8315,8 @@ def _http_server_class() -> type:
                         connection.shutdown(socket.SHUT_RDWR)
 
         def handle_error(self, request: Any, client_address: Any) -> None:
-            _log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+            error = _printable(str(sys.exc_info()[1]))
+            _log.info("connection from %s failed: %s", client_address[0], error)
 
     return HTTPServer
 

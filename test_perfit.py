@@ -3991,6 +3991,24 @@ def test_metric_exclude_and_include_take_times_people_write(url: str, account: A
     assert_said_no(perfit_main("metric", "exclude", *args, "--from", str(first)), 2)
 
 
+def test_the_access_log_takes_no_orders_from_a_client(tmp_path: Path) -> None:
+    """A request line with terminal escapes, or a TLS ClientHello sent to the plain-HTTP port,
+    lands in the log escaped: text, one line a request, nothing but newlines for control."""
+    hello = bytes.fromhex("160301020001") + bytes(range(256))  # a ClientHello's first bytes
+    with running_server(tmp_path / "data") as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        for raw in (b"GET /\x1b[31mRED\x1b]0;pwned\x07 HTTP/1.1\r\n\r\n", hello):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(4096):
+                    pass
+        poll(lambda: "".join(srv.err), lambda log: "x1b[31mRED" in log and "x16" in log)
+    log = "".join(srv.err)
+    assert "\\x1b[31mRED\\x1b]0;pwned\\x07" in log
+    assert not [c for c in log if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+
+
 # --------------------------------------------------------------------------------------------
 # Web: webhooks
 # A local receiver hears of each new regression once; a slow or failing one delays no post.
