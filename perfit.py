@@ -4910,6 +4910,9 @@ class ServerConfig:
     trust_proxy: int = 0  #: reverse proxies in front whose X-Forwarded-For entries we believe
     auth_failure_rate: float = _AUTH_FAILURE_RATE
     auth_failure_burst: float = _AUTH_FAILURE_BURST
+    #: webhooks may call loopback, link-local, private and unspecified addresses (a server of
+    #: one's own, inside one's network); off: a tenant's webhook never calls inside the network
+    webhook_allow_private: bool = False
 
 
 class RateLimiter:
@@ -5765,8 +5768,9 @@ class Notifier:
     tell again), and POSTs it. A webhook that fails is retried, then logged and let be.
     """
 
-    def __init__(self, store: Store, backoff: float = 1.0) -> None:
+    def __init__(self, store: Store, backoff: float = 1.0, allow_private: bool = False) -> None:
         self.store = store
+        self.allow_private = allow_private  #: see ServerConfig.webhook_allow_private
         self.backoff = backoff  #: seconds before the first retry; each next one waits 4x
         import queue
 
@@ -5828,11 +5832,13 @@ class Notifier:
         import http.client
         import urllib.request
 
-        opener = _opener()
         for attempt in range(_WEBHOOK_RETRIES + 1):
             request = urllib.request.Request(url, data=data, headers=headers, method="POST")
             try:
-                with opener.open(request, timeout=_WEBHOOK_TIMEOUT) as answer:
+                # Resolved now and connected to just that address: DNS that answered a public
+                # address when the URL was set cannot make it a local one at send time.
+                address = webhook_address(url, self.allow_private)
+                with _opener(address).open(request, timeout=_WEBHOOK_TIMEOUT) as answer:
                     answer.read()
                 return
             except (OSError, http.client.HTTPException, PerfitError) as e:
@@ -5841,6 +5847,33 @@ class Notifier:
                 time.sleep(self.backoff * 4**attempt)
         tries, why = _WEBHOOK_RETRIES + 1, _printable(str(failure))
         _log.warning("webhook %s failed %d times: %s", _printable(url), tries, why)
+
+
+def webhook_address(url: str, allow_private: bool = False) -> str:
+    """The address a webhook's URL resolves to, checked: a loopback, link-local, private
+    (unique-local too) or unspecified one is a BadRequest unless `allow_private`."""
+    import ipaddress
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        found = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as e:
+        raise BadRequest(f"webhook: cannot resolve {parts.hostname!r} ({e})") from None
+    addresses = [info[4][0] for info in found]
+    for text in addresses:
+        ip = ipaddress.ip_address(text.partition("%")[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        local = ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_unspecified
+        if local and not allow_private:
+            raise BadRequest(
+                f"webhook: {parts.hostname} is {ip}, an address inside the server's network "
+                "(loopback, link-local, private or unspecified); the operator allows those with "
+                "`perfit serve --webhook-allow-private`"
+            )
+    return addresses[0]
 
 
 def regression_message(metric: Metric, change: Change, base_url: str) -> dict[str, Any]:
@@ -6476,7 +6509,7 @@ class _Web:
         burst = max(1.0, 2 * config.rate_limit)
         limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
         failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-        notifier = Notifier(store)
+        notifier = Notifier(store, allow_private=config.webhook_allow_private)
         return cls(store, config, limiter, failures, _ChangeCache(), notifier, _MemoryGiver())
 
     def address(self) -> str:
@@ -6836,6 +6869,7 @@ def _change_account(web: _Web, caller: Principal, body: Any) -> Any:
             url = _check_text(url, "webhook", _MAX_WEBHOOK_BYTES)
             if not re.fullmatch(_WEBHOOK_PATTERN, url):
                 raise BadRequest("webhook: an http:// or https:// URL, or null")
+            webhook_address(url, web.config.webhook_allow_private)
         web.store.set_webhook(caller.account, url)
     index = web.store.index
     return json_response(
@@ -8346,10 +8380,12 @@ def make_server(
 # ==============================================================================================
 
 
-def _opener() -> Any:
+def _opener(address: str = "") -> Any:
     """A urllib opener that refuses redirects: urllib would turn a POST into a GET and take
-    the token to any host. (urllib.request is imported here: a command that sends nothing
-    starts without it.)"""
+    the token to any host. With `address`, it connects there whatever the URL's host resolves
+    to (TLS still checks the host's name). (urllib.request is imported here: a command that
+    sends nothing starts without it.)"""
+    import http.client
     import urllib.request
 
     class NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -8360,7 +8396,29 @@ def _opener() -> Any:
                 f"{req.get_full_url()} redirects to {newurl}: set --server to that URL"
             )
 
-    return urllib.request.build_opener(NoRedirects)
+    if not address:
+        return urllib.request.build_opener(NoRedirects)
+    import socket
+
+    def pinned(base: type) -> type:
+        class Pinned(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                self._create_connection = lambda where, *more: socket.create_connection(
+                    (address, where[1]), *more
+                )
+                super().connect()
+
+        return Pinned
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(pinned(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            return self.do_open(pinned(http.client.HTTPSConnection), req, context=self._context)
+
+    return urllib.request.build_opener(NoRedirects, Http, Https)
 
 
 #: Statuses after which a request that writes can be sent again: it was not stored.
@@ -9790,6 +9848,12 @@ _SERVE_OPTIONS = (
         0,
     ),
     _Option(
+        "--webhook-allow-private",
+        "let accounts' webhooks call loopback, link-local and private addresses (refused by "
+        "default: a tenant's webhook must not reach inside the server's network)",
+        action="store_true",
+    ),
+    _Option(
         "--max-connections",
         "connections served at once; more get a 503 at once",
         "N",
@@ -10941,7 +11005,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     store.sealer.in_child = True  # a long-lived heap: sealing's churn goes to a child
     store.start_maintenance()
     try:
-        config = ServerConfig(rate_limit=args.rate_limit, trust_proxy=args.trust_proxy)
+        config = ServerConfig(
+            rate_limit=args.rate_limit,
+            trust_proxy=args.trust_proxy,
+            webhook_allow_private=args.webhook_allow_private,
+        )
         try:
             app = make_app(store, config)
             server = make_server(host, port, app, args.max_connections, args.header_timeout)

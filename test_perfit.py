@@ -491,7 +491,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     It believes one proxy, so tests that fail authentication on purpose can each come from their
     own address and stay clear of the failed-authentication limiter.
     """
-    with running_server(tmp_path_factory.mktemp("data"), "--trust-proxy", "1") as srv:
+    with running_server(
+        tmp_path_factory.mktemp("data"), "--trust-proxy", "1", "--webhook-allow-private"
+    ) as srv:
         yield srv
 
 
@@ -4048,7 +4050,7 @@ def test_a_regression_dismissed_as_noise_is_not_told(tmp_path: Path) -> None:
         store.add_points(metric.id, perfit.PointBatch.of(rows))
         (change,) = perfit.metric_changes(metric, metric.series.snapshot(), 0.05)
         store.mark(metric.id, "dismiss", change.t * perfit.US, change.t * perfit.US)
-        notifier = perfit.Notifier(store)
+        notifier = perfit.Notifier(store, allow_private=True)  # the receiver is on loopback
         notifier._look(metric.id, "http://perfit.example")  # what its thread does, in this one
         assert seen == []
         store.mark(metric.id, "undismiss", change.t * perfit.US, change.t * perfit.US)
@@ -4063,7 +4065,7 @@ def test_a_failing_webhook_is_retried_and_a_silent_one_delays_no_post(tmp_path: 
         metric = store.create_metric(account, name="m")
         rows = [(i * perfit.US, 100.0 if i < 40 else 130.0, b"") for i in range(1, 56)]
         store.add_points(metric.id, perfit.PointBatch.of(rows))
-        notifier = perfit.Notifier(store, backoff=0.01)
+        notifier = perfit.Notifier(store, backoff=0.01, allow_private=True)
         with _stub_server(500, b"no") as (hook, seen):
             store.set_webhook(account, hook)
             notifier.written([metric.id], "http://perfit.example")
@@ -4085,6 +4087,41 @@ def test_a_webhook_that_never_answers_delays_no_post(url: str, account: Account)
             assert post_point(url, metric, account.post, 125.0)[0] == 200
         assert time.monotonic() - started < 5, "the posts waited for the webhook"
         assert ok_json("GET", f"{url}/m/{metric}/changes")[-1]["kind"] == "regression"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "[::1]", "169.254.169.254", "10.0.0.8", "192.168.1.1", "[fd00::1]", "0.0.0.0",
+     "[::ffff:127.0.0.1]", "localhost"],
+)  # fmt: skip
+def test_a_webhook_inside_the_servers_network_is_refused(address: str, tmp_path: Path) -> None:
+    """A tenant's admin could make the server POST to the operator's network (blind SSRF):
+    loopback, link-local (cloud metadata), private, unique-local and unspecified addresses are
+    refused unless the operator says otherwise."""
+    with pytest.raises(perfit.BadRequest, match="--webhook-allow-private"):
+        perfit.webhook_address(f"http://{address}:8080/hook")
+    assert perfit.webhook_address(f"http://{address}:8080/hook", allow_private=True)
+
+
+def test_the_server_refuses_a_local_webhook_and_does_not_send_to_one(tmp_path: Path) -> None:
+    with running_server(tmp_path / "data") as srv, _stub_server(200, b"ok") as (hook, seen):
+        acc = new_account(srv.url)
+        refused = http("PATCH", f"{srv.url}/a/", body={"webhook": hook}, token=acc.admin)
+        assert "webhook-allow-private" in assert_error(refused, 400)
+        assert account_doc(srv.url, acc.admin)["webhook"] is None
+    # Set when it resolved to a public address, sent when it resolves to a local one: not sent.
+    store = perfit.Store.open(str(tmp_path / "store"))
+    try:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="m")
+        rows = [(i * perfit.US, 100.0 if i < 40 else 130.0, b"") for i in range(1, 56)]
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        with _stub_server(200, b"ok") as (hook, seen):
+            store.set_webhook(account, hook)
+            perfit.Notifier(store, backoff=0.001)._look(metric.id, "http://perfit.example")
+            assert seen == []
+    finally:
+        store.close()
 
 
 def test_a_webhook_must_be_an_http_url(url: str, account: Account) -> None:
