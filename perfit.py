@@ -88,7 +88,7 @@ __all__ = [
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
     "branch_points",
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
-    *"alert_record alert_words".split(),
+    *"alert_record alert_words webhook_address".split(),
     # the client, the executable and the command line
     "Client",
     "write_bundle",
