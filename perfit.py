@@ -5285,6 +5285,17 @@ def _in_metric_unit(value: float, unit: str, metric: Metric) -> float:
     return converted
 
 
+def _duration_checked(value: float, metric: Metric) -> float:
+    """A value for `metric`: one that counts time takes no negative one (a clock gone back, a
+    sign lost: never a time something took)."""
+    if value < 0 and metric.unit in TIME_UNITS:
+        name = metric.name or b64encode(metric.id)
+        raise BadRequest(
+            f"value: {value:g} {metric.unit} is a negative duration, and {name!r} counts time"
+        )
+    return value
+
+
 #: A metric's name: no control characters (C0, DEL, C1), no space at either end; "" is none.
 _NAME_PATTERN = "^([^\x00-\x1f\x7f-\x9f ]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f ])?)?$"
 _NAME_RE = _Regex(_NAME_PATTERN)
@@ -6784,6 +6795,7 @@ def _post_point(web: _Web, caller: Principal, body: Any, metric_id: str) -> Any:
     value = _check_value(fields["value"])
     if "unit" in fields:
         value = _in_metric_unit(value, _check_text(fields["unit"], "unit", _MAX_UNIT_BYTES), metric)
+    value = _duration_checked(value, metric)
     metadata, commit, branch = _origin_fields(fields)
     t = web.store.add_point(metric.id, value, metadata, commit, branch)
     web.written(metric.id)
@@ -6798,6 +6810,8 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
         return origin_table().intern(web.store.origin(metric.account, commit, branch))
 
     batch = _parse_import(body, time.time(), origin_of)
+    for value in batch.values:
+        _duration_checked(value, metric)
     added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
     web.memory.give_back_soon()  # its body took megabytes, which the allocator would keep
@@ -6812,7 +6826,8 @@ def _post_run(web: _Web, caller: Principal, body: Any) -> Any:
     points, (metadata, commit, branch) = _parse_run(body)
 
     def fit(metric: Metric, point: RunPoint) -> float:
-        return _in_metric_unit(point.value, point.unit, metric) if point.unit else point.value
+        value = _in_metric_unit(point.value, point.unit, metric) if point.unit else point.value
+        return _duration_checked(value, metric)
 
     t, ids = web.store.post_run(caller.account, points, metadata, fit, commit, branch)
     web.written(*ids.values())
@@ -7535,7 +7550,7 @@ _CHANGE = _object(
     "first_bad".split(),
 )
 _NEW_POINT = {
-    "value": _number("A finite number."),
+    "value": _number("A finite number; not negative for a metric that counts time."),
     "metadata": _text(_MAX_METADATA_BYTES, "Typically a job URL."),
     "commit": _COMMIT,
     "branch": _BRANCH_FIELD,
@@ -7559,7 +7574,7 @@ _HEALTH = {
 _NEW_RUN_POINT = _object(
     {
         "name": {**_NAME, "minLength": 1},
-        "value": _number("A finite number."),
+        "value": _number("A finite number; not negative for a metric that counts time."),
         "unit": _text(
             _MAX_UNIT_BYTES,
             "The value's unit: a new metric gets it; a duration is "
@@ -9695,7 +9710,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+#: A number as people write one in CI: 1000, -2.5, 1e3; not Python's 1_000, inf or nan.
+_DECIMAL_RE = _Regex(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _finite_float(text: str) -> float:
+    if not _DECIMAL_RE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number like 1000, -2.5 or 1e3")
     try:
         value = float(text)
     except ValueError:

@@ -391,9 +391,9 @@ def parse_svg(body: bytes) -> ET.Element:
 
 
 def _import_series(
-    url: str, account: Account, values: list[float], **fields: str
+    url: str, account: Account, values: list[float], unit: str = "s", **fields: str
 ) -> tuple[str, int]:
-    mid = new_metric(url, account.admin, unit="s", **fields)
+    mid = new_metric(url, account.admin, unit=unit, **fields)
     start = int(time.time()) - 3600 * len(values)
     body = [{"t": start + 3600 * i, "v": v} for i, v in enumerate(values)]
     assert ok_json("POST", f"{url}/m/{mid}/points", body=body, token=account.admin)["added"] == len(
@@ -2721,7 +2721,8 @@ def test_posted_point_reads_back_with_its_time(url: str, account: Account, metri
     assert points(url, metric) == [{"t": answer["t"], "v": 12.25, "m": "abc123"}]
 
 
-def test_points_come_back_in_arrival_order(url: str, account: Account, metric: str) -> None:
+def test_points_come_back_in_arrival_order(url: str, account: Account) -> None:
+    metric = new_metric(url, account.admin, name="score")  # no time: it may go below 0
     sent = [3, 1, 2, -4.5, 0, 1e300, 7]
     for value in sent:
         assert post_point(url, metric, account.admin, value)[0] == 200
@@ -3918,7 +3919,7 @@ def test_no_answer_holds_infinity_or_nan_whatever_the_values(
     charts draw, and where no ratio means anything the change is null and says why."""
     # The newest value back at the first level: the board compares it with the second.
     values = [levels[0]] * 30 + [levels[1]] * 30 + [levels[0]]
-    metric, _ = _import_series(url, account, values)
+    metric, _ = _import_series(url, account, values, unit="score")  # no time: it may go below 0
     board = ok_json("GET", f"{url}/a/", token=account.admin)["board_id"]
 
     def strict(body: bytes) -> Any:
@@ -4203,9 +4204,29 @@ def test_title_with_markup_is_escaped(url: str, account: Account, metric: str) -
     assert "<script>alert(1)</script>" not in body.decode()
 
 
-def test_min_and_max_clamp_without_breaking_the_chart(
+def test_a_negative_duration_is_refused_and_odd_number_syntax_too(
     url: str, account: Account, metric: str
 ) -> None:
+    """A metric that counts time takes no negative value (a clock gone back, a lost sign); the
+    CLI takes numbers as people write them in CI, not Python's 1_000."""
+    said = assert_error(post_point(url, metric, account.post, -2.5), 400)
+    assert "-2.5 s is a negative duration" in said
+    rows = [{"t": 1_700_000_000, "v": 1.0}, {"t": 1_700_000_060, "v": -1.0}]
+    assert_error(http("POST", f"{url}/m/{metric}/points", body=rows, token=account.admin), 400)
+    run = {"points": [{"name": "build", "value": -3, "unit": "s"}]}
+    assert "negative duration" in assert_error(
+        http("POST", f"{url}/r/", body=run, token=account.post), 400
+    )
+    assert [p["v"] for p in points(url, metric)] == [], "nothing stored"
+    args = client_args(url, account.post, metric)
+    for odd in ("1_000", "inf", "nan", "0x10", "1,5"):
+        assert_said_no(perfit_main("post", *args, odd), 2)
+    assert perfit_main("post", *args, "1e3").returncode == 0
+    assert [p["v"] for p in points(url, metric)] == [1000.0]
+
+
+def test_min_and_max_clamp_without_breaking_the_chart(url: str, account: Account) -> None:
+    metric = new_metric(url, account.admin, name="score")  # no time: it may go below 0
     for value in (-50, 5, 6, 500):
         assert post_point(url, metric, account.post, value)[0] == 200
     status, _, body = http("GET", f"{url}/m/{metric}/svg?min=0&max=10")
@@ -4224,7 +4245,7 @@ def test_control_characters_in_a_unit_still_make_a_valid_svg(url: str, account: 
 @pytest.mark.parametrize("value", [1.7976931348623157e308, -1.7976931348623157e308])
 def test_duration_metric_with_the_largest_float_still_draws(url: str, value: float) -> None:
     admin = ok_json("PUT", f"{url}/a/", token=ROOT)["access_token"]
-    metric = new_metric(url, admin, unit="s")
+    metric = new_metric(url, admin, unit="s" if value > 0 else "score")  # no negative time
     assert post_point(url, metric, admin, value)[0] == 200
     for suffix in ("", ".svg", "/svg", "/html", "/badge.svg"):
         status, _, body = http("GET", f"{url}/m/{metric}{suffix}")
@@ -4773,6 +4794,8 @@ class FuzzWorld:
         ]
         for i, value in enumerate([12.5, 11.0, 0.0, -3.0, 1e300]):
             for metric in self.metrics[1:3]:
+                if value < 0 and metric == self.metrics[1]:
+                    continue  # "build" counts time: no negative value
                 assert post_point(url, metric, self.admin, value, f"sha{i}")[0] == 200
 
     def real_ids(self, generated: str) -> str:
@@ -4832,6 +4855,7 @@ UNSTATABLE_RULES = (
     "between 1970 and now",
     "shorter than a day",
     "must have the same length",
+    "is a negative duration",  # by the metric's unit, which the request does not carry
 )
 
 
