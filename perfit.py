@@ -8481,7 +8481,8 @@ class Client:
             except urllib.error.HTTPError as e:
                 message = _server_message(e)
                 if e.code < 500 and e.code != 429:
-                    raise ServerSaidNo(f"{method} {path}: {e.code} {message}") from None
+                    hint = _hint(e.code, message, self.server, url)
+                    raise ServerSaidNo(f"{method} {path}: {e.code} {message}{hint}") from None
                 if method != "GET" and e.code not in _NOT_STORED:
                     # A 500, 502 or 504 may come after the write was stored: don't repeat it.
                     raise SendFailed(f"{method} {path}: {e.code} {message} (not retried)") from None
@@ -8528,6 +8529,28 @@ def _fail_if_hopeless(server: str, reason: object) -> None:
         raise SendFailed(
             f"the certificate of {host} does not verify: {reason.verify_message or reason}"
         ) from None
+    if isinstance(reason, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(reason):
+        # A TLS hello answered by plain HTTP: nothing was sent, and no retry helps.
+        plain = "http://" + server.partition("://")[2]
+        raise SendFailed(
+            f"{server} answers in plain HTTP, not TLS: did you mean {plain}? "
+            f"(--server, ${ENV_SERVER})"
+        ) from None
+
+
+def _hint(status: int, message: str, server: str, url: str) -> str:
+    """A next step for a 4xx that leaves a person stuck, said after the server's message."""
+    import urllib.parse
+
+    if status == 401:
+        return f" (the token given by --access-token or ${ENV_ACCESS_TOKEN})"
+    path = urllib.parse.urlsplit(server).path.strip("/")
+    if status == 404 and message == "no such route" and path:
+        return (
+            f": {url} was asked, and PerfIt serves from its root: --server (${ENV_SERVER}) "
+            f"without /{path}, or a proxy that strips it"
+        )
+    return ""
 
 
 def _decode_answer(url: str, raw: bytes) -> Any:
@@ -10059,7 +10082,8 @@ def _cmd_metric_check(args: argparse.Namespace) -> int:
     threshold = {"threshold": repr(args.threshold)} if args.threshold is not None else {}
     changes = client.call("GET", f"{path}/changes{_range_query(args, **threshold)}")
     info = client.call("GET", f"{path}/info")
-    label = f"{info['name']} ({args.metric})" if info.get("name") else args.metric
+    name = info.get("name") or ""
+    label = f"{name} ({args.metric})" if name and name != args.metric else name or args.metric
     print(_change_report(label, changes, info.get("unit", "")))
     return EXIT_REGRESSED if _regressed(changes) else EXIT_OK
 

@@ -3994,6 +3994,24 @@ def test_metric_exclude_and_include_take_times_people_write(url: str, account: A
     assert_said_no(perfit_main("metric", "exclude", *args, "--from", str(first)), 2)
 
 
+def test_client_errors_say_what_to_do_next(url: str, account: Account, metric: str) -> None:
+    """Each of these left a person stuck: an https URL to the plain-HTTP server, a server URL
+    with a path, a wrong token; and check by name printed the name twice."""
+    tls = perfit_main(
+        "post", *client_args(url.replace("http://", "https://"), account.post, metric), "1"
+    )
+    assert tls.returncode == 4 and f"did you mean {url}?" in tls.stderr, tls.stderr
+    assert "it may have arrived" not in tls.stderr
+    sub = perfit_main("post", *client_args(f"{url}/perfit", account.post, metric), "1")
+    assert sub.returncode == 1 and f"{url}/perfit/m/{metric} was asked" in sub.stderr, sub.stderr
+    assert "PerfIt serves from its root" in sub.stderr
+    wrong = perfit_main("post", *client_args(url, "x" * 43, metric), "1")
+    assert wrong.returncode == 1 and "PERFIT_ACCESS_TOKEN" in wrong.stderr, wrong.stderr
+    new_metric(url, account.admin, name="twice")
+    checked = perfit_main("metric", "check", *client_args(url, account.admin, "twice"))
+    assert "twice (twice)" not in checked.stdout and checked.stdout.startswith("twice:")
+
+
 def test_the_access_log_takes_no_orders_from_a_client(tmp_path: Path) -> None:
     """A request line with terminal escapes, or a TLS ClientHello sent to the plain-HTTP port,
     lands in the log escaped: text, one line a request, nothing but newlines for control."""
