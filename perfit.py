@@ -10552,7 +10552,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         unsendable = None
     except UsageError as err:
         unsendable = err
-        print(f"perfit: {err.message}; the duration will not be posted", file=sys.stderr)
+        _warn_in_ci(f"{err.message}; the duration will not be posted")
     code, elapsed, stopped_by = _timed(command)
     if code in (126, 127) and elapsed is None:
         return code
@@ -10574,13 +10574,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         _post_value(args, round(elapsed, 6), unit="s")
     except PerfitError as err:
-        print(f"perfit: could not post the duration: {err.message}", file=sys.stderr)
+        _warn_in_ci(f"could not post the duration: {err.message}")
         return err.exit_code if args.fail_on_send_failure else code
     print(
         f"perfit: {command[0]} took {format_duration(elapsed)}; posted to {args.metric}",
         file=sys.stderr,
     )
     return code
+
+
+def _warn_in_ci(message: str) -> None:
+    """Say on stderr that a post did not happen, and on GitHub Actions also as a warning on the
+    run's page: a job that stays green while its chart stops must not hide it in the log."""
+    print(f"perfit: {message}", file=sys.stderr, flush=True)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        print(f"::warning title=PerfIt::{escaped}", flush=True)
 
 
 def _timed(command: list[str]) -> tuple[int, float | None, str]:

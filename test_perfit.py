@@ -7582,6 +7582,21 @@ def test_run_does_not_fail_the_job_when_the_server_is_down() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_skipped_or_failed_post_warns_on_the_github_run_page() -> None:
+    """A fork PR has no secrets: the job stays green, but the run's page says why its chart
+    stopped (a workflow command on stdout), not only a line lost in the log."""
+    job = [sys.executable, "-c", "print('built')"]
+    skipped = cli("run", "--", *job, env={"GITHUB_ACTIONS": "true"})
+    assert skipped.returncode == 0
+    assert "::warning title=PerfIt::no access token" in skipped.stdout, skipped.stdout
+    down = client_args(f"http://127.0.0.1:{free_port()}", random_token(), unknown_id())
+    failed = cli("run", "--timeout", "0.5", *down, "--", *job, env={"GITHUB_ACTIONS": "true"})
+    assert failed.returncode == 0
+    assert "::warning title=PerfIt::could not post the duration" in failed.stdout
+    quiet = cli("run", "--", *job)  # not on GitHub Actions: stderr only
+    assert "::warning" not in quiet.stdout and "will not be posted" in quiet.stderr
+
+
 def test_run_does_not_fail_the_job_when_the_server_says_no(
     url: str, other: Account, metric: str
 ) -> None:
