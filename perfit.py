@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - names for type hints only
 
     import bottle
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 # The names a program may import, by section; every other top-level name starts with "_".
 __all__ = [
     # errors

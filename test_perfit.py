@@ -5855,6 +5855,13 @@ def test_the_bundle_holds_perfit_bottle_svgwrite_their_licences_and_no_compiled_
     assert {"LICENSES/bottle.txt", "LICENSES/svgwrite.txt"} <= names
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
     assert pyz.stat().st_size < 2 << 20, "a zipapp of a few hundred KiB, not the 25 MB of wheels"
+    # The README says its size (twice): within 10 % of the one made here and now.
+    readme = (HERE / "README.md").read_text()
+    found = re.findall(r"(\d+) KiB `perfit.pyz`|perfit.pyz +# about (\d+) KiB", readme)
+    said = {int(kib) for pair in found for kib in pair if kib}
+    assert said and all(
+        abs(kib * 1024 - pyz.stat().st_size) < 0.1 * pyz.stat().st_size for kib in said
+    ), (said, pyz.stat().st_size // 1024)
 
 
 def test_the_bundle_serves_with_nothing_but_python(pyz: Path, tmp_path: Path) -> None:
@@ -6764,6 +6771,12 @@ def test_the_new_readers_keep_the_samples_their_tools_write() -> None:
     assert len(read_fixture("benchmarkdotnet.json")["Benchmarks.Fib10"].samples) == 14
     sort = read_fixture("asv-results.json")["benchmarks.Sort.time_sort(100, 'sorted')"]
     assert len(sort.samples) == 20 and sort.value == pytest.approx(statistics.median(sort.samples))
+
+
+def test_the_readmes_newest_change_is_this_version() -> None:
+    readme = (HERE / "README.md").read_text()
+    changes = readme[readme.index("## Changes") :]
+    assert re.search(r"^### (\S+)", changes, re.M)[1] == perfit.__version__
 
 
 def test_the_readme_lists_every_format_the_client_reads() -> None:
