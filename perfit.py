@@ -3619,12 +3619,31 @@ def _mark_reach(found: Sequence[Change], k: int, n: int) -> tuple[int, int]:
     return max(first, 0), min(last, n - 1)
 
 
-#: Where a CI job's URL names its repository, and how that repository shows the commits
-#: between two: GitHub's (and GitHub Enterprise's) Actions runs, GitLab's jobs and pipelines.
-_COMPARE_URLS = (
-    (_Regex(r"(https?://[^/\s]+/[^/\s]+/[^/\s]+)/actions/runs/"), "{repo}/compare/{good}...{bad}"),
-    (_Regex(r"(https?://\S+?)/-/(?:jobs|pipelines)/"), "{repo}/-/compare/{good}...{bad}"),
+#: Where a CI job's URL names its repository (GitHub's, and GitHub Enterprise's, Actions runs;
+#: GitLab's jobs and pipelines), and how that repository shows a commit and the commits
+#: between two.
+_REPOSITORY_URLS = (
+    (
+        _Regex(r"(https?://[^/\s]+/[^/\s]+/[^/\s]+)/actions/runs/"),
+        {"compare": "{repo}/compare/{good}...{bad}", "commit": "{repo}/commit/{commit}"},
+    ),
+    (
+        _Regex(r"(https?://\S+?)/-/(?:jobs|pipelines)/"),
+        {"compare": "{repo}/-/compare/{good}...{bad}", "commit": "{repo}/-/commit/{commit}"},
+    ),
 )
+
+
+def _repository_page(
+    meta: str, page: str, commit: str = "", good: str = "", bad: str = ""
+) -> str | None:
+    """The repository's page of a commit ("commit") or of the commits between two
+    ("compare"), where the job URL in `meta` names a GitHub or GitLab repository."""
+    for pattern, templates in _REPOSITORY_URLS:
+        found = pattern.search(meta)
+        if found:
+            return templates[page].format(repo=found.group(1), commit=commit, good=good, bad=bad)
+    return None
 
 
 def _compare_url(meta: str, good: Origin, bad: Origin) -> str | None:
@@ -3632,11 +3651,7 @@ def _compare_url(meta: str, good: Origin, bad: Origin) -> str | None:
     GitHub or GitLab repository and both commits are known."""
     if not (good.commit and bad.commit) or good.commit == bad.commit:
         return None
-    for pattern, template in _COMPARE_URLS:
-        found = pattern.search(meta)
-        if found:
-            return template.format(repo=found.group(1), good=good.commit, bad=bad.commit)
-    return None
+    return _repository_page(meta, "compare", good=good.commit, bad=bad.commit)
 
 
 def _across_zero(before: float, after: float) -> bool:
@@ -5927,7 +5942,8 @@ _PAGE_CSS = """
 * { box-sizing: border-box; }
 body { margin: 0 auto; max-width: 960px; padding: 1.5rem 1rem; background: var(--bg);
        color: var(--fg); font: 16px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }
-h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; overflow-wrap: break-word; }
+.options-box > summary { cursor: pointer; font-weight: 600; margin: 1rem 0 .5rem; }
 p.lead, .muted { color: var(--muted); }
 a { color: var(--accent); }
 .chart svg { width: 100%; height: auto; border: 1px solid var(--border); border-radius: 6px; }
@@ -6004,6 +6020,7 @@ _OPEN_FORM = """<form action="{action}" method="get" class="open">
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="{favicon}">
 <title>{title}</title><style>{css}</style></head>
 <body><main>
 {main}</main>{script}
@@ -6032,10 +6049,11 @@ _METRIC_MAIN = """<h1>{heading}</h1>
   <a id="link-svg" href="{base}/svg{query}">SVG</a>
   <a id="link-json" href="{base}/json{query}">JSON</a>
   {csv_link}</nav>
+<details class="options-box" id="options-box" open><summary>Chart options</summary>
 <form class="options" id="options" method="get" action="">
 {fields}
   <div><button type="submit">Redraw</button></div>
-</form>
+</form></details>
 <section class="embed" aria-labelledby="embed-heading">
 <h2 id="embed-heading">Embed this chart</h2>
 <label for="embed-markdown">Markdown (README, wiki)</label>
@@ -6053,6 +6071,10 @@ _METRIC_SCRIPT = """
   var base = location.pathname.replace(/\\/(html)?$/, "");
   var ids = {ids_json}, name = {name_json};
   var form = document.getElementById("options");
+  // On a phone the nine fields would fill the screen before the chart's data: folded there.
+  if (window.matchMedia("(max-width: 600px)").matches) {{
+    document.getElementById("options-box").open = false;
+  }}
   var chart = document.getElementById("chart");
   var error = document.getElementById("error");
   var timer = null, latest = 0;
@@ -6162,7 +6184,17 @@ _METRIC_SCRIPT = """
 def _html_page(title: str, main: str, script: str = "") -> str:
     """A whole page: the shared head (inline CSS, nothing from elsewhere), main, a script."""
     full_title = f"{title} · PerfIt" if title else "PerfIt"
-    return _PAGE.format(title=html.escape(full_title), css=_PAGE_CSS, main=main, script=script)
+    return _PAGE.format(
+        title=html.escape(full_title), css=_PAGE_CSS, main=main, script=script, favicon=_FAVICON
+    )
+
+
+#: The pages' icon, inline (no page asks for /favicon.ico): a rising line on blue.
+_FAVICON = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
+    "%3Crect width='16' height='16' rx='3' fill='%231d4ed8'/%3E%3Cpolyline points='3,12 7,8 "
+    "9,10 13,4' fill='none' stroke='white' stroke-width='2'/%3E%3C/svg%3E"
+)
 
 
 def _render_metric_page(
@@ -6198,7 +6230,7 @@ def _render_metric_page(
     svg_url = f"{base}.svg{qs}"
     csv_link = f'<a id="link-csv" href="{esc(base)}/csv{esc(qs)}">CSV</a>' if len(ids) == 1 else ""
     main = _METRIC_MAIN.format(
-        heading=esc(" · ".join(names)),
+        heading=" · ".join(map(_wrappable, names)),
         subtitle=esc(subtitle),
         svg=svg,
         base=esc(base),
@@ -6429,13 +6461,21 @@ def _breakable(url: str) -> str:
     return "<wbr>".join(html.escape(part) for part in _URL_BREAKS_RE.split(url))
 
 
+def _wrappable(name: str) -> str:
+    """A name, escaped, that may wrap after "/", "::" and "." (a suite, a test, a method),
+    never inside a word."""
+    return "<wbr>".join(html.escape(part) for part in re.split(r"(?<=/)|(?<=::)|(?<=\.)", name))
+
+
 def _script_json(value: Any) -> str:
     """JSON that is safe inside a <script>: no "</script>" can end it early."""
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _latest_points(metric: Metric, count: int = 10) -> str:
-    """A table of the newest points; metadata that is a URL becomes a link."""
+    """A table of the newest points, saying how many there are in all and where the rest are;
+    metadata that is a URL becomes a link, and so does a commit where the job URL names its
+    repository."""
     series = metric.series.snapshot(last=count)
     if not len(series):
         return ""
@@ -6449,16 +6489,34 @@ def _latest_points(metric: Metric, count: int = 10) -> str:
             shown = (
                 f'{text}<a href="{html.escape(url)}" rel="nofollow noopener">{_breakable(url)}</a>'
             )
+        commit = series.origin(i).commit
+        page = _repository_page(meta, "commit", commit) if commit else None
+        sha = html.escape(commit[:12])
+        sha = (
+            f'<a href="{html.escape(page)}" rel="nofollow noopener"><code>{sha}</code></a>'
+            if page
+            else f"<code>{sha}</code>"
+            if sha
+            else ""
+        )
         value = html.escape(format_value(series.values[i], metric.unit))
         rows.append(
-            f"<tr><td>{format_time(series.times[i] / US)}</td><td>{value}</td><td>{shown}</td></tr>"
+            f"<tr><td>{format_time(series.times[i] / US)}</td><td>{value}</td><td>{sha}</td>"
+            f"<td>{shown}</td></tr>"
         )
+    total = len(metric.series)
+    more = (
+        f'<p class="muted">The newest {len(series)} of {total:,} points; '
+        f'<a href="{b64encode(metric.id)}/csv">all of them as CSV</a>.</p>'
+        if total > len(series)
+        else ""
+    )
     return (
         '<section aria-labelledby="latest-heading"><h2 id="latest-heading">Latest points</h2>'
         '<table class="latest"><thead><tr><th scope="col">time (UTC)</th><th scope="col">value</th>'
-        '<th scope="col">metadata</th></tr></thead><tbody>'
+        '<th scope="col">commit</th><th scope="col">metadata</th></tr></thead><tbody>'
         + "".join(rows)
-        + "</tbody></table></section>"
+        + f"</tbody></table>{more}</section>"
     )
 
 

@@ -5343,6 +5343,8 @@ def test_a_branch_picked_on_the_page_is_drawn_over_mains_line(
     for scheme, phone in (("light", False), ("dark", False), ("light", True)):
         size = {"viewport": {"width": 390, "height": 800}, "is_mobile": True} if phone else {}
         with opened(browser, f"{url}/m/{mid}", color_scheme=scheme, **size) as page:
+            if phone:  # the options are folded there
+                page.locator("#options-box > summary").click()
             picker = field(page, "branch")
             assert picker.evaluate("s => Array.from(s.options, (o) => o.value)") == [
                 "", "old-idea", "fix-login"
@@ -5588,7 +5590,26 @@ def test_metric_page_fits_a_phone(browser: Browser, url: str, plotted: str, sche
         assert box is not None
         assert 300 <= box["width"] <= 375, box
         assert box["x"] >= 0, box
+        # The nine chart options are folded on a phone (they filled the screen); a tap opens them.
+        assert not field(page, "title").is_visible()
+        page.locator("#options-box > summary").click()
         assert field(page, "title").is_visible()
+
+
+def test_the_metric_page_says_how_many_points_links_commits_and_wraps_names(
+    url: str, account: Account
+) -> None:
+    name = "tests/test_parse.py::TestParser::test_a_rather_long_benchmark_name"
+    mid = new_metric(url, account.admin, name=name, unit="s")
+    now = int(time.time())
+    rows = [{"t": now - 600 + i, "v": 1.0, "commit": f"{i:07x}abc",
+             "m": f"https://github.com/acme/app/actions/runs/{i}"} for i in range(12)]  # fmt: skip
+    ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=account.admin)
+    page = http("GET", f"{url}/m/{mid}")[2].decode()
+    assert f'The newest 10 of 12 points; <a href="{mid}/csv">all of them as CSV</a>' in page
+    assert 'href="https://github.com/acme/app/commit/000000babc"' in page
+    assert "tests/<wbr>test_parse.<wbr>py::<wbr>TestParser::<wbr>test_a_rather_long" in page
+    assert 'rel="icon" href="data:image/svg+xml' in page, "no request for /favicon.ico"
 
 
 def test_chart_text_stays_readable_on_a_phone(browser: Browser, url: str, plotted: str) -> None:
