@@ -132,6 +132,7 @@ _MAX_DESCRIPTION_BYTES = 2000
 _MIN_ROOT_TOKEN_CHARS = 16  #: an operator-chosen root token shorter than this is refused
 _MAX_THRESHOLD = 10.0  #: the largest `threshold` of /changes (1000 %)
 MAX_RUN_POINTS = 1_000  #: points in one CI run (POST /r/)
+_MAX_KEEP_BYTES = 64  #: a metric's retention, as text ("400d")
 MAX_ACCOUNT_METRICS = 10_000  #: metrics an account may have
 MAX_COMPARE_RESULTS = 10_000  #: results of one suite comparison (POST /b/ID/compare)
 _MAX_COMPARE_BODY_BYTES = 4 << 20  #: ... and its body's size, samples and all
@@ -6827,7 +6828,7 @@ def _parse_keep_field(value: object) -> float | None:
     if value is None:
         return None  # keep every point again (those expired already stay gone)
     try:
-        return parse_keep(_check_text(value, "keep", 64))
+        return parse_keep(_check_text(value, "keep", _MAX_KEEP_BYTES))
     except ValueError as e:
         raise BadRequest(f"keep: {e}") from None
 
@@ -7614,9 +7615,11 @@ _NEW_POINT = {
     "branch": _BRANCH_FIELD,
     "unit": {
         "type": "string",
-        "enum": sorted(TIME_UNITS),
-        "description": "The value's unit: a duration is stored in the metric's own unit of "
-        "time. (The metric's own unit, whatever it is, is taken too.)",
+        "maxLength": _MAX_UNIT_BYTES,
+        "description": "The value's unit: the metric's own (whatever it is), or a unit of time ("
+        + ", ".join(sorted(TIME_UNITS))
+        + ") for a metric in one, converted to it. Any other is a 400: which units a metric "
+        "takes depends on its own, which a schema cannot say.",
     },
 }
 _HEALTH = {
@@ -8041,6 +8044,7 @@ _LIFECYCLE_SCHEMAS = {
             "keep": {
                 "type": "string",
                 "nullable": True,
+                "maxLength": _MAX_KEEP_BYTES,
                 "pattern": _DURATION_PATTERN.removesuffix("*$") + "+$",  # not empty
                 "description": "Retention, at least a day (400d, 2y); null: keep every point.",
             },
