@@ -4127,6 +4127,7 @@ _CHART_WIDTH = 800
 CHART_HEIGHT = 400
 CHART_MARGIN = {"left": 76, "right": 24, "top": 44, "bottom": 56}
 _PHONE_TICK_PX = 22  #: the text size of a chart at phone width (see _CHART_CSS), in chart units
+_TICK_PX = 12  #: ... and at any other width
 _MAX_OVERLAY = 8  #: metrics in one chart
 #: Okabe-Ito, the colour-blind-safe palette; a lighter twin of each for dark backgrounds.
 #: The light ones are darkened where needed to keep 3:1 contrast on white (WCAG, graphics).
@@ -4176,7 +4177,10 @@ a .point { cursor: pointer; }
   svg { font-size: 22px; }  /* PHONE_TICK_PX */
   .title { font-size: 28px; }
   .note, .change text { font-size: 22px; }
+  .wide-only { display: none; }
+  .narrow-only { display: inline; }
 }
+.narrow-only { display: none; }
 """
 
 
@@ -4682,10 +4686,16 @@ def render_chart(
         y = y_of(v)
         dwg.add(dwg.line((left, y), (right, y), class_="grid"))
         dwg.add(dwg.text(label, insert=(left - 6, y + 4), class_="ticklabel", text_anchor="end"))
-    for t, label in time_ticks(t0, t1):
-        x = x_of(t)
+    ticks = [(x_of(t), label) for t, label in time_ticks(t0, t1)]
+    # Labels that fit the chart's width without touching: at the size it is drawn at, and at
+    # the size a phone shows (PHONE_TICK_PX), where the ones left out are hidden by the CSS.
+    wide = _labels_that_fit(ticks, range(len(ticks)), _TICK_PX)
+    narrow = _labels_that_fit(ticks, wide, _PHONE_TICK_PX)
+    for i in wide:
+        x, label = ticks[i]
         dwg.add(dwg.line((x, bottom), (x, bottom + 5), class_="tick"))
-        dwg.add(dwg.text(label, insert=(x, bottom + 18), class_="ticklabel", text_anchor="middle"))
+        shown = "ticklabel" + ("" if i in narrow else " wide-only")
+        dwg.add(dwg.text(label, insert=(x, bottom + 18), class_=shown, text_anchor="middle"))
     overlay = len(series) > 1
     for i, s in enumerate(series):
         # Alone, a change is coloured by its kind; in an overlay, by its metric (the label and
@@ -4702,8 +4712,32 @@ def render_chart(
         shown = sum(len(s.times) for s in series)
         total = sum(s.total for s in series)
         note = f"{total:,} points, reduced to {shown:,}: band = lowest to highest, line = median"
-        dwg.add(dwg.text(note, insert=(right, top - 6), class_="note", text_anchor="end"))
+        dwg.add(dwg.text(note, insert=(right, top - 6), class_="note wide-only", text_anchor="end"))
+        short = f"{total:,} points: {shown:,} shown"  # what a phone has room for
+        dwg.add(
+            dwg.text(short, insert=(right, top - 6), class_="note narrow-only", text_anchor="end")
+        )
     return _xml_safe(dwg.tostring())
+
+
+def _labels_that_fit(
+    ticks: list[tuple[float, str]], among: Iterable[int], size: float
+) -> list[int]:
+    """Which of the ticks `among` to label at font `size`: every k-th of them for the least k
+    (every month, then every 3rd, then 12th...) whose labels neither touch each other nor
+    leave the chart."""
+    among = list(among)
+    for k in range(1, len(among) + 1):
+        kept = []
+        for i in among[::k]:
+            x, label = ticks[i]
+            half = _text_width(label, size) / 2
+            if x - half >= 0 and x + half <= _CHART_WIDTH:
+                kept.append((i, x - half, x + half))
+        gap = size / 2
+        if all(b[1] - a[2] >= gap for a, b in zip(kept, kept[1:])):
+            return [i for i, _, _ in kept]
+    return []
 
 
 def _tick_label(v: float, unit: str) -> str:

@@ -5624,6 +5624,42 @@ def test_chart_text_stays_readable_on_a_phone(browser: Browser, url: str, plotte
     assert [(text, round(px, 1)) for text, px in sizes if px < 9] == []
 
 
+#: Where a chart's visible texts that a selector picks lie: [text, left, right, top, bottom],
+#: and the chart's own left and right.
+_TEXT_BOXES = """(selector) => {
+  const svg = document.querySelector('#chart svg').getBoundingClientRect();
+  const boxes = Array.from(document.querySelectorAll('#chart svg ' + selector))
+    .filter((t) => getComputedStyle(t).display !== 'none')
+    .map((t) => { const r = t.getBoundingClientRect(); return [t.textContent, r.left, r.right, r.top, r.bottom]; });
+  return [boxes, [svg.left, svg.right]];
+}"""
+
+
+def test_tick_labels_never_overlap_nor_leave_the_chart_at_any_width_or_span(
+    browser: Browser, url: str, account: Account
+) -> None:
+    """A 7-month chart at 390 px ran its month labels together ("Dec 2023Jan 2024") and past
+    the frame; the reduction note started off the canvas."""
+    now, day = int(time.time()), 86400
+    for span in (day, 7 * day, 213 * day, 730 * day, 3652 * day):
+        mid = new_metric(url, account.admin, name=f"span {span // day}d", unit="s")
+        rows = [{"t": now - span + span * i // 59, "v": 1.0 + i % 3} for i in range(60)]
+        ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=account.admin)
+        for width in (320, 390, 1280):
+            size = {"viewport": {"width": width, "height": 800}, "is_mobile": width < 600}
+            with opened(browser, f"{url}/m/{mid}", **size) as page:
+                # The time axis's labels (the value axis's are anchored at their end).
+                axis = "text.ticklabel[text-anchor=middle]"
+                (boxes, (left, right)) = page.evaluate(_TEXT_BOXES, axis)
+                notes = page.evaluate(_TEXT_BOXES, "text.note")[0]
+            where = f"{span // day} days at {width} px"
+            assert len(boxes) >= 2, (where, boxes)
+            for text, a, b, _, _ in boxes + notes:
+                assert left - 0.5 <= a and b <= right + 0.5, (where, text, a, b, left, right)
+            for one, two in zip(boxes, boxes[1:]):
+                assert one[2] <= two[1], (where, one, two)
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("path", ["/", "/m/{metric}?title=Build+time"], ids=["index", "metric"])
 def test_pages_pass_an_accessibility_check(
