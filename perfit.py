@@ -4172,6 +4172,7 @@ a .point { cursor: pointer; }
   .regression line { stroke: #ff7b72; } .regression text, .regression rect { fill: #ff7b72; }
   .improvement line { stroke: #56d364; } .improvement text, .improvement rect { fill: #56d364; }
 }
+.narrow-only { display: none; }  /* before the phone's rules, which show it */
 @media (max-width: 600px) {
   /* Shown at phone width the chart shrinks to about 0.45x: keep its text readable. */
   svg { font-size: 22px; }  /* PHONE_TICK_PX */
@@ -4180,7 +4181,6 @@ a .point { cursor: pointer; }
   .wide-only { display: none; }
   .narrow-only { display: inline; }
 }
-.narrow-only { display: none; }
 """
 
 

@@ -5643,7 +5643,8 @@ def test_tick_labels_never_overlap_nor_leave_the_chart_at_any_width_or_span(
     now, day = int(time.time()), 86400
     for span in (day, 7 * day, 213 * day, 730 * day, 3652 * day):
         mid = new_metric(url, account.admin, name=f"span {span // day}d", unit="s")
-        rows = [{"t": now - span + span * i // 59, "v": 1.0 + i % 3} for i in range(60)]
+        count = 2000 if span > 100 * day else 60  # the long ones reduced to the pixels: a note
+        rows = [{"t": now - span + span * i // count, "v": 1.0 + i % 3} for i in range(count)]
         ok_json("POST", f"{url}/m/{mid}/points", body=rows, token=account.admin)
         for width in (320, 390, 1280):
             size = {"viewport": {"width": width, "height": 800}, "is_mobile": width < 600}
@@ -5654,6 +5655,8 @@ def test_tick_labels_never_overlap_nor_leave_the_chart_at_any_width_or_span(
                 notes = page.evaluate(_TEXT_BOXES, "text.note")[0]
             where = f"{span // day} days at {width} px"
             assert len(boxes) >= 2, (where, boxes)
+            # The reduction note, in its long or (on a phone) short form, never both.
+            assert len(notes) == (span > 100 * day), (where, notes)
             for text, a, b, _, _ in boxes + notes:
                 assert left - 0.5 <= a and b <= right + 0.5, (where, text, a, b, left, right)
             for one, two in zip(boxes, boxes[1:]):
