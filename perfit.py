@@ -5179,7 +5179,7 @@ def _parse_import(body: Any, now: float, origin_of: Callable[[str, str], int]) -
 def _import_columns(body: dict) -> dict[str, list]:
     """The columns of a columnar import body, their shape checked (not their values)."""
     _body_object(body, ("t", "v", *_IMPORT_TEXTS))
-    columns = {k: body[k] for k in ("t", "v", *_IMPORT_TEXTS) if body.get(k) is not None}
+    columns = {k: body[k] for k in ("t", "v", *_IMPORT_TEXTS) if k in body}  # null: not a column
     if not {"t", "v"} <= set(columns) or not all(isinstance(c, list) for c in columns.values()):
         raise BadRequest(_IMPORT_SHAPE)
     if len({len(c) for c in columns.values()}) > 1:
