@@ -10732,7 +10732,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         doc = _compare_one_remotely(args, [round(elapsed, 6)], "s", base)
     threshold = DEFAULT_CHANGE_THRESHOLD if args.threshold is None else args.threshold
     report = _Comparison(doc, _server_url(args.server), context, base, threshold, base_note)
-    markdown = report.markdown()
+    markdown = _comparison_markdown(report)
     print(markdown if args.markdown else report.text())
     for note in report.notes():
         print(f"perfit: {note}", file=sys.stderr)
@@ -10900,8 +10900,8 @@ _VERDICTS = {
 
 @dataclasses.dataclass
 class _Comparison:
-    """A comparison's answer as people read it: a terminal table, or Markdown for a PR
-    comment and a job summary (regressions first, links to the charts and the board)."""
+    """A comparison's answer as people read it: a terminal table here, and what the Markdown
+    of a PR comment and a job summary needs (see _comparison_markdown)."""
 
     doc: dict[str, Any]
     server: str
@@ -10988,75 +10988,81 @@ class _Comparison:
             interval = " … ".join(_percent(x) for x in row["interval"])
         return [main, format_value(row["value"], unit), change, interval]
 
-    def markdown(self) -> str:
-        head = self._head()
-        table = [
-            "| | benchmark | main | this run | change | 95 % interval |",
-            "| :-: | --- | ---: | ---: | ---: | :-: |",
-        ]
-        missing = self.doc.get("missing", [])
-        lost = []
-        if missing:
-            names = ", ".join(_md_text(m["name"]) for m in missing)
-            lost = [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
-        footer = [
-            f"<sub>Regression: at least the threshold ({self.threshold * 100:g} %) and beyond the "
-            "noise main's runs show; inconclusive: at least the threshold, within that noise "
-            "(run again); interval: 95 %. Made by PerfIt.</sub>"
-        ]
-        # What fits a comment: the rows that changed first, then the unchanged (folded).
-        room = _MAX_COMMENT_CHARS - len("\n".join([*head, *table, *lost, *footer])) - 400
-        shown = _fitting([self._row(r) for r in self.rows if r["verdict"] != "same"], room)
-        room -= sum(len(line) + 1 for line in shown)
-        same = _fitting([self._row(r) for r in self.rows if r["verdict"] == "same"], room)
-        lines = [*head, ""]
-        if shown:
-            lines += [*table, *shown, ""]
-        lines += lost
-        if same:
-            summary = f"<details><summary>{len(same)} the same</summary>"
-            lines += [summary, "", *table, *same, "", "</details>", ""]
-        left = len(self.doc["results"]) - len(shown) - len(same)
-        if left:
-            lines += [f"{left} more results are left out to fit a comment: see the board.", ""]
-        return "\n".join(lines + footer)
-
-    def _head(self) -> list[str]:
-        """The title, the tally, where main's baseline is, and the whole run's shift."""
-        regressed = self.count("regression")
-        title = (
-            "no regression" if not regressed else f"{regressed} regression{'s' * (regressed > 1)}"
-        )
-        total = len(self.doc["results"])
-        head = [f"### PerfIt: {title} in {total} benchmark{'s' * (total != 1)}", ""]
-        usual = self.usual_commit
-        where = "main's newest level" + (f" ({self._commit(usual)})" if usual else "")
-        if self.doc.get("base"):
-            where = f"main at {self._commit(self.doc['base'])}, where this branched"
-        board = self.doc.get("board")
-        links = f" · [the board]({self.server}/b/{board})" if board else ""
-        head.append(f"{self.tally()}: against {where}{links}")
-        note = self.shift_note
-        if note:
-            head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
-        return head
-
-    def _row(self, row: dict[str, Any]) -> str:
-        mark = _VERDICTS[row["verdict"]][0]
-        name = _md_text(row["name"])
-        if row.get("metric_id"):
-            query = f"?branch={_url_quote(self.context.branch)}" if self.context.branch else ""
-            name = f"[{name}]({self.server}/m/{row['metric_id']}{query})"
-        main, value, change, interval = (_md_text(c) for c in self._numbers(row))
-        commit = (row.get("baseline") or {}).get("commit")
-        if commit and commit != self.usual_commit:  # the usual one is said once, above
-            main += f" ({self._commit(commit)})"
-        return f"| {mark} | {name} | {main} | {value} | {change} | {interval} |"
-
     def _commit(self, sha: str) -> str:
         shown = f"`{sha[:7]}`"
         link = self.context.commit_link
         return f"[{shown}]({link.format(sha)})" if link else shown
+
+
+def _comparison_markdown(report: _Comparison) -> str:
+    """A comparison as Markdown, for a PR comment and a job summary: the rows that changed
+    first, the unchanged folded, as much as a comment holds."""
+    head = _markdown_head(report)
+    table = [
+        "| | benchmark | main | this run | change | 95 % interval |",
+        "| :-: | --- | ---: | ---: | ---: | :-: |",
+    ]
+    missing = report.doc.get("missing", [])
+    lost = []
+    if missing:
+        names = ", ".join(_md_text(m["name"]) for m in missing)
+        lost = [f"**Main has {len(missing)} that this run lacks:** {names}", ""]
+    footer = [
+        f"<sub>Regression: at least the threshold ({report.threshold * 100:g} %) and beyond the "
+        "noise main's runs show; inconclusive: at least the threshold, within that noise "
+        "(run again); interval: 95 %. Made by PerfIt.</sub>"
+    ]
+    # What fits a comment: the rows that changed first, then the unchanged (folded).
+    room = _MAX_COMMENT_CHARS - len("\n".join([*head, *table, *lost, *footer])) - 400
+    shown = _fitting(
+        [_markdown_row(report, r) for r in report.rows if r["verdict"] != "same"], room
+    )
+    room -= sum(len(line) + 1 for line in shown)
+    same = _fitting([_markdown_row(report, r) for r in report.rows if r["verdict"] == "same"], room)
+    lines = [*head, ""]
+    if shown:
+        lines += [*table, *shown, ""]
+    lines += lost
+    if same:
+        summary = f"<details><summary>{len(same)} the same</summary>"
+        lines += [summary, "", *table, *same, "", "</details>", ""]
+    left = len(report.doc["results"]) - len(shown) - len(same)
+    if left:
+        lines += [f"{left} more results are left out to fit a comment: see the board.", ""]
+    return "\n".join(lines + footer)
+
+
+def _markdown_head(report: _Comparison) -> list[str]:
+    """The title, the tally, where main's baseline is, and the whole run's shift."""
+    regressed = report.count("regression")
+    title = "no regression" if not regressed else f"{regressed} regression{'s' * (regressed > 1)}"
+    total = len(report.doc["results"])
+    head = [f"### PerfIt: {title} in {total} benchmark{'s' * (total != 1)}", ""]
+    usual = report.usual_commit
+    where = "main's newest level" + (f" ({report._commit(usual)})" if usual else "")
+    if report.doc.get("base"):
+        where = f"main at {report._commit(report.doc['base'])}, where this branched"
+    board = report.doc.get("board")
+    links = f" · [the board]({report.server}/b/{board})" if board else ""
+    head.append(f"{report.tally()}: against {where}{links}")
+    note = report.shift_note
+    if note:
+        head += ["", f"> ⚠️ {note[0].upper()}{note[1:]}."]
+    return head
+
+
+def _markdown_row(report: _Comparison, row: dict[str, Any]) -> str:
+    """One result as a row of the comment's table."""
+    mark = _VERDICTS[row["verdict"]][0]
+    name = _md_text(row["name"])
+    if row.get("metric_id"):
+        query = f"?branch={_url_quote(report.context.branch)}" if report.context.branch else ""
+        name = f"[{name}]({report.server}/m/{row['metric_id']}{query})"
+    main, value, change, interval = (_md_text(c) for c in report._numbers(row))
+    commit = (row.get("baseline") or {}).get("commit")
+    if commit and commit != report.usual_commit:  # the usual one is said once, above
+        main += f" ({report._commit(commit)})"
+    return f"| {mark} | {name} | {main} | {value} | {change} | {interval} |"
 
 
 #: What makes Markdown of text (a name a fork's pull request chose): emphasis, code, links

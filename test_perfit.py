@@ -7417,7 +7417,9 @@ def test_the_readmes_sample_comment_is_what_compare_writes() -> None:
     context = perfit.CiContext(
         branch="faster-search", commit_link="https://github.com/acme/widgets/commit/{}"
     )
-    rendered = perfit._Comparison(doc, "https://perfit.example", context, [sha]).markdown()
+    rendered = perfit._comparison_markdown(
+        perfit._Comparison(doc, "https://perfit.example", context, [sha])
+    )
     readme = (HERE / "README.md").read_text()
     shown = readme[readme.index("### What the comment says") :]
     assert f"```markdown\n{rendered}\n```" in shown
@@ -7476,7 +7478,9 @@ def test_a_comment_shows_hostile_names_as_text_and_fits_github_however_many_resu
             for i in range(3000)]  # fmt: skip
     doc = {"results": rows, "shift": None, "base": None, "board": "B" * 22,
            "missing": [{"name": "`gone` <b>", "metric_id": "C" * 22}]}  # fmt: skip
-    text = perfit._Comparison(doc, "https://perfit.example", perfit.CiContext(), []).markdown()
+    text = perfit._comparison_markdown(
+        perfit._Comparison(doc, "https://perfit.example", perfit.CiContext(), [])
+    )
     assert len(text) <= 65_000, "GitHub refuses a comment over 65,536 characters"
     first = next(line for line in text.splitlines() if "evil" in line)
     assert "\\[click\\](https://evil.example) &lt;img src=x&gt; \\`x\\` a\\|b &lt;!--" in first
