@@ -413,19 +413,17 @@ def _per_second(unit: str) -> bool:
     return unit.endswith(("/s", "/sec", "/second", "ps")) or unit in ("ops", "Hz")
 
 
-#: Every character outside printable ASCII, as a \xNN (\uNNNN) escape: what a client sent, in
-#: a log, can hold no escape sequence for the operator's terminal nor bytes that make the log
-#: "binary" to grep (a TLS ClientHello sent to the plain-HTTP port).
-_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0x100))}
+#: ASCII's control characters as \xNN escapes (the rest of what is not ASCII, the codec
+#: escapes): what a client sent, in a log, can hold no escape sequence for the operator's
+#: terminal nor bytes that make the log "binary" to grep (a TLS hello to the plain-HTTP port).
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def _printable(text: str) -> str:
     """`text` with control and non-ASCII characters escaped, for a log line."""
     if text.isascii() and text.isprintable():
         return text
-    return "".join(
-        _UNPRINTABLE.get(ord(c), c if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text
-    )
+    return text.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROL_ESCAPES)
 
 
 def _tidy(value: float, digits: int = 12) -> float:
@@ -1659,6 +1657,12 @@ class Marks:
         else:
             self.spans.append((kind == "exclude", start, end))
         self.version += 1
+
+    def within(self, kind: str, reach: tuple[int, int]) -> list[int]:
+        """The marks of `kind` (accepted, dismissed, notified) said of a time within `reach`
+        (unix seconds, inclusive): those that bind to a change (see metric_changes)."""
+        lo, hi = reach
+        return [t for t in getattr(self, kind) if lo <= t <= hi]
 
     def excluded(self, times: Sequence[int]) -> list[bool] | None:
         """For each time (µs), whether its point is excluded; None when none can be."""
@@ -3182,12 +3186,10 @@ def detect_changes(
     if tail is not None:
         # Named where its runs began, as close as TAIL_MIN to the level before it: the tail
         # test needs ten points of that level, a step may come sooner.
-        tail = _refine(xs, bounds[-1] if bounds else 0, len(xs), tail, _TAIL_MIN, slow)
-    if tail is not None:
-        bounds.append(tail)
+        bounds.append(_refine(xs, bounds[-1] if bounds else 0, len(xs), tail, _TAIL_MIN, slow))
     changes = []
     # A level still provisional (see metric_changes) is a step until it has lasted.
-    settled = sum(b <= len(xs) - 2 * _CHANGE_MIN_SEGMENT for b in bounds)
+    settled = sum(b <= history for b in bounds)
     moves = _moves(xs, bounds, settled, slow)
     for first, reached, before, after in moves:
         worse = after > before if better == "lower" else after < before
@@ -3588,8 +3590,8 @@ def metric_changes(metric: Metric, series: Series, threshold: float) -> list[Cha
             dataclasses.replace(
                 c,
                 index=kept[c.index],
-                accepted=any(reach[0] <= t <= reach[1] for t in metric.marks.accepted),
-                dismissed=any(reach[0] <= t <= reach[1] for t in metric.marks.dismissed),
+                accepted=bool(metric.marks.within("accepted", reach)),
+                dismissed=bool(metric.marks.within("dismissed", reach)),
                 reach=reach,
                 until=seconds[min(c.index + c.runs, len(seconds) - 1)],
                 provisional=len(kept) - c.index < 2 * _CHANGE_MIN_SEGMENT,
@@ -5881,8 +5883,7 @@ class Notifier:
             return
         # Told already: what was said of a change binds to it as it settles (its reach), and a
         # webhook's telling is said of it too.
-        lo, hi = newest.reach or (newest.t, newest.t)
-        if any(lo <= t <= hi for t in metric.marks.notified):
+        if metric.marks.within("notified", newest.reach or (newest.t, newest.t)):
             return
         self.store.mark(metric.id, "notified", newest.t * US, newest.t * US)
         self._send(url, regression_message(metric, newest, base_url))
@@ -6265,7 +6266,7 @@ def _render_metric_page(
     svg_url = f"{base}.svg{qs}"
     csv_link = f'<a id="link-csv" href="{esc(base)}/csv{esc(qs)}">CSV</a>' if len(ids) == 1 else ""
     main = _METRIC_MAIN.format(
-        heading=" · ".join(map(_wrappable, names)),
+        heading=" · ".join(_breakable(name, _NAME_BREAKS_RE) for name in names),
         subtitle=esc(subtitle),
         svg=svg,
         base=esc(base),
@@ -6491,15 +6492,13 @@ _URL_BREAKS = r"(?<=[/-])(?!/)|(?=[?&#=._])"
 _URL_BREAKS_RE = _Regex(_URL_BREAKS)
 
 
-def _breakable(url: str) -> str:
-    """A URL, escaped, with <wbr> where it may wrap (see URL_BREAKS)."""
-    return "<wbr>".join(html.escape(part) for part in _URL_BREAKS_RE.split(url))
+#: Where a name may wrap: after "/", "::" and "." (a suite, a test, a method).
+_NAME_BREAKS_RE = _Regex(r"(?<=/)|(?<=::)|(?<=\.)")
 
 
-def _wrappable(name: str) -> str:
-    """A name, escaped, that may wrap after "/", "::" and "." (a suite, a test, a method),
-    never inside a word."""
-    return "<wbr>".join(html.escape(part) for part in re.split(r"(?<=/)|(?<=::)|(?<=\.)", name))
+def _breakable(text: str, breaks: _Regex = _URL_BREAKS_RE) -> str:
+    """Text (a URL, by default: see URL_BREAKS), escaped, with <wbr> where it may wrap."""
+    return "<wbr>".join(html.escape(part) for part in breaks.split(text))
 
 
 def _script_json(value: Any) -> str:
@@ -6903,8 +6902,7 @@ def _import_points(web: _Web, caller: Principal, body: Any, metric_id: str) -> A
         return origin_table().intern(web.store.origin(metric.account, commit, branch))
 
     batch = _parse_import(body, time.time(), origin_of)
-    for value in batch.values:
-        _duration_checked(value, metric)
+    _duration_checked(min(batch.values, default=0.0), metric)
     added, existing, expired = web.store.import_points(metric.id, batch)
     web.written(metric.id)
     web.memory.give_back_soon()  # its body took megabytes, which the allocator would keep
@@ -7059,9 +7057,9 @@ def _say_of_change(web: _Web, caller: Principal, body: Any, metric_id: str, kind
     the change as it now reads."""
     metric = _owned_metric(web, metric_id, caller)
     t = _unix_field(_body_object(body, ("t",)), "t")
-    lo, hi = _change_at(web, metric, t).reach or (t, t)
+    reach = _change_at(web, metric, t).reach or (t, t)
     # A dismissal said when the change sat a run or two away is taken back too.
-    said = [m for m in metric.marks.dismissed if lo <= m <= hi] if kind == "undismiss" else [t]
+    said = metric.marks.within("dismissed", reach) if kind == "undismiss" else [t]
     for mark in said:
         web.store.mark(metric.id, kind, mark * US, mark * US)
     return json_response(_change_at(web, metric, t).to_json())
@@ -8786,9 +8784,10 @@ def _read_pytest_benchmark(text: str) -> list[Result]:
     # Two tests of one name in two files of one group are two benchmarks: those take their
     # full names (file::test) after the group. Every other keeps the name 0.2 gave it.
     names = [short(b) for b in doc["benchmarks"]]
+    twice = _repeated(names)
     results = []
     for bench, name in zip(doc["benchmarks"], names):
-        if names.count(name) > 1:
+        if name in twice:
             name = f"{bench['group']}/{bench['fullname']}"
         stats = bench["stats"]  # "data": every round, with --benchmark-save-data
         results.append(_measured(name, stats["median"], "s", samples=stats.get("data") or ()))
@@ -8981,13 +8980,18 @@ def _matching_lines(text: str, pattern: str, fmt: str, what: str) -> list[re.Mat
     return found
 
 
+def _repeated(names: Iterable[str]) -> set[str]:
+    """The names that come more than once."""
+    return {name for name, n in collections.Counter(names).items() if n > 1}
+
+
 def _told_apart(found: list[tuple[Result, str]]) -> list[Result]:
     """Results, each with what ran it (a JMH mode, a BenchmarkDotNet job, a Luau VM): a name
     that comes more than once gets it after it, "NAME [avgt]", so two runs of one benchmark
     are two metrics, not one metric holding both."""
-    names = [r.name for r, _ in found]
+    twice = _repeated(r.name for r, _ in found)
     return [
-        dataclasses.replace(r, name=f"{r.name} [{how}]") if how and names.count(r.name) > 1 else r
+        dataclasses.replace(r, name=f"{r.name} [{how}]") if how and r.name in twice else r
         for r, how in found
     ]
 
@@ -9277,14 +9281,19 @@ _FORMATS: dict[str, _Format] = {
 def detect_format(text: str) -> str:
     """Which harness wrote this (for --format auto): the first format whose shape it has and
     whose reader reads results from it. Otherwise a UsageError saying what the file looks like."""
+    return _read_any(text)[0]
+
+
+def _read_any(text: str) -> tuple[str, list[Result]]:
+    """The first format that reads this (see detect_format), and what it read."""
     try:
         doc = json.loads(text)
     except ValueError:
         doc = None
     for name, fmt in _FORMATS.items():
         try:
-            if fmt.looks(doc, text) and fmt.read(text):
-                return name
+            if fmt.looks(doc, text) and (results := fmt.read(text)):
+                return name, results
         except (UsageError, LookupError, TypeError, ValueError, AttributeError, RecursionError):
             continue  # its shape, not its content: another format may read it
     raise UsageError(
@@ -9319,9 +9328,8 @@ def read_results(text: str, fmt: str, prefix: str = "", better: str = "") -> lis
     """The named results of a harness's output; names start with `prefix/` when given; with
     `better`, every result whose unit is neither a time nor a rate is better that way (its
     format says no direction). A name the output gives twice is an error, not a mixed metric."""
-    fmt = detect_format(text) if fmt == "auto" else fmt
     try:
-        results = _FORMATS[fmt].read(text)
+        fmt, results = _read_any(text) if fmt == "auto" else (fmt, _FORMATS[fmt].read(text))
     except (LookupError, TypeError, ValueError, AttributeError, RecursionError) as e:
         # A file of the right shape with a field missing or of the wrong type.
         raise UsageError(f"not {fmt} output as PerfIt knows it: {type(e).__name__} {e}") from None
@@ -9334,8 +9342,7 @@ def read_results(text: str, fmt: str, prefix: str = "", better: str = "") -> lis
             r if r.unit == "s" or _per_second(r.unit) else dataclasses.replace(r, better=better)
             for r in results
         ]
-    names = [r.name for r in results]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(_repeated(r.name for r in results))
     if repeated:
         raise UsageError(
             f"the {fmt} output names {', '.join(map(repr, repeated[:5]))} more than once: PerfIt "
