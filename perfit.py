@@ -5606,6 +5606,7 @@ _BOARD_WINDOW = 250  #: a board looks for change points among this many newest p
 _SPARK_POINTS = 48  #: points a sparkline draws
 _RECENT_LEVEL = 20  #: the latest value is compared with the median of this many before it
 _ALERT_DAYS = 90  #: the alert record (GET /a/, the board) counts the regressions this recent
+_ALERT_FRESH = 60.0  #: seconds a kept alert record serves while points arrive (_AlertRecords)
 _OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _MEASURE_SUFFIX_RE = _Regex(r" \([^()]*\)$")  #: " (B/op)": what a harness measured besides time
 
@@ -5761,6 +5762,31 @@ def alert_record(metrics: Iterable[Metric], changes: _ChangeCache, now: float) -
                 dismissed += c.dismissed
                 accepted += c.accepted and not c.dismissed
     return {"named": named, "accepted": accepted, "dismissed": dismissed}
+
+
+class _AlertRecords:
+    """Each account's alert record, kept: made again at once when an admin says something of a
+    change (or a metric comes or goes), and when points arrive only once the kept one is
+    ALERT_FRESH seconds old. GET /a/ follows every `perfit post`, and the board is public:
+    neither may run the detector over every metric each time."""
+
+    def __init__(self) -> None:
+        self._kept: dict[bytes, tuple[float, tuple, tuple, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, metrics: Sequence[Metric], changes: _ChangeCache) -> dict[str, int]:
+        """The record of an account's `metrics` (none: an account without any)."""
+        account, now = (metrics[0].account if metrics else b""), time.time()
+        said = tuple((m.id, m.marks.version) for m in metrics)
+        data = tuple(len(m.series) for m in metrics)
+        with self._lock:
+            kept = self._kept.get(account)
+        if kept and kept[1] == said and (kept[2] == data or now - kept[0] < _ALERT_FRESH):
+            return kept[3]
+        record = alert_record(metrics, changes, now)
+        with self._lock:
+            self._kept[account] = (now, said, data, record)
+        return record
 
 
 def alert_words(alerts: dict[str, int]) -> str:
@@ -6604,6 +6630,7 @@ class _Web:
     changes: _ChangeCache
     notifier: Notifier
     memory: _MemoryGiver
+    alerts: _AlertRecords = dataclasses.field(default_factory=_AlertRecords)
 
     @classmethod
     def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
@@ -6950,7 +6977,7 @@ def _show_account(web: _Web, caller: Principal) -> Any:
             "board_id": b64encode(index.board_of[caller.account]),
             "webhook": index.webhooks.get(caller.account),
             "main_branch": index.main_branch(caller.account),
-            "alerts": alert_record(owned, web.changes, time.time()),
+            "alerts": web.alerts.get(owned, web.changes),
             "metrics": metrics,
         }
     )
@@ -7005,7 +7032,7 @@ def _show_board(web: _Web, board_id: str) -> Any:
     """The board: every metric of the account, its trend and its newest change."""
     metrics = _board_or_404(web, board_id)
     rows = board_rows(metrics, web.changes)
-    alerts = alert_record(metrics, web.changes, time.time())
+    alerts = web.alerts.get(metrics, web.changes)
     page = _render_board_page(rows, board_id, alerts)
     return _answer(page, headers={"Content-Type": _HTML_TYPE})
 
@@ -7016,7 +7043,7 @@ def _show_board_json(web: _Web, board_id: str) -> Any:
     rows = board_rows(metrics, web.changes)
     doc = {
         "board_id": board_id,
-        "alerts": alert_record(metrics, web.changes, time.time()),
+        "alerts": web.alerts.get(metrics, web.changes),
         "metrics": [row.to_json() for row in rows],
     }
     return _cached(json.dumps(doc, separators=(",", ":")), "application/json", {})

@@ -1981,6 +1981,27 @@ def test_a_change_stays_put_as_runs_arrive_one_at_a_time() -> None:
     assert len(wrong) <= 1 and replays == 60, wrong
 
 
+def test_the_alert_record_is_kept_while_points_arrive_not_after_an_admin_speaks(
+    tmp_path: Path,
+) -> None:
+    """GET /a/ follows every CI post: the detector must not run over every metric each time."""
+    with perfit.Store.open(str(tmp_path)) as store:
+        account, _ = store.create_account()
+        metric = store.create_metric(account, name="m")
+        start = (int(time.time()) - 3600) * perfit.US  # within the record's 90 days
+        rows = [(start + i * perfit.US, 100.0 if i < 40 else 130.0, b"") for i in range(60)]
+        store.add_points(metric.id, perfit.PointBatch.of(rows))
+        records, changes = perfit._AlertRecords(), perfit._ChangeCache()
+        record = records.get([metric], changes)
+        assert record == {"named": 1, "accepted": 0, "dismissed": 0}
+        store.add_point(metric.id, 130.0)  # a point arrives: the data changed
+        assert records.get([metric], changes) is record, "kept while points arrive"
+        (change,) = [c for c in perfit.metric_changes(metric, metric.series.snapshot(), 0.05)
+                     if c.kind == "regression"]  # fmt: skip
+        store.mark(metric.id, "dismiss", change.t * perfit.US, change.t * perfit.US)
+        assert records.get([metric], changes)["dismissed"] == 1, "what an admin says, at once"
+
+
 def test_what_was_said_of_a_change_binds_within_its_reach(tmp_path: Path) -> None:
     """An accept or a dismissal said a run or two from where the change now sits holds; one
     said of a point further off, or nearer another change, does not."""
