@@ -8219,10 +8219,39 @@ def _operation(route: Route) -> dict[str, Any]:
             "description": "If-None-Match named the current ETag.",
             "headers": responses[str(answer.status)]["headers"],
         }
+    links = _links(route)
+    if links:
+        responses[str(answer.status)]["links"] = links
     for status in _route_errors(route):
         responses.setdefault(str(status), {"$ref": f"#/components/responses/E{status}"})
     operation["responses"] = responses
     return operation
+
+
+#: What a PUT's answer names, by its schema: the field, and the routes (by Route.ids) whose
+#: path takes it. OpenAPI links: a client (or schemathesis's stateful run) follows a PUT to what
+#: can be done with the thing it made.
+_CREATED = {
+    "Metric": ("metric_id", ("one", "overlay")),
+    "NewBoard": ("board_id", ("board",)),
+    "Credentials": ("token_id", ("token",)),
+}
+
+
+def _links(route: Route) -> dict[str, Any]:
+    """The OpenAPI links from what `route` creates to the routes that take its id."""
+    made = route.answer.content.get("application/json", {}).get("$ref", "").rsplit("/", 1)[-1]
+    if route.method != "PUT" or made not in _CREATED or "root" in route.auth:
+        return {}  # a new account's token is no thing the root token can act on
+    field, kinds = _CREATED[made]
+    return {
+        target.name: {
+            "operationId": target.name,
+            "parameters": {_id_parameter(target.ids)["name"]: f"$response.body#/{field}"},
+        }
+        for target in ROUTES
+        if target.ids in kinds
+    }
 
 
 def _id_parameter(ids: str) -> dict[str, Any]:

@@ -4816,6 +4816,26 @@ def test_openapi_says_which_routes_need_a_token(url: str) -> None:
     }
 
 
+def test_openapi_links_lead_from_what_a_put_makes_to_the_routes_that_take_it(
+    url: str, account: Account
+) -> None:
+    doc = ok_json("GET", f"{url}/openapi.json")
+    links = doc["paths"]["/m/"]["put"]["responses"]["200"]["links"]
+    takes_an_id = {
+        op["operationId"]
+        for path, item in doc["paths"].items()
+        if "{id}" in path
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    }
+    assert set(links) == takes_an_id
+    made = ok_json("PUT", f"{url}/m/", body={"name": "linked"}, token=account.admin)
+    link = links["showPoints"]
+    pointer = link["parameters"]["id"].removeprefix("$response.body#/")
+    assert ok_json("GET", f"{url}/m/{made[pointer]}/json") is not None
+    assert "links" not in doc["paths"]["/a/"]["put"]["responses"]["200"]  # root's is no account
+
+
 class FuzzWorld:
     """What the schemathesis run acts on: an admin token and metrics, some of another account."""
 
@@ -4852,13 +4872,18 @@ def fuzz_world(url: str) -> FuzzWorld:
     return FuzzWorld(url)
 
 
-def _openapi_schema(url: str, coverage: bool) -> Any:
+def _openapi_schema(url: str, coverage: bool = False, stateful: bool = False) -> Any:
     """The app's own OpenAPI document, as schemathesis reads it; repeatable runs."""
     config = schemathesis.Config.from_dict(
         {
             "seed": 5050,
             "generation": {"deterministic": True, "database": "none"},
-            "phases": {"stateful": {"enabled": False}, "coverage": {"enabled": coverage}},
+            # Links are the document's own: schemathesis's inferred ones start every sequence
+            # at a POST, and PerfIt makes things with PUT.
+            "phases": {
+                "stateful": {"enabled": stateful, "inference": {"algorithms": []}},
+                "coverage": {"enabled": coverage},
+            },
             # A body over its limit (more than 10,000 points) is refused with 413, as SPEC says.
             "checks": {
                 "negative_data_rejection": {
@@ -4917,19 +4942,24 @@ def _fuzz_case(case: Any, world: FuzzWorld) -> None:
     if re.fullmatch(r"[A-Za-z0-9_-]{21}[AQgw]", token_id) and zlib.crc32(token_id.encode()) % 2:
         made = ok_json("PUT", f"{world.url}/t/", body={"type": "post"}, token=world.admin)
         params["token_id"] = made["token_id"]  # half the time, one that exists
+    case.call_and_validate(headers=_fuzz_headers(world), timeout=10, **_FUZZ_CHECKS)
+
+
+def _fuzz_headers(world: FuzzWorld) -> dict[str, str]:
+    """The admin's token, and an address of its own for each case, so that the unauthenticated
+    requests of one case (schemathesis leaves the token out on purpose) do not spend the
+    failed-authentication budget of the next."""
     world.cases += 1
-    case.call_and_validate(
-        # An address of its own, so that the unauthenticated requests of one case (schemathesis
-        # leaves the token out on purpose) do not spend the failed-authentication budget of
-        # the next.
-        headers={
-            "Authorization": f"Bearer {world.admin}",
-            "X-Forwarded-For": f"10.5.{world.cases // 250}.{world.cases % 250}",
-        },
-        excluded_checks=[positive_data_acceptance],
-        additional_checks=[positive_data_accepted_unless_unstatable],
-        timeout=10,
-    )
+    return {
+        "Authorization": f"Bearer {world.admin}",
+        "X-Forwarded-For": f"10.5.{world.cases // 250}.{world.cases % 250}",
+    }
+
+
+_FUZZ_CHECKS = {
+    "excluded_checks": [positive_data_acceptance],
+    "additional_checks": [positive_data_accepted_unless_unstatable],
+}
 
 
 _FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None,
@@ -4947,6 +4977,22 @@ def test_openapi_fuzz_finds_no_server_error(case: Any, fuzz_world: FuzzWorld) ->
 @settings(max_examples=50, **_FUZZ_SETTINGS)
 def test_openapi_fuzz_with_coverage_finds_no_server_error(case: Any, fuzz_world: FuzzWorld) -> None:
     _fuzz_case(case, fuzz_world)
+
+
+@pytest.mark.slow
+def test_openapi_stateful_run_finds_no_server_error(url: str, fuzz_world: FuzzWorld) -> None:
+    """Sequences that follow the document's links: a metric made, then posted to, changed,
+    accepted, deleted, read; a token made, then revoked; a board made, then compared with."""
+    machine = _openapi_schema(url, stateful=True).as_state_machine()
+
+    class Sequences(machine):  # type: ignore[misc,valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": _fuzz_headers(fuzz_world), "timeout": 10}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, transport_kwargs=kwargs, **_FUZZ_CHECKS)
+
+    Sequences.run(settings=settings(max_examples=25, stateful_step_count=6, **_FUZZ_SETTINGS))
 
 
 # --------------------------------------------------------------------------------------------
