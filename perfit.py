@@ -20,6 +20,7 @@ import base64
 import bisect
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import html
@@ -54,7 +55,8 @@ __version__ = "0.3.0.dev0"
 __all__ = [
     # errors
     *"PerfitError BadRequest Unauthorized Forbidden NotFound PayloadTooLarge RateLimited".split(),
-    *"StoreError StoreLocked StoreCorrupt UsageError MissingDependency ServerSaidNo".split(),
+    *"StoreError StoreLocked StoreCorrupt UsageError MissingDependency ServerSaidNo KeyInUse".split(),
+    *"KeyReused".split(),
     "SendFailed",
     "Conflict",
     # shared helpers, and the constants callers use
@@ -64,6 +66,7 @@ __all__ = [
     "MAX_ACCOUNT_METRICS",
     *"MAX_IMPORT_POINTS DEFAULT_CHANGE_THRESHOLD CHART_HEIGHT CHART_MARGIN BADGE_COLOURS".split(),
     *"ENV_SERVER ENV_ACCESS_TOKEN ENV_METRIC ENV_METADATA ENV_TIMEOUT ENV_LISTEN".split(),
+    "ENV_PUBLIC_URL",
     *"ENV_COMMIT ENV_BRANCH ENV_BOARD ENV_BASE".split(),
     *"ENV_DATA ENV_ROOT_TOKEN EXIT_OK EXIT_REFUSED EXIT_USAGE EXIT_REGRESSED".split(),
     *"EXIT_UNREACHABLE EXIT_INTERRUPTED EXIT_STORE_FATAL".split(),
@@ -84,7 +87,7 @@ __all__ = [
     "suspect_window",
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
-    *"ServerConfig RateLimiter client_address parse_chart_options json_response".split(),
+    *"ServerConfig RateLimiter client_address base_url parse_chart_options json_response".split(),
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
     "branch_points",
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
@@ -137,6 +140,11 @@ MAX_ACCOUNT_METRICS = 10_000  #: metrics an account may have
 MAX_COMPARE_RESULTS = 10_000  #: results of one suite comparison (POST /b/ID/compare)
 _MAX_COMPARE_BODY_BYTES = 4 << 20  #: ... and its body's size, samples and all
 _MAX_BASE_COMMITS = 100  #: commits of a comparison's base (a PR's base and its ancestors)
+#: How long a write's Idempotency-Key is remembered (its answer replayed): a day, as Stripe's
+#: are; the client retries for at most its --timeout, a restart takes seconds.
+IDEMPOTENCY_KEEP = 24 * 3600
+_MAX_KEY_BYTES = 255  #: an Idempotency-Key: printable ASCII, a UUID or the like
+_KEY_HEADER = "Idempotency-Key"  #: the IETF draft's name (draft-ietf-httpapi-idempotency-key)
 
 _BETTER_CHOICES = ("lower", "higher")
 
@@ -165,6 +173,7 @@ ENV_BASE = "PERFIT_BASE"
 ENV_LISTEN = "PERFITD_LISTEN"
 ENV_DATA = "PERFITD_DATA"
 ENV_ROOT_TOKEN = "PERFITD_ROOT_ACCESS_TOKEN"
+ENV_PUBLIC_URL = "PERFITD_PUBLIC_URL"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  #: the server (or the store) said no
@@ -218,6 +227,18 @@ class Conflict(PerfitError):
     def __init__(self, message: str, metric_id: str) -> None:
         super().__init__(message)
         self.metric_id = metric_id
+
+
+class KeyInUse(PerfitError):
+    """An Idempotency-Key whose request is still at work, or was stored without an answer."""
+
+    status = 409
+
+
+class KeyReused(PerfitError):
+    """An Idempotency-Key sent again with another request."""
+
+    status = 422
 
 
 class PayloadTooLarge(PerfitError):
@@ -515,9 +536,13 @@ _REC_SETTINGS = 17  #: JSON {"account", and what changes: "main_branch"}
 #: origin its point blocks name by n (so a run's origin is stored once a segment, not once a
 #: metric); empty fields, and main when true, are left out
 _REC_ORIGIN = 18
+#: JSON {"account", "key", "request", "t"}: a write sent with an Idempotency-Key, landing in
+#: one batch with what it wrote; then the same with "status" and "answer", what it answered.
+#: "request" is a digest of the request, "t" when (Unix seconds); gone after IDEMPOTENCY_KEEP
+_REC_KEY = 19
 _CONTROL_TYPES = (
     *(_REC_ACCOUNT, _REC_TOKEN, _REC_METRIC, _REC_BOARD, _REC_MARK, _REC_WEBHOOK),
-    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE, _REC_SETTINGS, _REC_ORIGIN),
+    *(_REC_EDIT, _REC_DELETE, _REC_EXPIRE, _REC_REVOKE, _REC_SETTINGS, _REC_ORIGIN, _REC_KEY),
 )
 _RECORD_TYPES = (
     *_CONTROL_TYPES,
@@ -1220,11 +1245,19 @@ def seal_log(log_path: str, seg_path: str) -> None:
     control: list[tuple[int, bytes]] = []
     points: dict[bytes, Series] = {}  # in columns, in the order replay would put them
     for rtype, payload in _flat_records((t, p) for _, t, p in scan.records):
+        if rtype == _REC_KEY and _forgotten(json.loads(payload)):
+            continue
         if rtype in _CONTROL_TYPES:
             control.append((rtype, payload))
         else:
             _gather_points(points, rtype, payload)
     _write_durably(seg_path, _segment_bytes(control, points.items(), compress))
+
+
+def _forgotten(key: dict) -> bool:
+    """Whether an Idempotency-Key's record is past IDEMPOTENCY_KEEP (sealing and compaction
+    leave it out: a key is remembered for a day, not for ever)."""
+    return key["t"] < time.time() - IDEMPOTENCY_KEEP
 
 
 def _gather_points(points: dict[bytes, Series], rtype: int, payload: bytes) -> None:
@@ -1765,6 +1798,7 @@ class _IndexRecords:
     webhooks: dict[bytes, str]
     main_branches: dict[bytes, str]
     segment_origins: dict[int, int]
+    keys: OrderedDict[tuple[str, str], dict]
     deleted: set[bytes]
     garbage: int
     _metric: Callable[[bytes], Metric | None]
@@ -1819,6 +1853,18 @@ class _IndexRecords:
             account, board = _raw(doc["account"]), _raw(doc["board"])
             self.boards.pop(self.board_of.get(account, b""), None)  # the old link stops working
             self.boards[board], self.board_of[account] = account, board
+        elif rtype == _REC_KEY:
+            self._remember_key(doc)
+
+    def _remember_key(self, doc: dict) -> None:
+        """A write's Idempotency-Key (and later its answer), kept IDEMPOTENCY_KEEP."""
+        keys = self.keys
+        where = (doc["account"], doc["key"])
+        keys[where] = doc
+        keys.move_to_end(where)
+        horizon = time.time() - IDEMPOTENCY_KEEP
+        while keys and next(iter(keys.values()))["t"] < horizon:
+            keys.popitem(last=False)
 
     def _apply_lifecycle(self, rtype: int, doc: dict) -> None:
         """A metric edited, deleted, or its oldest points expired."""
@@ -1894,6 +1940,8 @@ class Index(_IndexRecords):
         #: the origins of the segment being replayed: its number -> the process-wide one
         self.segment_origins: dict[int, int] = {}
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
+        #: (account, Idempotency-Key) -> its _REC_KEY record, oldest first (see _remember_key)
+        self.keys: OrderedDict[tuple[str, str], dict] = OrderedDict()
         #: Metrics deleted: records that still name them (in files not yet compacted, or
         #: written as the delete landed) are passed over.
         self.deleted: set[bytes] = set()
@@ -2283,6 +2331,23 @@ class _LogFile:
             raise StoreError("the data could not be made durable") from e
 
 
+#: Records that land with the next record this request (its thread) appends, in one batch: an
+#: Idempotency-Key is stored if, and only if, what it keyed is (see Log.append, _keyed).
+_RIDERS: contextvars.ContextVar[list[tuple[int, bytes]]] = contextvars.ContextVar("riders")
+
+
+def _with_riders(
+    rtype: int, make_payload: Callable[[], bytes], riders: list[tuple[int, bytes]]
+) -> Callable[[], bytes]:
+    """The payload of a batch: the record make_payload makes (or its batch's), then riders."""
+
+    def payload() -> bytes:
+        own = make_payload()
+        return (own if rtype == _REC_BATCH else pack_batch([(rtype, own)])) + pack_batch(riders)
+
+    return payload
+
+
 class Log(_LogFile):
     """The active log. It knows nothing of what its records mean.
 
@@ -2347,8 +2412,13 @@ class Log(_LogFile):
         Group commit: the first waiter becomes the leader and writes every queued record in
         one write and one fsync, then hands them to on_durable in order and wakes the others.
         The others make no system call of their own (each is a GIL hand-off on a busy server).
-        make_payload runs under the lock, so a record's contents follow queue order.
+        make_payload runs under the lock, so a record's contents follow queue order. Riders
+        (see _RIDERS) come along in one batch.
         """
+        riders = _RIDERS.get(None)
+        if riders:
+            rtype, make_payload = _REC_BATCH, _with_riders(rtype, make_payload, riders[:])
+            riders.clear()
         with self._durable:
             self._check_writable()
             self._queue.append((rtype, make_payload()))
@@ -2642,6 +2712,8 @@ def compact_segments(directory: str, run: Sequence[DataFile], index: Index) -> D
                     if inner_type == _REC_ORIGIN:
                         numbering[doc["origin"]] = origin_table().intern(_origin_of_doc(doc))
                         continue
+                    if inner_type == _REC_KEY and _forgotten(doc):
+                        continue
                     if inner_type == _REC_EXPIRE:
                         # The horizons of now are written below, for all the run names.
                         for key in ("before", "branches"):
@@ -2889,6 +2961,10 @@ class _AccountOperations(_Operations):
         """Name the account's main branch: points posted from now on with it are main's."""
         doc = {"account": b64encode(account), "main_branch": branch}
         self.log.append(_REC_SETTINGS, lambda: json.dumps(doc).encode())
+
+    def keep_answer(self, doc: dict[str, Any]) -> None:
+        """What a write sent with an Idempotency-Key answered (see _Keys)."""
+        self.log.append(_REC_KEY, lambda: json.dumps(doc).encode())
 
     def set_webhook(self, account: bytes, url: str | None) -> None:
         doc = {"account": b64encode(account), "url": url}
@@ -4965,6 +5041,29 @@ class ServerConfig:
     #: webhooks may call loopback, link-local, private and unspecified addresses (a server of
     #: one's own, inside one's network); off: a tenant's webhook never calls inside the network
     webhook_allow_private: bool = False
+    #: where people reach the server (https://perfit.example): the base of every absolute
+    #: link it makes; "": the request's own (see base_url)
+    public_url: str = ""
+
+
+def base_url(environ: dict, config: ServerConfig) -> str:
+    """The base of the absolute links a request's answer makes: --public-url; else its Host
+    (and scheme), or a proxy's X-Forwarded-Host and -Proto when --trust-proxy believes it.
+    Never a client's own X-Forwarded-Host: it would make a webhook link anywhere."""
+    if config.public_url:
+        return config.public_url
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+    if config.trust_proxy > 0:
+        scheme = _forwarded(environ, "HTTP_X_FORWARDED_PROTO", config.trust_proxy) or scheme
+        host = _forwarded(environ, "HTTP_X_FORWARDED_HOST", config.trust_proxy) or host
+    return f"{scheme}://{host}"
+
+
+def _forwarded(environ: dict, header: str, trust_proxy: int) -> str:
+    """A forwarded header's entry `trust_proxy` hops from the right (see client_address)."""
+    hops = [h.strip() for h in environ.get(header, "").split(",") if h.strip()]
+    return (hops[-trust_proxy] if len(hops) >= trust_proxy else hops[0]) if hops else ""
 
 
 class RateLimiter:
@@ -4999,11 +5098,8 @@ def client_address(environ: dict, trust_proxy: int) -> str:
     peer = environ.get("REMOTE_ADDR", "")
     if trust_proxy <= 0:
         return peer
-    hops = [h.strip() for h in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
-    if not hops:
-        return peer
     # Each trusted proxy appends the address it saw; anything left of them is client-supplied.
-    return hops[-trust_proxy] if len(hops) >= trust_proxy else hops[0]
+    return _forwarded(environ, "HTTP_X_FORWARDED_FOR", trust_proxy) or peer
 
 
 def _bearer_token(environ: dict) -> str | None:
@@ -6631,6 +6727,7 @@ class _Web:
     notifier: Notifier
     memory: _MemoryGiver
     alerts: _AlertRecords = dataclasses.field(default_factory=_AlertRecords)
+    keys: _Keys = dataclasses.field(default_factory=lambda: _Keys())
 
     @classmethod
     def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
@@ -6646,11 +6743,103 @@ class _Web:
         return client_address(_request().environ, self.config.trust_proxy)
 
     def written(self, *metric_ids: bytes) -> None:
-        """Tell the notifier what a request wrote to, with the base URL it came in on."""
-        if not self.store.index.webhooks:
-            return  # nobody to tell: spare every post the parsing of its URL
-        parts = _request().urlparts
-        self.notifier.written(metric_ids, f"{parts.scheme}://{parts.netloc}")
+        """Tell the notifier what a request wrote to, with the base of its links."""
+        if self.store.index.webhooks:  # else nobody to tell
+            self.notifier.written(metric_ids, self.base_url())
+
+    def base_url(self) -> str:
+        return base_url(_request().environ, self.config)
+
+
+_KEY_WAIT = 30.0  #: seconds a repeat waits for the first request of its key to finish
+
+
+class _Keys:
+    """Writes sent with an Idempotency-Key: each done once, its answer given to every repeat.
+
+    The first request of a key writes a _REC_KEY record in one batch with what it writes (see
+    _RIDERS), so the key is stored if and only if the write is; then another with its answer.
+    A repeat while the first is at work waits for it. The records replay, so keys outlive a
+    restart; the index forgets them after IDEMPOTENCY_KEEP.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._working: dict[tuple[str, str], threading.Event] = {}
+
+    def once(self, store: Store, where: tuple[str, str], request: str, write: Callable) -> Any:
+        """write()'s answer, or (for a key seen before) the answer its first request got."""
+        while True:
+            with self._lock:
+                # At work first: its key is in the index before its answer is.
+                working = self._working.get(where)
+                done = None if working else store.index.keys.get(where)
+                if working is None and done is None:
+                    mine = self._working[where] = threading.Event()
+                    break
+            if working is None:
+                return _replayed(done, request)
+            if not working.wait(_KEY_WAIT):
+                raise KeyInUse(f"the request sent with this {_KEY_HEADER} is still at work")
+        try:
+            return self._first(store, where, request, write)
+        finally:
+            with self._lock:
+                del self._working[where]
+            mine.set()
+
+    @staticmethod
+    def _first(store: Store, where: tuple[str, str], request: str, write: Callable) -> Any:
+        account, key = where
+        doc = {"account": account, "key": key, "request": request, "t": round(time.time(), 3)}
+        riding = _RIDERS.set([_json_record(_REC_KEY, doc)])
+        try:
+            answer = write()
+        finally:
+            _RIDERS.reset(riding)
+        if answer.status_code < 400:  # an error stored nothing: a repeat may try again
+            store.keep_answer(
+                {**doc, "status": answer.status_code, "answer": json.loads(answer.body)}
+            )
+        return answer
+
+
+def _replayed(done: dict, request: str) -> Any:
+    """The answer a key's first request got, for a repeat of that request."""
+    if done["request"] != request:
+        raise KeyReused(
+            f"this {_KEY_HEADER} came with another request before; send each request with a "
+            "key of its own"
+        )
+    if "status" not in done:
+        raise KeyInUse(
+            f"the request sent with this {_KEY_HEADER} was stored, but the server stopped "
+            "before it answered; it is not stored again"
+        )
+    return json_response(done["answer"], done["status"], {"Idempotent-Replayed": "true"})
+
+
+def _idempotently(web: _Web, route: Route, params: dict[str, Any]) -> Any:
+    """The route's handler, once for each Idempotency-Key (without one: every time)."""
+    import hashlib
+
+    call = functools.partial(route.handler, web, **params)
+    request = _request()
+    # From the environ: bottle's get_header fails on a byte that is not UTF-8.
+    key = request.environ.get("HTTP_IDEMPOTENCY_KEY") if route.writes else None
+    if key is None:
+        return call()
+    if not 0 < len(key) <= _MAX_KEY_BYTES or not (key.isascii() and key.isprintable()):
+        raise BadRequest(
+            f"{_KEY_HEADER}: 1 to {_MAX_KEY_BYTES} printable ASCII characters (a UUID, say)"
+        )
+    caller = params.get("caller")
+    account = b64encode(caller.account) if caller and caller.account else ""
+    fingerprint = json.dumps(
+        [request.method, request.path, request.query_string, params.get("body")], sort_keys=True
+    )
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
+    return web.keys.once(web.store, (account, key), digest, call)
 
 
 def _request() -> Any:
@@ -7043,6 +7232,7 @@ def _show_board_json(web: _Web, board_id: str) -> Any:
     rows = board_rows(metrics, web.changes)
     doc = {
         "board_id": board_id,
+        "base_url": web.base_url(),
         "alerts": web.alerts.get(metrics, web.changes),
         "metrics": [row.to_json() for row in rows],
     }
@@ -7245,6 +7435,7 @@ def _compare_suite(web: _Web, body: Any, board_id: str) -> Any:
         "shift": shift and shift.to_json(),
         "base": found and found[1],
         "missing": _missing_from(metrics, matched, [f.baseline for f in fresh]),
+        "base_url": web.base_url(),
     }
     return json_response(doc)
 
@@ -7622,6 +7813,11 @@ _POINT = _object(
     },
     ["t", "v"],
 )
+_BASE_URL = {
+    "type": "string",
+    "description": "Where the server is reached (serve --public-url, or the request's host): "
+    "the base of links to its pages, such as BASE_URL/m/METRIC_ID.",
+}
 _ALERTS = _object(
     {
         "named": {"type": "integer", "minimum": 0, "description": "Regressions named."},
@@ -7764,7 +7960,9 @@ _IMPORT_META = _text(_MAX_METADATA_BYTES, "Metadata.")
 _SCHEMAS = {
     "Error": _object({"message": {"type": "string"}}, ["message"]),
     "Conflict": _object(
-        {"message": {"type": "string"}, "metric_id": _ref("Id")}, ["message", "metric_id"]
+        {"message": {"type": "string"}, "metric_id": _ref("Id")},
+        ["message"],
+        "metric_id: the metric that has the name, when the conflict is a name.",
     ),
     "Id": {"type": "string", "pattern": f"^{_ID_PATTERN}$", "description": "128 random bits."},
     "Token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$", "description": "256 bits."},
@@ -8055,16 +8253,18 @@ _SUITE_SCHEMAS = {
                 ),
                 "description": "Main's benchmarks of the same run that the results lack.",
             },
+            "base_url": _BASE_URL,
         },
-        ["results", "shift", "base", "missing"],
+        ["results", "shift", "base", "missing", "base_url"],
     ),
     "BoardData": _object(
         {
             "board_id": _ref("Id"),
+            "base_url": _BASE_URL,
             "alerts": _ALERTS,
             "metrics": {"type": "array", "items": _BOARD_METRIC},
         },
-        ["board_id", "alerts", "metrics"],
+        ["board_id", "base_url", "alerts", "metrics"],
     ),
 }
 
@@ -8123,7 +8323,9 @@ _ERROR_ANSWERS = {
     403: "The token's type, or its account, does not allow this; or the account would have "
     f"more than {MAX_ACCOUNT_METRICS:,} metrics, or no admin token left.",
     404: "Unknown metric, board or token (or, to accept, change point).",
-    409: "The name is taken: metric_id is the metric that has it.",
+    409: "The name is taken: metric_id is the metric that has it. Or the request sent first "
+    "with this Idempotency-Key is still at work, or was stored but not answered (a crash).",
+    422: "This Idempotency-Key came with another request before.",
     413: f"The body is over {_MAX_BODY_BYTES >> 10} KiB ({_MAX_POINTS_BODY_BYTES >> 20} MiB for "
     f"/points and /b/ID/compare, {_MAX_RUN_BODY_BYTES >> 20} MiB for /r/), or an import has "
     f"more than {MAX_IMPORT_POINTS:,} points, a run more than {MAX_RUN_POINTS:,}, a suite "
@@ -8198,6 +8400,8 @@ def _operation(route: Route) -> dict[str, Any]:
     parameters = [_query_parameter(_QUERY_OPTIONS[name]) for name in route.query]
     if route.ids:
         parameters.insert(0, _id_parameter(route.ids))
+    if route.writes:
+        parameters.append(_KEY_PARAMETER)
     if parameters:
         operation["parameters"] = parameters
     if route.auth:
@@ -8254,6 +8458,22 @@ def _links(route: Route) -> dict[str, Any]:
     }
 
 
+_KEY_PARAMETER = {
+    "name": _KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": _MAX_KEY_BYTES,
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+    },
+    "description": "Any unique text (a UUID): the request sent again with it within "
+    f"{IDEMPOTENCY_KEEP // 3600} hours is not done again, but answered as the first was "
+    "(with Idempotent-Replayed: true). perfit's client sends one with every write.",
+}
+
+
 def _id_parameter(ids: str) -> dict[str, Any]:
     """The id in a path (see Route.ids): a board's, a metric's, or up to _MAX_OVERLAY of them."""
     pattern, name, about = _ID_PATTERN, "id", "A metric's id."
@@ -8280,7 +8500,7 @@ def _route_errors(route: Route) -> list[int]:
     if route.ids or "metric-id" in route.query:
         statuses.add(404)  # it names a metric
     if route.writes:
-        statuses.add(507)
+        statuses |= {400, 409, 422, 507}  # 400, 409, 422: an Idempotency-Key's
     return sorted(statuses)
 
 
@@ -8341,7 +8561,7 @@ def _endpoint(web: _Web, route: Route) -> Callable[..., Any]:
                 params["caller"] = _authenticate(web, route.auth)
             if route.body:
                 params["body"] = _read_json_body(_request().environ, route.body_limit)
-            return route.handler(web, **params)
+            return _idempotently(web, route, params)
         except PerfitError as err:
             return _error_response(err)
 
@@ -8463,6 +8683,8 @@ def _http_server_class() -> type:
             self._deadlines: dict[socket.socket, float] = {}
             self._deadlines_lock = threading.Lock()
             self._closed = threading.Event()
+            self._active = 0  #: connections being served
+            self._idle = threading.Condition()  #: notified as each of them ends
             super().__init__((host, port), _RequestHandler)
             self.set_app(app)
             threading.Thread(target=self._reap, name="perfit-reaper", daemon=True).start()
@@ -8484,6 +8706,8 @@ def _http_server_class() -> type:
                     request.sendall(_BUSY_ANSWER)
                 self.shutdown_request(request)
                 return
+            with self._idle:
+                self._active += 1
             super().process_request(request, client_address)
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -8492,6 +8716,16 @@ def _http_server_class() -> type:
             finally:
                 self.unwatch(request)
                 self._slots.release()
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
+
+        def drain(self, seconds: float) -> int:
+            """Wait up to `seconds` for the requests at work to end (a stop lets a write
+            that is stored also answer, and record its answer); how many are left."""
+            with self._idle:
+                self._idle.wait_for(lambda: self._active == 0, seconds)
+                return self._active
 
         def watch(self, connection: socket.socket) -> None:
             with self._deadlines_lock:
@@ -8586,8 +8820,10 @@ def _opener(address: str = "") -> Any:
     return urllib.request.build_opener(NoRedirects, Http, Https)
 
 
-#: Statuses after which a request that writes can be sent again: it was not stored.
-_NOT_STORED = (429, 503, 507)
+#: Statuses after which a write is sent again: nothing was stored (429, 503, 507), or the
+#: proxy in front lost the server (502, 504), and the write's Idempotency-Key makes a repeat
+#: of one that was stored answer without storing it twice. A 500 is a bug: it would recur.
+_RETRIED_WRITES = (429, 502, 503, 504, 507)
 
 
 @dataclasses.dataclass
@@ -8620,6 +8856,8 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if method != "GET":
+            headers[_KEY_HEADER] = b64encode(new_id())  # one for all the tries of this write
         opener = _opener()
         deadline = time.monotonic() + self.timeout
         for attempt in range(1000):
@@ -8633,17 +8871,12 @@ class Client:
                 if e.code < 500 and e.code != 429:
                     hint = _hint(e.code, message, self.server, url)
                     raise ServerSaidNo(f"{method} {path}: {e.code} {message}{hint}") from None
-                if method != "GET" and e.code not in _NOT_STORED:
-                    # A 500, 502 or 504 may come after the write was stored: don't repeat it.
+                if method != "GET" and e.code not in _RETRIED_WRITES:
                     raise SendFailed(f"{method} {path}: {e.code} {message} (not retried)") from None
                 failure, delay = f"{e.code} {message}", _retry_after(e)
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 _fail_if_hopeless(self.server, reason)
-                if not _safe_to_retry(method, reason):
-                    raise SendFailed(
-                        f"{method} {url}: {reason} (not retried: it may have arrived)"
-                    ) from None
                 # "Connection refused", not "[Errno 111] Connection refused"
                 failure = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
                 delay = None
@@ -8728,16 +8961,9 @@ def _retry_after(e: urllib.error.HTTPError) -> float | None:
     return min(max(seconds, 0.0), 60.0) if math.isfinite(seconds) else None
 
 
-def _safe_to_retry(method: str, reason: object) -> bool:
-    """Whether a request that failed on the way can be sent again without writing twice."""
-    if method == "GET":
-        return True
-    # A write whose connection never opened cannot have arrived; one that timed out might have.
-    return isinstance(reason, (ConnectionRefusedError, FileNotFoundError))
-
-
-def _server_url(text: str) -> str:
-    """The --server value as a base URL (http:// added when missing), or a UsageError."""
+def _server_url(text: str, option: str = "--server") -> str:
+    """The --server (or --public-url) value as a base URL (http:// added when missing), or a
+    UsageError."""
     import urllib.parse
 
     url = text if "://" in text else f"http://{text}"
@@ -8745,11 +8971,11 @@ def _server_url(text: str) -> str:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as e:
-        raise UsageError(f"--server: {text!r} is not a URL ({e})") from None
+        raise UsageError(f"{option}: {text!r} is not a URL ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--server: {text!r} is not an http(s) URL like https://perfit.example")
+        raise UsageError(f"{option}: {text!r} is not an http(s) URL like https://perfit.example")
     if parts.query or parts.fragment:
-        raise UsageError(f"--server: {text!r} has a query or fragment; give the server's base URL")
+        raise UsageError(f"{option}: {text!r} has a query or fragment; give the server's base URL")
     return url.rstrip("/")
 
 
@@ -9692,30 +9918,45 @@ def post_comment(
         return f"no comment: {forge}"
     marker = f"<!-- perfit-comment: {key} -->"
     text = f"{marker}\n{body}"
-    try:
-        found = _find_comment(forge, marker, timeout)
-        if found is not None:
-            with contextlib.suppress(ServerSaidNo):  # someone else's copy of the marker
-                _forge_call(forge, forge.edit_method, forge.edit(found), {"body": text}, timeout)
-                return f"updated the comment on {forge.where}"
-        _forge_call(forge, "POST", forge.comments, {"body": text}, timeout)
-        return f"commented on {forge.where}"
-    except PerfitError as err:
-        return f"could not comment on {forge.where}: {err.message}"
+    deadline = time.monotonic() + timeout
+    for attempt in itertools.count():
+        try:
+            return _comment_once(forge, marker, text, deadline)
+        except SendFailed as err:  # the forge was out of reach, or its proxy lost it
+            delay = min(0.5 * 2**attempt, 5.0)
+            if time.monotonic() + delay >= deadline:
+                return f"could not comment on {forge.where}: {err.message}"
+            time.sleep(delay)
+        except PerfitError as err:
+            return f"could not comment on {forge.where}: {err.message}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _comment_once(forge: _Forge, marker: str, text: str, deadline: float) -> str:
+    """Edit the comment holding `marker`, or create it. Tried again after a failure, it
+    looks again first: a comment whose creation was answered 502 may have been made, and a
+    forge takes no Idempotency-Key."""
+    found = _find_comment(forge, marker, deadline)
+    if found is not None:
+        with contextlib.suppress(ServerSaidNo):  # someone else's copy of the marker
+            _forge_call(forge, forge.edit_method, forge.edit(found), {"body": text}, deadline)
+            return f"updated the comment on {forge.where}"
+    _forge_call(forge, "POST", forge.comments, {"body": text}, deadline)
+    return f"commented on {forge.where}"
 
 
 _COMMENT_PAGES = 50  #: pages of a PR's comments looked through for ours (5,000 comments)
 
 
-def _find_comment(forge: _Forge, marker: str, timeout: float) -> Any | None:
+def _find_comment(forge: _Forge, marker: str, deadline: float) -> Any | None:
     """The id of the PR's comment that holds `marker`, or None: a bot's first (the token's
     own, most likely), never a system note."""
     mine = []
     for page in range(1, _COMMENT_PAGES + 1):
         url = f"{forge.comments}?{forge.list_query}&page={page}"
-        found = _forge_call(forge, "GET", url, None, timeout)
+        found = _forge_call(forge, "GET", url, None, deadline)
         if not isinstance(found, list):
-            raise SendFailed(f"{forge.name} answered the comments' list with no list")
+            raise ServerSaidNo(f"{forge.name} answered the comments' list with no list")
         for comment in found:
             if (
                 isinstance(comment, dict)
@@ -9730,8 +9971,9 @@ def _find_comment(forge: _Forge, marker: str, timeout: float) -> Any | None:
     return (bots or mine)[0]["id"] if mine else None
 
 
-def _forge_call(forge: _Forge, method: str, url: str, body: Any, timeout: float) -> Any:
-    """One call to a forge's API; a refusal is a ServerSaidNo with its status and message."""
+def _forge_call(forge: _Forge, method: str, url: str, body: Any, deadline: float) -> Any:
+    """One call to a forge's API, by time.monotonic() `deadline`; a refusal is a ServerSaidNo
+    with its status and message, what may pass (no answer, 429, 502-504) a SendFailed."""
     import http.client
     import urllib.error
     import urllib.request
@@ -9742,13 +9984,18 @@ def _forge_call(forge: _Forge, method: str, url: str, body: Any, timeout: float)
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with _opener().open(request, timeout=timeout) as answer:
-            return json.loads(answer.read() or b"null")
+        with _opener().open(request, timeout=max(deadline - time.monotonic(), 0.1)) as answer:
+            raw = answer.read()
     except urllib.error.HTTPError as e:
         hint = _FORBIDDEN_HINTS[forge.name] if e.code in (401, 403, 404) else ""
-        raise ServerSaidNo(f"{e.code} {_server_message(e)}{hint}") from None
+        refused = SendFailed if e.code in _RETRIED_WRITES else ServerSaidNo
+        raise refused(f"{e.code} {_server_message(e)}{hint}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         raise SendFailed(f"{forge.name}: {getattr(e, 'reason', e)}") from None
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise ServerSaidNo(f"{forge.name} answered {url} with no JSON") from None
 
 
 # ==============================================================================================
@@ -10049,6 +10296,13 @@ _SERVE_OPTIONS = (
         "N",
         _non_negative(int),
         0,
+    ),
+    _Option(
+        "--public-url",
+        "where people reach the server (https://perfit.example): the base of the links in "
+        "webhooks, PR comments and check's output; default: the Host each request came with",
+        "URL",
+        env=ENV_PUBLIC_URL,
     ),
     _Option(
         "--webhook-allow-private",
@@ -10794,7 +11048,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             return code or EXIT_REFUSED
         doc = _compare_one_remotely(args, [round(elapsed, 6)], "s", base)
     threshold = DEFAULT_CHANGE_THRESHOLD if args.threshold is None else args.threshold
-    report = _Comparison(doc, _server_url(args.server), context, base, threshold, base_note)
+    server = doc.get("base_url") or _server_url(args.server)  # a server before 0.3 sends none
+    report = _Comparison(doc, server, context, base, threshold, base_note)
     markdown = _comparison_markdown(report)
     print(markdown if args.markdown else report.text())
     for note in report.notes():
@@ -10815,7 +11070,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     prefix = (args.prefix or "").rstrip("/")
     rows = [m for m in doc["metrics"] if not prefix or m["name"].startswith(f"{prefix}/")]
     regressed = [m for m in rows if _regressed([m["newest_change"]] if m["newest_change"] else [])]
-    server = _server_url(args.server)
+    server = doc.get("base_url") or _server_url(args.server)
     lines = []
     for m in regressed:
         change = m["newest_change"]
@@ -11228,6 +11483,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             trust_proxy=args.trust_proxy,
             webhook_allow_private=args.webhook_allow_private,
+            public_url=args.public_url and _server_url(args.public_url, "--public-url"),
         )
         try:
             app = make_app(store, config)
@@ -11256,6 +11512,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"perfit: listening on http://{shown}:{bound_port}", flush=True)
         try:
             server.serve_forever(poll_interval=0.2)
+            left = server.drain(_HEADER_TIMEOUT)
+            if left:
+                _log.warning("stopping with %d request(s) unfinished", left)
         finally:
             server.server_close()
         _log.info("stopped")
