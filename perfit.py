@@ -11467,6 +11467,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Everything that can fail comes before a root token is made: one printed by a start that
     # then fails (port in use, a module missing) would be lost, and the next start makes none.
     host, port = _parse_listen(args.listen)
+    public_url = args.public_url and _server_url(args.public_url, "--public-url")
     chosen_root = _root_token_from_env()
     _check_server_dependencies()
     logging.basicConfig(
@@ -11483,7 +11484,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             trust_proxy=args.trust_proxy,
             webhook_allow_private=args.webhook_allow_private,
-            public_url=args.public_url and _server_url(args.public_url, "--public-url"),
+            public_url=public_url,
         )
         try:
             app = make_app(store, config)

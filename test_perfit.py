@@ -14,6 +14,8 @@ import collections
 import concurrent.futures
 import contextlib
 import csv
+import getpass
+import gzip
 import hashlib
 import html
 import importlib
@@ -123,8 +125,10 @@ def http(
     raw: bytes | str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    context: ssl.SSLContext | None = None,
 ) -> Answer:
-    """One request; answers (status, headers, body) and never raises on a 4xx/5xx."""
+    """One request; answers (status, headers, body) and never raises on a 4xx/5xx. `context`:
+    the TLS one to verify an https server with."""
     data = raw.encode() if isinstance(raw, str) else raw
     if body is not None:
         data = json.dumps(body).encode()
@@ -134,8 +138,17 @@ def http(
     if token is not None:
         hdrs["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    opener = (
+        _OPENER
+        if context is None
+        else urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            _NoRedirect,
+            urllib.request.HTTPSHandler(context=context),
+        )
+    )
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers, err.read()
@@ -4084,6 +4097,33 @@ def test_a_webhook_hears_of_a_new_regression_once(url: str, account: Account) ->
     assert len(seen) == 1, "told once, however many points follow"
 
 
+def test_links_have_the_public_url_and_never_a_clients_forwarded_host(tmp_path: Path) -> None:
+    forged = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "gopher"}
+    with running_server(tmp_path / "a", "--public-url", "perfit.example/") as srv:
+        account = new_account(srv.url)
+        board = ok_json("GET", f"{srv.url}/a/", token=account.admin)["board_id"]
+        doc = ok_json("GET", f"{srv.url}/b/{board}/json", headers=forged)
+        assert doc["base_url"] == "http://perfit.example"  # as --server is read: http:// added
+        suite = {"results": [{"name": "x", "value": 1.0, "unit": "s"}]}
+        compared = ok_json("POST", f"{srv.url}/b/{board}/compare", body=suite, headers=forged)
+        assert compared["base_url"] == "http://perfit.example"
+    # Without it: the request's Host; a proxy's X-Forwarded-* only when --trust-proxy says so.
+    host = {"Host": "perfit.example:8443"}
+    with running_server(tmp_path / "b") as srv:
+        account = new_account(srv.url)
+        board = ok_json("GET", f"{srv.url}/a/", token=account.admin)["board_id"]
+        doc = ok_json("GET", f"{srv.url}/b/{board}/json", headers={**forged, **host})
+        assert doc["base_url"] == "http://perfit.example:8443"
+    with running_server(tmp_path / "c", "--trust-proxy", "1") as srv:
+        account = new_account(srv.url)
+        board = ok_json("GET", f"{srv.url}/a/", token=account.admin)["board_id"]
+        proxied = {"X-Forwarded-Host": "evil.example, perfit.example", "X-Forwarded-Proto": "https"}
+        doc = ok_json("GET", f"{srv.url}/b/{board}/json", headers={**proxied, **host})
+        assert doc["base_url"] == "https://perfit.example"  # the entry the one proxy wrote
+    bad = cli("serve", "--public-url", "ftp://x", "--data", str(tmp_path / "d"))
+    assert bad.returncode == perfit.EXIT_USAGE and "--public-url" in bad.stderr
+
+
 def test_a_regression_dismissed_as_noise_is_not_told(tmp_path: Path) -> None:
     with _stub_server(200, b"ok") as (hook, seen), perfit.Store.open(str(tmp_path)) as store:
         account, _ = store.create_account()
@@ -5292,6 +5332,135 @@ def fuzz_metric(url: str, shared_account: Account) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Deploying: behind nginx
+# The README's nginx block, verbatim but for ports and certificate paths, run by Debian's
+# nginx in front of a server: big imports, gzip, no forged host in a link, restarts.
+# --------------------------------------------------------------------------------------------
+
+_LETSENCRYPT = "/etc/letsencrypt/live/perfit.example/"
+
+
+@contextlib.contextmanager
+def readme_nginx(upstream: str, folder: Path) -> Iterator[str]:
+    """nginx running the README's ```nginx block in front of `upstream`; yields its https URL
+    (its certificate, for SSL_CERT_FILE, is folder/cert.pem)."""
+    nginx, openssl = shutil.which("nginx"), shutil.which("openssl")
+    if not nginx or not openssl:
+        need("nginx and openssl (apt-get install nginx)")
+    (block,) = re.findall(r"```nginx\n(.*?)```", (HERE / "README.md").read_text(), re.S)
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True)  # fmt: skip
+    port = free_port()
+    for old, new in [
+        ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+        (_LETSENCRYPT + "fullchain.pem", str(folder / "cert.pem")),
+        (_LETSENCRYPT + "privkey.pem", str(folder / "key.pem")),
+        ("http://127.0.0.1:5050", upstream),
+    ]:
+        assert old in block, old
+        block = block.replace(old, new)
+    temps = "".join(f"{k}_temp_path {folder}/{k};\n" for k in ("client_body", "proxy", "fastcgi",
+                                                              "uwsgi", "scgi"))  # fmt: skip
+    # As root, nginx's workers would be nobody, who cannot enter pytest's 0700 folders.
+    user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+    (folder / "nginx.conf").write_text(
+        f"{user}pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\nevents {{}}\n"
+        f"http {{\naccess_log off;\n{temps}{block}}}\n"
+    )
+    proc = subprocess.Popen([nginx, "-p", str(folder), "-c", "nginx.conf", "-e",
+                             str(folder / "error.log"), "-g", "daemon off;"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # until it accepts connections (or has died)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            assert time.monotonic() < deadline, "nginx did not start listening"
+            time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def through(proxy: str, folder: Path, method: str, path: str, **kwargs: Any) -> Answer:
+    """One request through the proxy, trusting its certificate; gzip answers unzipped."""
+    tls = ssl.create_default_context(cafile=str(folder / "cert.pem"))
+    headers = {"Accept-Encoding": "gzip", **kwargs.pop("headers", {})}
+    status, got, body = http(method, proxy + path, headers=headers, context=tls, **kwargs)
+    if got.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    return status, got, body
+
+
+def test_the_readme_nginx_block_takes_a_whole_import_gzips_and_drops_a_forged_host(
+    url: str, account: Account, tmp_path: Path
+) -> None:
+    metric = new_metric(url, account.admin, name="behind nginx", unit="s")
+    with readme_nginx(url, tmp_path) as proxy:
+        n, start = perfit.MAX_IMPORT_POINTS, int(time.time()) - perfit.MAX_IMPORT_POINTS * 60
+        job = "https://github.com/o/r/actions/runs/12345678901/job/" + "9" * 200
+        columns = {"t": [start + 60 * i for i in range(n)], "v": [1.0 + i % 7 for i in range(n)],
+                   "m": [job] * n, "commit": ["ab" * 20] * n}  # fmt: skip
+        assert len(json.dumps(columns)) > 2 << 20  # well over nginx's default 1 MiB
+        status, _, body = through(proxy, tmp_path, "POST", f"/m/{metric}/points", body=columns,
+                                  token=account.admin)  # fmt: skip
+        assert status == 200 and json.loads(body)["added"] == n, body[:300]
+        for view in ("/json", ".svg", "/csv", "/metrics"):
+            status, headers, body = through(proxy, tmp_path, "GET", f"/m/{metric}{view}")
+            assert status == 200 and headers.get("Content-Encoding") == "gzip" and body, view
+        board = ok_json("GET", f"{url}/a/", token=account.admin)["board_id"]
+        forged = {"X-Forwarded-Host": "evil.example"}
+        status, _, body = through(proxy, tmp_path, "GET", f"/b/{board}/json", headers=forged)
+        assert json.loads(body)["base_url"] == proxy  # its host and port, not the forged one
+
+
+@pytest.mark.slow
+def test_posts_through_nginx_while_the_server_restarts_are_each_stored_once(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    listen = ("--listen", f"127.0.0.1:{port}")
+    srv = start_server(tmp_path / "data", *listen)
+    account = new_account(srv.url)
+    metric = new_metric(srv.url, account.admin, name="restarted", unit="s")
+    half_way = threading.Event()
+    restarted: list[Server] = []
+
+    def restart() -> None:
+        half_way.wait()
+        srv.stop()
+        time.sleep(3)  # the outage: three seconds of 502s from nginx
+        restarted.append(start_server(tmp_path / "data", *listen))
+
+    restarter = threading.Thread(target=restart)
+    restarter.start()
+    try:
+        with readme_nginx(srv.url, tmp_path) as proxy:
+            env = {"SSL_CERT_FILE": str(tmp_path / "cert.pem"), "PERFIT_TIMEOUT": "30"}
+            said = []
+            for value in range(1, 61):
+                posted = perfit_main("post", str(value), *client_args(proxy, account.post, metric),
+                                     env=env)  # fmt: skip
+                assert posted.returncode == 0, posted.stderr
+                said.append(posted.stderr)
+                if value == 10:
+                    half_way.set()
+            restarter.join()
+            assert values(restarted[0].url, metric) == list(range(1, 61))
+            assert any("502 Bad Gateway; retrying" in text for text in said), said
+    finally:
+        half_way.set()
+        restarter.join()
+        for server in restarted:
+            server.stop()
+
+
+# --------------------------------------------------------------------------------------------
 # Web: in a real browser
 # Playwright drives Debian's Chromium (`apt-get install chromium`): Playwright's own browser
 # cannot be downloaded here. The pages as people use them, light and dark, desktop and phone.
@@ -5351,7 +5520,7 @@ POINT_LINKS = """() => Array.from(document.querySelectorAll('#chart svg circle')
 def need(what: str) -> NoReturn:
     """Skips the test for want of `what`; on CI (CI=true) fails it instead: CI must install it."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must install {what} for the browser tests", pytrace=False)
+        pytest.fail(f"CI must install {what}", pytrace=False)
     pytest.skip(f"no {what}")
 
 
