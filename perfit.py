@@ -88,6 +88,7 @@ __all__ = [
     *"format_duration format_number nice_ticks value_ticks time_ticks".split(),
     # the web
     *"ServerConfig RateLimiter client_address base_url parse_chart_options json_response".split(),
+    "not_permitted",
     *"points_json Route ROUTES openapi_document make_app HTTPServer make_server".split(),
     "branch_points",
     *"BoardRow board_rows openmetrics_text metadata_link Notifier regression_message".split(),
@@ -1078,6 +1079,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+#: Who gets the files this process creates, when not itself: set (for the whole process, as
+#: the umask is) by a store command that root runs on a service's data directory.
+_GIVE_TO: tuple[int, int] | None = None
+
+
 def _open_private(path: str, flags: int) -> int:
     """Open (maybe create) a file readable by its owner only, whatever the umask.
 
@@ -1087,6 +1093,8 @@ def _open_private(path: str, flags: int) -> int:
     fd = os.open(path, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)  # os.open's mode passes through the umask; this does not
+        if _GIVE_TO:
+            os.fchown(fd, *_GIVE_TO)
     except OSError:
         os.close(fd)
         raise
@@ -1098,6 +1106,8 @@ def _make_private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     if os.stat(path).st_mode & 0o077:
         os.chmod(path, 0o700)  # also tightens a directory made by PerfIt 0.1, which was 0755
+    if _GIVE_TO:
+        os.chown(path, *_GIVE_TO)
 
 
 def _write_durably(path: str, data: bytes) -> None:
@@ -2142,6 +2152,8 @@ def repair_directory(path: str) -> None:
 
         shutil.copy2(original, kept)
         os.chmod(kept, 0o600)
+        if _GIVE_TO:
+            os.chown(kept, *_GIVE_TO)
         magic = SEG_MAGIC if found.kind == "seg" else LOG_MAGIC
         _write_durably(original, magic + b"".join(encode_record(t, p) for t, p in records))
         skipped = len(found.scan.records) - len(records) + len(found.corrupt)
@@ -3057,6 +3069,9 @@ class Store(_AccountOperations, _MetricOperations, _PointOperations):
                 store.log.start(max([*files.logs, *files.segments], default=0) + 1)
             else:
                 store.torn_bytes_cut = store.log.resume(DataFiles.list(path).active(), tail)
+        except PermissionError:
+            store.close()
+            raise  # the CLI names the file, its owner and the fix (see not_permitted)
         except OSError as e:
             store.close()
             raise StoreError(f"cannot open the data directory {path}: {e.strerror}") from e
@@ -10807,6 +10822,56 @@ def _json_columns(columns: dict[str, list]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
+def _keep_the_owner_of(path: str) -> None:
+    """Give what this process writes in the data directory to its owner, when started as root
+    on one that root does not own (`sudo perfit store compact`, `sudo perfit serve --repair`):
+    the service then starts again as itself."""
+    global _GIVE_TO
+    try:
+        owner = os.stat(path)
+    except OSError:
+        return  # not there yet: made by whoever runs this
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and owner.st_uid != 0:
+        _GIVE_TO = (owner.st_uid, owner.st_gid)
+        user = _user_name(owner.st_uid)
+        print(f"perfit: files written in {path} are given to {user}, its owner", file=sys.stderr)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):  # no pwd (Windows), or a uid with no name
+        return str(uid)
+
+
+def not_permitted(err: PermissionError, argv: Sequence[str]) -> str:
+    """A refused file as one line: whose it is, who we are, and what to run instead (`argv`:
+    the command's arguments)."""
+    import shlex
+
+    path = err.filename or "a file"
+    owned = next((p for p in _self_and_parents(path) if os.path.lexists(p)), None)
+    if owned is None or not hasattr(os, "geteuid"):
+        return f"cannot open {path}: permission denied"
+    owner, me = _user_name(os.lstat(owned).st_uid), _user_name(os.geteuid())
+    said = f"cannot open {path}: permission denied: it belongs to {owner}, and this runs as {me}"
+    if owner == "root":  # left by a command run as root before 0.3 (see _keep_the_owner_of)
+        return f"{said}; give it back: sudo chown -R {me}: {os.path.dirname(owned) or owned}"
+    return f"{said}; run it as {owner}: sudo -u {owner} {shlex.join(['perfit', *argv])}"
+
+
+def _self_and_parents(path: str) -> Iterator[str]:
+    path = os.path.abspath(path)
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
 def _data_to_read(args: argparse.Namespace) -> str:
     """--data of a store command: an existing directory, and zstd if it holds segments."""
     if not os.path.isdir(args.data):
@@ -10846,6 +10911,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_compact(args: argparse.Namespace) -> int:
+    _keep_the_owner_of(args.data)
     with Store.open(_data_to_read(args)) as store:
         need_zstd()
         done = store.compact()
@@ -11475,6 +11541,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    _keep_the_owner_of(args.data)
     store = Store.open(args.data, repair=args.repair, seal_bytes=max(args.seal_bytes, 1024))
     store.exit_on_fatal = True
     store.sealer.in_child = True  # a long-lived heap: sealing's churn goes to a child
@@ -11492,7 +11559,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except OSError as e:
             raise PerfitError(f"cannot listen on {args.listen}: {e.strerror or e}") from e
         try:
-            store.root_token_hash = chosen_root or _root_token_hash(args.data)
+            store.root_token_hash = _root_token_hash(args.data, chosen_root)
         except BaseException:
             server.server_close()
             raise
@@ -11553,17 +11620,30 @@ def _root_token_from_env() -> bytes | None:
     return hash_token(token)
 
 
-def _root_token_hash(data: str) -> bytes:
-    """The hash of the root token made on first start (and printed then, once).
+def _root_token_hash(data: str, chosen: bytes | None) -> bytes:
+    """The hash of the root token: the operator's (`chosen`, from the environment), or the one
+    made on first start (and printed then, once).
 
     Only its SHA-256 is kept (<data>/root-token.sha256), so nothing in the data directory or
-    its backups can be used to log in. Lost it? Delete that file and restart: a new one is
+    its backups can be used to log in. The file is its one home: a chosen token's hash
+    replaces what it held, so a token replaced never works again, even when a later start
+    lacks the environment. Lost a generated one? Delete that file and restart: a new one is
     made and printed.
     """
     path = os.path.join(data, ROOT_TOKEN_FILE)
     _migrate_plain_root_token(data, path)
+    kept = None
     with contextlib.suppress(FileNotFoundError), open(path, encoding="ascii") as f:
-        return bytes.fromhex(f.read().strip())
+        kept = bytes.fromhex(f.read().strip())
+    if chosen is not None:
+        if kept != chosen:
+            _write_durably(path, chosen.hex().encode() + b"\n")
+            if kept is not None:
+                _log.warning("%s now holds %s's hash: the root token before it no longer "
+                             "works", path, ENV_ROOT_TOKEN)  # fmt: skip
+        return chosen
+    if kept is not None:
+        return kept
     token = new_token()
     _write_private(path, hash_token(token).hex() + "\n")
     print(f"perfit: root access token: {token}", flush=True)
@@ -12105,6 +12185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PerfitError as err:
         print(f"perfit: error: {err.message}", file=sys.stderr)
         return err.exit_code
+    except PermissionError as err:  # a file of the data directory, or one given: not ours
+        said = not_permitted(err, sys.argv[1:] if argv is None else argv)
+        print(f"perfit: error: {said}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -1677,6 +1677,69 @@ def test_the_data_directory_is_private_whatever_the_umask(tmp_path: Path) -> Non
             assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
+def as_user(uid: int, *args: str) -> tuple[int, str]:
+    """`perfit ARGS` in a forked child that has become user `uid` (this Python lives where
+    other users may not run it): its exit code and stderr."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 99
+        try:
+            os.close(read)
+            sys.stderr = sys.stdout = os.fdopen(write, "w")
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            code = perfit.main(list(args))
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as said:
+        text = said.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_store_commands_as_root_keep_the_owner_and_without_permission_say_so(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    service, stranger = 65534, 1  # nobody, and daemon: a service user and anyone else
+    top = Path(tempfile.mkdtemp())  # not pytest's folders, which only root may enter
+    try:
+        top.chmod(0o755)
+        data = top / "data"
+        with perfit.Store.open(str(data)) as store:
+            account, _ = store.create_account()
+            metric = store.create_metric(account, name="m")
+            for part in range(3):  # three logs: something to seal and compact
+                store.add_points(metric.id, perfit.PointBatch.of(
+                    [((part * 10 + i) * perfit.US, 1.0, b"") for i in range(10)]))  # fmt: skip
+                store.log.roll()
+        for path in [data, *data.iterdir()]:
+            os.chown(path, service, service)
+        compacted = cli("store", "compact", "--data", str(data))  # as root, the way sudo runs it
+        assert compacted.returncode == 0, compacted.stderr
+        assert f"files written in {data} are given to nobody, its owner" in compacted.stderr
+        assert {p.stat().st_uid for p in data.iterdir()} == {service}
+        assert as_user(service, "store", "check", "--data", str(data))[0] == 0
+        code, said = as_user(stranger, "store", "check", "--data", str(data))
+        assert code == perfit.EXIT_USAGE and "Traceback" not in said
+        assert said.strip() == (
+            f"perfit: error: cannot open {data}: permission denied: it belongs to nobody, and "
+            f"this runs as daemon; run it as nobody: sudo -u nobody perfit store check --data {data}"
+        )
+        # A file a command run as root left (before 0.3 kept the owner): named, with the fix.
+        (data / "lock").unlink()
+        (data / "lock").touch(mode=0o600)
+        code, said = as_user(service, "store", "compact", "--data", str(data))
+        assert code == perfit.EXIT_USAGE and "Traceback" not in said
+        assert f"cannot open {data / 'lock'}: permission denied: it belongs to root" in said
+        assert f"sudo chown -R nobody: {data}" in said
+    finally:
+        shutil.rmtree(top)
+
+
 def test_no_token_is_kept_in_plain_text_in_the_data_directory_or_the_log(tmp_path: Path) -> None:
     with running_server(tmp_path) as srv:
         acc = new_account(srv.url)
@@ -6238,6 +6301,23 @@ def test_generated_root_token_is_printed_once_and_only_its_hash_is_kept(tmp_path
         assert new != token
         assert http("PUT", f"{srv.url}/a/", token=token)[0] == 401
         assert http("PUT", f"{srv.url}/a/", token=new)[0] == 200
+
+
+def test_a_root_token_replaced_never_works_again_whatever_the_next_start_is_told(
+    tmp_path: Path,
+) -> None:
+    """Generated, then PERFITD_ROOT_ACCESS_TOKEN, then a start without it (an EnvironmentFile
+    gone missing): the generated token, once replaced, stays refused."""
+    with running_server(tmp_path, root=None) as srv:
+        (generated,) = _printed_root_token(srv)
+    chosen = random_token()
+    for root in (chosen, None):
+        with running_server(tmp_path, root=root) as srv:
+            assert not _printed_root_token(srv)
+            assert http("PUT", f"{srv.url}/a/", token=generated)[0] == 401
+            assert http("PUT", f"{srv.url}/a/", token=chosen)[0] == 200
+    saved = (tmp_path / perfit.ROOT_TOKEN_FILE).read_text().strip()
+    assert saved == perfit.hash_token(chosen).hex()
 
 
 def test_a_plain_root_token_file_from_0_1_is_replaced_by_its_hash(tmp_path: Path) -> None:
