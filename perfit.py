@@ -77,7 +77,7 @@ __all__ = [
     "legacy_commit",
     *"pack_columns unpack_columns Zstd find_zstd need_zstd PointBatch Series Metric".split(),
     *"Principal Index DataFiles seal_log scan_directory replay repair_directory".split(),
-    *"CheckReport check_directory backup_directory Log Sealer Store".split(),
+    *"CheckReport check_directory backup_directory Log Sealer Store metric_names what_was_lost".split(),
     *"DataFile compaction_runs compact_segments TokenEntry token_id parse_keep keep_text".split(),
     # change points and charts
     *"Run Change detect_changes series_changes metric_changes standing Marks".split(),
@@ -2112,9 +2112,11 @@ def replay(path: str, index: Index) -> Scan | None:
     for found in scan_directory(path):
         where = found.scan.path
         if found.corrupt:
+            start, end = found.corrupt[0]
+            lost = what_was_lost(found, start, end, metric_names(path))
             raise StoreCorrupt(
-                f"{where}: corrupt bytes at offset {found.corrupt[0][0]}; "
-                "see `perfit store check`, and `perfit serve --repair` to salvage the rest"
+                f"{where}: corrupt bytes at offset {start} (lost: {lost}); see `perfit store "
+                "check`, and `perfit serve --repair` to salvage the rest"
             )
         for offset, rtype, payload in found.scan.records:
             try:
@@ -2132,6 +2134,7 @@ def replay(path: str, index: Index) -> Scan | None:
 
 def repair_directory(path: str) -> None:
     """Rewrite each damaged file with the records that survive; keep its original aside."""
+    names = metric_names(path)
     for found in list(scan_directory(path)):
         why = _readability([(t, p) for _, t, p in found.scan.records])
         records, salvaged = [], 0
@@ -2144,9 +2147,12 @@ def repair_directory(path: str) -> None:
             records.append((rtype, payload))
         if not found.corrupt and not any(why):
             continue
+        original = found.scan.path
+        for start, end in found.corrupt:  # read before the file is rewritten
+            lost = what_was_lost(found, start, end, names)
+            _log.warning("repairing %s: lost at offset %d: %s", original, start, lost)
         damaged = os.path.join(path, DAMAGED_DIR)
         _make_private_dir(damaged)
-        original = found.scan.path
         kept = os.path.join(damaged, f"{os.path.basename(original)}.{int(time.time())}")
         import shutil
 
@@ -2236,18 +2242,22 @@ class CheckReport:
 
 def check_directory(path: str) -> list[CheckReport]:
     """Verify every record of a data directory, read-only: safe while a server writes to it."""
-    reports = [_check_file(found) for found in scan_directory(path)]
+    names = metric_names(path)
+    reports = [_check_file(found, names) for found in scan_directory(path)]
     for file in DataFiles.list(path).stale():
         why = "a newer segment holds all of it (sealing or compaction was cut short, or is at work)"
         reports.append(CheckReport(file.path, 0, [], [f"{why}: removed when a server opens it"]))
     return reports
 
 
-def _check_file(found: _FileScan) -> CheckReport:
+def _check_file(found: _FileScan, names: dict[bytes, str]) -> CheckReport:
     scan = found.scan
     report = CheckReport(scan.path, len(scan.records), [], [])
     for start, end in found.corrupt:
-        report.problems.append(f"corrupt bytes at offset {start} ({end - start} bytes)")
+        lost = what_was_lost(found, start, end, names)
+        report.problems.append(
+            f"corrupt bytes at offset {start} ({end - start} bytes): lost {lost}"
+        )
     if scan.torn_tail is not None and len(found.corrupt) < len(scan.bad):
         report.notes.append(f"torn tail at offset {scan.torn_tail}: cut off when a server opens it")
     why = _readability([(rtype, payload) for _, rtype, payload in scan.records])
@@ -2255,6 +2265,116 @@ def _check_file(found: _FileScan) -> CheckReport:
         if bad is not None:
             report.problems.append(f"unreadable record at offset {offset}: {bad}")
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    """Some points of one metric that one record holds: how many, and from when to when."""
+
+    metric: bytes
+    points: int
+    first: int  #: µs
+    last: int  #: µs
+
+
+def _held(rtype: int, payload: bytes, numbering: dict[int, int] | None = None) -> list[_Held]:
+    """The points a record holds, metric by metric (none, for one that holds no points)."""
+    if rtype == _REC_BATCH:
+        return [h for inner in unpack_batch(payload) for h in _held(*inner)]
+    if rtype in _CONTROL_TYPES or rtype == _REC_SEG_CONTROL:
+        return []
+    numbering = numbering if numbering is not None else collections.defaultdict(int)
+    return [
+        _Held(metric, len(batch), min(batch.times), max(batch.times))
+        for metric, batch in _point_batches(rtype, payload, numbering)
+        if len(batch)
+    ]
+
+
+def metric_names(path: str) -> dict[bytes, str]:
+    """Each metric's name, as the readable records of a data directory say it."""
+    names: dict[bytes, str] = {}
+    for found in scan_directory(path):
+        for _, rtype, payload in found.scan.records:
+            inner = _control_records(payload) if rtype == _REC_SEG_CONTROL else [(rtype, payload)]
+            for kind, doc in _flat_records(iter(inner)):
+                if kind in (_REC_METRIC, _REC_EDIT):
+                    with contextlib.suppress(ValueError, KeyError):  # a damaged one: no name
+                        fields = json.loads(doc)
+                        if "name" in fields or kind == _REC_METRIC:
+                            names[_raw(fields["id"])] = fields.get("name", "")
+    return names
+
+
+def what_was_lost(found: _FileScan, start: int, end: int, names: dict[bytes, str]) -> str:
+    """What a run of corrupt bytes held, as far as can be told: the metrics, how many of their
+    points (or at most how many), and from when to when."""
+    exact = _read_anyway(found.scan.path, start, end)
+    if exact is not None:
+        return "; ".join(_said(h, names) for h in exact) or "no points (a control record)"
+    before = [
+        h for offset, t, p in found.scan.records if offset < start for h in _held_or_not(t, p)
+    ]
+    after = [h for offset, t, p in found.scan.records if offset >= end for h in _held_or_not(t, p)]
+    if found.kind == "log":
+        since = format_time(before[-1].last / US) if before else "the log's start"
+        until = format_time(after[0].first / US) if after else "its end"
+        return f"records written between {since} and {until} (unknown which)"
+    if start == len(SEG_MAGIC):  # its control block: accounts, tokens, metrics, marks, origins
+        return (
+            "the segment's control records (accounts, tokens, metrics, marks, names and edits; "
+            "a repair keeps its points, without their commits, branches and metadata)"
+        )
+    most = f"up to {_SEG_BLOCK_POINTS:,} points a block"
+    prev, nxt = (before[-1] if before else None), (after[0] if after else None)
+    if prev and nxt and nxt.metric == prev.metric:
+        since, until = format_time(prev.last / US), format_time(nxt.first / US)
+        return f"{most} of {_name_of(prev.metric, names)}, between {since} and {until}"
+    sides = (
+        [f"of {_name_of(prev.metric, names)} after {format_time(prev.last / US)}"] if prev else []
+    )
+    sides += (
+        [f"of {_name_of(nxt.metric, names)} before {format_time(nxt.first / US)}"] if nxt else []
+    )
+    return f"{most}, " + (", or ".join(sides) or "of metrics unknown")
+
+
+def _held_or_not(rtype: int, payload: bytes) -> list[_Held]:
+    try:
+        return _held(rtype, payload)
+    except Exception:  # a record unreadable for another reason: tells nothing
+        return []
+
+
+def _read_anyway(path: str, start: int, end: int) -> list[_Held] | None:
+    """The points a damaged record held, when its frame and payload still decode (a flipped
+    bit in a value, say); None when they do not."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    if len(data) < FRAME.size:
+        return None
+    length, _, rtype = FRAME.unpack_from(data)
+    if rtype not in _RECORD_TYPES or FRAME.size + length > len(data):
+        return None
+    try:
+        return _held(rtype, data[FRAME.size : FRAME.size + length])
+    except Exception:  # whatever a damaged payload makes a decoder raise
+        return None
+
+
+def _said(held: _Held, names: dict[bytes, str]) -> str:
+    """'12 points of "api/latency" (ID), 2026-01-02T... to 2026-01-09T...'."""
+    how_many = f"{held.points:,} point{'s' * (held.points != 1)}"
+    span = format_time(held.first / US)
+    if held.last != held.first:
+        span += f" to {format_time(held.last / US)}"
+    return f"{how_many} of {_name_of(held.metric, names)}, {span}"
+
+
+def _name_of(metric: bytes, names: dict[bytes, str]) -> str:
+    name = names.get(metric)
+    return f"{name!r} ({b64encode(metric)})" if name else f"metric {b64encode(metric)}"
 
 
 def backup_directory(path: str, dest: str, attempts: int = 20) -> int:

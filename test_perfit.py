@@ -1391,6 +1391,52 @@ def test_a_flipped_byte_in_a_segment_is_named_checked_and_repaired(
     assert cli("store", "check", "--data", str(tmp_path)).returncode == 0
 
 
+def test_a_flipped_byte_names_the_points_lost_and_a_backup_refills_them(tmp_path: Path) -> None:
+    """The issue's case: one bad byte in a sealed segment took a block of one metric. Check,
+    repair and the refused start say which metric, how many points at most and when; the
+    README's refill (the metric's CSV from a backup, imported) brings them back."""
+    data, backup = tmp_path / "data", tmp_path / "backup"
+    start, n = 1_700_000_000, 40_000  # three blocks of points: the middle one is damaged
+    with perfit.Store.open(str(data)) as store:
+        account, admin = store.create_account()
+        latency = store.create_metric(account, name="api/latency")
+        rows = [((start + 60 * i) * perfit.US, 1.0 + i % 7, b"") for i in range(n)]
+        store.add_points(latency.id, perfit.PointBatch.of(rows))
+        store.add_points(store.create_metric(account, name="build").id,
+                         perfit.PointBatch.of(rows[:100]))  # fmt: skip
+        store.log.roll()
+        store.sealer.run_now()
+    assert cli("store", "backup", "--data", str(data), str(backup)).returncode == 0
+    (segment,) = _files(data, ".seg")
+    records = perfit.scan_file(str(segment), perfit.SEG_MAGIC).records
+    blocks = [offset for offset, rtype, payload in records
+              if any(h.metric == latency.id for h in perfit._held(rtype, payload))]  # fmt: skip
+    _flip_byte(segment, blocks[1] + perfit.FRAME.size + 30)
+    block = perfit._SEG_BLOCK_POINTS
+    lost = (
+        f"up to {block:,} points a block of 'api/latency' ({perfit.b64encode(latency.id)}), "
+        f"between {perfit.format_time(start + 60 * (block - 1))} and "
+        f"{perfit.format_time(start + 60 * 2 * block)}"
+    )
+    check = cli("store", "check", "--data", str(data))
+    assert check.returncode == 1 and lost in check.stdout, check.stdout
+    with pytest.raises(perfit.StoreCorrupt, match=re.escape(lost)):
+        perfit.Store.open(str(data))
+    with running_server(data, "--repair") as srv:
+        assert lost in "".join(srv.err), "".join(srv.err)
+        assert len(points(srv.url, perfit.b64encode(latency.id))) == n - block
+    # The README's refill: the metric's CSV from a server on the backup, imported.
+    metric = perfit.b64encode(latency.id)
+    with running_server(backup) as old:
+        (tmp_path / "lost.csv").write_bytes(http("GET", f"{old.url}/m/{metric}/csv")[2])
+    with running_server(data) as srv:
+        refill = cli("metric", "import", "--metric", metric, str(tmp_path / "lost.csv"),
+                     *client_args(srv.url, admin))  # fmt: skip
+        assert refill.returncode == 0, refill.stderr
+        assert f'"added": {block}' in refill.stdout
+        assert [p["t"] for p in points(srv.url, metric)] == [start + 60 * i for i in range(n)]
+
+
 def test_repair_keeps_the_points_of_a_segment_whose_origins_were_damaged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1428,6 +1474,8 @@ def test_a_flipped_byte_in_the_log_is_listed_by_store_check(tmp_path: Path) -> N
     assert check.returncode == 1
     assert f"{log}: corrupt bytes at offset {offset}" in check.stdout
     assert "Traceback" not in check.stderr
+    # The byte was in a point's time: its record still reads, so it says which point it was.
+    assert re.search(r"lost 1 point of 'build' \(\S+\), \d{4}-", check.stdout), check.stdout
 
 
 def test_store_check_of_a_clean_directory_exits_zero(tmp_path: Path) -> None:
