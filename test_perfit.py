@@ -5530,6 +5530,21 @@ def test_the_readme_nginx_block_takes_a_whole_import_gzips_and_drops_a_forged_ho
         assert json.loads(body)["base_url"] == proxy  # its host and port, not the forged one
 
 
+def test_the_readme_systemd_unit_is_rated_as_the_readme_says(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze") or need("systemd-analyze (apt-get install systemd)")
+    readme = (HERE / "README.md").read_text()
+    (unit,) = re.findall(r"```ini\n(\[Unit\].*?)```", readme, re.S)
+    (tmp_path / "perfit.service").write_text(unit)
+    rated = subprocess.run([analyze, "security", "--offline=true", "perfit.service"],
+                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    exposure = re.search(
+        r"Overall exposure level for perfit.service: (\d+\.\d) (\w+)", rated.stdout
+    )
+    assert exposure, rated.stdout + rated.stderr
+    assert float(exposure[1]) <= 3.0  # "OK" or better, as the issue asked
+    assert f"rates it\n**{exposure[1]} {exposure[2]}**" in readme
+
+
 @pytest.mark.slow
 def test_posts_through_nginx_while_the_server_restarts_are_each_stored_once(
     tmp_path: Path,
