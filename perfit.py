@@ -1084,6 +1084,12 @@ def _write_all(fd: int, data: bytes) -> None:
 _GIVE_TO: tuple[int, int] | None = None
 
 
+def _give_away(file: str | int) -> None:
+    """Give a file this process created (a path, or an open descriptor) to _GIVE_TO."""
+    if _GIVE_TO:
+        os.chown(file, *_GIVE_TO)
+
+
 def _open_private(path: str, flags: int) -> int:
     """Open (maybe create) a file readable by its owner only, whatever the umask.
 
@@ -1093,8 +1099,7 @@ def _open_private(path: str, flags: int) -> int:
     fd = os.open(path, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)  # os.open's mode passes through the umask; this does not
-        if _GIVE_TO:
-            os.fchown(fd, *_GIVE_TO)
+        _give_away(fd)
     except OSError:
         os.close(fd)
         raise
@@ -1106,8 +1111,7 @@ def _make_private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     if os.stat(path).st_mode & 0o077:
         os.chmod(path, 0o700)  # also tightens a directory made by PerfIt 0.1, which was 0755
-    if _GIVE_TO:
-        os.chown(path, *_GIVE_TO)
+    _give_away(path)
 
 
 def _write_durably(path: str, data: bytes) -> None:
@@ -1950,7 +1954,8 @@ class Index(_IndexRecords):
         #: the origins of the segment being replayed: its number -> the process-wide one
         self.segment_origins: dict[int, int] = {}
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
-        #: (account, Idempotency-Key) -> its _REC_KEY record, oldest first (see _remember_key)
+        #: (account, Idempotency-Key) -> its _REC_KEY record, about oldest first (in the order
+        #: written; see _remember_key)
         self.keys: OrderedDict[tuple[str, str], dict] = OrderedDict()
         #: Metrics deleted: records that still name them (in files not yet compacted, or
         #: written as the delete landed) are passed over.
@@ -2158,8 +2163,7 @@ def repair_directory(path: str) -> None:
 
         shutil.copy2(original, kept)
         os.chmod(kept, 0o600)
-        if _GIVE_TO:
-            os.chown(kept, *_GIVE_TO)
+        _give_away(kept)
         magic = SEG_MAGIC if found.kind == "seg" else LOG_MAGIC
         _write_durably(original, magic + b"".join(encode_record(t, p) for t, p in records))
         skipped = len(found.scan.records) - len(records) + len(found.corrupt)
@@ -2309,9 +2313,14 @@ def metric_names(path: str) -> dict[bytes, str]:
 def what_was_lost(found: _FileScan, start: int, end: int, names: dict[bytes, str]) -> str:
     """What a run of corrupt bytes held, as far as can be told: the metrics, how many of their
     points (or at most how many), and from when to when."""
+    if found.kind == "seg" and start == len(SEG_MAGIC):
+        return (
+            "the segment's control records (accounts, tokens, metrics, marks, names and edits; "
+            "a repair keeps its points, without their commits, branches and metadata)"
+        )
     exact = _read_anyway(found.scan.path, start, end)
-    if exact is not None:
-        return "; ".join(_said(h, names) for h in exact) or "no points (a control record)"
+    if exact is not None:  # its bytes still decode: most likely what it held
+        return "probably " + ("; ".join(_said(h, names) for h in exact) or "no points")
     before = [
         h for offset, t, p in found.scan.records if offset < start for h in _held_or_not(t, p)
     ]
@@ -2320,11 +2329,6 @@ def what_was_lost(found: _FileScan, start: int, end: int, names: dict[bytes, str
         since = format_time(before[-1].last / US) if before else "the log's start"
         until = format_time(after[0].first / US) if after else "its end"
         return f"records written between {since} and {until} (unknown which)"
-    if start == len(SEG_MAGIC):  # its control block: accounts, tokens, metrics, marks, origins
-        return (
-            "the segment's control records (accounts, tokens, metrics, marks, names and edits; "
-            "a repair keeps its points, without their commits, branches and metadata)"
-        )
     most = f"up to {_SEG_BLOCK_POINTS:,} points a block"
     prev, nxt = (before[-1] if before else None), (after[0] if after else None)
     if prev and nxt and nxt.metric == prev.metric:
@@ -2348,19 +2352,24 @@ def _held_or_not(rtype: int, payload: bytes) -> list[_Held]:
 
 def _read_anyway(path: str, start: int, end: int) -> list[_Held] | None:
     """The points a damaged record held, when its frame and payload still decode (a flipped
-    bit in a value, say); None when they do not."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
+    bit in a value, say) into times that can be; None when they do not."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError:  # compacted away while a check read the directory
+        return None
     if len(data) < FRAME.size:
         return None
     length, _, rtype = FRAME.unpack_from(data)
     if rtype not in _RECORD_TYPES or FRAME.size + length > len(data):
         return None
     try:
-        return _held(rtype, data[FRAME.size : FRAME.size + length])
+        held = _held(rtype, data[FRAME.size : FRAME.size + length])
     except Exception:  # whatever a damaged payload makes a decoder raise
         return None
+    latest = (time.time() + 366 * 86400) * US  # a flipped bit in a time: no year 148165
+    return held if all(0 <= h.first <= h.last <= latest for h in held) else None
 
 
 def _said(held: _Held, names: dict[bytes, str]) -> str:
@@ -2717,6 +2726,7 @@ class Sealer:
         child = self.in_child and os.path.getsize(log_path) >= _SEAL_CHILD_BYTES
         if child:
             _seal_in_child(log_path, seg_path)
+            _give_away(seg_path)  # the child is a new interpreter: it knows no _GIVE_TO
         else:
             seal_log(log_path, seg_path)
         os.unlink(log_path)
@@ -5188,15 +5198,25 @@ def base_url(environ: dict, config: ServerConfig) -> str:
     if config.public_url:
         return config.public_url
     scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+    server = environ.get("SERVER_NAME", "localhost")
+    server = f"[{server}]" if ":" in server else server  # an IPv6 address
+    host = environ.get("HTTP_HOST") or f"{server}:{environ.get('SERVER_PORT', '80')}"
     if config.trust_proxy > 0:
         scheme = _forwarded(environ, "HTTP_X_FORWARDED_PROTO", config.trust_proxy) or scheme
         host = _forwarded(environ, "HTTP_X_FORWARDED_HOST", config.trust_proxy) or host
+    if scheme not in ("http", "https") or not _HOST_RE.fullmatch(host):
+        return f"http://{server}:{environ.get('SERVER_PORT', '80')}"  # not a link to anywhere
     return f"{scheme}://{host}"
 
 
+#: A Host (or X-Forwarded-Host) that can stand in a link: a name or address, and a port.
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+
+
 def _forwarded(environ: dict, header: str, trust_proxy: int) -> str:
-    """A forwarded header's entry `trust_proxy` hops from the right (see client_address)."""
+    """A forwarded header's entry `trust_proxy` hops from the right (see client_address).
+    Proxies append to X-Forwarded-For, but most set -Host and -Proto whole: believe those
+    only from a proxy that drops a client's own (the README's nginx block; Caddy does)."""
     hops = [h.strip() for h in environ.get(header, "").split(",") if h.strip()]
     return (hops[-trust_proxy] if len(hops) >= trust_proxy else hops[0]) if hops else ""
 
@@ -6887,6 +6907,7 @@ class _Web:
 
 
 _KEY_WAIT = 30.0  #: seconds a repeat waits for the first request of its key to finish
+_SECRET = "access_token"  #: the answer field that is shown once and kept nowhere
 
 
 class _Keys:
@@ -6927,15 +6948,23 @@ class _Keys:
     def _first(store: Store, where: tuple[str, str], request: str, write: Callable) -> Any:
         account, key = where
         doc = {"account": account, "key": key, "request": request, "t": round(time.time(), 3)}
-        riding = _RIDERS.set([_json_record(_REC_KEY, doc)])
+        riders = [_json_record(_REC_KEY, doc)]
+        riding = _RIDERS.set(riders)
         try:
             answer = write()
+        except PerfitError as err:
+            if riders:  # it stored nothing: a repeat may try again
+                raise
+            # A write, then a refusal (a 507 on its second record): the repeat hears the same.
+            refused = {"status": err.status or 500, "answer": {"message": err.message}}
+            store.keep_answer({**doc, **refused})
+            raise
         finally:
             _RIDERS.reset(riding)
-        if answer.status_code < 400:  # an error stored nothing: a repeat may try again
-            store.keep_answer(
-                {**doc, "status": answer.status_code, "answer": json.loads(answer.body)}
-            )
+        kept = json.loads(answer.body)
+        if isinstance(kept, dict) and _SECRET in kept:  # a token is shown once, never kept
+            kept = {"withheld": kept.get("token_id", "")}
+        store.keep_answer({**doc, "status": answer.status_code, "answer": kept})
         return answer
 
 
@@ -6950,6 +6979,12 @@ def _replayed(done: dict, request: str) -> Any:
         raise KeyInUse(
             f"the request sent with this {_KEY_HEADER} was stored, but the server stopped "
             "before it answered; it is not stored again"
+        )
+    if "withheld" in done["answer"]:
+        raise KeyInUse(
+            f"the request sent with this {_KEY_HEADER} made a token, which only its first "
+            f"answer showed; if that answer was lost, revoke token {done['answer']['withheld']} "
+            "(DELETE /t/TOKEN_ID) and make another"
         )
     return json_response(done["answer"], done["status"], {"Idempotent-Replayed": "true"})
 
@@ -10971,14 +11006,21 @@ def not_permitted(err: PermissionError, argv: Sequence[str]) -> str:
     the command's arguments)."""
     import shlex
 
-    path = err.filename or "a file"
-    owned = next((p for p in _self_and_parents(path) if os.path.lexists(p)), None)
-    if owned is None or not hasattr(os, "geteuid"):
-        return f"cannot open {path}: permission denied"
-    owner, me = _user_name(os.lstat(owned).st_uid), _user_name(os.geteuid())
+    if not err.filename or not hasattr(os, "geteuid"):
+        return f"permission denied: {err.strerror or err}"
+    path = os.path.abspath(err.filename)
+    me = _user_name(os.geteuid())
+    if not os.path.lexists(path):  # to be made in a directory not ours
+        parent = next(p for p in _self_and_parents(path) if os.path.lexists(p))
+        owner = _user_name(os.lstat(parent).st_uid)
+        return (
+            f"cannot create {path}: permission denied: {parent} belongs to {owner}, and this "
+            f"runs as {me}; make it for {me}: sudo install -d -o {me} {path}"
+        )
+    owner = _user_name(os.lstat(path).st_uid)
     said = f"cannot open {path}: permission denied: it belongs to {owner}, and this runs as {me}"
     if owner == "root":  # left by a command run as root before 0.3 (see _keep_the_owner_of)
-        return f"{said}; give it back: sudo chown -R {me}: {os.path.dirname(owned) or owned}"
+        return f"{said}; give it back: sudo chown {me}: {path}"
     return f"{said}; run it as {owner}: sudo -u {owner} {shlex.join(['perfit', *argv])}"
 
 

@@ -1456,6 +1456,8 @@ def test_repair_keeps_the_points_of_a_segment_whose_origins_were_damaged(
     _flip_byte(segment, control_offset + perfit.FRAME.size + 12)
     with pytest.raises(perfit.StoreCorrupt):
         perfit.Store.open(str(tmp_path))
+    check = cli("store", "check", "--data", str(tmp_path))
+    assert "lost the segment's control records (accounts, tokens, metrics" in check.stdout
     with caplog.at_level("WARNING", logger="perfit"):
         store = perfit.Store.open(str(tmp_path), repair=True)
     with store:
@@ -1475,7 +1477,13 @@ def test_a_flipped_byte_in_the_log_is_listed_by_store_check(tmp_path: Path) -> N
     assert f"{log}: corrupt bytes at offset {offset}" in check.stdout
     assert "Traceback" not in check.stderr
     # The byte was in a point's time: its record still reads, so it says which point it was.
-    assert re.search(r"lost 1 point of 'build' \(\S+\), \d{4}-", check.stdout), check.stdout
+    assert re.search(r"lost probably 1 point of 'build' \(\S+\), \d{4}-", check.stdout)
+    # One in the top byte of another point's time reads as a year no clock shows: unknown.
+    later = perfit.scan_file(str(log), perfit.LOG_MAGIC).records[20][0]
+    _flip_byte(log, later + perfit.FRAME.size + 7)
+    check = cli("store", "check", "--data", str(tmp_path))
+    assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
+    assert f"offset {later} " in check.stdout and "(unknown which)" in check.stdout, check.stdout
 
 
 def test_store_check_of_a_clean_directory_exits_zero(tmp_path: Path) -> None:
@@ -1783,9 +1791,29 @@ def test_store_commands_as_root_keep_the_owner_and_without_permission_say_so(
         code, said = as_user(service, "store", "compact", "--data", str(data))
         assert code == perfit.EXIT_USAGE and "Traceback" not in said
         assert f"cannot open {data / 'lock'}: permission denied: it belongs to root" in said
-        assert f"sudo chown -R nobody: {data}" in said
+        assert f"give it back: sudo chown nobody: {data / 'lock'}" in said
+        # A directory to make where the user may not: the fix makes it, never chowns a parent.
+        code, said = as_user(service, "store", "backup", "--data", str(data), str(top / "b"))
+        assert code == perfit.EXIT_USAGE and "Traceback" not in said
+        assert f"cannot create {top / 'b'}: permission denied: {top} belongs to root" in said
+        assert f"sudo install -d -o nobody {top / 'b'}" in said
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_a_log_sealed_in_a_child_is_given_to_the_owner_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve seals big logs in a child Python, which knows nothing of whose files it makes."""
+    _store_with_log(tmp_path, 50)
+    monkeypatch.setattr(perfit, "_GIVE_TO", (65534, 65534))
+    monkeypatch.setattr(perfit, "_SEAL_CHILD_BYTES", 0)
+    with perfit.Store.open(str(tmp_path)) as store:
+        store.sealer.in_child = True
+        store.log.roll()
+        store.sealer.run_now(everything=False)
+    assert _files(tmp_path, ".seg") and {p.stat().st_uid for p in tmp_path.iterdir()} == {65534}
 
 
 def test_no_token_is_kept_in_plain_text_in_the_data_directory_or_the_log(tmp_path: Path) -> None:
@@ -1794,8 +1822,17 @@ def test_no_token_is_kept_in_plain_text_in_the_data_directory_or_the_log(tmp_pat
         mid = new_metric(srv.url, acc.admin)
         assert post_point(srv.url, mid, acc.post, 1.0)[0] == 200
         assert http("GET", f"{srv.url}/m/{mid}/json", token=acc.admin)[0] == 200
+        # Made with an Idempotency-Key, as the CLI makes them: the kept answer has no token.
+        made = json.loads(
+            keyed("PUT", f"{srv.url}/t/", "k", body={"type": "post"}, token=acc.admin)[2]
+        )
+        again = keyed("PUT", f"{srv.url}/t/", "k", body={"type": "post"}, token=acc.admin)
+        assert f"revoke token {made['token_id']}" in assert_error(again, 409)
+        by_cli = perfit_main("token", "new", "--type", "admin", *client_args(srv.url, acc.admin))
+        assert by_cli.returncode == 0, by_cli.stderr
         assert srv.stop() == 0
-    secrets_ = [ROOT, acc.admin, acc.post]
+    secrets_ = [ROOT, acc.admin, acc.post, made["access_token"],
+                json.loads(by_cli.stdout)["access_token"]]  # fmt: skip
     for path in tmp_path.rglob("*"):
         if path.is_file():
             blob = path.read_bytes()

@@ -180,6 +180,15 @@ wrk.body = '{"value": 12.345, "metadata": "0123456789abcdef0123456789abcdef01234
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer TOKEN"
 """
+#: ... each request with an Idempotency-Key of its own, as perfit's client sends them
+WRK_KEYED = """
+counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = string.format("%d-%d-%d", os.time(), math.random(1e9), counter)
+  return wrk.format()
+end
+"""
 
 
 def start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -191,11 +200,14 @@ def start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, st
     raise RuntimeError(f"{cmd} did not start")
 
 
-def post_rate(url: str, path: str, token: str, seconds: float, connections: int) -> float:
-    """Requests per second of POST url+path, with wrk if installed, else Python threads."""
+def post_rate(
+    url: str, path: str, token: str, seconds: float, connections: int, keyed: bool = False
+) -> float:
+    """Requests per second of POST url+path, with wrk if installed, else Python threads;
+    `keyed`: each with an Idempotency-Key of its own."""
     if shutil.which("wrk"):
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(WRK_SCRIPT.replace("TOKEN", token))
+            f.write(WRK_SCRIPT.replace("TOKEN", token) + (WRK_KEYED if keyed else ""))
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "-s", f.name, url + path],
             capture_output=True, text=True, check=True,
@@ -205,10 +217,10 @@ def post_rate(url: str, path: str, token: str, seconds: float, connections: int)
         if non2xx:
             print("   wrk:", "; ".join(non2xx))
         return float(next(line.split()[1] for line in out.splitlines() if "Requests/sec" in line))
-    return _thread_rate(url + path, token, seconds, connections)
+    return _thread_rate(url + path, token, seconds, connections, keyed)
 
 
-def _thread_rate(url: str, token: str, seconds: float, connections: int) -> float:
+def _thread_rate(url: str, token: str, seconds: float, connections: int, keyed: bool) -> float:
     import threading
     import urllib.request
 
@@ -218,8 +230,10 @@ def _thread_rate(url: str, token: str, seconds: float, connections: int) -> floa
 
     def worker(i: int) -> None:
         while time.monotonic() < deadline:
-            request = urllib.request.Request(url, body, method="POST", headers={
-                "Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            if keyed:
+                headers["Idempotency-Key"] = f"{i}-{count[i]}-{time.time_ns()}"
+            request = urllib.request.Request(url, body, method="POST", headers=headers)
             with urllib.request.urlopen(request) as answer:
                 answer.read()
             count[i] += 1
@@ -232,8 +246,9 @@ def _thread_rate(url: str, token: str, seconds: float, connections: int) -> floa
     return sum(count) / seconds
 
 
-def http_figures(tmp: str, seconds: float, connections: int) -> tuple[float, float]:
-    """Median req/s of durable POST /m/ID and of the do-nothing route, runs interleaved."""
+def http_figures(tmp: str, seconds: float, connections: int) -> tuple[float, float, float]:
+    """Median req/s of durable POST /m/ID, of the same with an Idempotency-Key each, and of
+    the do-nothing route, runs interleaved."""
     root = perfit.new_token()
     script = BENCH_SERVER.format(root=ROOT, data=os.path.join(tmp, "http-data"), token=root)
     server, url = start([sys.executable, "-c", script])
@@ -241,14 +256,15 @@ def http_figures(tmp: str, seconds: float, connections: int) -> tuple[float, flo
         admin = perfit.Client(url, root).call("PUT", "/a/")["access_token"]
         metric = perfit.Client(url, admin).call("PUT", "/m/", {"name": "bench"})["metric_id"]
         post = perfit.Client(url, admin).call("PUT", "/t/", {"type": "post"})["access_token"]
-        durable, noop = [], []
+        durable, keyed, noop = [], [], []
         for _ in range(3):
             durable.append(post_rate(url, f"/m/{metric}", post, seconds, connections))
+            keyed.append(post_rate(url, f"/m/{metric}", post, seconds, connections, keyed=True))
             noop.append(post_rate(url, f"/noop/{metric}", post, seconds, connections))
     finally:
         server.terminate()
         server.wait()
-    return statistics.median(durable), statistics.median(noop)
+    return statistics.median(durable), statistics.median(keyed), statistics.median(noop)
 
 
 def http_import_memory(tmp: str, data) -> tuple[int, int]:
@@ -345,9 +361,11 @@ def main() -> None:
         )
         report("disk per point, B", du(store_dir) / total, du(db) / total, "lower", 0.3)
 
-        durable, noop = http_figures(tmp, args.seconds, args.connections)
+        durable, keyed, noop = http_figures(tmp, args.seconds, args.connections)
         report(f"POST /m/ID, req/s ({args.connections} conns)", durable, noop, "higher", 0.8,
                baseline="do-nothing handler")  # fmt: skip
+        report("  ... each with an Idempotency-Key", keyed, durable, "higher", 0.7,
+               baseline="without one")  # fmt: skip
 
 
 def report(what: str, ours: float, base: float, better: str, target: float,
