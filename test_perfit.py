@@ -5287,6 +5287,32 @@ def test_keys_outlive_a_restart_and_sealing_and_are_forgotten_after_a_day(tmp_pa
         store.close()
 
 
+def test_compaction_forgets_keys_past_their_day_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key younger than a day when its log was sealed is carried into the segment; the
+    compaction after its day leaves it out."""
+    doc = {
+        "account": "a",
+        "key": "k",
+        "request": "?",
+        "t": time.time(),
+        "status": 200,
+        "answer": {},
+    }
+    with perfit.Store.open(str(tmp_path)) as store:
+        store.keep_answer(doc)
+        store.log.roll()
+        store.sealer.run_now()
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert ("a", "k") in store.index.keys  # sealed with it
+        monkeypatch.setattr(perfit, "IDEMPOTENCY_KEEP", -60)  # a day and a minute later
+        store.sealer.run_now(everything=True)
+    monkeypatch.undo()
+    with perfit.Store.open(str(tmp_path)) as store:
+        assert ("a", "k") not in store.index.keys
+
+
 def test_a_key_stored_without_its_answer_is_not_stored_again(tmp_path: Path) -> None:
     """A crash between storing a write and storing its answer: the key landed with the write
     (one record), so a repeat is told so, and nothing is stored twice."""
