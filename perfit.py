@@ -6963,7 +6963,7 @@ class _Keys:
             _RIDERS.reset(riding)
         kept = json.loads(answer.body)
         if isinstance(kept, dict) and _SECRET in kept:  # a token is shown once, never kept
-            kept = {"withheld": kept.get("token_id", "")}
+            kept = {"withheld": kept.get("token_id", ""), "account_id": kept.get("account_id")}
         store.keep_answer({**doc, "status": answer.status_code, "answer": kept})
         return answer
 
@@ -6979,6 +6979,12 @@ def _replayed(done: dict, request: str) -> Any:
         raise KeyInUse(
             f"the request sent with this {_KEY_HEADER} was stored, but the server stopped "
             "before it answered; it is not stored again"
+        )
+    if "withheld" in done["answer"] and not done["account"]:  # root's: a new account
+        raise KeyInUse(
+            f"the request sent with this {_KEY_HEADER} made account "
+            f"{done['answer']['account_id']}, whose admin token only its first answer showed; "
+            "if that answer was lost, make another account"
         )
     if "withheld" in done["answer"]:
         raise KeyInUse(

@@ -1828,10 +1828,15 @@ def test_no_token_is_kept_in_plain_text_in_the_data_directory_or_the_log(tmp_pat
         )
         again = keyed("PUT", f"{srv.url}/t/", "k", body={"type": "post"}, token=acc.admin)
         assert f"revoke token {made['token_id']}" in assert_error(again, 409)
+        root_made = keyed("PUT", f"{srv.url}/a/", "a", token=ROOT)
+        root_again = keyed("PUT", f"{srv.url}/a/", "a", token=ROOT)
+        root_said = assert_error(root_again, 409)
+        assert f"made account {json.loads(root_made[2])['account_id']}" in root_said
         by_cli = perfit_main("token", "new", "--type", "admin", *client_args(srv.url, acc.admin))
         assert by_cli.returncode == 0, by_cli.stderr
         assert srv.stop() == 0
     secrets_ = [ROOT, acc.admin, acc.post, made["access_token"],
+                json.loads(root_made[2])["access_token"],
                 json.loads(by_cli.stdout)["access_token"]]  # fmt: skip
     for path in tmp_path.rglob("*"):
         if path.is_file():
