@@ -1797,6 +1797,12 @@ class TokenEntry:
         }
 
 
+#: What an Idempotency-Key's record says, as the index keeps it (a few hundred bytes): when
+#: its request came (Unix seconds), the request's digest, the status and JSON answered (None
+#: and None: stored, but not answered, a crash between the two).
+_Kept = collections.namedtuple("_Kept", "t request status answer")
+
+
 class _IndexRecords:
     """What the control records do to the index: accounts, tokens, metrics, boards, webhooks,
     settings, marks, and a metric's edits, expiries and deletion. Index, below, holds it."""
@@ -1812,7 +1818,7 @@ class _IndexRecords:
     webhooks: dict[bytes, str]
     main_branches: dict[bytes, str]
     segment_origins: dict[int, int]
-    keys: OrderedDict[tuple[str, str], dict]
+    keys: OrderedDict[tuple[str, str], _Kept]
     deleted: set[bytes]
     garbage: int
     _metric: Callable[[bytes], Metric | None]
@@ -1873,11 +1879,17 @@ class _IndexRecords:
     def _remember_key(self, doc: dict) -> None:
         """A write's Idempotency-Key (and later its answer), kept IDEMPOTENCY_KEEP."""
         keys = self.keys
-        where = (doc["account"], doc["key"])
-        keys[where] = doc
+        where = (sys.intern(doc["account"]), doc["key"])
+        answer = doc.get("answer")
+        keys[where] = _Kept(
+            doc["t"],
+            doc["request"],
+            doc.get("status"),
+            None if answer is None else json.dumps(answer, separators=(",", ":")).encode(),
+        )
         keys.move_to_end(where)
         horizon = time.time() - IDEMPOTENCY_KEEP
-        while keys and next(iter(keys.values()))["t"] < horizon:
+        while keys and next(iter(keys.values())).t < horizon:
             keys.popitem(last=False)
 
     def _apply_lifecycle(self, rtype: int, doc: dict) -> None:
@@ -1956,7 +1968,7 @@ class Index(_IndexRecords):
         self.last_t = 0  #: latest live arrival time (µs); live times never go backwards
         #: (account, Idempotency-Key) -> its _REC_KEY record, about oldest first (in the order
         #: written; see _remember_key)
-        self.keys: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        self.keys: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         #: Metrics deleted: records that still name them (in files not yet compacted, or
         #: written as the delete landed) are passed over.
         self.deleted: set[bytes] = set()
@@ -6934,7 +6946,7 @@ class _Keys:
                     mine = self._working[where] = threading.Event()
                     break
             if working is None:
-                return _replayed(done, request)
+                return _replayed(where, done, request)
             if not working.wait(_KEY_WAIT):
                 raise KeyInUse(f"the request sent with this {_KEY_HEADER} is still at work")
         try:
@@ -6968,31 +6980,33 @@ class _Keys:
         return answer
 
 
-def _replayed(done: dict, request: str) -> Any:
+def _replayed(where: tuple[str, str], done: _Kept, request: str) -> Any:
     """The answer a key's first request got, for a repeat of that request."""
-    if done["request"] != request:
+    if done.request != request:
         raise KeyReused(
             f"this {_KEY_HEADER} came with another request before; send each request with a "
             "key of its own"
         )
-    if "status" not in done:
+    if done.status is None or done.answer is None:
         raise KeyInUse(
             f"the request sent with this {_KEY_HEADER} was stored, but the server stopped "
             "before it answered; it is not stored again"
         )
-    if "withheld" in done["answer"] and not done["account"]:  # root's: a new account
-        raise KeyInUse(
-            f"the request sent with this {_KEY_HEADER} made account "
-            f"{done['answer']['account_id']}, whose admin token only its first answer showed; "
-            "if that answer was lost, make another account"
-        )
-    if "withheld" in done["answer"]:
+    if done.answer.startswith(b'{"withheld":'):
+        withheld = json.loads(done.answer)
+        if not where[0]:  # root's: a new account, whose token nobody else can revoke
+            raise KeyInUse(
+                f"the request sent with this {_KEY_HEADER} made account "
+                f"{withheld['account_id']}, whose admin token only its first answer showed; "
+                "if that answer was lost, make another account"
+            )
         raise KeyInUse(
             f"the request sent with this {_KEY_HEADER} made a token, which only its first "
-            f"answer showed; if that answer was lost, revoke token {done['answer']['withheld']} "
+            f"answer showed; if that answer was lost, revoke token {withheld['withheld']} "
             "(DELETE /t/TOKEN_ID) and make another"
         )
-    return json_response(done["answer"], done["status"], {"Idempotent-Replayed": "true"})
+    headers = {"Content-Type": "application/json", "Idempotent-Replayed": "true"}
+    return _answer(done.answer, done.status, headers)
 
 
 def _idempotently(web: _Web, route: Route, params: dict[str, Any]) -> Any:
