@@ -2130,7 +2130,7 @@ def replay(path: str, index: Index) -> Scan | None:
         where = found.scan.path
         if found.corrupt:
             start, end = found.corrupt[0]
-            lost = what_was_lost(found, start, end, metric_names(path))
+            lost = what_was_lost(found, start, end, lambda: metric_names(path))
             raise StoreCorrupt(
                 f"{where}: corrupt bytes at offset {start} (lost: {lost}); see `perfit store "
                 "check`, and `perfit serve --repair` to salvage the rest"
@@ -2151,7 +2151,7 @@ def replay(path: str, index: Index) -> Scan | None:
 
 def repair_directory(path: str) -> None:
     """Rewrite each damaged file with the records that survive; keep its original aside."""
-    names = metric_names(path)
+    names = functools.cache(lambda: metric_names(path))  # read again only if something was lost
     for found in list(scan_directory(path)):
         why = _readability([(t, p) for _, t, p in found.scan.records])
         records, salvaged = [], 0
@@ -2258,7 +2258,7 @@ class CheckReport:
 
 def check_directory(path: str) -> list[CheckReport]:
     """Verify every record of a data directory, read-only: safe while a server writes to it."""
-    names = metric_names(path)
+    names = functools.cache(lambda: metric_names(path))  # read again only if something was lost
     reports = [_check_file(found, names) for found in scan_directory(path)]
     for file in DataFiles.list(path).stale():
         why = "a newer segment holds all of it (sealing or compaction was cut short, or is at work)"
@@ -2266,7 +2266,7 @@ def check_directory(path: str) -> list[CheckReport]:
     return reports
 
 
-def _check_file(found: _FileScan, names: dict[bytes, str]) -> CheckReport:
+def _check_file(found: _FileScan, names: Callable[[], dict[bytes, str]]) -> CheckReport:
     scan = found.scan
     report = CheckReport(scan.path, len(scan.records), [], [])
     for start, end in found.corrupt:
@@ -2322,37 +2322,41 @@ def metric_names(path: str) -> dict[bytes, str]:
     return names
 
 
-def what_was_lost(found: _FileScan, start: int, end: int, names: dict[bytes, str]) -> str:
+def what_was_lost(
+    found: _FileScan, start: int, end: int, names_of: Callable[[], dict[bytes, str]]
+) -> str:
     """What a run of corrupt bytes held, as far as can be told: the metrics, how many of their
-    points (or at most how many), and from when to when."""
+    points (or at most how many), and from when to when. `names_of()`: the metrics' names
+    (see metric_names), asked for only here, where something was lost."""
     if found.kind == "seg" and start == len(SEG_MAGIC):
         return (
             "the segment's control records (accounts, tokens, metrics, marks, names and edits; "
             "a repair keeps its points, without their commits, branches and metadata)"
         )
+    names = names_of()
     exact = _read_anyway(found.scan.path, start, end)
     if exact is not None:  # its bytes still decode: most likely what it held
         return "probably " + ("; ".join(_said(h, names) for h in exact) or "no points")
-    before = [
-        h for offset, t, p in found.scan.records if offset < start for h in _held_or_not(t, p)
-    ]
-    after = [h for offset, t, p in found.scan.records if offset >= end for h in _held_or_not(t, p)]
+    # The nearest points on either side, decoding no more records than it takes to find them.
+    records = found.scan.records
+    prev = next((h for o, t, p in reversed(records) if o < start
+                 for h in reversed(_held_or_not(t, p))), None)  # fmt: skip
+    nxt = next((h for o, t, p in records if o >= end for h in _held_or_not(t, p)), None)
     if found.kind == "log":
-        since = format_time(before[-1].last / US) if before else "the log's start"
-        until = format_time(after[0].first / US) if after else "its end"
+        since = format_time(prev.last / US) if prev else "the log's start"
+        until = format_time(nxt.first / US) if nxt else "its end"
         return f"records written between {since} and {until} (unknown which)"
     most = f"up to {_SEG_BLOCK_POINTS:,} points a block"
-    prev, nxt = (before[-1] if before else None), (after[0] if after else None)
     if prev and nxt and nxt.metric == prev.metric:
         since, until = format_time(prev.last / US), format_time(nxt.first / US)
         return f"{most} of {_name_of(prev.metric, names)}, between {since} and {until}"
-    sides = (
-        [f"of {_name_of(prev.metric, names)} after {format_time(prev.last / US)}"] if prev else []
-    )
-    sides += (
-        [f"of {_name_of(nxt.metric, names)} before {format_time(nxt.first / US)}"] if nxt else []
-    )
-    return f"{most}, " + (", or ".join(sides) or "of metrics unknown")
+    sides = []
+    if prev:
+        sides.append(f"of {_name_of(prev.metric, names)} after {format_time(prev.last / US)}")
+    if nxt:
+        sides.append(f"of {_name_of(nxt.metric, names)} before {format_time(nxt.first / US)}")
+    sides.append("of a metric none of whose points are left")  # a block between two metrics
+    return f"{most}, " + ", or ".join(sides)
 
 
 def _held_or_not(rtype: int, payload: bytes) -> list[_Held]:
