@@ -6886,42 +6886,6 @@ class _MemoryGiver:
         _give_memory_back()
 
 
-@dataclasses.dataclass
-class _Web:
-    """What the handlers share: the store, the server's settings and limiters, the caches."""
-
-    store: Store
-    config: ServerConfig
-    limiter: RateLimiter | None  #: None: no rate limit
-    auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
-    changes: _ChangeCache
-    notifier: Notifier
-    memory: _MemoryGiver
-    alerts: _AlertRecords = dataclasses.field(default_factory=_AlertRecords)
-    keys: _Keys = dataclasses.field(default_factory=lambda: _Keys())
-
-    @classmethod
-    def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
-        config = config or ServerConfig()
-        # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
-        burst = max(1.0, 2 * config.rate_limit)
-        limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
-        failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
-        notifier = Notifier(store, allow_private=config.webhook_allow_private)
-        return cls(store, config, limiter, failures, _ChangeCache(), notifier, _MemoryGiver())
-
-    def address(self) -> str:
-        return client_address(_request().environ, self.config.trust_proxy)
-
-    def written(self, *metric_ids: bytes) -> None:
-        """Tell the notifier what a request wrote to, with the base of its links."""
-        if self.store.index.webhooks:  # else nobody to tell
-            self.notifier.written(metric_ids, self.base_url())
-
-    def base_url(self) -> str:
-        return base_url(_request().environ, self.config)
-
-
 _KEY_WAIT = 30.0  #: seconds a repeat waits for the first request of its key to finish
 _SECRET = "access_token"  #: the answer field that is shown once and kept nowhere
 
@@ -6982,6 +6946,42 @@ class _Keys:
             kept = {"withheld": kept.get("token_id", ""), "account_id": kept.get("account_id")}
         store.keep_answer({**doc, "status": answer.status_code, "answer": kept})
         return answer
+
+
+@dataclasses.dataclass
+class _Web:
+    """What the handlers share: the store, the server's settings and limiters, the caches."""
+
+    store: Store
+    config: ServerConfig
+    limiter: RateLimiter | None  #: None: no rate limit
+    auth_failures: RateLimiter  #: failed authentications, limited whatever the rate limit
+    changes: _ChangeCache
+    notifier: Notifier
+    memory: _MemoryGiver
+    alerts: _AlertRecords = dataclasses.field(default_factory=_AlertRecords)
+    keys: _Keys = dataclasses.field(default_factory=_Keys)
+
+    @classmethod
+    def of(cls, store: Store, config: ServerConfig | None = None) -> _Web:
+        config = config or ServerConfig()
+        # Bursts of twice the rate, and at least one request: a bucket under 1 would never serve.
+        burst = max(1.0, 2 * config.rate_limit)
+        limiter = RateLimiter(config.rate_limit, burst) if config.rate_limit else None
+        failures = RateLimiter(config.auth_failure_rate, config.auth_failure_burst)
+        notifier = Notifier(store, allow_private=config.webhook_allow_private)
+        return cls(store, config, limiter, failures, _ChangeCache(), notifier, _MemoryGiver())
+
+    def address(self) -> str:
+        return client_address(_request().environ, self.config.trust_proxy)
+
+    def written(self, *metric_ids: bytes) -> None:
+        """Tell the notifier what a request wrote to, with the base of its links."""
+        if self.store.index.webhooks:  # else nobody to tell
+            self.notifier.written(metric_ids, self.base_url())
+
+    def base_url(self) -> str:
+        return base_url(_request().environ, self.config)
 
 
 def _replayed(where: tuple[str, str], done: _Kept, request: str) -> Any:
